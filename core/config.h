@@ -1,0 +1,157 @@
+// The model's configuration, the Mix-LN layer assignment, and the parameter layout: shared by the
+// CPU reference model, the GPU trainer, checkpoints and the analysis tools.
+#pragma once
+#include <cmath>
+#include <cstring>
+#include "rng.h"
+
+// Which family of normalization placements the model uses.
+enum class NormScheme : int {
+    MixLN = 0,     // layers [0, floor(alpha*L)) Post-LN, the rest Pre-LN. alpha=0: Pre-LN, alpha=1: Post-LN
+    DeepNorm = 1,  // every layer Post-LN, residual scaled by (2L)^(1/4), some weights init with gain (8L)^(-1/4)
+};
+
+struct ModelConfig {
+    int vocab_size = 32000;
+    int max_seq_len = 256;
+    int n_layer = 12;
+    int n_head = 8;
+    int d_model = 512;
+    int d_ffn = 1368;
+    NormScheme norm = NormScheme::MixLN;
+    double alpha = 0.25;        // Mix-LN's fraction of Post-LN layers (paper section 3; best value 0.25)
+    bool scaled_init = false;   // Appendix B: o and down projections init std 0.02 / sqrt(2L)
+    bool scaled_embed = false;  // Appendix B: embeddings multiplied by sqrt(d_model) (Takase et al., 2023)
+    double rope_theta = 10000.0;
+    double norm_eps = 1e-6;
+
+    int head_dim() const { return d_model / n_head; }
+};
+
+// The paper's Table 4 sizes, as in the official code's configs, plus a tiny one for tests and demos.
+// (The paper's Table 4 prints 24 heads and 32 layers for 1B; 2048 is not divisible by 24, and the
+// official llama_1b config has 32 heads and 24 layers, which is what we use.)
+// Returns false if the name is unknown; leaves vocab, alpha and the norm options untouched.
+inline bool apply_model_preset(const char* name, ModelConfig* cfg) {
+    struct Preset { const char* name; int d, ffn, heads, layers; };
+    static const Preset presets[] = {
+        {"tiny", 128, 344, 4, 4},
+        {"71m", 512, 1368, 8, 12},
+        {"130m", 768, 2048, 12, 12},
+        {"250m", 1024, 2560, 16, 24},
+        {"1b", 2048, 5461, 32, 24},
+    };
+    for (const Preset& p : presets) {
+        if (strcmp(p.name, name) == 0) {
+            cfg->d_model = p.d; cfg->d_ffn = p.ffn; cfg->n_head = p.heads; cfg->n_layer = p.layers;
+            return true;
+        }
+    }
+    return false;
+}
+
+// floor(alpha * L) Post-LN layers for Mix-LN (paper section 3); all L for DeepNorm. The 1e-9 guards
+// against alpha*L landing just below an integer in floating point (0.29 * 100 = 28.999999999999996).
+inline int num_post_ln_layers(const ModelConfig& cfg) {
+    if (cfg.norm == NormScheme::DeepNorm) return cfg.n_layer;
+    return (int)std::floor(cfg.alpha * cfg.n_layer + 1e-9);
+}
+
+// The one function that decides a layer's ordering: Post-LN (eq. 1) for the first layers, Pre-LN (eq. 2)
+// for the rest.
+inline bool layer_is_post_ln(const ModelConfig& cfg, int layer) {
+    return layer < num_post_ln_layers(cfg);
+}
+
+// DeepNorm's residual weight: x_{l+1} = LN(residual_scale * x + F(x)); 1 for plain Post-LN and Pre-LN.
+inline double residual_scale(const ModelConfig& cfg) {
+    return cfg.norm == NormScheme::DeepNorm ? std::pow(2.0 * cfg.n_layer, 0.25) : 1.0;
+}
+
+inline double embedding_scale(const ModelConfig& cfg) {
+    return cfg.scaled_embed ? std::sqrt((double)cfg.d_model) : 1.0;
+}
+
+// ----------------------------------------------------------------------------
+// Parameter layout: all parameters live in one flat array; each tensor kind holds all L layers
+// back to back (llm.c's layout), so layer l of kind k starts at offset[k] + l * layer_size(k).
+
+enum ParamTensor {
+    WTE,      // (V, C) token embedding
+    NORM_A,   // (L, C) RMSNorm weight: before attention (Pre-LN) or after the attention residual (Post-LN)
+    WQ,       // (L, C, C) query projection, torch.nn.Linear layout (out, in)
+    WK,       // (L, C, C)
+    WV,       // (L, C, C)
+    WO,       // (L, C, C) attention output projection
+    NORM_B,   // (L, C) RMSNorm weight: before the MLP (Pre-LN) or after the MLP residual (Post-LN)
+    WGATE,    // (L, F, C) SwiGLU gate projection
+    WUP,      // (L, F, C) SwiGLU up projection
+    WDOWN,    // (L, C, F) MLP down projection
+    NORM_F,   // (C) final RMSNorm, always applied
+    LM_HEAD,  // (V, C) untied output projection
+    NUM_PARAM_TENSORS
+};
+
+inline const char* param_tensor_name(int t) {
+    static const char* names[NUM_PARAM_TENSORS] = {"wte", "norm_a", "wq", "wk", "wv", "wo",
+                                                   "norm_b", "wgate", "wup", "wdown", "norm_f", "lm_head"};
+    return names[t];
+}
+
+struct ParamLayout {
+    long layer_size[NUM_PARAM_TENSORS];  // elements of one layer's slice (the whole tensor if not per layer)
+    long size[NUM_PARAM_TENSORS];        // elements of the whole tensor
+    long offset[NUM_PARAM_TENSORS];
+    long total;
+
+    long at(int tensor, int layer = 0) const { return offset[tensor] + layer * layer_size[tensor]; }
+};
+
+inline bool param_is_per_layer(int t) { return t != WTE && t != NORM_F && t != LM_HEAD; }
+
+inline ParamLayout make_param_layout(const ModelConfig& cfg) {
+    const long V = cfg.vocab_size, C = cfg.d_model, F = cfg.d_ffn, L = cfg.n_layer;
+    const long layer_sizes[NUM_PARAM_TENSORS] = {V * C, C, C * C, C * C, C * C, C * C, C,
+                                                 F * C, F * C, C * F, C, V * C};
+    ParamLayout layout;
+    layout.total = 0;
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        layout.layer_size[t] = layer_sizes[t];
+        layout.size[t] = layer_sizes[t] * (param_is_per_layer(t) ? L : 1);
+        layout.offset[t] = layout.total;
+        layout.total += layout.size[t];
+    }
+    return layout;
+}
+
+// Standard deviation of the normal init of a weight tensor; 0 marks RMSNorm weights, set to 1.
+inline double param_init_std(const ModelConfig& cfg, int t) {
+    const double L = cfg.n_layer;
+    switch (t) {
+        case NORM_A: case NORM_B: case NORM_F: return 0.0;
+        case WTE: return std::sqrt(0.4);  // as the official Mix-LN code
+        default: break;
+    }
+    double std = 0.02;
+    if (cfg.scaled_init && (t == WO || t == WDOWN)) std /= std::sqrt(2.0 * L);
+    // DeepNorm (Wang et al., 2022, Fig. 2): the value, output and MLP weights get gain beta = (8L)^(-1/4).
+    if (cfg.norm == NormScheme::DeepNorm && (t == WV || t == WO || t == WGATE || t == WUP || t == WDOWN))
+        std *= std::pow(8.0 * L, -0.25);
+    return std;
+}
+
+// Fills params (layout.total floats) deterministically from seed, tensor by tensor in layout order.
+inline void init_parameters(float* params, const ModelConfig& cfg, const ParamLayout& layout, uint64_t seed) {
+    Rng rng(seed);
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const double std = param_init_std(cfg, t);
+        float* p = params + layout.offset[t];
+        for (long i = 0; i < layout.size[t]; i++) p[i] = std == 0.0 ? 1.0f : (float)(std * rng.normal());
+    }
+}
+
+// Training FLOPs per token as in the brief: 6 * (N - V*d) + 6 * L * T * d (the embedding lookup is not
+// a matmul; the second term is causal attention's QK^T and PV, counted over the full T x T).
+inline double flops_per_token(const ModelConfig& cfg, const ParamLayout& layout, int T) {
+    return 6.0 * (double)(layout.total - layout.size[WTE]) + 6.0 * cfg.n_layer * (double)T * cfg.d_model;
+}

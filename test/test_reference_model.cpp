@@ -1,0 +1,145 @@
+// The CPU reference model: Mix-LN's layer assignment, the two layer orderings, and whole-model
+// gradients against finite differences in double precision.
+#include <cmath>
+#include <vector>
+#include "gradcheck.h"
+#include "../core/model_cpu.h"
+
+static ModelConfig tiny_config(double alpha, NormScheme norm = NormScheme::MixLN) {
+    ModelConfig cfg;
+    cfg.vocab_size = 11; cfg.d_model = 12; cfg.n_head = 3; cfg.d_ffn = 10; cfg.n_layer = 2;
+    cfg.max_seq_len = 16; cfg.alpha = alpha; cfg.norm = norm;
+    return cfg;
+}
+
+template <typename real>
+static void init_model(CpuModel<real>& model, uint64_t seed) {
+    std::vector<float> p(model.layout.total);
+    init_parameters(p.data(), model.cfg, model.layout, seed);
+    // randomize the norm weights too, so their gradients are not checked only at 1
+    Rng rng(seed + 1);
+    for (int t : {NORM_A, NORM_B, NORM_F})
+        for (long i = 0; i < model.layout.size[t]; i++) p[model.layout.offset[t] + i] = (float)(1.0 + 0.3 * rng.normal());
+    model.params.assign(p.begin(), p.end());
+}
+
+TEST_CASE("alpha selects exactly floor(alpha * L) Post-LN layers, the first ones") {
+    struct Case { int L; double alpha; int post; };
+    const Case cases[] = {{12, 0.0, 0}, {12, 0.25, 3}, {12, 0.33, 3}, {12, 0.417, 5}, {12, 0.5, 6},
+                          {12, 1.0, 12}, {24, 0.25, 6}, {24, 0.125, 3}, {24, 0.33, 7}, {24, 0.75, 18},
+                          {100, 0.29, 29}, {10, 0.3, 3}, {7, 0.5, 3}};
+    for (const Case& c : cases) {
+        ModelConfig cfg;
+        cfg.n_layer = c.L; cfg.alpha = c.alpha;
+        INFO("L=" << c.L << " alpha=" << c.alpha);
+        CHECK(num_post_ln_layers(cfg) == c.post);
+        for (int l = 0; l < c.L; l++) CHECK(layer_is_post_ln(cfg, l) == (l < c.post));
+    }
+    ModelConfig deep;
+    deep.n_layer = 24; deep.norm = NormScheme::DeepNorm; deep.alpha = 0.0;
+    CHECK(num_post_ln_layers(deep) == 24);
+    CHECK(residual_scale(deep) == Approx(std::pow(48.0, 0.25)));
+}
+
+TEST_CASE("Post-LN layers normalize their output (eq. 1); Pre-LN layers add to the residual (eq. 2)") {
+    ModelConfig cfg = tiny_config(0.5);
+    cfg.n_layer = 4;  // layers 0, 1 Post-LN; 2, 3 Pre-LN
+    CpuModel<double> model(cfg);
+    std::vector<float> p(model.layout.total);
+    init_parameters(p.data(), cfg, model.layout, 42);  // norm weights 1
+    model.params.assign(p.begin(), p.end());
+    const int B = 2, T = 5, N = B * T, C = cfg.d_model;
+    std::vector<int> tokens(N);
+    Rng rng(3);
+    for (int& t : tokens) t = (int)rng.below(cfg.vocab_size);
+    model.forward(tokens.data(), nullptr, B, T);
+    for (int l = 0; l < 4; l++) {
+        const auto& a = model.acts[l];
+        for (int n = 0; n < N; n++) {
+            double ms = 0, diff = 0;
+            for (int c = 0; c < C; c++) {
+                ms += a.out[n * C + c] * a.out[n * C + c] / C;
+                diff += std::fabs(a.out[n * C + c] - (a.h[n * C + c] + a.mlp_out[n * C + c]));
+            }
+            if (l < 2) CHECK(ms == Approx(1.0).epsilon(1e-4));  // rms 1 up to eps
+            else CHECK(diff == Approx(0.0).margin(1e-12));      // out = h + MLP(LN(h))
+        }
+    }
+}
+
+static void check_model_gradients(const ModelConfig& cfg) {
+    CpuModel<double> model(cfg);
+    init_model(model, 7);
+    const int B = 2, T = 7, N = B * T;
+    std::vector<int> tokens(N), targets(N);
+    Rng rng(5);
+    for (int n = 0; n < N; n++) { tokens[n] = (int)rng.below(cfg.vocab_size); targets[n] = (int)rng.below(cfg.vocab_size); }
+    targets[3] = IGNORE_INDEX;
+    model.zero_grad();
+    model.forward(tokens.data(), targets.data(), B, T);
+    model.backward();
+    const std::vector<double> analytic = model.grads;
+    auto loss = [&] { return model.forward(tokens.data(), targets.data(), B, T); };
+    // per tensor, so a failure names the tensor
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        std::vector<double> x(model.params.begin() + model.layout.offset[t],
+                              model.params.begin() + model.layout.offset[t] + model.layout.size[t]);
+        std::vector<double> g(analytic.begin() + model.layout.offset[t],
+                              analytic.begin() + model.layout.offset[t] + model.layout.size[t]);
+        auto loss_of_tensor = [&] {
+            std::copy(x.begin(), x.end(), model.params.begin() + model.layout.offset[t]);
+            return loss();
+        };
+        INFO("tensor " << param_tensor_name(t));
+        CHECK(gradcheck_worst(loss_of_tensor, x, g) <= 1.0);
+        std::copy(x.begin(), x.end(), model.params.begin() + model.layout.offset[t]);
+    }
+}
+
+TEST_CASE("whole-model gradients match finite differences: Pre-LN (alpha 0)") { check_model_gradients(tiny_config(0.0)); }
+TEST_CASE("whole-model gradients match finite differences: Mix-LN (alpha 0.5)") { check_model_gradients(tiny_config(0.5)); }
+TEST_CASE("whole-model gradients match finite differences: Post-LN (alpha 1)") { check_model_gradients(tiny_config(1.0)); }
+TEST_CASE("whole-model gradients match finite differences: DeepNorm") { check_model_gradients(tiny_config(0.0, NormScheme::DeepNorm)); }
+TEST_CASE("whole-model gradients match finite differences: Mix-LN with scaled init and scaled embed") {
+    ModelConfig cfg = tiny_config(0.5);
+    cfg.scaled_init = cfg.scaled_embed = true;
+    check_model_gradients(cfg);
+}
+
+TEST_CASE("gradient accumulation: two half-weighted backwards equal one full backward") {
+    const ModelConfig cfg = tiny_config(0.5);
+    CpuModel<double> model(cfg);
+    init_model(model, 11);
+    const int B = 2, T = 6, N = B * T;
+    std::vector<int> tokens(N), targets(N);
+    Rng rng(9);
+    for (int n = 0; n < N; n++) { tokens[n] = (int)rng.below(cfg.vocab_size); targets[n] = (int)rng.below(cfg.vocab_size); }
+    model.zero_grad();
+    model.forward(tokens.data(), targets.data(), B, T);
+    model.backward();
+    const std::vector<double> once = model.grads;
+    model.zero_grad();
+    for (int rep = 0; rep < 2; rep++) { model.forward(tokens.data(), targets.data(), B, T); model.backward(0.5); }
+    for (long i = 0; i < model.layout.total; i++) CHECK(model.grads[i] == Approx(once[i]).margin(1e-12));
+}
+
+TEST_CASE("the float model agrees with the double model") {
+    const ModelConfig cfg = tiny_config(0.5);
+    CpuModel<double> md(cfg);
+    init_model(md, 13);
+    CpuModel<float> mf(cfg);
+    mf.params.assign(md.params.begin(), md.params.end());
+    const int B = 2, T = 7, N = B * T;
+    std::vector<int> tokens(N), targets(N);
+    Rng rng(1);
+    for (int n = 0; n < N; n++) { tokens[n] = (int)rng.below(cfg.vocab_size); targets[n] = (int)rng.below(cfg.vocab_size); }
+    md.zero_grad(); mf.zero_grad();
+    const double ld = md.forward(tokens.data(), targets.data(), B, T);
+    const double lf = mf.forward(tokens.data(), targets.data(), B, T);
+    md.backward(); mf.backward();
+    CHECK(lf == Approx(ld).epsilon(1e-5));
+    // fp32 rounding (2^-24 ~ 6e-8) grows through a few dozen operations; 1e-4 of the largest gradient
+    double gmax = 0;
+    for (double g : md.grads) gmax = std::fmax(gmax, std::fabs(g));
+    for (long i = 0; i < md.layout.total; i++) CHECK(std::fabs(mf.grads[i] - md.grads[i]) <= 1e-4 * gmax);
+}
