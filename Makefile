@@ -27,11 +27,11 @@ $(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS)
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-CPU_TESTS := test_reference_kernels test_reference_model
+CPU_TESTS := test_reference_kernels test_reference_model test_dataloader test_checkpoint test_trainer_cpu
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
-test: $(BUILD)/test_cpu
+test: $(BUILD)/test_cpu train_mixln_cpu
 	test/run_tests.sh $(BUILD)/test_cpu
 
 clean:

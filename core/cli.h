@@ -1,0 +1,183 @@
+// The trainers' command line, llm.c style: "-x value" pairs. One parser for the CPU and GPU
+// trainers, so the same command line means the same run on both.
+#pragma once
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include "config.h"
+
+struct TrainOptions {
+    std::string train_files, val_files;  // -i, -j: files, globs, comma-separated
+    std::string out_dir = "out";         // -o
+    std::string resume;                  // -r: a checkpoint file, or a directory (its newest checkpoint)
+    std::string init_from;               // -f: start from these weights with a fresh optimizer and schedule
+    std::string preset = "71m";          // -e
+    ModelConfig model;                   // -e, -L, -C, -H, -F, -V, -a, -n, -S, -E
+    int micro_batch = 32;                // -b
+    int seq_len = 256;                   // -t
+    long total_batch = 131072;           // -d, tokens per optimizer step (the paper's 512 x 256)
+    double lr = -1;                      // -l, < 0: the paper's for the preset (5e-3, 5e-4 for 1b)
+    double warmup_fraction = 0.1;        // -u
+    double final_lr_fraction = 0.1;      // -q
+    double weight_decay = 0.0;           // -w
+    double grad_clip = 0.0;              // -g, 0 = off
+    double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
+    int steps = -1;                      // -x, < 0: the paper's for the preset (Table 4)
+    uint64_t seed = 42;                  // -s
+    int val_interval = 0;                // -v, 0 = only at the end
+    int val_batches = 20;                // -m
+    int ckpt_interval = 0;               // -c, 0 = only at the end
+    int keep_checkpoints = 3;            // -k, 0 = keep all
+    bool help = false;                   // -h
+    std::set<char> given;                // flags set on the command line
+};
+
+inline const char* train_usage() {
+    return
+        "usage: train_mixln[_cpu] -i TRAIN_SHARDS [flags]\n"
+        "data\n"
+        "  -i FILES   training shards: files or globs, comma-separated (required)\n"
+        "  -j FILES   validation shards (default: none, no validation)\n"
+        "  -o DIR     output directory for checkpoints and log.csv (default out)\n"
+        "model\n"
+        "  -e NAME    preset: tiny, 71m, 130m, 250m, 1b (paper Table 4; default 71m)\n"
+        "  -L N -C N -H N -F N   override layers, hidden size, heads, MLP size\n"
+        "  -V N       vocabulary size (default: the training shards' vocabulary)\n"
+        "  -a ALPHA   Mix-LN: the first floor(ALPHA*L) layers are Post-LN, the rest Pre-LN\n"
+        "             (0 = Pre-LN, 1 = Post-LN; default 0.25, the paper's choice)\n"
+        "  -n NORM    mixln (default) or deepnorm\n"
+        "  -S 0|1     scaled initialization of o/down projections (paper App. B; default 0)\n"
+        "  -E 0|1     scaled embedding, x sqrt(d) (paper App. B; default 0)\n"
+        "optimization\n"
+        "  -b N       micro-batch size in sequences (default 32)\n"
+        "  -t N       sequence length (default 256)\n"
+        "  -d N       total batch in tokens per step, by gradient accumulation (default 131072)\n"
+        "  -l LR      peak learning rate (default 5e-3; 5e-4 for the 1b preset)\n"
+        "  -x N       optimizer steps (default: the preset's from paper Table 4; tiny 2000)\n"
+        "  -u F       warmup fraction of the steps (default 0.1)\n"
+        "  -q F       final learning rate as a fraction of the peak (default 0.1)\n"
+        "  -w WD      AdamW weight decay (default 0)\n"
+        "  -g NORM    clip the global gradient norm to NORM (default 0 = off)\n"
+        "  -s SEED    seed for the initialization and the data order (default 42)\n"
+        "evaluation and checkpoints\n"
+        "  -v N       validate every N steps (default 0 = only at the end)\n"
+        "  -m N       validation batches per evaluation (default 20)\n"
+        "  -c N       checkpoint every N steps (default 0 = only at the end)\n"
+        "  -k N       keep the newest N checkpoints (default 3, 0 = all)\n"
+        "  -r PATH    resume from a checkpoint, or from the newest one in a directory\n"
+        "  -f PATH    start from a checkpoint's weights with a fresh optimizer and schedule\n"
+        "  -h         print this help\n";
+}
+
+inline double parse_number(char flag, const char* text) {
+    char* end = nullptr;
+    errno = 0;
+    const double x = strtod(text, &end);
+    if (end == text || *end != '\0' || errno == ERANGE || !std::isfinite(x))
+        throw std::runtime_error(std::string("-") + flag + ": '" + text + "' is not a number");
+    return x;
+}
+
+inline long parse_integer(char flag, const char* text, long min_value) {
+    const double x = parse_number(flag, text);
+    if (x != std::floor(x) || x < (double)min_value || x > 9e15)
+        throw std::runtime_error(std::string("-") + flag + ": '" + text + "' must be an integer >= " + std::to_string(min_value));
+    return (long)x;
+}
+
+inline double parse_in_range(char flag, const char* text, double lo, double hi) {
+    const double x = parse_number(flag, text);
+    if (x < lo || x > hi)
+        throw std::runtime_error(std::string("-") + flag + ": " + text + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return x;
+}
+
+// The paper's peak learning rate and step count for a preset (section 4.1, Table 4).
+inline void apply_preset_training_defaults(TrainOptions* o) {
+    struct Row { const char* name; double lr; int steps; };
+    static const Row rows[] = {{"tiny", 5e-3, 2000}, {"71m", 5e-3, 10000}, {"130m", 5e-3, 20000},
+                               {"250m", 5e-3, 60000}, {"1b", 5e-4, 100000}};
+    for (const Row& r : rows) {
+        if (o->preset != r.name) continue;
+        if (o->lr < 0) o->lr = r.lr;
+        if (o->steps < 0) o->steps = r.steps;
+    }
+}
+
+// Throws std::runtime_error naming the flag on any bad value.
+inline TrainOptions parse_train_options(int argc, char** argv) {
+    TrainOptions o;
+    // model size flags apply after the preset, whatever their order
+    std::string L, C, H, F;
+    for (int i = 1; i < argc; i++) {
+        const std::string arg = argv[i];
+        if (arg.size() != 2 || arg[0] != '-') throw std::runtime_error("unexpected argument '" + arg + "' (flags look like -x VALUE)");
+        const char flag = arg[1];
+        if (flag == 'h') { o.help = true; continue; }
+        if (i + 1 >= argc) throw std::runtime_error("-" + std::string(1, flag) + " needs a value");
+        const char* val = argv[++i];
+        o.given.insert(flag);
+        switch (flag) {
+            case 'i': o.train_files = val; break;
+            case 'j': o.val_files = val; break;
+            case 'o': o.out_dir = val; break;
+            case 'r': o.resume = val; break;
+            case 'f': o.init_from = val; break;
+            case 'e': o.preset = val; break;
+            case 'L': L = val; break;
+            case 'C': C = val; break;
+            case 'H': H = val; break;
+            case 'F': F = val; break;
+            case 'V': o.model.vocab_size = (int)parse_integer(flag, val, 2); break;
+            case 'a': o.model.alpha = parse_in_range(flag, val, 0.0, 1.0); break;
+            case 'n': {
+                const std::string n = val;
+                if (n == "mixln") o.model.norm = NormScheme::MixLN;
+                else if (n == "deepnorm") o.model.norm = NormScheme::DeepNorm;
+                else throw std::runtime_error("-n: unknown normalization '" + n + "' (mixln or deepnorm)");
+                break;
+            }
+            case 'S': o.model.scaled_init = parse_integer(flag, val, 0) != 0; break;
+            case 'E': o.model.scaled_embed = parse_integer(flag, val, 0) != 0; break;
+            case 'b': o.micro_batch = (int)parse_integer(flag, val, 1); break;
+            case 't': o.seq_len = (int)parse_integer(flag, val, 2); break;
+            case 'd': o.total_batch = parse_integer(flag, val, 1); break;
+            case 'l': o.lr = parse_number(flag, val); if (o.lr <= 0) throw std::runtime_error("-l: the learning rate must be > 0"); break;
+            case 'x': o.steps = (int)parse_integer(flag, val, 1); break;
+            case 'u': o.warmup_fraction = parse_in_range(flag, val, 0.0, 1.0); break;
+            case 'q': o.final_lr_fraction = parse_in_range(flag, val, 0.0, 1.0); break;
+            case 'w': o.weight_decay = parse_in_range(flag, val, 0.0, 1e3); break;
+            case 'g': o.grad_clip = parse_in_range(flag, val, 0.0, 1e9); break;
+            case 's': o.seed = (uint64_t)parse_integer(flag, val, 0); break;
+            case 'v': o.val_interval = (int)parse_integer(flag, val, 0); break;
+            case 'm': o.val_batches = (int)parse_integer(flag, val, 1); break;
+            case 'c': o.ckpt_interval = (int)parse_integer(flag, val, 0); break;
+            case 'k': o.keep_checkpoints = (int)parse_integer(flag, val, 0); break;
+            default: throw std::runtime_error("unknown flag -" + std::string(1, flag));
+        }
+    }
+    if (o.help) return o;
+    if (!apply_model_preset(o.preset.c_str(), &o.model))
+        throw std::runtime_error("-e: unknown preset '" + o.preset + "' (tiny, 71m, 130m, 250m, 1b)");
+    if (!L.empty()) o.model.n_layer = (int)parse_integer('L', L.c_str(), 1);
+    if (!C.empty()) o.model.d_model = (int)parse_integer('C', C.c_str(), 2);
+    if (!H.empty()) o.model.n_head = (int)parse_integer('H', H.c_str(), 1);
+    if (!F.empty()) o.model.d_ffn = (int)parse_integer('F', F.c_str(), 1);
+    apply_preset_training_defaults(&o);
+    if (o.lr < 0) o.lr = 5e-3;
+    if (o.steps < 0) o.steps = 2000;
+    if (o.train_files.empty()) throw std::runtime_error("-i: no training shards given");
+    if (o.model.d_model % o.model.n_head != 0 || o.model.head_dim() % 2 != 0)
+        throw std::runtime_error("hidden size " + std::to_string(o.model.d_model) + " must split into " +
+                                 std::to_string(o.model.n_head) + " heads of an even size (RoPE rotates pairs)");
+    o.model.max_seq_len = o.seq_len;
+    const long tokens_per_micro_step = (long)o.micro_batch * o.seq_len;
+    if (o.total_batch % tokens_per_micro_step != 0)
+        throw std::runtime_error("-d " + std::to_string(o.total_batch) + " is not a multiple of -b x -t = " +
+                                 std::to_string(tokens_per_micro_step) + " tokens");
+    if (!o.resume.empty() && !o.init_from.empty()) throw std::runtime_error("-r and -f exclude each other");
+    return o;
+}

@@ -1,0 +1,261 @@
+// The training driver shared by the CPU and GPU trainers: options -> model config -> data -> the
+// step loop (gradient accumulation, clipping, the paper's schedule, AdamW), validation, logging,
+// checkpoints, resume, and stopping cleanly on NaN or a signal. A trainer supplies a backend that
+// computes; everything that decides *what* is computed lives here, once.
+#pragma once
+#include <sys/stat.h>
+#include <chrono>
+#include <csignal>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+#include "checkpoint.h"
+#include "cli.h"
+#include "schedule.h"
+#include "../dataloader.h"
+
+// What a trainer's model must do. Weights and Adam moments cross this interface as fp32 arrays in
+// the layout of core/config.h, whatever precision the backend computes in.
+struct TrainerBackend {
+    virtual ~TrainerBackend() = default;
+    virtual std::string description() const = 0;
+    virtual double peak_flops() const = 0;  // per second, for MFU; 0 if unknown (MFU not printed)
+    virtual void zero_grad() = 0;
+    // Forward and backward on one micro-batch (B, T); accumulates the gradient of loss_scale * mean
+    // loss. Returns the mean loss.
+    virtual float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) = 0;
+    virtual float forward_loss(const int* inputs, const int* targets, int B, int T) = 0;
+    virtual double grad_norm() = 0;
+    // One AdamW step t (1-based), the gradients multiplied by grad_scale (clipping) first.
+    virtual void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) = 0;
+    virtual void read_state(float* params, float* m, float* v) = 0;
+    virtual void write_state(const float* params, const float* m, const float* v) = 0;  // m, v null: zeros
+};
+
+using BackendFactory = std::function<std::unique_ptr<TrainerBackend>(const ModelConfig&)>;
+
+static volatile std::sig_atomic_t g_stop_signal = 0;
+static void request_stop(int sig) { g_stop_signal = sig; }
+
+inline void make_directories(const std::string& path) {
+    std::string partial;
+    std::stringstream ss(path);
+    std::string part;
+    if (!path.empty() && path[0] == '/') partial = "/";
+    while (std::getline(ss, part, '/')) {
+        if (part.empty()) continue;
+        partial += part + "/";
+        if (mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
+            throw std::runtime_error("cannot create directory '" + partial + "': " + strerror(errno));
+    }
+}
+
+// The model config of a run: from the checkpoint when resuming or fine-tuning (model flags given on
+// the command line must agree with it), else from the flags, with the vocabulary of the shards.
+inline ModelConfig resolve_model_config(const TrainOptions& o, const Checkpoint* ck) {
+    if (!ck) {
+        ModelConfig cfg = o.model;
+        if (!o.given.count('V')) {
+            uint32_t vocab = 0;
+            for (const std::string& f : expand_shard_pattern(o.train_files)) vocab = std::max(vocab, read_shard_header(f).vocab_size);
+            if (vocab == 0) throw std::runtime_error("the training shards do not record their vocabulary size: set -V");
+            cfg.vocab_size = (int)vocab;
+        }
+        return cfg;
+    }
+    ModelConfig cfg = ck->cfg;
+    cfg.max_seq_len = o.seq_len;
+    const ModelConfig& m = o.model;
+    struct Check { char flag; bool differs; };
+    const Check checks[] = {{'e', m.n_layer != cfg.n_layer || m.d_model != cfg.d_model || m.n_head != cfg.n_head || m.d_ffn != cfg.d_ffn},
+                            {'L', m.n_layer != cfg.n_layer}, {'C', m.d_model != cfg.d_model}, {'H', m.n_head != cfg.n_head},
+                            {'F', m.d_ffn != cfg.d_ffn}, {'V', m.vocab_size != cfg.vocab_size}, {'a', m.alpha != cfg.alpha},
+                            {'n', m.norm != cfg.norm}, {'S', m.scaled_init != cfg.scaled_init}, {'E', m.scaled_embed != cfg.scaled_embed}};
+    for (const Check& c : checks)
+        if (o.given.count(c.flag) && c.differs)
+            throw std::runtime_error(std::string("-") + c.flag + " disagrees with the checkpoint's model; drop it to use the checkpoint's");
+    return cfg;
+}
+
+inline std::string resolve_checkpoint_path(const std::string& path) {
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        std::vector<std::string> all = list_checkpoints(path);
+        if (all.empty()) throw std::runtime_error("-r: no checkpoint (ckpt_*.bin) in directory '" + path + "'");
+        return all.back();
+    }
+    return path;
+}
+
+// log.csv: "step,split,loss,lr,grad_norm" per step and per validation. On resume, the rows past the
+// checkpoint's step (written by the run that died) are dropped so the log matches the run.
+class TrainLog {
+  public:
+    TrainLog(const std::string& path, int64_t resume_step) : path_(path) {
+        std::vector<std::string> keep;
+        if (resume_step > 0) {
+            std::ifstream in(path);
+            std::string line;
+            while (std::getline(in, line))
+                if (line.rfind("step", 0) == 0 || std::atoll(line.c_str()) <= resume_step) keep.push_back(line);
+        }
+        f_ = fopen(path.c_str(), "w");
+        if (!f_) throw std::runtime_error("cannot write '" + path + "': " + strerror(errno));
+        if (keep.empty()) keep.push_back("step,split,loss,lr,grad_norm");
+        for (const std::string& l : keep) fprintf(f_, "%s\n", l.c_str());
+        fflush(f_);
+    }
+    ~TrainLog() { if (f_) fclose(f_); }
+    void row(int64_t step, const char* split, double loss, double lr, double norm) {
+        fprintf(f_, "%lld,%s,%.9g,%.9g,%.9g\n", (long long)step, split, loss, lr, norm);
+        fflush(f_);
+    }
+  private:
+    std::string path_;
+    FILE* f_ = nullptr;
+};
+
+inline std::string format_duration(double seconds) {
+    char buf[32];
+    const long s = (long)seconds;
+    if (s >= 3600) snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, (s % 3600) / 60);
+    else snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
+    return buf;
+}
+
+// Mean loss over the first n batches of the validation set (fewer if it is smaller).
+inline double evaluate(TrainerBackend& backend, DataLoader& val, int n_batches, int B, int T) {
+    std::vector<int> in((size_t)B * T), tgt((size_t)B * T);
+    val.reset();
+    const int n = (int)std::min<uint64_t>(n_batches, val.batches_per_epoch());
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        val.next_batch(in.data(), tgt.data());
+        sum += backend.forward_loss(in.data(), tgt.data(), B, T);
+    }
+    return sum / n;
+}
+
+// Returns the process exit code: 0 done, 1 stopped on a non-finite loss, 130 stopped by a signal.
+inline int run_training(const TrainOptions& o, const BackendFactory& make_backend) {
+    const int B = o.micro_batch, T = o.seq_len;
+    const long tokens_per_step = o.total_batch;
+    const int accum_steps = (int)(tokens_per_step / ((long)B * T));
+
+    std::unique_ptr<Checkpoint> ck;
+    if (!o.resume.empty()) ck.reset(new Checkpoint(load_checkpoint(resolve_checkpoint_path(o.resume))));
+    if (!o.init_from.empty()) ck.reset(new Checkpoint(load_checkpoint(resolve_checkpoint_path(o.init_from))));
+    const ModelConfig cfg = resolve_model_config(o, ck.get());
+    const ParamLayout layout = make_param_layout(cfg);
+
+    DataLoader train(o.train_files, B, T, 0, 1, /*shuffle=*/true, o.seed, cfg.vocab_size);
+    std::unique_ptr<DataLoader> val;
+    if (!o.val_files.empty()) val.reset(new DataLoader(o.val_files, B, T, 0, 1, /*shuffle=*/false, 0, cfg.vocab_size));
+
+    std::unique_ptr<TrainerBackend> backend = make_backend(cfg);
+    int64_t start_step = 0;
+    Rng rng(o.seed ^ 0x5EEDull);
+    if (ck && !o.resume.empty()) {
+        const TrainState& s = ck->state;
+        if (s.micro_batch != B || s.seq_len != T || s.total_batch != o.total_batch || s.world_size != 1 || s.data_seed != o.seed)
+            throw std::runtime_error("-r: the checkpoint was written with -b " + std::to_string(s.micro_batch) + " -t " +
+                                     std::to_string(s.seq_len) + " -d " + std::to_string(s.total_batch) + " -s " +
+                                     std::to_string(s.data_seed) + " on " + std::to_string(s.world_size) +
+                                     " rank(s); resume with the same values so the data order continues exactly");
+        if (ck->m.empty()) throw std::runtime_error("-r: the checkpoint has no optimizer state; use -f to start from its weights");
+        if (s.step >= o.steps) throw std::runtime_error("-r: the checkpoint is at step " + std::to_string(s.step) + ", not before -x " + std::to_string(o.steps));
+        backend->write_state(ck->params.data(), ck->m.data(), ck->v.data());
+        train.set_position(s.data);
+        rng.state = s.rng_state;
+        start_step = s.step;
+    } else if (ck) {
+        backend->write_state(ck->params.data(), nullptr, nullptr);
+    } else {
+        std::vector<float> params(layout.total);
+        init_parameters(params.data(), cfg, layout, o.seed);
+        backend->write_state(params.data(), nullptr, nullptr);
+    }
+    ck.reset();  // its arrays are in the backend now
+
+    make_directories(o.out_dir);
+    TrainLog log(o.out_dir + "/log.csv", start_step);
+    const LrSchedule schedule = make_schedule(o.lr, o.steps, o.warmup_fraction, o.final_lr_fraction);
+    const double flops_per_step = flops_per_token(cfg, layout, T) * tokens_per_step;
+
+    printf("%s\n", backend->description().c_str());
+    printf("model: %d layers (%d Post-LN, then Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
+           cfg.n_layer, num_post_ln_layers(cfg), cfg.norm == NormScheme::DeepNorm ? "; DeepNorm" : "",
+           cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, layout.total / 1e6);
+    printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps\n",
+           train.shards().size(), train.total_tokens() / 1e6, tokens_per_step, B, T, accum_steps);
+    printf("schedule: %d steps, peak lr %.3g, warmup %d, cosine to %.3g%s\n", o.steps, o.lr, schedule.warmup_steps,
+           o.lr * o.final_lr_fraction, start_step ? (", resuming at step " + std::to_string(start_step)).c_str() : "");
+    fflush(stdout);
+
+    auto save = [&](int64_t step) {
+        std::vector<float> params(layout.total), m(layout.total), v(layout.total);
+        backend->read_state(params.data(), m.data(), v.data());
+        TrainState s;
+        s.step = step; s.data = train.position(); s.rng_state = rng.state;
+        s.micro_batch = B; s.seq_len = T; s.total_batch = o.total_batch; s.world_size = 1; s.data_seed = o.seed;
+        const std::string path = checkpoint_path(o.out_dir, step);
+        save_checkpoint(path, cfg, s, params.data(), m.data(), v.data(), layout.total);
+        prune_checkpoints(o.out_dir, o.keep_checkpoints);
+        printf("saved checkpoint %s\n", path.c_str());
+        fflush(stdout);
+    };
+    auto validate = [&](int64_t step, double lr) {
+        if (!val) return;
+        const double loss = evaluate(*backend, *val, o.val_batches, B, T);
+        printf("step %6lld | val loss %.4f | val ppl %.2f\n", (long long)step, loss, std::exp(loss));
+        fflush(stdout);
+        log.row(step, "val", loss, lr, 0);
+    };
+
+    std::signal(SIGINT, request_stop);
+    std::signal(SIGTERM, request_stop);
+    std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
+    double elapsed_total = 0;
+    for (int64_t step = start_step; step < o.steps; step++) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const double lr = schedule.lr_at((int)step);
+        backend->zero_grad();
+        double loss = 0;
+        for (int micro = 0; micro < accum_steps; micro++) {
+            train.next_batch(inputs.data(), targets.data());
+            loss += backend->forward_backward(inputs.data(), targets.data(), B, T, 1.0f / accum_steps) / accum_steps;
+        }
+        if (!std::isfinite(loss)) {
+            std::vector<std::string> saved = list_checkpoints(o.out_dir);
+            fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)step + 1,
+                    saved.empty() ? "No checkpoint was written yet." : ("The last good checkpoint is " + saved.back() + ".").c_str());
+            return 1;
+        }
+        const double norm = backend->grad_norm();
+        backend->adamw_step(lr, grad_clip_scale(norm, o.grad_clip), (int)step + 1, o);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (step > start_step) elapsed_total += seconds;  // the first step pays warm-up costs
+        const double avg = step > start_step ? elapsed_total / (step - start_step) : seconds;
+        char mfu[32] = "";
+        if (backend->peak_flops() > 0) snprintf(mfu, sizeof(mfu), " | MFU %.1f%%", 100.0 * flops_per_step / seconds / backend->peak_flops());
+        printf("step %6lld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s | ETA %s\n",
+               (long long)step + 1, o.steps, loss, lr, norm, 1e3 * seconds, tokens_per_step / seconds, mfu,
+               format_duration(avg * (o.steps - step - 1)).c_str());
+        fflush(stdout);
+        log.row(step + 1, "train", loss, lr, norm);
+        const int64_t done = step + 1;
+        if (o.val_interval > 0 && done % o.val_interval == 0 && done < o.steps) validate(done, lr);
+        if ((o.ckpt_interval > 0 && done % o.ckpt_interval == 0) || done == o.steps || g_stop_signal) save(done);
+        if (g_stop_signal) {
+            printf("stopped by signal %d after step %lld; resume with -r %s\n", (int)g_stop_signal, (long long)done, o.out_dir.c_str());
+            return 130;
+        }
+    }
+    validate(o.steps, schedule.lr_at(o.steps - 1));
+    return 0;
+}

@@ -1,0 +1,118 @@
+// Checkpoints: exact round trip, atomic replacement on a failed write, and errors on corrupt files.
+#include <sys/resource.h>
+#include <csignal>
+#include <fstream>
+#include <string>
+#include <vector>
+#include "catch_compat.h"
+#include "../core/checkpoint.h"
+
+static std::string temp_dir() {
+    char tmpl[] = "/tmp/mixln_ckpt_XXXXXX";
+    return mkdtemp(tmpl);
+}
+
+static ModelConfig small_config() {
+    ModelConfig cfg;
+    cfg.vocab_size = 50; cfg.n_layer = 3; cfg.n_head = 2; cfg.d_model = 8; cfg.d_ffn = 12; cfg.max_seq_len = 16;
+    cfg.alpha = 0.33; cfg.scaled_embed = true;
+    return cfg;
+}
+
+static std::vector<float> filled(long n, uint64_t seed) {
+    Rng rng(seed);
+    std::vector<float> v(n);
+    for (float& x : v) x = (float)rng.normal();
+    return v;
+}
+
+TEST_CASE("a checkpoint round-trips the model, optimizer and training state exactly") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    const std::vector<float> p = filled(n, 1), m = filled(n, 2), v = filled(n, 3);
+    TrainState st;
+    st.step = 1234; st.data = DataPosition{2, 1, 96}; st.rng_state = 0xDEADBEEFCAFEull;
+    st.micro_batch = 4; st.seq_len = 16; st.total_batch = 128; st.world_size = 1; st.data_seed = 99;
+    const std::string path = checkpoint_path(dir, st.step);
+    save_checkpoint(path, cfg, st, p.data(), m.data(), v.data(), n);
+    const Checkpoint ck = load_checkpoint(path);
+    CHECK(ck.params == p);
+    CHECK(ck.m == m);
+    CHECK(ck.v == v);
+    CHECK(ck.cfg.alpha == cfg.alpha);
+    CHECK(ck.cfg.scaled_embed);
+    CHECK(!ck.cfg.scaled_init);
+    CHECK(ck.cfg.n_layer == 3);
+    CHECK(ck.cfg.d_ffn == 12);
+    CHECK(ck.state.step == 1234);
+    CHECK(ck.state.data.epoch == 2);
+    CHECK(ck.state.data.sample == 96);
+    CHECK(ck.state.rng_state == st.rng_state);
+    CHECK(ck.state.data_seed == 99);
+    // weights only
+    save_checkpoint(dir + "/w.bin", cfg, st, p.data(), nullptr, nullptr, n);
+    const Checkpoint w = load_checkpoint(dir + "/w.bin");
+    CHECK(w.params == p);
+    CHECK(w.m.empty());
+}
+
+TEST_CASE("a write that fails (full disk) leaves the previous checkpoint intact and no temp file") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    const std::vector<float> p = filled(n, 4), p2 = filled(n, 5);
+    TrainState st;
+    const std::string path = dir + "/ckpt.bin";
+    save_checkpoint(path, cfg, st, p.data(), p.data(), p.data(), n);
+    // Simulate a full disk: files may not grow past 1000 bytes (writes fail with EFBIG).
+    struct rlimit old_limit;
+    getrlimit(RLIMIT_FSIZE, &old_limit);
+    struct rlimit small = old_limit;
+    small.rlim_cur = 1000;
+    std::signal(SIGXFSZ, SIG_IGN);
+    setrlimit(RLIMIT_FSIZE, &small);
+    std::string error;
+    try { save_checkpoint(path, cfg, st, p2.data(), p2.data(), p2.data(), n); } catch (const std::exception& e) { error = e.what(); }
+    setrlimit(RLIMIT_FSIZE, &old_limit);
+    CHECK(error.find("write failed") != std::string::npos);
+    CHECK(error.find("previous checkpoints are untouched") != std::string::npos);
+    CHECK(load_checkpoint(path).params == p);
+    std::ifstream tmp(path + ".tmp");
+    CHECK(!tmp.good());
+}
+
+TEST_CASE("corrupt checkpoints are rejected with a clear error") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    const std::vector<float> p = filled(n, 6);
+    TrainState st;
+    const std::string path = dir + "/c.bin";
+    save_checkpoint(path, cfg, st, p.data(), p.data(), p.data(), n);
+    std::ifstream in(path, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto error_for = [&](const std::string& content) {
+        std::ofstream(dir + "/bad.bin", std::ios::binary) << content;
+        try { load_checkpoint(dir + "/bad.bin"); } catch (const std::exception& e) { return std::string(e.what()); }
+        return std::string("(no error)");
+    };
+    CHECK(error_for(bytes.substr(0, bytes.size() - 4)).find("truncated") != std::string::npos);
+    CHECK(error_for(bytes + "x").find("unexpected bytes") != std::string::npos);
+    CHECK(error_for("JUNK" + bytes.substr(4)).find("bad magic") != std::string::npos);
+    CHECK(error_for(bytes.substr(0, 100)).find("truncated header") != std::string::npos);
+}
+
+TEST_CASE("pruning keeps the newest checkpoints") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    const std::vector<float> p = filled(n, 7);
+    TrainState st;
+    for (int step : {10, 20, 30, 40, 50}) save_checkpoint(checkpoint_path(dir, step), cfg, st, p.data(), nullptr, nullptr, n);
+    prune_checkpoints(dir, 2);
+    const std::vector<std::string> left = list_checkpoints(dir);
+    REQUIRE(left.size() == 2);
+    CHECK(left[0] == checkpoint_path(dir, 40));
+    CHECK(left[1] == checkpoint_path(dir, 50));
+}
