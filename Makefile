@@ -14,9 +14,12 @@ HEADERS := $(wildcard core/*.h kernels/cpu/*.h dataloader.h)
 TEST_HEADERS := $(wildcard test/*.h)
 
 .PHONY: all test clean
-all: train_mixln_cpu
+all: train_mixln_cpu analyze_mixln_cpu
 
 train_mixln_cpu: train_mixln_cpu.cpp $(HEADERS)
+	$(CXX) $(CXXFLAGS) $< -o $@
+
+analyze_mixln_cpu: analyze_mixln_cpu.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
 
 $(BUILD)/test_main.o: test/main.cpp
@@ -27,12 +30,12 @@ $(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS)
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-CPU_TESTS := test_reference_kernels test_reference_model test_dataloader test_checkpoint test_trainer_cpu
+CPU_TESTS := test_reference_kernels test_reference_model test_analysis test_dataloader test_checkpoint test_trainer_cpu
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
-test: $(BUILD)/test_cpu train_mixln_cpu
+test: $(BUILD)/test_cpu train_mixln_cpu analyze_mixln_cpu
 	test/run_tests.sh $(BUILD)/test_cpu
 
 clean:
-	rm -rf $(BUILD) train_mixln_cpu
+	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu

@@ -35,6 +35,7 @@ struct CpuBackend : TrainerBackend {
         std::copy(m.begin(), m.end(), m_out);
         std::copy(v.begin(), v.end(), v_out);
     }
+    void read_grads(float* grads) override { std::copy(model.grads.begin(), model.grads.end(), grads); }
     void write_state(const float* params, const float* m_in, const float* v_in) override {
         std::copy(params, params + model.layout.total, model.params.begin());
         if (m_in) std::copy(m_in, m_in + model.layout.total, m.begin()); else std::fill(m.begin(), m.end(), 0.0f);

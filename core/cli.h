@@ -31,6 +31,7 @@ struct TrainOptions {
     int val_batches = 20;                // -m
     int ckpt_interval = 0;               // -c, 0 = only at the end
     int keep_checkpoints = 3;            // -k, 0 = keep all
+    int grad_norm_interval = 0;          // -y, 0 = off
     bool help = false;                   // -h
     std::set<char> given;                // flags set on the command line
 };
@@ -67,6 +68,7 @@ inline const char* train_usage() {
         "  -m N       validation batches per evaluation (default 20)\n"
         "  -c N       checkpoint every N steps (default 0 = only at the end)\n"
         "  -k N       keep the newest N checkpoints (default 3, 0 = all)\n"
+        "  -y N       every N steps, log per-layer gradient norms to OUT/grad_norms.csv (default 0 = off)\n"
         "  -r PATH    resume from a checkpoint, or from the newest one in a directory\n"
         "  -f PATH    start from a checkpoint's weights with a fresh optimizer and schedule\n"
         "  -h         print this help\n";
@@ -156,6 +158,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'm': o.val_batches = (int)parse_integer(flag, val, 1); break;
             case 'c': o.ckpt_interval = (int)parse_integer(flag, val, 0); break;
             case 'k': o.keep_checkpoints = (int)parse_integer(flag, val, 0); break;
+            case 'y': o.grad_norm_interval = (int)parse_integer(flag, val, 0); break;
             default: throw std::runtime_error("unknown flag -" + std::string(1, flag));
         }
     }

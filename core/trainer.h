@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <chrono>
 #include <csignal>
+#include <cstdarg>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <vector>
+#include "analysis.h"
 #include "checkpoint.h"
 #include "cli.h"
 #include "schedule.h"
@@ -34,6 +36,7 @@ struct TrainerBackend {
     // One AdamW step t (1-based), the gradients multiplied by grad_scale (clipping) first.
     virtual void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) = 0;
     virtual void read_state(float* params, float* m, float* v) = 0;
+    virtual void read_grads(float* grads) = 0;  // the accumulated gradients, fp32
     virtual void write_state(const float* params, const float* m, const float* v) = 0;  // m, v null: zeros
 };
 
@@ -92,31 +95,37 @@ inline std::string resolve_checkpoint_path(const std::string& path) {
     return path;
 }
 
-// log.csv: "step,split,loss,lr,grad_norm" per step and per validation. On resume, the rows past the
-// checkpoint's step (written by the run that died) are dropped so the log matches the run.
-class TrainLog {
+// A CSV log whose first column is the step: log.csv ("step,split,loss,lr,grad_norm") and, with -y,
+// grad_norms.csv. On resume, the rows past the checkpoint's step (written by the run that died) are
+// dropped so the log matches the run.
+class CsvLog {
   public:
-    TrainLog(const std::string& path, int64_t resume_step) : path_(path) {
+    CsvLog(const std::string& path, const std::string& header, int64_t resume_step) {
         std::vector<std::string> keep;
         if (resume_step > 0) {
             std::ifstream in(path);
             std::string line;
             while (std::getline(in, line))
-                if (line.rfind("step", 0) == 0 || std::atoll(line.c_str()) <= resume_step) keep.push_back(line);
+                if (line == header || std::atoll(line.c_str()) <= resume_step) keep.push_back(line);
         }
         f_ = fopen(path.c_str(), "w");
         if (!f_) throw std::runtime_error("cannot write '" + path + "': " + strerror(errno));
-        if (keep.empty()) keep.push_back("step,split,loss,lr,grad_norm");
+        if (keep.empty()) keep.push_back(header);
         for (const std::string& l : keep) fprintf(f_, "%s\n", l.c_str());
         fflush(f_);
     }
-    ~TrainLog() { if (f_) fclose(f_); }
-    void row(int64_t step, const char* split, double loss, double lr, double norm) {
-        fprintf(f_, "%lld,%s,%.9g,%.9g,%.9g\n", (long long)step, split, loss, lr, norm);
+    ~CsvLog() { fclose(f_); }
+    CsvLog(const CsvLog&) = delete;
+    CsvLog& operator=(const CsvLog&) = delete;
+    void row(const char* fmt, ...) __attribute__((format(printf, 2, 3))) {
+        va_list args;
+        va_start(args, fmt);
+        vfprintf(f_, fmt, args);
+        va_end(args);
+        fputc('\n', f_);
         fflush(f_);
     }
   private:
-    std::string path_;
     FILE* f_ = nullptr;
 };
 
@@ -183,7 +192,10 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     ck.reset();  // its arrays are in the backend now
 
     make_directories(o.out_dir);
-    TrainLog log(o.out_dir + "/log.csv", start_step);
+    CsvLog log(o.out_dir + "/log.csv", "step,split,loss,lr,grad_norm", start_step);
+    std::unique_ptr<CsvLog> grad_log;
+    if (o.grad_norm_interval > 0) grad_log.reset(new CsvLog(o.out_dir + "/grad_norms.csv", "step,layer,post_ln,attention,mlp,total", start_step));
+    std::vector<float> grads_host(grad_log ? layout.total : 0);
     const LrSchedule schedule = make_schedule(o.lr, o.steps, o.warmup_fraction, o.final_lr_fraction);
     const double flops_per_step = flops_per_token(cfg, layout, T) * tokens_per_step;
 
@@ -214,7 +226,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         const double loss = evaluate(*backend, *val, o.val_batches, B, T);
         printf("step %6lld | val loss %.4f | val ppl %.2f\n", (long long)step, loss, std::exp(loss));
         fflush(stdout);
-        log.row(step, "val", loss, lr, 0);
+        log.row("%lld,val,%.9g,%.9g,0", (long long)step, loss, lr);
     };
 
     std::signal(SIGINT, request_stop);
@@ -237,6 +249,13 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
             return 1;
         }
         const double norm = backend->grad_norm();
+        if (grad_log && (step + 1) % o.grad_norm_interval == 0) {  // paper Fig. 3e / 6, before clipping
+            backend->read_grads(grads_host.data());
+            const std::vector<LayerGradNorm> norms = layer_grad_norms(cfg, layout, grads_host.data());
+            for (int l = 0; l < cfg.n_layer; l++)
+                grad_log->row("%lld,%d,%d,%.9g,%.9g,%.9g", (long long)step + 1, l, (int)layer_is_post_ln(cfg, l),
+                              norms[l].attention, norms[l].mlp, norms[l].total);
+        }
         backend->adamw_step(lr, grad_clip_scale(norm, o.grad_clip), (int)step + 1, o);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (step > start_step) elapsed_total += seconds;  // the first step pays warm-up costs
@@ -247,7 +266,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
                (long long)step + 1, o.steps, loss, lr, norm, 1e3 * seconds, tokens_per_step / seconds, mfu,
                format_duration(avg * (o.steps - step - 1)).c_str());
         fflush(stdout);
-        log.row(step + 1, "train", loss, lr, norm);
+        log.row("%lld,train,%.9g,%.9g,%.9g", (long long)step + 1, loss, lr, norm);
         const int64_t done = step + 1;
         if (o.val_interval > 0 && done % o.val_interval == 0 && done < o.steps) validate(done, lr);
         if ((o.ckpt_interval > 0 && done % o.ckpt_interval == 0) || done == o.steps || g_stop_signal) save(done);

@@ -187,3 +187,27 @@ TEST_CASE("a diverging run stops on a non-finite loss and keeps its last good ch
     for (const std::string& path : list_checkpoints(dir + "/nan"))
         for (float p : load_checkpoint(path).params) REQUIRE(std::isfinite(p));
 }
+
+TEST_CASE("-y logs per-layer gradient norms; the analysis tool writes its three tables") {
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    std::vector<std::string> args = tiny_run(data, dir + "/y", 4);
+    args.insert(args.end(), {"-y", "2"});
+    REQUIRE(wait_exit(spawn(args, dir + "/y.txt")) == 0);
+    std::istringstream csv(read_file(dir + "/y/grad_norms.csv"));
+    std::string line;
+    std::vector<std::string> rows;
+    while (std::getline(csv, line)) rows.push_back(line);
+    REQUIRE(rows.size() == 1 + 2 * 3);  // header, steps 2 and 4 x 3 layers
+    CHECK(rows[0] == "step,layer,post_ln,attention,mlp,total");
+    CHECK(rows[1].rfind("2,0,1,", 0) == 0);  // alpha 0.34 of 3 layers: layer 0 is Post-LN
+    CHECK(rows[6].rfind("4,2,0,", 0) == 0);
+
+    const char* analyzer = getenv("MIXLN_CPU_ANALYZER") ? getenv("MIXLN_CPU_ANALYZER") : "./analyze_mixln_cpu";
+    std::vector<std::string> a = {analyzer, "-f", dir + "/y", "-i", data, "-b", "4", "-t", "16", "-d", "64", "-m", "2", "-o", dir + "/an"};
+    REQUIRE(wait_exit(spawn(a, dir + "/an.txt")) == 0);
+    auto count_lines = [&](const std::string& p) { std::istringstream s(read_file(p)); int n = 0; while (std::getline(s, line)) n++; return n; };
+    CHECK(count_lines(dir + "/an/grad_norms.csv") == 1 + 3);
+    CHECK(count_lines(dir + "/an/angular_distance.csv") == 1 + 3 + 2 + 1);
+    CHECK(count_lines(dir + "/an/pruning.csv") == 1 + 1 + 3);
+}
