@@ -150,7 +150,8 @@ inline double evaluate(TrainerBackend& backend, DataLoader& val, int n_batches, 
     return sum / n;
 }
 
-// Returns the process exit code: 0 done, 1 stopped on a non-finite loss, 130 stopped by a signal.
+// Returns the process exit code: 0 done, 3 stopped on a non-finite loss, 130 stopped by a signal
+// (errors throw; the trainers' main turns them into exit code 1).
 inline int run_training(const TrainOptions& o, const BackendFactory& make_backend) {
     const int B = o.micro_batch, T = o.seq_len;
     const long tokens_per_step = o.total_batch;
@@ -246,7 +247,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
             std::vector<std::string> saved = list_checkpoints(o.out_dir);
             fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)step + 1,
                     saved.empty() ? "No checkpoint was written yet." : ("The last good checkpoint is " + saved.back() + ".").c_str());
-            return 1;
+            return 3;
         }
         const double norm = backend->grad_norm();
         if (grad_log && (step + 1) % o.grad_norm_interval == 0) {  // paper Fig. 3e / 6, before clipping
