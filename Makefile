@@ -10,10 +10,10 @@ BUILD := build
 # Catch2 2.x is header-only; Catch2 3.x (the GPU machine) needs its library.
 CATCH_LIBS := $(shell test -e /usr/include/catch2/catch_all.hpp && echo -lCatch2)
 
-HEADERS := $(wildcard core/*.h kernels/cpu/*.h dataloader.h)
+HEADERS := $(wildcard core/*.h kernels/cpu/*.h tokenizer/*.h dataloader.h)
 TEST_HEADERS := $(wildcard test/*.h)
 
-.PHONY: all test clean
+.PHONY: all test clean demo
 all: train_mixln_cpu analyze_mixln_cpu
 
 train_mixln_cpu: train_mixln_cpu.cpp $(HEADERS)
@@ -22,7 +22,7 @@ train_mixln_cpu: train_mixln_cpu.cpp $(HEADERS)
 analyze_mixln_cpu: analyze_mixln_cpu.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
 
-$(BUILD)/test_main.o: test/main.cpp
+$(BUILD)/test_main.o: test/main.cpp test/summary_listener.h
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
@@ -30,12 +30,56 @@ $(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS)
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-CPU_TESTS := test_reference_kernels test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu
+CPU_TESTS := test_reference_kernels test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_tokenizer
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
 test: $(BUILD)/test_cpu train_mixln_cpu analyze_mixln_cpu
-	test/run_tests.sh $(BUILD)/test_cpu
+	test/run_tests.sh $(BUILD)/test_cpu test/test_scripts.sh $(GPU_TESTS)
+
+demo: train_mixln_cpu analyze_mixln_cpu
+	scripts/demo.sh
 
 clean:
 	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu
+
+# ----------------------------------------------------------------------------------------------------
+# CUDA: the GPU kernels (kernels/*.cuh) and their tests. Built wherever nvcc is found; running them
+# needs a GPU (without one, test_gpu_kernels reports its test cases as skipped).
+#   make PRECISION=FP32 ...   fp32 storage instead of bf16 (-DENABLE_FP32), built under build/fp32
+# No --use_fast_math: the kernels here are memory-bound (elementwise, row reductions) or cuBLAS, so
+# approximate math buys no measurable time, while it would cost accuracy the tests check: __expf's
+# error grows with |x| (2 + 1.2|x| ulp) and flushing denormals to zero drops small probabilities and
+# AdamW second moments. A compute-bound kernel can still call an intrinsic (__expf, exp2f) explicitly.
+NVCC ?= nvcc
+NVCC_FOUND := $(shell command -v $(NVCC))
+PRECISION ?= BF16
+NVCC_FLAGS ?= -O3 -std=c++17 -Xcompiler -fopenmp \
+	-gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80
+NVCC_LIBS := -lcublasLt -lcublas
+ifeq ($(PRECISION),FP32)
+PRECISION_FLAGS := -DENABLE_FP32
+CUDA_BUILD := $(BUILD)/fp32
+else ifeq ($(PRECISION),BF16)
+PRECISION_FLAGS :=
+CUDA_BUILD := $(BUILD)
+else
+$(error PRECISION must be BF16 or FP32, not $(PRECISION))
+endif
+CUDA_HEADERS := $(wildcard kernels/*.cuh)
+
+# gpu_main.cpp has no device code: nvcc hands it to the host compiler, with CUDA's include path.
+$(CUDA_BUILD)/gpu_main.o: test/gpu_main.cpp test/summary_listener.h
+	@mkdir -p $(CUDA_BUILD)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+$(CUDA_BUILD)/test_gpu_kernels.o: test/test_gpu_kernels.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h
+	@mkdir -p $(CUDA_BUILD)
+	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
+
+$(CUDA_BUILD)/test_gpu_kernels: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_kernels.o
+	$(NVCC) $(NVCC_FLAGS) $^ -o $@ $(NVCC_LIBS) $(CATCH_LIBS)
+
+# `make test` builds and runs the GPU tests too where nvcc exists.
+GPU_TESTS := $(if $(NVCC_FOUND),$(CUDA_BUILD)/test_gpu_kernels)
+test: $(GPU_TESTS)

@@ -25,6 +25,10 @@ struct CpuBackend : TrainerBackend {
     float forward_loss(const int* inputs, const int* targets, int B, int T) override {
         return model.forward(inputs, targets, B, T);
     }
+    void next_token_logits(const int* tokens, int T, float* logits) override {
+        model.forward(tokens, nullptr, 1, T);
+        std::copy(model.logits.end() - model.cfg.vocab_size, model.logits.end(), logits);
+    }
     double grad_norm() override { return global_grad_norm(model.grads.data(), model.layout.total); }
     void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
         adamw_update(model.params.data(), model.grads.data(), m.data(), v.data(), model.layout.total, t, (float)lr,

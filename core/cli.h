@@ -32,6 +32,10 @@ struct TrainOptions {
     int ckpt_interval = 0;               // -c, 0 = only at the end
     int keep_checkpoints = 3;            // -k, 0 = keep all
     int grad_norm_interval = 0;          // -y, 0 = off
+    int sample_tokens = 0;               // -G, tokens to generate after training, 0 = none
+    std::string prompt;                  // -P
+    double temperature = 0.8;            // -T, 0 = greedy
+    std::string vocab_file;              // -z, default: vocab.bin beside the first training shard
     bool help = false;                   // -h
     std::set<char> given;                // flags set on the command line
 };
@@ -71,6 +75,12 @@ inline const char* train_usage() {
         "  -y N       every N steps, log per-layer gradient norms to OUT/grad_norms.csv (default 0 = off)\n"
         "  -r PATH    resume from a checkpoint, or from the newest one in a directory\n"
         "  -f PATH    start from a checkpoint's weights with a fresh optimizer and schedule\n"
+        "sampling\n"
+        "  -G N       after training, generate N tokens of text (default 0 = none);\n"
+        "             with -f CHECKPOINT -x 0 it only samples\n"
+        "  -P TEXT    prompt for the sample (default: the end-of-text token, or nothing)\n"
+        "  -T TEMP    sampling temperature, 0 = greedy (default 0.8)\n"
+        "  -z FILE    vocabulary for decoding (default: vocab.bin beside the first training shard)\n"
         "  -h         print this help\n";
 }
 
@@ -148,7 +158,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 't': o.seq_len = (int)parse_integer(flag, val, 2); break;
             case 'd': o.total_batch = parse_integer(flag, val, 1); break;
             case 'l': o.lr = parse_number(flag, val); if (o.lr <= 0) throw std::runtime_error("-l: the learning rate must be > 0"); break;
-            case 'x': o.steps = (int)parse_integer(flag, val, 1); break;
+            case 'x': o.steps = (int)parse_integer(flag, val, 0); break;
             case 'u': o.warmup_fraction = parse_in_range(flag, val, 0.0, 1.0); break;
             case 'q': o.final_lr_fraction = parse_in_range(flag, val, 0.0, 1.0); break;
             case 'w': o.weight_decay = parse_in_range(flag, val, 0.0, 1e3); break;
@@ -159,6 +169,10 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'c': o.ckpt_interval = (int)parse_integer(flag, val, 0); break;
             case 'k': o.keep_checkpoints = (int)parse_integer(flag, val, 0); break;
             case 'y': o.grad_norm_interval = (int)parse_integer(flag, val, 0); break;
+            case 'G': o.sample_tokens = (int)parse_integer(flag, val, 0); break;
+            case 'P': o.prompt = val; break;
+            case 'T': o.temperature = parse_in_range(flag, val, 0.0, 100.0); break;
+            case 'z': o.vocab_file = val; break;
             default: throw std::runtime_error("unknown flag -" + std::string(1, flag));
         }
     }
@@ -182,5 +196,6 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
         throw std::runtime_error("-d " + std::to_string(o.total_batch) + " is not a multiple of -b x -t = " +
                                  std::to_string(tokens_per_micro_step) + " tokens");
     if (!o.resume.empty() && !o.init_from.empty()) throw std::runtime_error("-r and -f exclude each other");
+    if (o.steps == 0 && o.init_from.empty()) throw std::runtime_error("-x 0 (sampling only) needs the weights of -f CHECKPOINT");
     return o;
 }

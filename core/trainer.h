@@ -18,7 +18,9 @@
 #include "analysis.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "sample.h"
 #include "schedule.h"
+#include "../tokenizer/tokenizer.h"
 #include "../dataloader.h"
 
 // What a trainer's model must do. Weights and Adam moments cross this interface as fp32 arrays in
@@ -32,6 +34,8 @@ struct TrainerBackend {
     // loss. Returns the mean loss.
     virtual float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) = 0;
     virtual float forward_loss(const int* inputs, const int* targets, int B, int T) = 0;
+    // The V logits after the last of T tokens (batch of one).
+    virtual void next_token_logits(const int* tokens, int T, float* logits) = 0;
     virtual double grad_norm() = 0;
     // One AdamW step t (1-based), the gradients multiplied by grad_scale (clipping) first.
     virtual void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) = 0;
@@ -148,6 +152,28 @@ inline double evaluate(TrainerBackend& backend, DataLoader& val, int n_batches, 
         sum += backend.forward_loss(in.data(), tgt.data(), B, T);
     }
     return sum / n;
+}
+
+// Prints n tokens of text continuing the prompt, decoded with the run's vocabulary file.
+inline void print_sample(TrainerBackend& backend, const TrainOptions& o, const ModelConfig& cfg, Rng& rng) {
+    std::string vocab = o.vocab_file;
+    if (vocab.empty()) {
+        const std::string first = expand_shard_pattern(o.train_files)[0];
+        const size_t slash = first.find_last_of('/');
+        vocab = (slash == std::string::npos ? std::string(".") : first.substr(0, slash)) + "/vocab.bin";
+    }
+    const Tokenizer tok(vocab);
+    if (tok.vocab_size() > cfg.vocab_size)
+        throw std::runtime_error("vocabulary '" + vocab + "' has " + std::to_string(tok.vocab_size()) + " tokens, more than the model's " + std::to_string(cfg.vocab_size));
+    std::vector<int> tokens = tok.encode(o.prompt);
+    if (tokens.empty() && tok.eot_id() >= 0) tokens.push_back(tok.eot_id());
+    if (tokens.empty()) tokens.push_back(tok.encode("\n").empty() ? 0 : tok.encode("\n")[0]);
+    const size_t prompt_len = tokens.size();
+    generate(tokens, o.sample_tokens, o.seq_len, cfg.vocab_size, o.temperature, rng,
+             [&](const int* ctx, int T, float* logits) { backend.next_token_logits(ctx, T, logits); });
+    const std::vector<int> continuation(tokens.begin() + prompt_len, tokens.end());
+    printf("sample (temperature %g):\n%s%s\n", o.temperature, o.prompt.c_str(), tok.decode(continuation).c_str());
+    fflush(stdout);
 }
 
 // Returns the process exit code: 0 done, 3 stopped on a non-finite loss, 130 stopped by a signal
@@ -276,6 +302,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
             return 130;
         }
     }
-    validate(o.steps, schedule.lr_at(o.steps - 1));
+    if (o.steps > start_step) validate(o.steps, schedule.lr_at(o.steps - 1));
+    if (o.sample_tokens > 0) print_sample(*backend, o, cfg, rng);
     return 0;
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs each test binary given, then prints one closing line adding up their "N passed, M failed"
-# summaries. Exits non-zero if any test failed or any binary ended without its summary.
+# Runs each test given (a binary, or an executable script such as test/test_scripts.sh), then prints
+# one closing line adding up their "N passed, M failed" summaries. Exits non-zero if any test failed
+# or any of them ended without its summary.
 set -u
 passed=0; failed=0; skipped=0; broken=0
 for bin in "$@"; do

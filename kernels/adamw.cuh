@@ -1,0 +1,81 @@
+// The optimizer step on the GPU: the global gradient norm (for clipping) and AdamW (Loshchilov &
+// Hutter, 2019) in torch.optim.AdamW's order. CPU reference: kernels/cpu/adamw.h.
+// The update works on fp32 weights: in BF16 mode an fp32 master copy, from which the bf16 weights
+// are rounded after every step; in FP32 mode the weights themselves, and there is no master copy.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include "common.cuh"
+
+// One thread per parameter i, with p the fp32 weight (master_params[i], or params[i] when null):
+//   g = grad_scale * grad;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps)),   bc1 = 1 - b1^t,  bc2 = 1 - b2^t
+__global__ void adamw_kernel(floatX* params, float* master_params, const floatX* grads, float* m, float* v, long n,
+                             float lr, float beta1, float beta2, float bc1, float bc2, float eps,
+                             float weight_decay, float grad_scale) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = grad_scale * (float)grads[i];
+    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float p = master_params ? master_params[i] : (float)params[i];
+    p -= lr * (weight_decay * p + (mi / bc1) / (sqrtf(vi / bc2) + eps));
+    if (master_params) master_params[i] = p;
+    params[i] = (floatX)p;
+}
+
+// Stage 1 of the norm: block b adds up g^2 over its grid-strided elements (a fixed set and order per
+// thread), reduces over the block, and writes partial[b].
+__global__ void grad_norm_partial_kernel(float* partial, const floatX* grads, long n) {
+    float sum_sq = 0.0f;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const float g = (float)grads[i];
+        sum_sq += g * g;
+    }
+    sum_sq = block_reduce_sum(sum_sq);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum_sq;
+}
+
+// Stage 2: one block adds the partials in a fixed order; norm = sqrt of the total.
+__global__ void grad_norm_final_kernel(float* norm, const float* partial, int num_partials) {
+    float sum_sq = 0.0f;
+    for (int i = threadIdx.x; i < num_partials; i += blockDim.x) sum_sq += partial[i];
+    sum_sq = block_reduce_sum(sum_sq);
+    if (threadIdx.x == 0) *norm = sqrtf(sum_sq);
+}
+
+// ----------------------------------------------------------------------------
+
+// At most this many blocks in stage 1; the scratch holds one fp32 partial per block.
+constexpr int GRAD_NORM_BLOCKS = 1024;
+
+// *norm (device fp32) = sqrt(sum of grads^2) over n gradients. The grid depends only on n, so the
+// result is bitwise reproducible. scratch: GRAD_NORM_BLOCKS floats of device memory.
+inline void global_grad_norm(float* norm, float* scratch, const floatX* grads, long n, cudaStream_t stream) {
+    const int block = 512;
+    const int grid = (int)std::min<long>(ceil_div(n, block), GRAD_NORM_BLOCKS);
+    grad_norm_partial_kernel<<<grid, block, 0, stream>>>(scratch, grads, n);
+    cudaCheck(cudaGetLastError());
+    grad_norm_final_kernel<<<1, block, 0, stream>>>(norm, scratch, grid);
+    cudaCheck(cudaGetLastError());
+}
+
+// One AdamW step t (1-based) on n parameters. master_params: the fp32 master weights in BF16 mode;
+// must be null in FP32 mode, where params are updated in place. grad_scale multiplies every gradient,
+// e.g. grad_clip_scale(norm, max_norm) from kernels/cpu/adamw.h.
+inline void adamw_update(floatX* params, float* master_params, const floatX* grads, float* m, float* v, long n,
+                         int t, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                         cudaStream_t stream) {
+    if ((master_params == nullptr) != FLOATX_IS_FP32) {
+        fprintf(stderr, "adamw_update: master weights are required in BF16 mode and unused in FP32 mode\n");
+        exit(EXIT_FAILURE);
+    }
+    const float bc1 = (float)(1.0 - std::pow((double)beta1, t));
+    const float bc2 = (float)(1.0 - std::pow((double)beta2, t));
+    const int block = 256;
+    adamw_kernel<<<ceil_div(n, block), block, 0, stream>>>(params, master_params, grads, m, v, n, lr, beta1, beta2,
+                                                           bc1, bc2, eps, weight_decay, grad_scale);
+    cudaCheck(cudaGetLastError());
+}

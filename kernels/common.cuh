@@ -1,0 +1,87 @@
+// What every CUDA kernel header shares: the storage type floatX, checked calls, and fp32 reductions.
+//
+// Storage and arithmetic: activations, weights and gradients are stored as floatX, bf16 by default or
+// fp32 when built with -DENABLE_FP32 (make PRECISION=FP32). Every kernel converts to fp32 on load,
+// computes and accumulates in fp32, and rounds once on store. Row statistics (rmsnorm's rstd, losses),
+// AdamW's master weights and moments, and reduction partials are always fp32.
+//
+// The host launchers carry the names of their CPU references in kernels/cpu (embedding_forward,
+// matmul_backward, ...) and are told apart from them by their trailing cudaStream_t argument.
+#pragma once
+#include <cstdio>
+#include <cstdlib>
+#include <type_traits>
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#ifdef ENABLE_FP32
+typedef float floatX;
+#else
+typedef __nv_bfloat16 floatX;
+#endif
+constexpr bool FLOATX_IS_FP32 = std::is_same<floatX, float>::value;
+
+// ----------------------------------------------------------------------------
+// Checked calls: print where and why, then exit. Every kernel launch is followed by
+// cudaCheck(cudaGetLastError()) so a bad launch configuration is reported at its launcher.
+
+inline void cuda_check(cudaError_t error, const char* file, int line) {
+    if (error != cudaSuccess) {
+        fprintf(stderr, "CUDA error at %s:%d: %s\n", file, line, cudaGetErrorString(error));
+        exit(EXIT_FAILURE);
+    }
+}
+#define cudaCheck(call) cuda_check((call), __FILE__, __LINE__)
+
+inline void cublas_check(cublasStatus_t status, const char* file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cuBLAS error at %s:%d: %s\n", file, line, cublasGetStatusString(status));
+        exit(EXIT_FAILURE);
+    }
+}
+#define cublasCheck(call) cublas_check((call), __FILE__, __LINE__)
+
+// ----------------------------------------------------------------------------
+// Small helpers
+
+inline __host__ __device__ long ceil_div(long a, long b) { return (a + b - 1) / b; }
+
+// ----------------------------------------------------------------------------
+// Reductions. A warp reduces with an xor butterfly: at every step lanes i and i^offset combine the
+// same two values, so with a commutative combine all 32 lanes end with bitwise the same result. A
+// block reduces each warp, then every warp reduces the per-warp results: again every thread gets the
+// same value. The order of operations depends only on blockDim, so results are reproducible run to run.
+
+constexpr unsigned FULL_WARP_MASK = 0xffffffffu;
+
+__device__ inline float shfl_xor(float v, int offset) { return __shfl_xor_sync(FULL_WARP_MASK, v, offset); }
+__device__ inline float2 shfl_xor(float2 v, int offset) {
+    return make_float2(shfl_xor(v.x, offset), shfl_xor(v.y, offset));
+}
+
+template <typename T, typename Combine>
+__device__ T warp_reduce(T v, Combine combine) {
+    for (int offset = 16; offset > 0; offset /= 2) v = combine(v, shfl_xor(v, offset));
+    return v;
+}
+
+// blockDim.x must be a multiple of 32 (at most 1024). identity is the value of an empty reduction,
+// which the lanes beyond the block's warp count contribute in the second stage.
+template <typename T, typename Combine>
+__device__ T block_reduce(T v, Combine combine, T identity) {
+    __shared__ T warp_results[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
+    v = warp_reduce(v, combine);
+    __syncthreads();  // a previous block_reduce may still be reading warp_results
+    if (lane == 0) warp_results[warp] = v;
+    __syncthreads();
+    return warp_reduce(lane < num_warps ? warp_results[lane] : identity, combine);
+}
+
+struct AddOp {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+
+__device__ inline float warp_reduce_sum(float v) { return warp_reduce(v, AddOp()); }
+__device__ inline float block_reduce_sum(float v) { return block_reduce(v, AddOp(), 0.0f); }

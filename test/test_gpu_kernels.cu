@@ -1,0 +1,576 @@
+// Every CUDA kernel (kernels/*.cuh), forward and backward, against its CPU reference (kernels/cpu/*.h)
+// on random inputs of awkward sizes, in the build's storage precision (bf16, or fp32 with
+// -DENABLE_FP32). Needs a GPU; without one test/gpu_main.cpp reports every case skipped.
+//
+// Method. Inputs are random normals rounded to floatX, and the CPU reference runs in double on exactly
+// those rounded values, so it is the exact result for the GPU's input and the comparison sees only
+// the GPU's own errors. Every output buffer is poisoned before the GPU run (all bytes 0xFF: NaN in
+// bf16 and in fp32), so an element a kernel fails to write fails the comparison. Buffers a kernel
+// accumulates into start from random values instead, which the reference accumulates into too.
+//
+// Error metric: max_i |gpu_i - ref_i| / max(|ref_i|, rms(ref)), infinite if any gpu_i is not finite.
+// It is the relative error for elements of typical size or larger; small elements are judged relative
+// to the tensor's rms, since where they come from cancellation (sums, differences) their rounding
+// error scales with the terms, not with the result.
+//
+// Tolerances, as bounds on that metric (each test says which it uses and why that one applies):
+// - FP32_TOL = 1e-5, for fp32 arithmetic. The kernels add up at most ~1000 fp32 terms in one sequence
+//   (a row of C <= 1000, a thread's share of V = 50001 logits, a dot product of K = 1000); rounding to
+//   nearest makes the errors a random walk of about 2^-24 * sqrt(1000) ~ 2e-6 of the result's scale,
+//   and CUDA's expf, logf, rsqrtf, sqrtf are within 2 ulp (1.2e-7). 1e-5 leaves a margin of ~5 over
+//   that, while a wrong formula or a wrong index misses it by orders of magnitude.
+// - STORE_TOL, for an fp32 result stored as floatX: FP32_TOL plus the one rounding to floatX, 2^-8
+//   relative in bf16 (round to nearest with 8 significant bits), nothing in fp32.
+// - MATMUL_TOL: in FP32 mode cuBLAS computes in true fp32 (FFMA, round to nearest): FP32_TOL. In BF16
+//   mode the tensor cores accumulate in fp32 but may truncate instead of rounding at each step (Fasi et
+//   al., 2021), which can bias the sum by up to K * 2^-23 ~ 1.2e-4 of its scale for K = 1000: 2e-4 on
+//   top of the 2^-8 of the output rounding.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+#include "catch_compat.h"
+#include "../core/rng.h"
+#include "../kernels/cpu/adamw.h"
+#include "../kernels/cpu/crossentropy.h"
+#include "../kernels/cpu/embedding.h"
+#include "../kernels/cpu/matmul.h"
+#include "../kernels/cpu/residual.h"
+#include "../kernels/cpu/rmsnorm.h"
+#include "../kernels/cpu/rope.h"
+#include "../kernels/cpu/swiglu.h"
+#include "../kernels/adamw.cuh"
+#include "../kernels/classifier.cuh"
+#include "../kernels/embedding.cuh"
+#include "../kernels/matmul.cuh"
+#include "../kernels/rmsnorm.cuh"
+#include "../kernels/rope.cuh"
+#include "../kernels/swiglu.cuh"
+
+constexpr double FP32_TOL = 1e-5;
+constexpr double STORE_TOL = FLOATX_IS_FP32 ? FP32_TOL : FP32_TOL + 0x1p-8;
+constexpr double MATMUL_TOL = FLOATX_IS_FP32 ? FP32_TOL : 2e-4 + 0x1p-8;
+
+// Every launch goes to the legacy default stream, so the synchronous copies below wait for it.
+static const cudaStream_t STREAM = 0;
+
+// ----------------------------------------------------------------------------
+// Host <-> device
+
+// n elements of T in device memory, filled from and read back to host vectors through float.
+template <typename T>
+struct DeviceBuffer {
+    T* ptr = nullptr;
+    size_t n = 0;
+
+    explicit DeviceBuffer(size_t count) : n(count) { cudaCheck(cudaMalloc(&ptr, n * sizeof(T))); }
+    template <typename H>
+    explicit DeviceBuffer(const std::vector<H>& host) : DeviceBuffer(host.size()) { upload(host); }
+    ~DeviceBuffer() { cudaCheck(cudaFree(ptr)); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+    template <typename H>
+    void upload(const std::vector<H>& host) {
+        REQUIRE(host.size() == n);
+        std::vector<T> converted(n);
+        for (size_t i = 0; i < n; i++) converted[i] = (T)host[i];
+        cudaCheck(cudaMemcpy(ptr, converted.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    std::vector<T> raw() const {
+        std::vector<T> host(n);
+        cudaCheck(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return host;
+    }
+    std::vector<float> download() const {
+        const std::vector<T> host = raw();
+        return std::vector<float>(host.begin(), host.end());
+    }
+    void poison() { cudaCheck(cudaMemset(ptr, 0xFF, n * sizeof(T))); }
+};
+
+template <typename T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// n normal values times scale, rounded to floatX: the values the GPU will hold.
+static std::vector<float> random_floatX(size_t n, Rng& rng, double scale = 1.0) {
+    std::vector<float> v(n);
+    for (float& x : v) x = (float)(floatX)(float)(scale * rng.normal());
+    return v;
+}
+
+// n normal values times scale in fp32, for the buffers that are fp32 in both precisions.
+static std::vector<float> random_fp32(size_t n, Rng& rng, double scale = 1.0) {
+    std::vector<float> v(n);
+    for (float& x : v) x = (float)(scale * rng.normal());
+    return v;
+}
+
+static std::vector<int> random_tokens(size_t n, Rng& rng, int V) {
+    std::vector<int> v(n);
+    for (int& t : v) t = (int)rng.below(V);
+    return v;
+}
+
+static std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+// The error metric of the header comment.
+static double relative_error(const std::vector<float>& gpu, const std::vector<double>& ref) {
+    REQUIRE(gpu.size() == ref.size());
+    double sum_sq = 0;
+    for (double r : ref) sum_sq += r * r;
+    const double rms = std::sqrt(sum_sq / ref.size());
+    double worst = 0;
+    for (size_t i = 0; i < gpu.size(); i++) {
+        if (!std::isfinite(gpu[i])) return INFINITY;
+        const double scale = std::max({std::fabs(ref[i]), rms, 1e-300});
+        worst = std::max(worst, std::fabs(gpu[i] - ref[i]) / scale);
+    }
+    return worst;
+}
+
+// ----------------------------------------------------------------------------
+// Embedding
+
+TEST_CASE("embedding forward gathers scaled rows") {
+    // STORE_TOL: scale * w is one fp32 product, then stored.
+    Rng rng(101);
+    struct Size { int N, C, V; };
+    for (const Size& s : {Size{21, 12, 11}, Size{21, 768, 1000}, Size{257, 1000, 5001}}) {
+        for (const float scale : {1.0f, std::sqrt((float)s.C)}) {
+            INFO("N=" << s.N << " C=" << s.C << " V=" << s.V << " scale=" << scale);
+            const std::vector<float> wte = random_floatX((size_t)s.V * s.C, rng);
+            const std::vector<int> tokens = random_tokens(s.N, rng, s.V);
+            DeviceBuffer<floatX> d_wte(wte), d_out((size_t)s.N * s.C);
+            DeviceBuffer<int> d_tokens(tokens);
+            d_out.poison();
+            embedding_forward(d_out.ptr, d_tokens.ptr, d_wte.ptr, s.N, s.C, scale, STREAM);
+            std::vector<double> ref((size_t)s.N * s.C);
+            embedding_forward(ref.data(), tokens.data(), to_double(wte).data(), s.N, s.C, (double)scale);
+            CHECK(relative_error(d_out.download(), ref) <= STORE_TOL);
+        }
+    }
+}
+
+TEST_CASE("embedding backward adds scaled rows into each token's row") {
+    // STORE_TOL: each dwte element is one fp32 sum of at most N = 257 terms, added and stored once.
+    // Small vocabularies make tokens repeat; rows of absent tokens must stay as they were.
+    Rng rng(102);
+    struct Size { int N, C, V; };
+    for (const Size& s : {Size{21, 12, 5}, Size{21, 768, 1000}, Size{257, 1000, 50}}) {
+        INFO("N=" << s.N << " C=" << s.C << " V=" << s.V);
+        const float scale = std::sqrt((float)s.C);
+        const std::vector<float> dwte = random_floatX((size_t)s.V * s.C, rng), dout = random_floatX((size_t)s.N * s.C, rng);
+        const std::vector<int> tokens = random_tokens(s.N, rng, s.V);
+        DeviceBuffer<floatX> d_dwte(dwte), d_dout(dout);
+        DeviceBuffer<int> d_workspace(embedding_backward_workspace_ints(s.N));
+        embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, s.N, s.C, scale, STREAM);
+        std::vector<double> ref = to_double(dwte);
+        embedding_backward(ref.data(), to_double(dout).data(), tokens.data(), s.N, s.C, (double)scale);
+        CHECK(relative_error(d_dwte.download(), ref) <= STORE_TOL);
+    }
+}
+
+TEST_CASE("embedding backward is deterministic") {
+    // 4096 positions over 64 tokens: each row sums ~64 positions, where atomics would vary the order.
+    Rng rng(103);
+    const int N = 4096, C = 768, V = 64;
+    const std::vector<float> dwte = random_floatX((size_t)V * C, rng), dout = random_floatX((size_t)N * C, rng);
+    const std::vector<int> tokens = random_tokens(N, rng, V);
+    DeviceBuffer<floatX> d_dwte(dwte), d_dout(dout);
+    DeviceBuffer<int> d_workspace(embedding_backward_workspace_ints(N));
+    embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, N, C, 1.0f, STREAM);
+    const std::vector<floatX> first = d_dwte.raw();
+    d_dwte.upload(dwte);
+    embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, N, C, 1.0f, STREAM);
+    CHECK(bitwise_equal(first, d_dwte.raw()));
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm, alone and fused with the residual add
+
+struct NormSize { int N, C; };
+static const NormSize NORM_SIZES[] = {{21, 12}, {21, 768}, {21, 1000}, {257, 12}, {257, 768}, {257, 1000}};
+static const float NORM_EPS = 1e-6f;
+
+// rstd of the rows of inp, computed in double and rounded to fp32, as the GPU forward would store it.
+static std::vector<float> reference_rstd(const std::vector<float>& inp, const std::vector<float>& w, int N, int C) {
+    std::vector<double> out((size_t)N * C), rstd(N);
+    rmsnorm_forward(out.data(), rstd.data(), to_double(inp).data(), to_double(w).data(), N, C, (double)NORM_EPS);
+    return std::vector<float>(rstd.begin(), rstd.end());
+}
+
+TEST_CASE("rmsnorm forward normalizes each row") {
+    // out: STORE_TOL (a C-term fp32 sum of squares, then three products, stored); rstd: FP32_TOL.
+    Rng rng(201);
+    for (const NormSize& s : NORM_SIZES) {
+        INFO("N=" << s.N << " C=" << s.C);
+        const std::vector<float> inp = random_floatX((size_t)s.N * s.C, rng, 3.0), w = random_floatX(s.C, rng);
+        DeviceBuffer<floatX> d_inp(inp), d_w(w), d_out((size_t)s.N * s.C);
+        DeviceBuffer<float> d_rstd(s.N);
+        d_out.poison();
+        d_rstd.poison();
+        rmsnorm_forward(d_out.ptr, d_rstd.ptr, d_inp.ptr, d_w.ptr, s.N, s.C, NORM_EPS, STREAM);
+        std::vector<double> out((size_t)s.N * s.C), rstd(s.N);
+        rmsnorm_forward(out.data(), rstd.data(), to_double(inp).data(), to_double(w).data(), s.N, s.C, (double)NORM_EPS);
+        CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+        CHECK(relative_error(d_rstd.download(), rstd) <= FP32_TOL);
+    }
+}
+
+TEST_CASE("residual + rmsnorm forward for Pre-LN (s = 1) and Post-LN (s = 1.7, as DeepNorm)") {
+    // sum: STORE_TOL (one fp32 multiply-add, stored). The norm runs on the stored sum, so its reference
+    // is the CPU norm of the GPU's sum: out STORE_TOL, rstd FP32_TOL as in the plain forward.
+    Rng rng(202);
+    for (const float s_res : {1.0f, 1.7f}) {
+        for (const NormSize& s : NORM_SIZES) {
+            INFO("N=" << s.N << " C=" << s.C << " s=" << s_res);
+            const long NC = (long)s.N * s.C;
+            const std::vector<float> x = random_floatX(NC, rng, 2.0), f = random_floatX(NC, rng), w = random_floatX(s.C, rng);
+            DeviceBuffer<floatX> d_x(x), d_f(f), d_w(w), d_sum(NC), d_out(NC);
+            DeviceBuffer<float> d_rstd(s.N);
+            d_sum.poison();
+            d_out.poison();
+            d_rstd.poison();
+            residual_rmsnorm_forward(d_sum.ptr, d_out.ptr, d_rstd.ptr, d_x.ptr, d_f.ptr, d_w.ptr, s_res, s.N, s.C,
+                                     NORM_EPS, STREAM);
+            std::vector<double> sum(NC), out(NC), rstd(s.N);
+            residual_forward(sum.data(), to_double(x).data(), to_double(f).data(), NC, (double)s_res);
+            const std::vector<float> gpu_sum = d_sum.download();
+            CHECK(relative_error(gpu_sum, sum) <= STORE_TOL);
+            rmsnorm_forward(out.data(), rstd.data(), to_double(gpu_sum).data(), to_double(w).data(), s.N, s.C,
+                            (double)NORM_EPS);
+            CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+            CHECK(relative_error(d_rstd.download(), rstd) <= FP32_TOL);
+        }
+    }
+}
+
+TEST_CASE("rmsnorm backward, writing (final norm) and accumulating (Pre-LN)") {
+    // dinp: STORE_TOL (a C-term fp32 dot product, a few products, one add and store). dw: STORE_TOL (an
+    // fp32 sum over at most 257 rows in two stages, added and stored).
+    Rng rng(203);
+    for (const bool accumulate : {false, true}) {
+        for (const NormSize& s : NORM_SIZES) {
+            INFO("N=" << s.N << " C=" << s.C << " accumulate=" << accumulate);
+            const long NC = (long)s.N * s.C;
+            const std::vector<float> inp = random_floatX(NC, rng, 3.0), w = random_floatX(s.C, rng);
+            const std::vector<float> dout = random_floatX(NC, rng), dinp = random_floatX(NC, rng), dw = random_floatX(s.C, rng);
+            const std::vector<float> rstd = reference_rstd(inp, w, s.N, s.C);
+            DeviceBuffer<floatX> d_inp(inp), d_w(w), d_dout(dout), d_dinp(dinp), d_dw(dw);
+            DeviceBuffer<float> d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
+            if (!accumulate) d_dinp.poison();
+            d_scratch.poison();
+            rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, accumulate,
+                             s.N, s.C, STREAM);
+            std::vector<double> dinp_ref = accumulate ? to_double(dinp) : std::vector<double>(NC, 0.0), dw_ref = to_double(dw);
+            rmsnorm_backward(dinp_ref.data(), dw_ref.data(), to_double(dout).data(), to_double(inp).data(),
+                             to_double(w).data(), to_double(rstd).data(), s.N, s.C);
+            CHECK(relative_error(d_dinp.download(), dinp_ref) <= STORE_TOL);
+            CHECK(relative_error(d_dw.download(), dw_ref) <= STORE_TOL);
+        }
+    }
+}
+
+TEST_CASE("residual rmsnorm backward for Post-LN writes df = dsum and dx = s * dsum") {
+    // STORE_TOL for dx, df, dw as in the plain backward (dx is s times the fp32 dsum, stored once).
+    // s = 1 also checks the single-buffer use, dx == df.
+    Rng rng(204);
+    for (const float s_res : {1.0f, 1.7f}) {
+        for (const NormSize& s : NORM_SIZES) {
+            INFO("N=" << s.N << " C=" << s.C << " s=" << s_res);
+            const long NC = (long)s.N * s.C;
+            const std::vector<float> sum = random_floatX(NC, rng, 3.0), w = random_floatX(s.C, rng);
+            const std::vector<float> dout = random_floatX(NC, rng), dw = random_floatX(s.C, rng);
+            const std::vector<float> rstd = reference_rstd(sum, w, s.N, s.C);
+            DeviceBuffer<floatX> d_sum(sum), d_w(w), d_dout(dout), d_dx(NC), d_df(NC), d_dw(dw);
+            DeviceBuffer<float> d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
+            d_dx.poison();
+            d_df.poison();
+            floatX* dx = s_res == 1.0f ? d_df.ptr : d_dx.ptr;
+            residual_rmsnorm_backward(dx, d_df.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_sum.ptr, d_w.ptr, d_rstd.ptr,
+                                      s_res, s.N, s.C, STREAM);
+            std::vector<double> dsum(NC, 0.0), dx_ref(NC, 0.0), df_ref(NC, 0.0), dw_ref = to_double(dw);
+            rmsnorm_backward(dsum.data(), dw_ref.data(), to_double(dout).data(), to_double(sum).data(),
+                             to_double(w).data(), to_double(rstd).data(), s.N, s.C);
+            residual_backward(dx_ref.data(), df_ref.data(), dsum.data(), NC, (double)s_res);
+            CHECK(relative_error(d_df.download(), df_ref) <= STORE_TOL);
+            if (s_res != 1.0f) CHECK(relative_error(d_dx.download(), dx_ref) <= STORE_TOL);
+            CHECK(relative_error(d_dw.download(), dw_ref) <= STORE_TOL);
+        }
+    }
+}
+
+TEST_CASE("rmsnorm backward dweight is deterministic") {
+    // 4096 rows over 512 blocks: every block's partial sums several rows.
+    Rng rng(205);
+    const int N = 4096, C = 768;
+    const std::vector<float> inp = random_floatX((size_t)N * C, rng, 3.0), w = random_floatX(C, rng);
+    const std::vector<float> dout = random_floatX((size_t)N * C, rng), dw = random_floatX(C, rng);
+    DeviceBuffer<floatX> d_inp(inp), d_w(w), d_dout(dout), d_dinp((size_t)N * C), d_dw(dw);
+    DeviceBuffer<float> d_rstd(reference_rstd(inp, w, N, C)), d_scratch(rmsnorm_backward_scratch_floats(C));
+    rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, false, N, C, STREAM);
+    const std::vector<floatX> first = d_dw.raw();
+    d_dw.upload(dw);
+    rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, false, N, C, STREAM);
+    CHECK(bitwise_equal(first, d_dw.raw()));
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU
+
+static const long SWIGLU_SIZES[] = {21 * 12, 21 * 1000, 257 * 1368};
+
+TEST_CASE("swiglu forward") {
+    // STORE_TOL: an expf, a division and two products in fp32, stored.
+    Rng rng(301);
+    for (const long n : SWIGLU_SIZES) {
+        INFO("n=" << n);
+        const std::vector<float> gate = random_floatX(n, rng, 3.0), up = random_floatX(n, rng);
+        DeviceBuffer<floatX> d_gate(gate), d_up(up), d_out(n);
+        d_out.poison();
+        swiglu_forward(d_out.ptr, d_gate.ptr, d_up.ptr, n, STREAM);
+        std::vector<double> out(n);
+        swiglu_forward(out.data(), to_double(gate).data(), to_double(up).data(), n);
+        CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+    }
+}
+
+TEST_CASE("swiglu backward writes both input gradients") {
+    // STORE_TOL: as the forward, a few more fp32 products.
+    Rng rng(302);
+    for (const long n : SWIGLU_SIZES) {
+        INFO("n=" << n);
+        const std::vector<float> gate = random_floatX(n, rng, 3.0), up = random_floatX(n, rng), dout = random_floatX(n, rng);
+        DeviceBuffer<floatX> d_gate(gate), d_up(up), d_dout(dout), d_dgate(n), d_dup(n);
+        d_dgate.poison();
+        d_dup.poison();
+        swiglu_backward(d_dgate.ptr, d_dup.ptr, d_dout.ptr, d_gate.ptr, d_up.ptr, n, STREAM);
+        std::vector<double> dgate(n, 0.0), dup(n, 0.0);
+        swiglu_backward(dgate.data(), dup.data(), to_double(dout).data(), to_double(gate).data(), to_double(up).data(), n);
+        CHECK(relative_error(d_dgate.download(), dgate) <= STORE_TOL);
+        CHECK(relative_error(d_dup.download(), dup) <= STORE_TOL);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// RoPE
+
+TEST_CASE("rope forward and backward, out of place and in place") {
+    // STORE_TOL: cos and sin rounded to fp32 (2^-24), two products and a sum in fp32, stored. The table
+    // is built for more positions than used, to catch a wrong row stride.
+    Rng rng(401);
+    const double theta = 10000.0;
+    struct Size { int B, T, NH, hd; };
+    for (const Size& s : {Size{3, 7, 3, 4}, Size{2, 64, 12, 64}, Size{1, 256, 8, 128}}) {
+        INFO("B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd);
+        const long n = (long)s.B * s.T * s.NH * s.hd;
+        const int table_T = s.T + 5;
+        DeviceBuffer<float2> d_table((size_t)table_T * (s.hd / 2));
+        rope_table_init(d_table.ptr, table_T, s.hd, theta, STREAM);
+        const std::vector<float> x = random_floatX(n, rng), dout = random_floatX(n, rng);
+        std::vector<double> out(n), dinp(n);
+        rope_forward(out.data(), to_double(x).data(), s.B, s.T, s.NH, s.hd, theta);
+        rope_backward(dinp.data(), to_double(dout).data(), s.B, s.T, s.NH, s.hd, theta);
+
+        DeviceBuffer<floatX> d_x(x), d_out(n);
+        d_out.poison();
+        rope_forward(d_out.ptr, d_x.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+        rope_forward(d_x.ptr, d_x.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        CHECK(relative_error(d_x.download(), out) <= STORE_TOL);
+
+        DeviceBuffer<floatX> d_dout(dout), d_dinp(n);
+        d_dinp.poison();
+        rope_backward(d_dinp.ptr, d_dout.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        CHECK(relative_error(d_dinp.download(), dinp) <= STORE_TOL);
+        rope_backward(d_dout.ptr, d_dout.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        CHECK(relative_error(d_dout.download(), dinp) <= STORE_TOL);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Classifier: fused softmax + cross-entropy
+
+// N = 21 rows, rows 3 and 10 ignored, logits with std 3 (so the softmax is far from uniform).
+struct ClassifierCase {
+    int N = 21, V;
+    std::vector<float> logits;
+    std::vector<int> targets;
+    ClassifierCase(int vocab, Rng& rng) : V(vocab) {
+        logits = random_floatX((size_t)N * V, rng, 3.0);
+        targets = random_tokens(N, rng, V);
+        targets[3] = targets[10] = IGNORE_INDEX;
+    }
+};
+
+TEST_CASE("classifier: losses and in-place dlogits, ignored rows zero") {
+    // losses: FP32_TOL (a thread's online sum of V/512 <= 98 exps, a tree over the block, a logf).
+    // dlogits: STORE_TOL (an expf and two products in fp32 per element, stored).
+    Rng rng(501);
+    for (const int V : {11, 32000, 50001}) {
+        INFO("V=" << V);
+        ClassifierCase c(V, rng);
+        DeviceBuffer<floatX> d_logits(c.logits);
+        DeviceBuffer<int> d_targets(c.targets);
+        DeviceBuffer<float> d_losses(c.N);
+        d_losses.poison();
+        std::vector<double> losses(c.N), dlogits((size_t)c.N * V);
+        int n_valid = 0;
+        crossentropy_forward(losses.data(), to_double(c.logits).data(), c.targets.data(), c.N, V, &n_valid);
+        const float dloss = 1.0f / n_valid;
+        crossentropy_backward(dlogits.data(), to_double(c.logits).data(), c.targets.data(), c.N, V, (double)dloss);
+        crossentropy_forward_backward(d_logits.ptr, d_losses.ptr, d_targets.ptr, c.N, V, dloss, true, STREAM);
+        CHECK(relative_error(d_losses.download(), losses) <= FP32_TOL);
+        CHECK(relative_error(d_logits.download(), dlogits) <= STORE_TOL);
+    }
+}
+
+TEST_CASE("classifier: losses alone leave the logits untouched") {
+    // FP32_TOL for the losses as above; the logits must come back bitwise unchanged.
+    Rng rng(502);
+    for (const int V : {11, 50001}) {
+        INFO("V=" << V);
+        ClassifierCase c(V, rng);
+        DeviceBuffer<floatX> d_logits(c.logits);
+        DeviceBuffer<int> d_targets(c.targets);
+        DeviceBuffer<float> d_losses(c.N);
+        d_losses.poison();
+        const std::vector<floatX> before = d_logits.raw();
+        crossentropy_forward_backward(d_logits.ptr, d_losses.ptr, d_targets.ptr, c.N, V, 1.0f, false, STREAM);
+        std::vector<double> losses(c.N);
+        int n_valid = 0;
+        crossentropy_forward(losses.data(), to_double(c.logits).data(), c.targets.data(), c.N, V, &n_valid);
+        CHECK(relative_error(d_losses.download(), losses) <= FP32_TOL);
+        CHECK(bitwise_equal(before, d_logits.raw()));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Optimizer: AdamW and the global gradient norm
+
+TEST_CASE("adamw steps match the reference, on master weights in BF16 mode and in place in FP32 mode") {
+    // The fp32 state (weights, m, v): FP32_TOL, a dozen fp32 operations per element with a sqrtf.
+    // The floatX weights rounded from the fp32 ones: STORE_TOL.
+    Rng rng(601);
+    const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f, grad_scale = 0.5f;
+    for (const long n : {7L, 100003L}) {
+        INFO("n=" << n);
+        const std::vector<float> weights = random_fp32(n, rng, 0.5), m = random_fp32(n, rng, 1e-2);
+        std::vector<float> v = random_fp32(n, rng, 1e-2);
+        for (float& x : v) x = x * x;  // second moments are positive
+        DeviceBuffer<floatX> d_params(weights);
+        DeviceBuffer<float> d_master(weights), d_m(m), d_v(v);
+        float* master = FLOATX_IS_FP32 ? nullptr : d_master.ptr;
+        std::vector<double> p_ref = to_double(weights), m_ref = to_double(m), v_ref = to_double(v);
+        for (int t = 1; t <= 3; t++) {
+            INFO("step " << t);
+            const std::vector<float> grads = random_floatX(n, rng, 1e-2);
+            DeviceBuffer<floatX> d_grads(grads);
+            if (master) d_params.poison();  // written from the master weights; in FP32 mode they are the input
+            adamw_update(d_params.ptr, master, d_grads.ptr, d_m.ptr, d_v.ptr, n, t, lr, beta1, beta2, eps, weight_decay,
+                         grad_scale, STREAM);
+            adamw_update(p_ref.data(), to_double(grads).data(), m_ref.data(), v_ref.data(), n, t, (double)lr,
+                         (double)beta1, (double)beta2, (double)eps, (double)weight_decay, (double)grad_scale);
+            if (!FLOATX_IS_FP32) CHECK(relative_error(d_master.download(), p_ref) <= FP32_TOL);
+            CHECK(relative_error(d_params.download(), p_ref) <= STORE_TOL);
+            CHECK(relative_error(d_m.download(), m_ref) <= FP32_TOL);
+            CHECK(relative_error(d_v.download(), v_ref) <= FP32_TOL);
+        }
+    }
+}
+
+TEST_CASE("global gradient norm matches the reference") {
+    // FP32_TOL: each thread sums a few squares, then two tree reductions and a sqrtf. The sizes cover
+    // fewer elements than one block, and more than GRAD_NORM_BLOCKS blocks' worth.
+    Rng rng(602);
+    for (const long n : {1L, 1000L, 1000003L, 3L * GRAD_NORM_BLOCKS * 512 + 7}) {
+        INFO("n=" << n);
+        const std::vector<float> grads = random_floatX(n, rng, 1e-2);
+        DeviceBuffer<floatX> d_grads(grads);
+        DeviceBuffer<float> d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
+        d_norm.poison();
+        d_scratch.poison();
+        global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
+        const std::vector<double> ref = {global_grad_norm(to_double(grads).data(), n)};
+        CHECK(relative_error(d_norm.download(), ref) <= FP32_TOL);
+    }
+}
+
+TEST_CASE("global gradient norm is deterministic") {
+    Rng rng(603);
+    const long n = 5000003;
+    DeviceBuffer<floatX> d_grads(random_floatX(n, rng));
+    DeviceBuffer<float> d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
+    global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
+    const std::vector<float> first = d_norm.raw();
+    d_norm.poison();
+    global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
+    CHECK(bitwise_equal(first, d_norm.raw()));
+}
+
+// ----------------------------------------------------------------------------
+// Matmul (cuBLASLt)
+
+// offset shifts every matrix by that many elements into its buffer, so the pointers lose their 256-byte
+// alignment (2 bytes left in bf16 for an offset of 1), as slices of a flat parameter buffer can.
+struct MatmulSize { int N, C, OC, offset; };
+static const MatmulSize MATMUL_SIZES[] = {{21, 12, 12, 0}, {21, 768, 1000, 0}, {21, 1000, 768, 0},
+                                          {257, 768, 2048, 0}, {21, 12, 12, 1}, {21, 1000, 768, 1}};
+
+// A device matrix at `offset` elements into its buffer.
+struct OffsetMatrix {
+    int offset;
+    DeviceBuffer<floatX> buffer;
+    floatX* ptr;
+    OffsetMatrix(const std::vector<float>& values, int offset_)
+        : offset(offset_), buffer(values.size() + offset_), ptr(buffer.ptr + offset_) {
+        std::vector<float> padded(offset, 0.0f);
+        padded.insert(padded.end(), values.begin(), values.end());
+        buffer.upload(padded);
+    }
+    std::vector<float> download() const {
+        const std::vector<float> all = buffer.download();
+        return std::vector<float>(all.begin() + offset, all.end());
+    }
+};
+
+TEST_CASE("matmul forward: out = inp W^T") {
+    // MATMUL_TOL (see the header comment); the output is written (beta = 0) over poison.
+    Rng rng(701);
+    matmul_setup();
+    for (const MatmulSize& s : MATMUL_SIZES) {
+        INFO("N=" << s.N << " C=" << s.C << " OC=" << s.OC << " offset=" << s.offset);
+        const std::vector<float> inp = random_floatX((size_t)s.N * s.C, rng), W = random_floatX((size_t)s.OC * s.C, rng);
+        OffsetMatrix d_inp(inp, s.offset), d_W(W, s.offset), d_out(std::vector<float>((size_t)s.N * s.OC), s.offset);
+        d_out.buffer.poison();
+        matmul_forward(d_out.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM);
+        std::vector<double> out((size_t)s.N * s.OC);
+        matmul_forward(out.data(), to_double(inp).data(), to_double(W).data(), s.N, s.C, s.OC);
+        CHECK(relative_error(d_out.download(), out) <= MATMUL_TOL);
+    }
+    matmul_teardown();
+}
+
+TEST_CASE("matmul backward accumulates dinp += dout W and dW += dout^T inp") {
+    // MATMUL_TOL; dinp and dW start from random values that the products are added to (beta = 1).
+    Rng rng(702);
+    matmul_setup();
+    for (const MatmulSize& s : MATMUL_SIZES) {
+        INFO("N=" << s.N << " C=" << s.C << " OC=" << s.OC << " offset=" << s.offset);
+        const std::vector<float> inp = random_floatX((size_t)s.N * s.C, rng), W = random_floatX((size_t)s.OC * s.C, rng);
+        const std::vector<float> dout = random_floatX((size_t)s.N * s.OC, rng);
+        const std::vector<float> dinp = random_floatX((size_t)s.N * s.C, rng), dW = random_floatX((size_t)s.OC * s.C, rng);
+        OffsetMatrix d_inp(inp, s.offset), d_W(W, s.offset), d_dout(dout, s.offset), d_dinp(dinp, s.offset),
+            d_dW(dW, s.offset);
+        matmul_backward(d_dinp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM);
+        std::vector<double> dinp_ref = to_double(dinp), dW_ref = to_double(dW);
+        matmul_backward(dinp_ref.data(), dW_ref.data(), to_double(dout).data(), to_double(inp).data(),
+                        to_double(W).data(), s.N, s.C, s.OC);
+        CHECK(relative_error(d_dinp.download(), dinp_ref) <= MATMUL_TOL);
+        CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_TOL);
+    }
+    matmul_teardown();
+}

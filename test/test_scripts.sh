@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# End-to-end checks of the Python data scripts on tiny data, offline: prepro_text.py with the byte
+# and BPE tokenizers, prepro_c4.py on small files in C4's format with the BPE run's tokenizer
+# (shards, decoding via vocab.bin, resuming, errors), and the vocab.bin bytes that
+# test/test_tokenizer.cpp expects. Ends with "test_scripts: N passed, M failed" counting the checks
+# (plus ", K skipped" when the Python packages of scripts/requirements.txt are missing).
+set -u
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1  # hub look-ups fail at once instead of retrying
+tmp=$(mktemp -d /tmp/mixln_scripts_XXXXXX)
+export PYTHONPATH=$PWD/scripts:$tmp  # the Python checks import the scripts and $tmp/helpers.py
+trap 'rm -rf "$tmp"' EXIT
+passed=0; failed=0; skipped=0
+missing=
+if ! python3 -c "import numpy, tokenizers, huggingface_hub, tqdm" 2>/dev/null; then
+    missing=yes
+    echo "test_scripts: Python packages missing, skipping all checks: pip install -r scripts/requirements.txt"
+fi
+
+# check NAME CMD...: passes when CMD exits 0; shows CMD's output when it fails.
+check() {
+    local name=$1 out
+    shift
+    if [ -n "$missing" ]; then skipped=$((skipped + 1)); return; fi
+    if out=$("$@" 2>&1); then
+        passed=$((passed + 1)); echo "  ok    $name"
+    else
+        failed=$((failed + 1)); echo "  FAIL  $name"; tail -n 20 <<<"$out" | sed 's/^/        /'
+    fi
+}
+# fails_with PATTERN CMD...: CMD exits non-zero and its output contains PATTERN.
+fails_with() {
+    local pattern=$1 out
+    shift
+    if out=$("$@" 2>&1); then echo "$out"; echo "(exited 0; expected an error with: $pattern)"; return 1; fi
+    grep -qF -- "$pattern" <<<"$out" || { echo "$out"; echo "(expected the error to contain: $pattern)"; return 1; }
+}
+
+# The tiny corpus: blank-line-separated paragraphs with some non-ASCII text, and one that spells out
+# the end-of-text token, which must stay plain text.
+cat > "$tmp/text.txt" <<'EOF'
+In the beginning was the word, and the word was with the writer.
+
+The thing about the weather is that the weather is never the same.
+
+Naïve café owners serve crème brûlée — and 日本語 menus — to thirsty travellers. 🍵
+
+Then the writer wrote: <|endoftext|> is just text here, as is </s>.
+
+Another day, another paragraph; the theme of the thing is the theme.
+
+Numbers like 3.14159 and 2718 appear in the text too.
+
+The end of the beginning is the beginning of the end.
+
+She sells sea shells by the sea shore, and the shells she sells are sea shells.
+EOF
+
+# Helpers for the Python checks: the paragraphs, and decoding ids through a vocab.bin.
+cat > "$tmp/helpers.py" <<'EOF'
+import glob
+import sys
+
+import numpy as np
+from prepro_text import read_documents
+from shard_format import read_shard
+from vocab_format import read_vocab
+
+tmp = sys.argv[1]
+paragraphs = read_documents([f"{tmp}/text.txt"])
+
+
+def split_docs(docs, val_every):
+    """prepro_text.py's split: (train, val)."""
+    return ([d for i, d in enumerate(docs) if i % val_every != val_every - 1],
+            [d for i, d in enumerate(docs) if i % val_every == val_every - 1])
+
+
+def shard_tokens(pattern, vocab_size):
+    """The ids of the shards matching pattern, in name order, checking each shard's vocab_size."""
+    arrays = []
+    for path in sorted(glob.glob(pattern)):
+        tokens, vocab = read_shard(path)
+        assert vocab == vocab_size, f"{path}: vocab_size {vocab}, expected {vocab_size}"
+        arrays.append(tokens)
+    assert arrays, f"no shards match {pattern}"
+    return np.concatenate(arrays)
+
+
+def check_decodes_to(vocab_path, tokens, docs):
+    """The ids are the documents, each followed by the end-of-text id, and decode via vocab.bin to
+    the documents' text. (Split at the ids: a document may spell out the end-of-text token.)"""
+    pieces, eot = read_vocab(vocab_path)
+    assert eot >= 0, "no end-of-text id"
+    first = b"".join(pieces[i] for i in tokens[:20].tolist())
+    assert docs[0].encode().startswith(first), f"the first ids decode to {first!r}"
+    ends = np.flatnonzero(tokens == eot)
+    assert ends.size == len(docs) and ends[-1] == tokens.size - 1, f"{ends.size} end-of-text ids for {len(docs)} documents"
+    got = [b"".join(pieces[i] for i in doc.tolist()) for doc in np.split(tokens, ends + 1)[:-1]]
+    want = [d.encode() + pieces[eot] for d in docs]
+    assert got == want, f"decoded {got[:3]}..., expected {want[:3]}..."
+EOF
+
+echo "prepro_text.py, byte tokenizer"
+check "runs" python3 scripts/prepro_text.py --val-every 3 --out "$tmp/bytes" "$tmp/text.txt"
+check "the shards hold each document's UTF-8 bytes and a blank line" python3 - "$tmp" <<'PY'
+from helpers import *
+for name, docs in zip(("train", "val"), split_docs(paragraphs, 3)):
+    tokens, vocab = read_shard(f"{tmp}/bytes/{name}.bin")
+    assert vocab == 256 and bytes(tokens.tolist()) == "".join(d + "\n\n" for d in docs).encode(), name
+PY
+check "vocab.bin holds the 256 single bytes and no end-of-text id; decoding gives the text" python3 - "$tmp" <<'PY'
+from helpers import *
+pieces, eot = read_vocab(f"{tmp}/bytes/vocab.bin")
+assert pieces == [bytes([b]) for b in range(256)] and eot == -1, (len(pieces), eot)
+tokens, _ = read_shard(f"{tmp}/bytes/train.bin")
+assert b"".join(pieces[i] for i in tokens[:40].tolist()) == paragraphs[0].encode()[:40]
+PY
+
+echo "prepro_text.py, BPE tokenizer"
+check "runs" python3 scripts/prepro_text.py --tokenizer bpe --vocab-size 300 --val-every 3 --out "$tmp/bpe" "$tmp/text.txt"
+check "merges: 257 .. 300 ids, fewer tokens than bytes, tokenizer.json saved" python3 - "$tmp" <<'PY'
+from helpers import *
+import os
+pieces, eot = read_vocab(f"{tmp}/bpe/vocab.bin")
+tokens, vocab = read_shard(f"{tmp}/bpe/train.bin")
+assert 257 < len(pieces) <= 300 and vocab == len(pieces), (len(pieces), vocab)
+assert pieces[eot] == b"<|endoftext|>", pieces[eot]
+assert tokens.size < sum(len(d.encode()) for d in split_docs(paragraphs, 3)[0]), tokens.size
+assert os.path.getsize(f"{tmp}/bpe/tokenizer.json") > 0
+PY
+check "the shards decode via vocab.bin to the documents, each ended by <|endoftext|>" python3 - "$tmp" <<'PY'
+from helpers import *
+pieces, _ = read_vocab(f"{tmp}/bpe/vocab.bin")
+for name, docs in zip(("train", "val"), split_docs(paragraphs, 3)):
+    check_decodes_to(f"{tmp}/bpe/vocab.bin", shard_tokens(f"{tmp}/bpe/{name}.bin", len(pieces)), docs)
+PY
+check "a hub tokenizer, offline, fails with a clear error" \
+    fails_with "cannot load tokenizer 'no-such/tokenizer'" \
+    python3 scripts/prepro_text.py --tokenizer hf:no-such/tokenizer --out "$tmp/hf" "$tmp/text.txt"
+
+echo "prepro_c4.py on local files in C4's format, with the BPE tokenizer"
+check "write the C4-format inputs" python3 - "$tmp" <<'PY'
+from helpers import *
+import gzip, json
+docs = [f"Document {i}.\n{paragraphs[i % len(paragraphs)]}\n{paragraphs[(3 * i) % len(paragraphs)]}" for i in range(48)]
+def lines(ds):
+    return "".join(json.dumps({"text": d, "timestamp": "2019-04-25T12:57:54Z", "url": f"https://example.com/{i}"}) + "\n"
+                   for i, d in enumerate(ds))
+with gzip.open(f"{tmp}/c4-train.00000.json.gz", "wt", encoding="utf-8") as f:
+    f.write(lines(docs[:30]) + "\n")  # a trailing blank line is skipped
+with open(f"{tmp}/c4-train.00001.json", "w", encoding="utf-8") as f:
+    f.write(lines(docs[30:40]))
+with gzip.open(f"{tmp}/c4-validation.00000.json.gz", "wt", encoding="utf-8") as f:
+    f.write(lines(docs[40:]))
+json.dump(docs, open(f"{tmp}/c4_docs.json", "w"))
+PY
+# c4 ARGS...: prepro_c4.py on those files with the BPE tokenizer; its output also goes to $tmp/c4.log.
+c4() {
+    python3 scripts/prepro_c4.py --tokenizer "$tmp/bpe/tokenizer.json" --shard-tokens 300 --workers 2 \
+        --train-files "$tmp/c4-train.00000.json.gz" "$tmp/c4-train.00001.json" \
+        --val-files "$tmp/c4-validation.00000.json.gz" "$@" 2>&1 | tee "$tmp/c4.log"
+    return "${PIPESTATUS[0]}"
+}
+# snapshot NAME: the inodes and checksums of the output shards (a rewritten shard gets a new inode).
+snapshot() { (cd "$tmp/c4" && ls -i train_*.bin val_*.bin > "$tmp/$1.inodes" && md5sum train_*.bin val_*.bin > "$tmp/$1.md5") 2>/dev/null; }
+
+check "runs" c4 --out "$tmp/c4"
+snapshot first
+check "the shards decode to the documents in order; each ends a document, all but the last >= 300 tokens" \
+    python3 - "$tmp" <<'PY'
+from helpers import *
+import json
+docs = json.load(open(f"{tmp}/c4_docs.json"))
+pieces, eot = read_vocab(f"{tmp}/c4/vocab.bin")
+assert pieces == read_vocab(f"{tmp}/bpe/vocab.bin")[0], "vocab.bin differs from the BPE run's"
+for name, ds in (("train", docs[:40]), ("val", docs[40:])):
+    paths = sorted(glob.glob(f"{tmp}/c4/{name}_*.bin"))
+    sizes = [read_shard(p)[0].size for p in paths]
+    assert all(read_shard(p)[0][-1] == eot for p in paths), f"{name}: a shard ends mid-document"
+    assert all(s >= 300 for s in sizes[:-1]) and (name == "val" or len(paths) > 2), (name, sizes)
+    check_decodes_to(f"{tmp}/c4/vocab.bin", shard_tokens(f"{tmp}/c4/{name}_*.bin", len(pieces)), ds)
+PY
+check "the summary counts the documents and tokens written" python3 - "$tmp" <<'PY'
+from helpers import *
+log = open(f"{tmp}/c4.log").read()
+for name, docs in (("train", 40), ("val", 8)):
+    paths = sorted(glob.glob(f"{tmp}/c4/{name}_*.bin"))
+    tokens = sum(read_shard(p)[0].size for p in paths)
+    line = f"{name}: {docs} documents, {tokens} tokens in {len(paths)} shards"
+    assert line in log, f"no line '{line}' in:\n{log}"
+PY
+
+rerun_leaves_shards() {
+    c4 --out "$tmp/c4" && snapshot rerun && diff "$tmp/first.inodes" "$tmp/rerun.inodes" && diff "$tmp/first.md5" "$tmp/rerun.md5"
+}
+check "a rerun leaves the finished shards alone" rerun_leaves_shards
+
+# Rewinds the output to how an interrupted run leaves it after two train shards, then resumes.
+resume_after_interruption() {
+    python3 - "$tmp" <<'PY' || return 1
+from helpers import *
+import json, os
+progress = json.load(open(f"{tmp}/c4/progress.json"))
+eot = read_vocab(f"{tmp}/c4/vocab.bin")[1]
+kept = [read_shard(f"{tmp}/c4/train_{k:03d}.bin")[0] for k in range(2)]
+progress["train"] = {"shards": 2, "documents": int(sum((t == eot).sum() for t in kept)),
+                     "tokens": int(sum(t.size for t in kept))}
+del progress["val"]
+json.dump(progress, open(f"{tmp}/c4/progress.json", "w"))
+for path in glob.glob(f"{tmp}/c4/*_*.bin"):
+    if not path.endswith(("/train_000.bin", "/train_001.bin")):
+        os.remove(path)
+PY
+    c4 --out "$tmp/c4" && snapshot resumed && diff "$tmp/first.md5" "$tmp/resumed.md5" &&
+        diff <(grep -E 'train_00[01]' "$tmp/first.inodes") <(grep -E 'train_00[01]' "$tmp/resumed.inodes")
+}
+check "after an interruption, a rerun keeps the shards done and writes the same others" resume_after_interruption
+check "other arguments on a resumed --out stop with an error" \
+    fails_with "is from a run with other arguments" c4 --out "$tmp/c4" --model-vocab 1000
+check "an id at or past --model-vocab stops with an error" \
+    fails_with "but the model has only 260 rows (--model-vocab)" c4 --out "$tmp/c4_small" --model-vocab 260
+check "C4 from the hub, offline, fails with a clear error" \
+    fails_with "cannot download allenai/c4" \
+    python3 scripts/prepro_c4.py --tokenizer "$tmp/bpe/tokenizer.json" --out "$tmp/hub"
+
+echo "vocab_format.py"
+check "writes the bytes test/test_tokenizer.cpp reads" python3 - "$tmp" <<'PY'
+from vocab_format import write_vocab, read_vocab
+import sys
+path = f"{sys.argv[1]}/golden.bin"
+write_vocab(path, [b"a", b"bc", b""], 1)
+got = open(path, "rb").read().hex()
+golden = "4d49584c4e564f43" "01000000" "03000000" "01000000" "01000000" "61" "02000000" "6263" "00000000"
+assert got == golden, got
+assert read_vocab(path) == ([b"a", b"bc", b""], 1)
+PY
+check "a SentencePiece-style (T5) vocabulary: ids decode to the text, \"▁\" as a space" python3 - "$tmp" <<'PY'
+from helpers import *
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from vocab_format import tokenizer_vocab
+# a tiny Unigram model with T5's pre-tokenizer and decoder, which start every text with a space
+tokenizer = Tokenizer(models.Unigram())
+tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+tokenizer.train_from_iterator(paragraphs, trainers.UnigramTrainer(
+    vocab_size=150, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
+tokenizer.encode_special_tokens = True  # as the scripts set it
+pieces, eot = tokenizer_vocab(tokenizer)
+assert eot == 1 and pieces[:3] == [b"<pad>", b"</s>", b"<unk>"], (eot, pieces[:3])
+for p in paragraphs:
+    ids = tokenizer.encode(p).ids
+    assert 2 not in ids, f"<unk> in the ids of {p!r}"
+    assert b"".join(pieces[i] for i in ids) == b" " + p.encode(), p
+PY
+check "rejects truncated and overlong files" python3 - "$tmp" <<'PY'
+from vocab_format import read_vocab
+import sys
+path = f"{sys.argv[1]}/golden.bin"
+good = open(path, "rb").read()
+for bad, why in ((good[:-5], "entry 1 runs past the end"), (good[:-4], "truncated at entry 2"), (good + b"x", "stray bytes")):
+    open(path, "wb").write(bad)
+    try:
+        read_vocab(path)
+    except ValueError as e:
+        assert why in str(e), (why, str(e))
+    else:
+        raise AssertionError(f"no error for a file {why}")
+PY
+
+if [ "$skipped" -gt 0 ]; then
+    echo "test_scripts: $passed passed, $failed failed, $skipped skipped"
+else
+    echo "test_scripts: $passed passed, $failed failed"
+fi
+[ "$failed" -eq 0 ]
