@@ -73,11 +73,15 @@ $(CUDA_BUILD)/gpu_main.o: test/gpu_main.cpp test/summary_listener.h
 	@mkdir -p $(CUDA_BUILD)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
-$(CUDA_BUILD)/test_gpu_kernels.o: test/test_gpu_kernels.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h
+$(CUDA_BUILD)/test_gpu_kernels.o: test/test_gpu_kernels.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h test/gpu_test_utils.cuh
 	@mkdir -p $(CUDA_BUILD)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
 
-$(CUDA_BUILD)/test_gpu_kernels: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_kernels.o
+$(CUDA_BUILD)/test_gpu_attention.o: test/test_gpu_attention.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h test/gpu_test_utils.cuh
+	@mkdir -p $(CUDA_BUILD)
+	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
+
+$(CUDA_BUILD)/test_gpu_kernels: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_kernels.o $(CUDA_BUILD)/test_gpu_attention.o
 	$(NVCC) $(NVCC_FLAGS) $^ -o $@ $(NVCC_LIBS) $(CATCH_LIBS)
 
 # `make test` builds and runs the GPU tests too where nvcc exists.

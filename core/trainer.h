@@ -75,8 +75,8 @@ inline ModelConfig resolve_model_config(const TrainOptions& o, const Checkpoint*
         }
         return cfg;
     }
-    ModelConfig cfg = ck->cfg;
-    cfg.max_seq_len = o.seq_len;
+    ModelConfig cfg = ck->cfg;  // max_seq_len: the length it was trained at, unless -t says otherwise
+    if (o.given.count('t')) cfg.max_seq_len = o.seq_len;
     const ModelConfig& m = o.model;
     struct Check { char flag; bool differs; };
     const Check checks[] = {{'e', m.n_layer != cfg.n_layer || m.d_model != cfg.d_model || m.n_head != cfg.n_head || m.d_ffn != cfg.d_ffn},
@@ -169,7 +169,7 @@ inline void print_sample(TrainerBackend& backend, const TrainOptions& o, const M
     if (tokens.empty() && tok.eot_id() >= 0) tokens.push_back(tok.eot_id());
     if (tokens.empty()) tokens.push_back(tok.encode("\n").empty() ? 0 : tok.encode("\n")[0]);
     const size_t prompt_len = tokens.size();
-    generate(tokens, o.sample_tokens, o.seq_len, cfg.vocab_size, o.temperature, rng,
+    generate(tokens, o.sample_tokens, cfg.max_seq_len, cfg.vocab_size, o.temperature, rng,
              [&](const int* ctx, int T, float* logits) { backend.next_token_logits(ctx, T, logits); });
     const std::vector<int> continuation(tokens.begin() + prompt_len, tokens.end());
     printf("sample (temperature %g):\n%s%s\n", o.temperature, o.prompt.c_str(), tok.decode(continuation).c_str());
@@ -227,8 +227,8 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     const double flops_per_step = flops_per_token(cfg, layout, T) * tokens_per_step;
 
     printf("%s\n", backend->description().c_str());
-    printf("model: %d layers (%d Post-LN, then Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
-           cfg.n_layer, num_post_ln_layers(cfg), cfg.norm == NormScheme::DeepNorm ? "; DeepNorm" : "",
+    printf("model: %d layers (%d Post-LN then %d Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
+           cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm == NormScheme::DeepNorm ? "; DeepNorm" : "",
            cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, layout.total / 1e6);
     printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps\n",
            train.shards().size(), train.total_tokens() / 1e6, tokens_per_step, B, T, accum_steps);
