@@ -191,6 +191,14 @@ for name, docs in (("train", 40), ("val", 8)):
     assert line in log, f"no line '{line}' in:\n{log}"
 PY
 
+# The C4 shards feed the trainer: two steps on them, validation, and a decoded sample.
+trains_on_c4_shards() {
+    ./train_mixln_cpu -e tiny -L 1 -C 32 -H 2 -F 32 -i "$tmp/c4/train_*.bin" -j "$tmp/c4/val_*.bin" \
+        -b 2 -t 32 -d 64 -x 2 -o "$tmp/c4_run" -G 10 -P "The" > "$tmp/c4_run.log" 2>&1 || { cat "$tmp/c4_run.log"; return 1; }
+    grep -q "val loss" "$tmp/c4_run.log" && grep -q "^sample" "$tmp/c4_run.log" || { cat "$tmp/c4_run.log"; return 1; }
+}
+check "the shards load in the trainer, which trains, validates and samples with their vocab.bin" trains_on_c4_shards
+
 rerun_leaves_shards() {
     c4 --out "$tmp/c4" && snapshot rerun && diff "$tmp/first.inodes" "$tmp/rerun.inodes" && diff "$tmp/first.md5" "$tmp/rerun.md5"
 }
