@@ -12,7 +12,7 @@ export PYTHONPATH=$PWD/scripts:$tmp  # the Python checks import the scripts and 
 trap 'rm -rf "$tmp"' EXIT
 passed=0; failed=0; skipped=0
 missing=
-if ! python3 -c "import numpy, tokenizers, huggingface_hub, tqdm" 2>/dev/null; then
+if ! python3 -c "import numpy, tokenizers, huggingface_hub, tqdm, matplotlib" 2>/dev/null; then
     missing=yes
     echo "test_scripts: Python packages missing, skipping all checks: pip install -r scripts/requirements.txt"
 fi
@@ -198,6 +198,30 @@ trains_on_c4_shards() {
     grep -q "val loss" "$tmp/c4_run.log" && grep -q "^sample" "$tmp/c4_run.log" || { cat "$tmp/c4_run.log"; return 1; }
 }
 check "the shards load in the trainer, which trains, validates and samples with their vocab.bin" trains_on_c4_shards
+
+# The paper's table runner on the C4 shards: every variant of Table 1 trains, and a rerun resumes
+# nothing and rewrites the same table.
+reproduces_table1() {
+    local flags=(-e tiny -L 2 -C 32 -H 2 -F 32 -i "$tmp/c4/train_*.bin" -j "$tmp/c4/val_*.bin" -b 2 -t 32 -d 64 -x 3)
+    python3 scripts/reproduce.py table1 --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" > "$tmp/t1.log" 2>&1 || { cat "$tmp/t1.log"; return 1; }
+    for name in Post-LN DeepNorm Pre-LN Mix-LN; do grep -q "^| $name | [0-9.]* | [0-9.]* |$" "$tmp/t1/results.md" || { cat "$tmp/t1/results.md"; return 1; }; done
+    cp "$tmp/t1/results.md" "$tmp/t1_first.md"
+    python3 scripts/reproduce.py table1 --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" > "$tmp/t1_again.log" 2>&1 &&
+        ! grep -q "^+ " "$tmp/t1_again.log" && diff "$tmp/t1_first.md" "$tmp/t1/results.md"
+}
+check "reproduce.py table1 trains every variant, writes the table, and skips finished runs" reproduces_table1
+
+# The plot scripts turn the analysis tool's CSVs and the trainers' logs into PNG files.
+plots_from_csvs() {
+    ./analyze_mixln_cpu -f "$tmp/t1/Mix-LN" -i "$tmp/c4/val_*.bin" -b 2 -t 32 -d 64 -m 2 -o "$tmp/an" > "$tmp/an.log" 2>&1 || { cat "$tmp/an.log"; return 1; }
+    python3 scripts/plot_grad_norms.py -o "$tmp/p/g.png" A="$tmp/an/grad_norms.csv" B="$tmp/an/grad_norms.csv" &&
+    python3 scripts/plot_angular_distance.py -o "$tmp/p/a.png" A="$tmp/an/angular_distance.csv" &&
+    python3 scripts/plot_angular_distance.py --row-normalize -o "$tmp/p/r.png" A="$tmp/an/angular_distance.csv" &&
+    python3 scripts/plot_pruning.py -o "$tmp/p/p.png" A="$tmp/an/pruning.csv" &&
+    python3 scripts/plot_loss.py -o "$tmp/p/l.png" Pre="$tmp/t1/Pre-LN/log.csv" Mix="$tmp/t1/Mix-LN/log.csv" || return 1
+    for f in g a r p l; do [ "$(head -c 4 "$tmp/p/$f.png" | tail -c 3)" = "PNG" ] || { echo "$f.png is not a PNG"; return 1; }; done
+}
+check "the plot scripts draw every CSV the tools write" plots_from_csvs
 
 rerun_leaves_shards() {
     c4 --out "$tmp/c4" && snapshot rerun && diff "$tmp/first.inodes" "$tmp/rerun.inodes" && diff "$tmp/first.md5" "$tmp/rerun.md5"
