@@ -168,6 +168,29 @@ constexpr size_t backward_smem_bytes() {
            2 * TILE * HD * sizeof(float) + 2 * TILE * sizeof(float);
 }
 
+// The backward kernels' shared memory, as laid out by backward_smem_bytes.
+template <int HD>
+struct BackwardTiles {
+    floatX *Qs, *Ks, *Vs, *dOs;  // TILE x HD each
+    float* SdP;                  // TILE x TILE: the scores, then dP
+    floatX *P, *dS;              // TILE x TILE each
+    float* acc;                  // 2 x TILE x HD: the block's gradient accumulators
+    float *lse_tile, *delta_tile;  // TILE each
+
+    __device__ explicit BackwardTiles(unsigned char* smem) {
+        Qs = (floatX*)smem;
+        Ks = Qs + TILE * HD;
+        Vs = Ks + TILE * HD;
+        dOs = Vs + TILE * HD;
+        SdP = (float*)(dOs + TILE * HD);
+        P = (floatX*)(SdP + TILE * TILE);
+        dS = P + TILE * TILE;
+        acc = (float*)(dS + TILE * TILE);
+        lse_tile = acc + 2 * TILE * HD;
+        delta_tile = lse_tile + TILE;
+    }
+};
+
 // Recomputes, for query tile q0 and key tile k0 already in shared memory, P = exp(s - lse) (masked)
 // and dS = P * (dP - delta) * scale with dP = dO V^T, both as floatX for the next products. SdP holds
 // the scores, then dP. dS uses P as rounded to floatX (exact in the fp32 build; in bf16 a 2^-8
@@ -208,32 +231,24 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dkdv_kernel(floatX
                                                                            const floatX* k, const floatX* v, long stride,
                                                                            long dstride, int T, int C, int NH) {
     extern __shared__ __align__(128) unsigned char smem[];
-    floatX* Qs = (floatX*)smem;
-    floatX* Ks = Qs + TILE * HD;
-    floatX* Vs = Ks + TILE * HD;
-    floatX* dOs = Vs + TILE * HD;
-    float* SdP = (float*)(dOs + TILE * HD);
-    floatX* P = (floatX*)(SdP + TILE * TILE);
-    floatX* dS = P + TILE * TILE;
-    float* dK = (float*)(dS + TILE * TILE);
-    float* dV = dK + TILE * HD;
-    float* lse_tile = dV + TILE * HD;
-    float* delta_tile = lse_tile + TILE;
+    BackwardTiles<HD> t(smem);
+    float* dK = t.acc;
+    float* dV = t.acc + TILE * HD;
 
     const int k0 = blockIdx.x * TILE, b = blockIdx.y / NH, h = blockIdx.y % NH;
     const long head = (long)b * T * stride + h * HD, out_head = (long)b * T * C + h * HD;
     const long stats = ((long)b * NH + h) * T;
-    load_tile<HD>(Ks, k + head, stride, k0, T);
-    load_tile<HD>(Vs, v + head, stride, k0, T);
+    load_tile<HD>(t.Ks, k + head, stride, k0, T);
+    load_tile<HD>(t.Vs, v + head, stride, k0, T);
     for (int i = threadIdx.x; i < TILE * HD; i += blockDim.x) { dK[i] = 0.0f; dV[i] = 0.0f; }
     for (int q0 = k0; q0 < T; q0 += TILE) {  // causal: query tiles before k0 see none of these keys
-        load_tile<HD>(Qs, q + head, stride, q0, T);
-        load_tile<HD>(dOs, dout + out_head, C, q0, T);
-        load_row_stats<HD>(lse_tile, delta_tile, lse + stats, delta + stats, q0, T);
+        load_tile<HD>(t.Qs, q + head, stride, q0, T);
+        load_tile<HD>(t.dOs, dout + out_head, C, q0, T);
+        load_row_stats<HD>(t.lse_tile, t.delta_tile, lse + stats, delta + stats, q0, T);
         __syncthreads();
-        probabilities_and_dscores<HD>(P, dS, SdP, Qs, Ks, Vs, dOs, lse_tile, delta_tile, q0, k0, T);
-        smem_gemm<TILE, HD, TILE, true, false>(dV, HD, P, TILE, dOs, HD, true);  // dV += P^T dO
-        smem_gemm<TILE, HD, TILE, true, false>(dK, HD, dS, TILE, Qs, HD, true);  // dK += dS^T Q
+        probabilities_and_dscores<HD>(t.P, t.dS, t.SdP, t.Qs, t.Ks, t.Vs, t.dOs, t.lse_tile, t.delta_tile, q0, k0, T);
+        smem_gemm<TILE, HD, TILE, true, false>(dV, HD, t.P, TILE, t.dOs, HD, true);  // dV += P^T dO
+        smem_gemm<TILE, HD, TILE, true, false>(dK, HD, t.dS, TILE, t.Qs, HD, true);  // dK += dS^T Q
     }
     for (int idx = threadIdx.x; idx < TILE * HD; idx += blockDim.x) {
         const int r = idx / HD, c = idx % HD;
@@ -252,30 +267,22 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dq_kernel(floatX* 
                                                                          const floatX* v, long stride, long dstride,
                                                                          int T, int C, int NH) {
     extern __shared__ __align__(128) unsigned char smem[];
-    floatX* Qs = (floatX*)smem;
-    floatX* Ks = Qs + TILE * HD;
-    floatX* Vs = Ks + TILE * HD;
-    floatX* dOs = Vs + TILE * HD;
-    float* SdP = (float*)(dOs + TILE * HD);
-    floatX* P = (floatX*)(SdP + TILE * TILE);
-    floatX* dS = P + TILE * TILE;
-    float* dQ = (float*)(dS + TILE * TILE);
-    float* lse_tile = dQ + 2 * TILE * HD;
-    float* delta_tile = lse_tile + TILE;
+    BackwardTiles<HD> t(smem);
+    float* dQ = t.acc;
 
     const int q0 = blockIdx.x * TILE, b = blockIdx.y / NH, h = blockIdx.y % NH;
     const long head = (long)b * T * stride + h * HD, out_head = (long)b * T * C + h * HD;
     const long stats = ((long)b * NH + h) * T;
-    load_tile<HD>(Qs, q + head, stride, q0, T);
-    load_tile<HD>(dOs, dout + out_head, C, q0, T);
-    load_row_stats<HD>(lse_tile, delta_tile, lse + stats, delta + stats, q0, T);
+    load_tile<HD>(t.Qs, q + head, stride, q0, T);
+    load_tile<HD>(t.dOs, dout + out_head, C, q0, T);
+    load_row_stats<HD>(t.lse_tile, t.delta_tile, lse + stats, delta + stats, q0, T);
     for (int i = threadIdx.x; i < TILE * HD; i += blockDim.x) dQ[i] = 0.0f;
     for (int k0 = 0; k0 < min(q0 + TILE, T); k0 += TILE) {
-        load_tile<HD>(Ks, k + head, stride, k0, T);
-        load_tile<HD>(Vs, v + head, stride, k0, T);
+        load_tile<HD>(t.Ks, k + head, stride, k0, T);
+        load_tile<HD>(t.Vs, v + head, stride, k0, T);
         __syncthreads();
-        probabilities_and_dscores<HD>(P, dS, SdP, Qs, Ks, Vs, dOs, lse_tile, delta_tile, q0, k0, T);
-        smem_gemm<TILE, HD, TILE, false, false>(dQ, HD, dS, TILE, Ks, HD, true);  // dQ += dS K
+        probabilities_and_dscores<HD>(t.P, t.dS, t.SdP, t.Qs, t.Ks, t.Vs, t.dOs, t.lse_tile, t.delta_tile, q0, k0, T);
+        smem_gemm<TILE, HD, TILE, false, false>(dQ, HD, t.dS, TILE, t.Ks, HD, true);  // dQ += dS K
     }
     for (int idx = threadIdx.x; idx < TILE * HD; idx += blockDim.x) {
         const int r = idx / HD, c = idx % HD;
