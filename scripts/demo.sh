@@ -21,6 +21,7 @@ trainer=./train_mixln_cpu
 if [ -x ./train_mixln ] && nvidia-smi -L >/dev/null 2>&1; then trainer=./train_mixln; fi
 echo "== 3/4 training a tiny Mix-LN model (alpha 0.25) for $steps steps with $trainer"
 rm -rf $out
+mkdir -p "$(dirname $out)"
 $trainer -e tiny -a 0.25 -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x "$steps" \
     -v 100 -m 50 -o $out -G 300 -P "And God said" -T 0.8 | tee $out.log
 
