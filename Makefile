@@ -41,7 +41,7 @@ demo: train_mixln_cpu analyze_mixln_cpu
 	scripts/demo.sh
 
 clean:
-	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu
+	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu train_mixln
 
 # ----------------------------------------------------------------------------------------------------
 # CUDA: the GPU kernels (kernels/*.cuh) and their tests. Built wherever nvcc is found; running them
@@ -84,6 +84,38 @@ $(CUDA_BUILD)/test_gpu_attention.o: test/test_gpu_attention.cu $(CUDA_HEADERS) $
 $(CUDA_BUILD)/test_gpu_kernels: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_kernels.o $(CUDA_BUILD)/test_gpu_attention.o
 	$(NVCC) $(NVCC_FLAGS) $^ -o $@ $(NVCC_LIBS) $(CATCH_LIBS)
 
+# The GPU trainer, built per precision under $(CUDA_BUILD); ./train_mixln links to the one built last.
+$(CUDA_BUILD)/train_mixln: train_mixln.cu $(CUDA_HEADERS) $(HEADERS)
+	@mkdir -p $(CUDA_BUILD)
+	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
+
+.PHONY: train_mixln bench
+train_mixln: $(CUDA_BUILD)/train_mixln
+	ln -sf $< $@
+
+# test_gpu_trainer.cu includes train_mixln.cu (with TESTING: no main).
+$(CUDA_BUILD)/test_gpu_trainer.o: test/test_gpu_trainer.cu train_mixln.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h
+	@mkdir -p $(CUDA_BUILD)
+	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
+
+$(CUDA_BUILD)/test_gpu_trainer: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_trainer.o
+	$(NVCC) $(NVCC_FLAGS) $^ -o $@ $(NVCC_LIBS) $(CATCH_LIBS)
+
+# Tokens/s and MFU of train_mixln on every Table 4 preset, on random tokens (needs a GPU).
+bench: train_mixln
+	dev/bench_trainer.sh
+
+# Kernel microbenchmarks (issue 3): dev/<kernel>.cu -> $(CUDA_BUILD)/dev/<kernel>, numbered versions of
+# each kernel validated against kernels/cpu, then timed (running them needs a GPU; not part of `make
+# test`). `make dev && dev/run_all.sh` prints the table; PRECISION=FP32 builds them under build/fp32/dev.
+DEV_BENCHMARKS := rmsnorm swiglu rope classifier adamw embedding attention
+.PHONY: dev
+dev: $(addprefix $(CUDA_BUILD)/dev/,$(DEV_BENCHMARKS))
+
+$(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh $(CUDA_HEADERS) $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
+
 # `make test` builds and runs the GPU tests too where nvcc exists.
-GPU_TESTS := $(if $(NVCC_FOUND),$(CUDA_BUILD)/test_gpu_kernels)
+GPU_TESTS := $(if $(NVCC_FOUND),$(CUDA_BUILD)/test_gpu_kernels $(CUDA_BUILD)/test_gpu_trainer)
 test: $(GPU_TESTS)

@@ -38,6 +38,7 @@ static AnalysisRun parse_analysis_options(int argc, char** argv) {
         run.what.insert(item);
     }
     run.o = parse_train_options((int)rest.size(), rest.data());
+    reject_gpu_only_options(run.o);
     return run;
 }
 

@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
     TrainOptions opts;
     try {
         opts = parse_train_options(argc, argv);
+        reject_gpu_only_options(opts);
     } catch (const std::exception& e) {
         fprintf(stderr, "error: %s\nrun with -h for the list of flags\n", e.what());
         return 2;

@@ -24,6 +24,7 @@ struct TrainOptions {
     double final_lr_fraction = 0.1;      // -q
     double weight_decay = 0.0;           // -w
     double grad_clip = 0.0;              // -g, 0 = off
+    bool recompute = false;              // -R, rerun each layer's forward in the backward (train_mixln only)
     double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
     int steps = -1;                      // -x, < 0: the paper's for the preset (Table 4)
     uint64_t seed = 42;                  // -s
@@ -67,6 +68,8 @@ inline const char* train_usage() {
         "  -w WD      AdamW weight decay (default 0)\n"
         "  -g NORM    clip the global gradient norm to NORM (default 0 = off)\n"
         "  -s SEED    seed for the initialization and the data order (default 42)\n"
+        "  -R 0|1     recompute each layer's activations in the backward instead of storing them all:\n"
+        "             less GPU memory for a larger -b, about a third more compute (train_mixln only; default 0)\n"
         "evaluation and checkpoints\n"
         "  -v N       validate every N steps (default 0 = only at the end)\n"
         "  -m N       validation batches per evaluation (default 20)\n"
@@ -105,6 +108,11 @@ inline double parse_in_range(char flag, const char* text, double lo, double hi) 
     if (x < lo || x > hi)
         throw std::runtime_error(std::string("-") + flag + ": " + text + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     return x;
+}
+
+// The CPU tools compute every activation once and store it: they refuse the GPU trainer's -R.
+inline void reject_gpu_only_options(const TrainOptions& o) {
+    if (o.recompute) throw std::runtime_error("-R: only train_mixln recomputes activations");
 }
 
 // The paper's peak learning rate and step count for a preset (section 4.1, Table 4).
@@ -163,6 +171,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'q': o.final_lr_fraction = parse_in_range(flag, val, 0.0, 1.0); break;
             case 'w': o.weight_decay = parse_in_range(flag, val, 0.0, 1e3); break;
             case 'g': o.grad_clip = parse_in_range(flag, val, 0.0, 1e9); break;
+            case 'R': o.recompute = parse_integer(flag, val, 0) != 0; break;
             case 's': o.seed = (uint64_t)parse_integer(flag, val, 0); break;
             case 'v': o.val_interval = (int)parse_integer(flag, val, 0); break;
             case 'm': o.val_batches = (int)parse_integer(flag, val, 1); break;

@@ -22,6 +22,7 @@
 #include "schedule.h"
 #include "../tokenizer/tokenizer.h"
 #include "../dataloader.h"
+#include "../kernels/cpu/adamw.h"  // grad_clip_scale
 
 // What a trainer's model must do. Weights and Adam moments cross this interface as fp32 arrays in
 // the layout of core/config.h, whatever precision the backend computes in.

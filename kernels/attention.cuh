@@ -14,7 +14,7 @@
 // The backward avoids atomics, so it is deterministic: one kernel per key tile accumulates dk and dv
 // over the query tiles, another per query tile accumulates dq over the key tiles. Both recompute the
 // probabilities P = exp(s - lse): 7 tile products per tile pair instead of FlashAttention-2's 5.
-// Version 1: the faster register-level (mma.sync / wgmma) versions belong in dev/ until measured.
+// Head dimensions 32 (the tiny preset), 64 and 128. Version 1: the faster register-level (mma.sync / wgmma) versions belong in dev/ until measured.
 #pragma once
 #include <mma.h>
 #include "common.cuh"
@@ -322,8 +322,8 @@ void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* do
 }
 
 inline void check_head_dim(int C, int NH) {
-    if (C / NH != 64 && C / NH != 128) {
-        fprintf(stderr, "attention: head dimension %d is not supported (64 or 128)\n", C / NH);
+    if (C / NH != 32 && C / NH != 64 && C / NH != 128) {
+        fprintf(stderr, "attention: head dimension %d is not supported (32, 64 or 128)\n", C / NH);
         exit(EXIT_FAILURE);
     }
 }
@@ -334,8 +334,11 @@ inline void check_head_dim(int C, int NH) {
 inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
                               int B, int T, int C, int NH, cudaStream_t stream) {
     attention_detail::check_head_dim(C, NH);
-    if (C / NH == 64) attention_detail::forward<64>(out, lse, q, k, v, stride, B, T, C, NH, stream);
-    else attention_detail::forward<128>(out, lse, q, k, v, stride, B, T, C, NH, stream);
+    switch (C / NH) {
+        case 32: attention_detail::forward<32>(out, lse, q, k, v, stride, B, T, C, NH, stream); break;
+        case 64: attention_detail::forward<64>(out, lse, q, k, v, stride, B, T, C, NH, stream); break;
+        default: attention_detail::forward<128>(out, lse, q, k, v, stride, B, T, C, NH, stream); break;
+    }
 }
 
 // Writes (does not accumulate) dq, dk, dv with rows of `dstride` elements; delta is (B, NH, T) fp32
@@ -344,6 +347,9 @@ inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, float* delta,
                                const float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
                                long dstride, int B, int T, int C, int NH, cudaStream_t stream) {
     attention_detail::check_head_dim(C, NH);
-    if (C / NH == 64) attention_detail::backward<64>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream);
-    else attention_detail::backward<128>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream);
+    switch (C / NH) {
+        case 32: attention_detail::backward<32>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream); break;
+        case 64: attention_detail::backward<64>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream); break;
+        default: attention_detail::backward<128>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream); break;
+    }
 }

@@ -22,6 +22,7 @@
 #include "../kernels/matmul.cuh"
 #include "../kernels/rmsnorm.cuh"
 #include "../kernels/rope.cuh"
+#include "../kernels/residual.cuh"
 #include "../kernels/swiglu.cuh"
 
 // ----------------------------------------------------------------------------
@@ -215,6 +216,21 @@ TEST_CASE("rmsnorm backward dweight is deterministic") {
 // SwiGLU
 
 static const long SWIGLU_SIZES[] = {21 * 12, 21 * 1000, 257 * 1368};
+
+TEST_CASE("residual forward adds the sublayer output to the stream") {
+    // STORE_TOL: one fp32 addition, stored.
+    Rng rng(311);
+    for (const long n : SWIGLU_SIZES) {
+        INFO("n=" << n);
+        const std::vector<float> x = random_floatX(n, rng), f = random_floatX(n, rng, 0.1);
+        DeviceBuffer<floatX> d_x(x), d_f(f), d_out(n);
+        d_out.poison();
+        residual_forward(d_out.ptr, d_x.ptr, d_f.ptr, n, STREAM);
+        std::vector<double> out(n);
+        residual_forward(out.data(), to_double(x).data(), to_double(f).data(), n, 1.0);
+        CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+    }
+}
 
 TEST_CASE("swiglu forward") {
     // STORE_TOL: an expf, a division and two products in fp32, stored.

@@ -125,6 +125,8 @@ TEST_CASE("the trainer rejects a bad flag and missing data with exit code and me
     CHECK(read_file(dir + "/a.txt").find("-a: 2 is outside") != std::string::npos);
     CHECK(wait_exit(spawn({trainer_path(), "-e", "tiny", "-i", dir + "/none.bin"}, dir + "/b.txt")) == 1);
     CHECK(read_file(dir + "/b.txt").find("none.bin") != std::string::npos);
+    CHECK(wait_exit(spawn({trainer_path(), "-i", "x", "-R", "1"}, dir + "/c.txt")) == 2);
+    CHECK(read_file(dir + "/c.txt").find("-R: only train_mixln") != std::string::npos);
 }
 
 TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identically") {

@@ -1,0 +1,101 @@
+// Rotary position embedding, rotate-half convention (kernels/rope.cuh; CPU reference kernels/cpu/rope.h).
+//   out[i] = x[i] cos - x[i + hd/2] sin,  out[i + hd/2] = x[i + hd/2] cos + x[i] sin,  angle(t, i)
+// The backward is the same kernel with the angle negated, so only the forward is timed; both are checked.
+//
+// Versions:
+//   1  production, kernels/rope.cuh: one thread per rotated pair, two 2-byte loads and stores in bf16
+//      and one 8-byte (cos, sin) table load.
+//   2  one thread per 8 pairs (bf16; 4 in fp32): two 128-bit loads and stores of x and four 128-bit
+//      table loads, an eighth of the memory instructions; a warp covers 8 whole heads of hd 64.
+//
+// Build and run (make dev builds every benchmark; make dev PRECISION=FP32 puts fp32 ones in build/fp32/dev):
+//   nvcc -O3 -std=c++17 -Xcompiler -fopenmp -gencode arch=compute_90a,code=sm_90a dev/rope.cu -o rope -lcublasLt -lcublas
+//   ./rope 2
+//
+// Shapes: B = 64 sequences of T = 256 (16384 tokens), NH heads of hd = 64 (d 768 and 2048).
+// Bytes counted (X = sizeof(floatX)): reads x, writes out: 2 N C X. The (T, hd/2) fp32 (cos, sin)
+// table, 64 KB, stays in L2 and is not counted.
+#include <vector>
+#include "common.cuh"
+#include "../kernels/cpu/rope.h"
+#include "../kernels/rope.cuh"
+
+static const char* const VERSIONS[] = {
+    "production (kernels/rope.cuh)",
+    "128-bit loads and stores, VEC pairs per thread",
+};
+
+// ----------------------------------------------------------------------------
+// Version 2. Thread idx handles pairs i0 .. i0 + VEC - 1 of head `head` (over (b, t, h)), i0 = VEC *
+// (idx % (hd / 2 / VEC)). Needs hd / 2 to be a multiple of VEC, so that x + head * hd + hd / 2 + i0
+// and the table row t * hd / 2 + i0 are 16-byte aligned.
+__global__ void rope_v2_kernel(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd,
+                               int direction) {
+    const int half = hd / 2, chunks = half / VEC;
+    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)B * T * NH * chunks) return;
+    const int i0 = (int)(idx % chunks) * VEC;
+    const long head = idx / chunks;  // (b * T + t) * NH + h
+    const int t = (int)((head / NH) % T);
+    const long base = head * hd + i0;
+    const PackedX x1 = load128(inp + base), x2 = load128(inp + base + half);
+    const float2* cs = table + (long)t * half + i0;
+    PackedX o1, o2;
+#pragma unroll
+    for (int p = 0; p < VEC / 2; p++) {
+        const float4 c4 = *reinterpret_cast<const float4*>(cs + 2 * p);  // (cos, sin) of pairs 2p and 2p + 1
+        const float c[2] = {c4.x, c4.z}, s[2] = {direction * c4.y, direction * c4.w};
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            const int e = 2 * p + q;
+            const float a = (float)x1[e], b = (float)x2[e];
+            o1[e] = (floatX)(a * c[q] - b * s[q]);
+            o2[e] = (floatX)(b * c[q] + a * s[q]);
+        }
+    }
+    store128(out + base, o1);
+    store128(out + base + half, o2);
+}
+
+static void rope_v2(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd, int direction) {
+    if ((hd / 2) % VEC) unsupported("rope v2: hd / 2 must be a multiple of 8 (bf16) or 4 (fp32)");
+    const long threads = (long)B * T * NH * (hd / 2 / VEC);
+    rope_v2_kernel<<<ceil_div(threads, 256), 256>>>(out, inp, table, B, T, NH, hd, direction);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    const int version = parse_version(argc, argv, 2, VERSIONS);
+    measure_ceilings();
+    const double theta = 10000.0;
+    for (const ModelShape& m : MODEL_SHAPES) {
+        const int T = SEQ_LEN, B = TOKENS / T, NH = m.NH, C = m.C, hd = C / NH;
+        const long n = (long)B * T * C;
+        const std::string shape = shape_name(m.name, (long)B * T, C) + ",hd" + std::to_string(hd);
+        printf("%s: B %d, T %d, NH %d, hd %d\n", m.name, B, T, NH, hd);
+        DeviceBuffer<float2> table((size_t)T * (hd / 2));
+        rope_table_init(table.ptr, T, hd, theta, 0);
+        DeviceBuffer<floatX> x(n), out(n);
+        x.fill_normal(31);
+        const std::vector<double> x_h = to_double(x.download());
+
+        auto run = [&](int direction) {
+            if (version == 1) launch_rope(out.ptr, x.ptr, table.ptr, B, T, NH, hd, direction, 0);
+            else rope_v2(out.ptr, x.ptr, table.ptr, B, T, NH, hd, direction);
+        };
+        // STORE_TOL: cos and sin rounded to fp32, two products and a sum in fp32, stored once.
+        std::vector<double> ref(n);
+        out.poison();
+        run(-1);
+        rope_backward(ref.data(), x_h.data(), B, T, NH, hd, theta);
+        validate("backward", out.download(), ref, STORE_TOL);
+        out.poison();
+        run(+1);
+        rope_forward(ref.data(), x_h.data(), B, T, NH, hd, theta);
+        validate("forward", out.download(), ref, STORE_TOL);
+        report_bandwidth("rope_forward", shape, version, 2.0 * n * sizeof(floatX), benchmark_kernel([&] { run(+1); }));
+    }
+    return 0;
+}

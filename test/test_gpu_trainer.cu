@@ -1,0 +1,378 @@
+// The GPU trainer against the CPU reference model, and against itself (recomputation, resume). This
+// file includes train_mixln.cu with TESTING defined, which compiles its main out (llm.c's trick in
+// test_gpt2.cu), so what runs is the trainer's own model, layer loop and backend. Needs a GPU; without
+// one test/gpu_main.cpp reports every case skipped.
+//
+// The model is small and awkward: d 128 in 2 heads of 64 (the attention kernel's head size), ffn 344,
+// 4 layers, vocabulary 300, B 3, T 64 and 40 (not a multiple of the attention tile), two targets
+// IGNORE_INDEX. The GPU starts from init_parameters' weights rounded to floatX, and the reference,
+// CpuModel<double>, from exactly those values, so a forward and backward differ only by the GPU's
+// arithmetic and storage.
+//
+// Gradients are compared per tensor and layer: Post-LN's early layers have far smaller gradients than
+// the rest (the paper's point), and a bound per whole tensor would not see them. For each slice,
+//   max error = max |g - ref| / max |ref|,   L2 error = ||g - ref|| / ||ref||.
+// The bounds below were calibrated on the CPU, running the reference model (a) in fp32 and (b) with
+// every tensor the GPU stores as bf16 rounded to bf16 after each kernel (fp32 arithmetic inside),
+// against the fp64 reference, on these models, batches and steps:
+//   (a) fp32: loss 5e-8 relative, gradients max error 1.1e-6; after 10 optimizer steps losses
+//       2e-7 and gradient norms 4e-8 relative.
+//   (b) bf16: loss 2.5e-5 relative, gradients max error 1.4e-2, L2 error 1.1e-2 (worst over all
+//       slices and models), sampling logits 5.6e-3; after 10 steps losses 3.6e-4 and gradient norms
+//       1.8e-3 relative.
+// The GPU's own rounding differs in detail (summation orders, tensor-core accumulation, flash
+// attention's bf16 probabilities), so the bounds leave a margin of about 5 (bf16) and 50 or more
+// (fp32) over these, while a wrong term in any formula misses them by orders of magnitude. Every case
+// prints its measured errors, to recalibrate on the device.
+#define TESTING
+#include "../train_mixln.cu"
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include "catch_compat.h"
+#include "../core/model_cpu.h"
+
+constexpr double LOSS_TOL = FLOATX_IS_FP32 ? 1e-5 : 1e-3;         // relative
+constexpr double GRAD_MAX_TOL = FLOATX_IS_FP32 ? 1e-4 : 7e-2;
+constexpr double GRAD_L2_TOL = FLOATX_IS_FP32 ? 1e-4 : 5e-2;
+constexpr double LOGITS_TOL = FLOATX_IS_FP32 ? 1e-4 : 3e-2;       // max |error| / max |logit|
+constexpr double TRAIN_LOSS_TOL = FLOATX_IS_FP32 ? 1e-5 : 2e-3;   // relative, each of 10 steps
+constexpr double TRAIN_NORM_TOL = FLOATX_IS_FP32 ? 1e-5 : 1e-2;   // relative, each of 10 steps
+
+static ModelConfig small_model(NormScheme norm, double alpha, int T) {
+    ModelConfig cfg;
+    cfg.vocab_size = 300;
+    cfg.max_seq_len = T;
+    cfg.n_layer = 4;
+    cfg.n_head = 2;
+    cfg.d_model = 128;
+    cfg.d_ffn = 344;
+    cfg.norm = norm;
+    cfg.alpha = alpha;
+    return cfg;
+}
+
+// init_parameters' weights rounded to floatX: what the GPU computes with, and the reference's input.
+static std::vector<float> initial_weights(const ModelConfig& cfg) {
+    const ParamLayout layout = make_param_layout(cfg);
+    std::vector<float> w(layout.total);
+    init_parameters(w.data(), cfg, layout, 7);
+    for (float& x : w) x = (float)(floatX)x;
+    return w;
+}
+
+static std::unique_ptr<GpuBackend> gpu_backend(const ModelConfig& cfg, int B, int T, bool recompute,
+                                               const std::vector<float>& weights) {
+    std::unique_ptr<GpuBackend> gpu(new GpuBackend(cfg, B, T, recompute));
+    gpu->write_state(weights.data(), nullptr, nullptr);
+    return gpu;
+}
+
+struct Batch {
+    int B, T;
+    std::vector<int> inputs, targets;
+};
+
+static Batch random_batch(int B, int T, int V, uint64_t seed) {
+    Rng rng(seed);
+    Batch b{B, T, std::vector<int>((size_t)B * T), std::vector<int>((size_t)B * T)};
+    for (int& t : b.inputs) t = (int)rng.below(V);
+    for (int& t : b.targets) t = (int)rng.below(V);
+    b.targets[5] = b.targets[(size_t)B * T - 1] = IGNORE_INDEX;
+    return b;
+}
+
+struct SliceError {
+    double max_error, l2_error;
+};
+
+static SliceError compare(const float* gpu, const double* ref, long n) {
+    double max_ref = 0, max_diff = 0, sum_sq_ref = 0, sum_sq_diff = 0;
+    for (long i = 0; i < n; i++) {
+        const double diff = std::isfinite(gpu[i]) ? gpu[i] - ref[i] : INFINITY;
+        max_ref = std::max(max_ref, std::fabs(ref[i]));
+        max_diff = std::max(max_diff, std::fabs(diff));
+        sum_sq_ref += ref[i] * ref[i];
+        sum_sq_diff += diff * diff;
+    }
+    if (max_ref == 0) return {max_diff, std::sqrt(sum_sq_diff)};  // an all-zero slice must stay zero
+    return {max_diff / max_ref, std::sqrt(sum_sq_diff / sum_sq_ref)};
+}
+
+static double relative_difference(double a, double b) { return std::fabs(a - b) / std::fabs(b); }
+
+TEST_CASE("one forward and backward: loss, every gradient and the sampling logits match the reference") {
+    struct Variant { const char* name; NormScheme norm; double alpha; bool scaled; };
+    const Variant variants[] = {{"Pre-LN (alpha 0)", NormScheme::MixLN, 0.0, false},
+                                {"Mix-LN (alpha 0.25)", NormScheme::MixLN, 0.25, false},
+                                {"Post-LN (alpha 1)", NormScheme::MixLN, 1.0, false},
+                                {"DeepNorm", NormScheme::DeepNorm, 0.0, false},
+                                {"Mix-LN, scaled init and embedding", NormScheme::MixLN, 0.25, true}};
+    for (const Variant& variant : variants) {
+        for (const int T : {64, 40}) {
+            INFO(variant.name << ", T " << T);
+            ModelConfig cfg = small_model(variant.norm, variant.alpha, T);
+            cfg.scaled_init = cfg.scaled_embed = variant.scaled;
+            const ParamLayout layout = make_param_layout(cfg);
+            const std::vector<float> weights = initial_weights(cfg);
+            const Batch batch = random_batch(3, T, cfg.vocab_size, 11);
+
+            CpuModel<double> ref(cfg);
+            std::copy(weights.begin(), weights.end(), ref.params.begin());
+            const double ref_loss = ref.forward(batch.inputs.data(), batch.targets.data(), batch.B, T);
+            ref.backward();
+
+            std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, batch.B, T, false, weights);
+            gpu->zero_grad();
+            const float loss = gpu->forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, T, 1.0f);
+            std::vector<float> grads(layout.total);
+            gpu->read_grads(grads.data());
+
+            const double loss_error = relative_difference(loss, ref_loss);
+            CHECK(loss_error <= LOSS_TOL);
+            // The evaluation path runs the same forward and classifier: bitwise the same loss.
+            CHECK(gpu->forward_loss(batch.inputs.data(), batch.targets.data(), batch.B, T) == loss);
+
+            SliceError worst{0, 0};
+            for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+                for (int l = 0; l < (param_is_per_layer(t) ? cfg.n_layer : 1); l++) {
+                    INFO(param_tensor_name(t) << " layer " << l);
+                    const SliceError e = compare(grads.data() + layout.at(t, l), ref.grads.data() + layout.at(t, l),
+                                                 layout.layer_size[t]);
+                    CHECK(e.max_error <= GRAD_MAX_TOL);
+                    CHECK(e.l2_error <= GRAD_L2_TOL);
+                    worst = {std::max(worst.max_error, e.max_error), std::max(worst.l2_error, e.l2_error)};
+                }
+            }
+
+            // Sampling: a batch of one, shorter than the activations were made for.
+            const int t_sample = T - 3;
+            std::vector<float> logits(cfg.vocab_size);
+            gpu->next_token_logits(batch.inputs.data(), t_sample, logits.data());
+            ref.forward(batch.inputs.data(), nullptr, 1, t_sample);
+            const double* ref_logits = ref.logits.data() + (size_t)(t_sample - 1) * cfg.vocab_size;
+            const double logits_error = compare(logits.data(), ref_logits, cfg.vocab_size).max_error;
+            CHECK(logits_error <= LOGITS_TOL);
+
+            printf("gpu trainer, %s, T %d: loss %.2e, gradients max %.2e L2 %.2e (worst slice), logits %.2e\n",
+                   variant.name, T, loss_error, worst.max_error, worst.l2_error, logits_error);
+        }
+    }
+}
+
+TEST_CASE("recomputation (-R 1) gives bitwise the loss and gradients of stored activations") {
+    // The recomputed forward runs the same kernels on the same inputs, at equally aligned addresses.
+    for (const int T : {64, 40}) {
+        INFO("T " << T);
+        const ModelConfig cfg = small_model(NormScheme::MixLN, 0.5, T);
+        const std::vector<float> weights = initial_weights(cfg);
+        const Batch batch = random_batch(3, T, cfg.vocab_size, 12);
+        std::vector<float> loss(2);
+        std::vector<std::vector<float>> grads(2, std::vector<float>(weights.size()));
+        for (const bool recompute : {false, true}) {
+            std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, batch.B, T, recompute, weights);
+            gpu->zero_grad();
+            loss[recompute] = gpu->forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, T, 1.0f);
+            gpu->read_grads(grads[recompute].data());
+        }
+        CHECK(loss[0] == loss[1]);
+        CHECK(std::memcmp(grads[0].data(), grads[1].data(), grads[0].size() * sizeof(float)) == 0);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Training steps, as core/trainer.h's run_training takes them
+
+// The reference model in double behind the driver's interface, with AdamW in double.
+struct ReferenceBackend : TrainerBackend {
+    CpuModel<double> model;
+    std::vector<double> m, v;
+
+    explicit ReferenceBackend(const ModelConfig& cfg)
+        : model(cfg), m(model.layout.total, 0.0), v(model.layout.total, 0.0) {}
+    std::string description() const override { return "CPU reference in double"; }
+    double peak_flops() const override { return 0; }
+    void zero_grad() override { model.zero_grad(); }
+    float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) override {
+        const double loss = model.forward(inputs, targets, B, T);
+        model.backward(loss_scale);
+        return (float)loss;
+    }
+    float forward_loss(const int* inputs, const int* targets, int B, int T) override {
+        return (float)model.forward(inputs, targets, B, T);
+    }
+    void next_token_logits(const int* tokens, int T, float* logits) override {
+        model.forward(tokens, nullptr, 1, T);
+        std::copy(model.logits.end() - model.cfg.vocab_size, model.logits.end(), logits);
+    }
+    double grad_norm() override { return global_grad_norm(model.grads.data(), model.layout.total); }
+    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
+        adamw_update(model.params.data(), model.grads.data(), m.data(), v.data(), model.layout.total, t, lr, o.beta1,
+                     o.beta2, o.adam_eps, o.weight_decay, grad_scale);
+    }
+    void read_state(float* params, float* m_out, float* v_out) override {
+        std::copy(model.params.begin(), model.params.end(), params);
+        std::copy(m.begin(), m.end(), m_out);
+        std::copy(v.begin(), v.end(), v_out);
+    }
+    void read_grads(float* grads) override { std::copy(model.grads.begin(), model.grads.end(), grads); }
+    void write_state(const float* params, const float* m_in, const float* v_in) override {
+        std::copy(params, params + model.layout.total, model.params.begin());
+        auto set_moments = [&](std::vector<double>& dst, const float* src) {
+            if (src) std::copy(src, src + model.layout.total, dst.begin());
+            else std::fill(dst.begin(), dst.end(), 0.0);
+        };
+        set_moments(m, m_in);
+        set_moments(v, v_in);
+    }
+};
+
+// 10 steps of 2 micro-batches of 4 x 64 tokens, with warmup and cosine decay, clipping at 0.5 (the
+// gradient norms are about 0.7) and weight decay 0.1.
+static TrainOptions training_options(const std::string& shard) {
+    TrainOptions o;
+    o.train_files = shard;
+    o.micro_batch = 4;
+    o.seq_len = 64;
+    o.total_batch = 2 * 4 * 64;
+    o.lr = 2e-3;
+    o.steps = 10;
+    o.grad_clip = 0.5;
+    o.weight_decay = 0.1;
+    return o;
+}
+
+// A temporary directory holding a training shard of a learnable stream (each token follows from the
+// previous one by a fixed rule 3 times in 4) and whatever else the test writes there.
+struct TrainingShard {
+    std::string dir, path;
+
+    explicit TrainingShard(int V) {
+        char name[] = "/tmp/mixln_gpu_trainer_XXXXXX";
+        REQUIRE(mkdtemp(name) != nullptr);
+        dir = name;
+        path = dir + "/train.bin";
+        std::vector<int> tokens(20000);
+        Rng rng(3);
+        tokens[0] = 1;
+        for (size_t i = 1; i < tokens.size(); i++)
+            tokens[i] = rng.uniform() < 0.75 ? (tokens[i - 1] * 31 + 7) % V : (int)rng.below(V);
+        write_shard(path, tokens.data(), tokens.size(), V);
+    }
+    ~TrainingShard() { std::filesystem::remove_all(dir); }
+};
+
+struct StepRecord {
+    std::vector<double> losses, norms;
+};
+
+// Optimizer steps [first, last) as run_training's loop body: zero the gradients, accumulate the
+// micro-batches, take the norm, clip, update.
+static void train_steps(TrainerBackend& backend, DataLoader& data, const TrainOptions& o, int first, int last,
+                        StepRecord* record) {
+    const LrSchedule schedule = make_schedule(o.lr, o.steps, o.warmup_fraction, o.final_lr_fraction);
+    const int accum_steps = (int)(o.total_batch / ((long)o.micro_batch * o.seq_len));
+    std::vector<int> inputs((size_t)o.micro_batch * o.seq_len), targets(inputs.size());
+    for (int step = first; step < last; step++) {
+        backend.zero_grad();
+        double loss = 0;
+        for (int micro = 0; micro < accum_steps; micro++) {
+            data.next_batch(inputs.data(), targets.data());
+            const float micro_loss =
+                backend.forward_backward(inputs.data(), targets.data(), o.micro_batch, o.seq_len, 1.0f / accum_steps);
+            loss += micro_loss / accum_steps;
+        }
+        const double norm = backend.grad_norm();
+        backend.adamw_step(schedule.lr_at(step), grad_clip_scale(norm, o.grad_clip), step + 1, o);
+        record->losses.push_back(loss);
+        record->norms.push_back(norm);
+    }
+}
+
+static DataLoader training_data(const TrainOptions& o, int V) {
+    return DataLoader(o.train_files, o.micro_batch, o.seq_len, 0, 1, /*shuffle=*/true, o.seed, V);
+}
+
+TEST_CASE("ten AdamW steps follow the reference's losses and gradient norms") {
+    for (const double alpha : {0.25, 1.0}) {
+        INFO("alpha " << alpha);
+        const TrainingShard shard(300);
+        const TrainOptions o = training_options(shard.path);
+        const ModelConfig cfg = small_model(NormScheme::MixLN, alpha, o.seq_len);
+        const std::vector<float> weights = initial_weights(cfg);
+        StepRecord gpu_steps, ref_steps;
+        {
+            std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, o.micro_batch, o.seq_len, false, weights);
+            DataLoader data = training_data(o, cfg.vocab_size);
+            train_steps(*gpu, data, o, 0, o.steps, &gpu_steps);
+        }
+        ReferenceBackend ref(cfg);
+        ref.write_state(weights.data(), nullptr, nullptr);
+        DataLoader data = training_data(o, cfg.vocab_size);
+        train_steps(ref, data, o, 0, o.steps, &ref_steps);
+        double worst_loss = 0, worst_norm = 0;
+        for (int step = 0; step < o.steps; step++) {
+            INFO("step " << step + 1 << ": loss " << gpu_steps.losses[step] << " (reference " << ref_steps.losses[step]
+                         << "), norm " << gpu_steps.norms[step] << " (reference " << ref_steps.norms[step] << ")");
+            const double loss_error = relative_difference(gpu_steps.losses[step], ref_steps.losses[step]);
+            const double norm_error = relative_difference(gpu_steps.norms[step], ref_steps.norms[step]);
+            CHECK(loss_error <= TRAIN_LOSS_TOL);
+            CHECK(norm_error <= TRAIN_NORM_TOL);
+            worst_loss = std::max(worst_loss, loss_error);
+            worst_norm = std::max(worst_norm, norm_error);
+        }
+        CHECK(ref_steps.losses.back() < ref_steps.losses.front() - 0.5);  // the steps do learn
+        printf("gpu trainer, 10 steps, alpha %.2f: loss %.4f -> %.4f, worst relative difference: loss %.2e, norm %.2e\n",
+               alpha, gpu_steps.losses.front(), gpu_steps.losses.back(), worst_loss, worst_norm);
+    }
+}
+
+TEST_CASE("resume: 6 steps, a checkpoint, a fresh backend and 4 more steps give bitwise the 10 straight steps") {
+    const TrainingShard shard(300);
+    const TrainOptions o = training_options(shard.path);
+    const ModelConfig cfg = small_model(NormScheme::MixLN, 0.25, o.seq_len);
+    const ParamLayout layout = make_param_layout(cfg);
+    const std::vector<float> weights = initial_weights(cfg);
+    auto final_weights = [&](TrainerBackend& backend) {
+        std::vector<float> p(layout.total), m(layout.total), v(layout.total);
+        backend.read_state(p.data(), m.data(), v.data());
+        return p;
+    };
+
+    StepRecord straight;
+    std::vector<float> straight_weights;
+    {
+        std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, o.micro_batch, o.seq_len, false, weights);
+        DataLoader data = training_data(o, cfg.vocab_size);
+        train_steps(*gpu, data, o, 0, o.steps, &straight);
+        straight_weights = final_weights(*gpu);
+    }
+
+    StepRecord resumed;
+    const std::string checkpoint = shard.dir + "/ckpt.bin";
+    {
+        std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, o.micro_batch, o.seq_len, false, weights);
+        DataLoader data = training_data(o, cfg.vocab_size);
+        train_steps(*gpu, data, o, 0, 6, &resumed);
+        std::vector<float> p(layout.total), m(layout.total), v(layout.total);
+        gpu->read_state(p.data(), m.data(), v.data());
+        TrainState state;
+        state.step = 6;
+        state.data = data.position();
+        save_checkpoint(checkpoint, cfg, state, p.data(), m.data(), v.data(), layout.total);
+    }
+    const Checkpoint ck = load_checkpoint(checkpoint);
+    std::unique_ptr<GpuBackend> gpu(new GpuBackend(cfg, o.micro_batch, o.seq_len, false));
+    gpu->write_state(ck.params.data(), ck.m.data(), ck.v.data());
+    DataLoader data = training_data(o, cfg.vocab_size);
+    data.set_position(ck.state.data);
+    train_steps(*gpu, data, o, (int)ck.state.step, o.steps, &resumed);
+
+    for (int step = 0; step < o.steps; step++) {
+        INFO("step " << step + 1);
+        CHECK(resumed.losses[step] == straight.losses[step]);
+        CHECK(resumed.norms[step] == straight.norms[step]);
+    }
+    const std::vector<float> resumed_weights = final_weights(*gpu);
+    CHECK(std::memcmp(resumed_weights.data(), straight_weights.data(), layout.total * sizeof(float)) == 0);
+}

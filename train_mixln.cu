@@ -1,0 +1,563 @@
+// train_mixln: the GPU trainer. The model of core/model_cpu.h (LLaMA with Mix-LN, the paper's eq. 1
+// and 2) on one GPU, composed from the CUDA kernels of kernels/*.cuh and driven by the same loop and
+// flags as the CPU trainer (core/trainer.h). Storage is bf16 (weights, activations, gradients) with
+// fp32 master weights and Adam moments; `make PRECISION=FP32` stores everything in fp32.
+//   make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
+//   -R 1 recomputes each layer's forward in the backward instead of storing it (less memory).
+//
+// Reading order: device helpers; the activation
+// layout (one allocation); the model: parameters, gradients and optimizer state (one allocation each,
+// in the layout of core/config.h), the forward layer by layer as eq. 1 and 2, the backward as its
+// mirror image, the update; the backend the driver calls; main.
+// test/test_gpu_trainer.cu includes this file with TESTING defined (no main) and checks it against
+// the CPU reference model.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+#include "core/trainer.h"
+#include "kernels/adamw.cuh"
+#include "kernels/attention.cuh"
+#include "kernels/classifier.cuh"
+#include "kernels/embedding.cuh"
+#include "kernels/matmul.cuh"
+#include "kernels/residual.cuh"
+#include "kernels/rmsnorm.cuh"
+#include "kernels/rope.cuh"
+#include "kernels/swiglu.cuh"
+
+// ----------------------------------------------------------------------------
+// Device memory and the device
+
+// cudaMalloc that reports running out of memory as an error naming the allocation (and what to do
+// about it), which the driver prints; any other failure exits through cudaCheck.
+template <typename T>
+T* device_alloc(size_t count, const std::string& what) {
+    void* ptr = nullptr;
+    const cudaError_t error = cudaMalloc(&ptr, count * sizeof(T));
+    if (error == cudaErrorMemoryAllocation) {
+        cudaGetLastError();  // clear it
+        char size[32];
+        snprintf(size, sizeof(size), "%.2f GiB", count * sizeof(T) / 1073741824.0);
+        throw std::runtime_error("out of GPU memory allocating " + what + " (" + size + ")");
+    }
+    cudaCheck(error);
+    return (T*)ptr;
+}
+
+// From pageable host memory: returns once src is staged, so the caller may reuse it at once.
+template <typename T>
+void to_device(T* dst, const T* src, size_t count, cudaStream_t stream) {
+    cudaCheck(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyHostToDevice, stream));
+}
+
+// Waits for the stream's work so far, then copies.
+template <typename T>
+void to_host(T* dst, const T* src, size_t count, cudaStream_t stream) {
+    cudaCheck(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, stream));
+    cudaCheck(cudaStreamSynchronize(stream));
+}
+
+// Dense bf16 tensor-core peak of the GPUs known by name (cudaDeviceProp::name), in FLOP/s, for MFU;
+// 0 for any other GPU.
+inline double peak_bf16_flops(const std::string& name) {
+    auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+    if (has("NVL")) return 0;                                       // H100 NVL, H200 NVL: other clocks
+    if (has("H200")) return 989.4e12;                               // the H100 SXM's tensor cores
+    if (has("H100") && has("PCIe")) return 756e12;
+    if (has("H100") && (has("SXM") || has("HBM3"))) return 989.4e12;  // "NVIDIA H100 80GB HBM3"
+    if (has("A100")) return 312e12;
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Activations: for a micro-batch of N = B*T rows, everything the forward keeps for the backward and
+// the backward's scratch, carved from one allocation. Each tensor starts on a 256-byte boundary.
+
+// What one layer's forward keeps for its backward. Without recomputation each layer has its own; with
+// -R 1 all layers share one, which the backward refills by rerunning the layer's forward.
+struct GpuLayerActivations {
+    floatX* norm_a_buffer;       // (N, C) the end of norm_a that is not on the residual stream: its input
+                                 //        s*x + attn_out (Post-LN) or its output, the attention input (Pre-LN)
+    floatX* h;                   // (N, C) the residual stream between the two sublayers
+    floatX* norm_b_buffer;       // (N, C) norm_b's input s*h + mlp_out (Post-LN) or its output, the MLP input (Pre-LN)
+    float* rstd_a;               // (N) 1/rms of norm_a's input
+    float* rstd_b;               // (N)
+    floatX* q, *k, *v;           // (N, C) each; q and k after RoPE
+    float* lse;                  // (B, NH, T) attention's logsumexp per query, for its backward
+    floatX* attn_y;              // (N, C) attention output before the o projection
+    floatX* gate, *up, *swiglu;  // (N, F)
+
+    // The tensors under the names of eq. 1 and 2, set for layer l by GpuModel::layer(l). One tensor
+    // can have two names: in Post-LN attn_in is x and mlp_in is h, in Pre-LN norm_a_in is x and
+    // norm_b_in is h.
+    floatX* x;                   // (N, C) the layer's input, a slice of the residual stream
+    floatX* out;                 // (N, C) the layer's output, the next slice
+    floatX* attn_in, *norm_a_in, *mlp_in, *norm_b_in;  // (N, C)
+};
+
+struct GpuActivations {
+    floatX* stream;              // (L+1, N, C) the residual stream: layer l reads slice l and writes slice
+                                 //             l+1; slice L is the final norm's input
+    std::vector<GpuLayerActivations> slots;  // L, or 1 with recomputation
+    floatX* sublayer_out;        // (N, C) attn_out, then mlp_out: the F(x) of eq. 1 and 2, consumed by the
+                                 //        residual add after it
+    floatX* final_norm;          // (N, C) norm_f's output, the LM head's input
+    float* rstd_f;               // (N)
+    floatX* logits;              // (N, V) replaced by d logits by the fused classifier
+    float* losses;               // (N) per-position loss, 0 where the target is IGNORE_INDEX
+    int* tokens, *targets;       // (N)
+
+    // The backward's scratch, reused by every layer.
+    floatX* d_stream;            // (N, C) the gradient of the residual stream where the backward is:
+                                 //        d out on entering a layer, d x on leaving it
+    floatX* d_sublayer_out;      // (N, C) d attn_out or d mlp_out
+    floatX* d_sublayer_in;       // (N, C) d attn_in or d mlp_in (in Post-LN mlp_in is h: d h)
+    floatX* d_attn_y;            // (N, C)
+    floatX* d_q, *d_k, *d_v;     // (N, C) each
+    floatX* d_swiglu, *d_gate, *d_up;  // (N, F)
+    floatX* d_final_norm;        // (N, C)
+    float* attn_delta;           // (B, NH, T) attention backward's row terms
+    float* rmsnorm_scratch;      // rmsnorm_backward_scratch_floats(C): the norm weights' partial sums
+    int* embedding_workspace;    // embedding_backward_workspace_ints(N)
+
+    // Points every tensor into base for N rows, and returns the bytes they take. With base null it
+    // only counts (the pointers are then meaningless).
+    size_t carve(char* base, const ModelConfig& cfg, long N, int num_slots) {
+        const long C = cfg.d_model, F = cfg.d_ffn, V = cfg.vocab_size, L = cfg.n_layer;
+        const long heads_rows = N * cfg.n_head;  // B * NH * T
+        size_t bytes = 0;
+        auto take = [&](auto*& ptr, long count) {
+            ptr = reinterpret_cast<std::remove_reference_t<decltype(ptr)>>((uintptr_t)base + bytes);
+            bytes += ceil_div(count * (long)sizeof(*ptr), 256) * 256;
+        };
+        take(stream, (L + 1) * N * C);
+        slots.resize(num_slots);
+        for (GpuLayerActivations& a : slots) {
+            for (floatX** p : {&a.norm_a_buffer, &a.h, &a.norm_b_buffer, &a.q, &a.k, &a.v, &a.attn_y}) take(*p, N * C);
+            for (floatX** p : {&a.gate, &a.up, &a.swiglu}) take(*p, N * F);
+            for (float** p : {&a.rstd_a, &a.rstd_b}) take(*p, N);
+            take(a.lse, heads_rows);
+        }
+        for (floatX** p : {&sublayer_out, &final_norm, &d_stream, &d_sublayer_out, &d_sublayer_in, &d_attn_y,
+                           &d_q, &d_k, &d_v, &d_final_norm})
+            take(*p, N * C);
+        for (floatX** p : {&d_swiglu, &d_gate, &d_up}) take(*p, N * F);
+        take(logits, N * V);
+        for (float** p : {&rstd_f, &losses}) take(*p, N);
+        for (int** p : {&tokens, &targets}) take(*p, N);
+        take(attn_delta, heads_rows);
+        take(rmsnorm_scratch, rmsnorm_backward_scratch_floats((int)C));
+        take(embedding_workspace, embedding_backward_workspace_ints((int)N));
+        return bytes;
+    }
+};
+
+// ----------------------------------------------------------------------------
+// The model
+
+struct GpuModel {
+    ModelConfig cfg;
+    ParamLayout layout;
+    bool recompute;              // -R 1: keep only the residual stream, rerun each layer before its backward
+    cudaStream_t stream;
+    std::string device_name;
+
+    // Parameters and optimizer state: layout.total elements each, one allocation each, in the layout
+    // of core/config.h (tensor t of layer l at layout.at(t, l)).
+    floatX* params;              // the weights the forward and backward read
+    floatX* grads;               // accumulated over a step's micro-batches
+    float* master;               // the fp32 weights AdamW updates, rounded into params after each step;
+                                 // in the FP32 build params themselves (see kernels/adamw.cuh)
+    float* adam_m, *adam_v;      // Adam's first and second moments
+    float* grad_norm_scratch;    // 1 + GRAD_NORM_BLOCKS floats: the norm, then its partial sums
+    float2* rope_table;          // (max_seq_len, head_dim/2) RoPE's (cos, sin)
+
+    GpuActivations acts;
+    char* activation_memory = nullptr;
+    size_t activation_bytes = 0;
+    long activation_rows = 0;    // the N the activations are carved for
+    int B = 0, T = 0;            // the current micro-batch; B*T <= activation_rows
+    std::vector<int> tokens_host;  // its tokens, for the embedding backward (which groups them on the host)
+    int n_valid = 0;             // its positions that carry a loss
+
+    // Allocates everything, activations for micro-batches of B x T.
+    GpuModel(const ModelConfig& c, int b, int t, bool recompute_)
+        : cfg(c), layout(make_param_layout(c)), recompute(recompute_) {
+        const int hd = cfg.head_dim();
+        if (hd != 32 && hd != 64 && hd != 128)
+            throw std::runtime_error("the attention kernel supports heads of 32, 64 or 128 dimensions; d " +
+                                     std::to_string(cfg.d_model) + " in " + std::to_string(cfg.n_head) + " heads has " +
+                                     std::to_string(hd) + " (set -H)");
+        cudaDeviceProp prop;
+        cudaCheck(cudaGetDeviceProperties(&prop, 0));
+        device_name = prop.name;
+        cudaCheck(cudaStreamCreate(&stream));
+        matmul_setup();  // the process-wide cuBLASLt handle, kept until exit
+        const size_t P = layout.total;
+        params = device_alloc<floatX>(P, "the parameters");
+        grads = device_alloc<floatX>(P, "the gradients");
+        master = FLOATX_IS_FP32 ? reinterpret_cast<float*>(params) : device_alloc<float>(P, "the fp32 master weights");
+        adam_m = device_alloc<float>(P, "Adam's first moments");
+        adam_v = device_alloc<float>(P, "Adam's second moments");
+        grad_norm_scratch = device_alloc<float>(1 + GRAD_NORM_BLOCKS, "the gradient norm's scratch");
+        rope_table = device_alloc<float2>((size_t)cfg.max_seq_len * (hd / 2), "the RoPE table");
+        rope_table_init(rope_table, cfg.max_seq_len, hd, cfg.rope_theta, stream);
+        allocate_activations((long)b * t);
+    }
+
+    ~GpuModel() {
+        for (void* p : {(void*)params, (void*)grads, (void*)adam_m, (void*)adam_v, (void*)grad_norm_scratch,
+                        (void*)rope_table, (void*)activation_memory})
+            cudaCheck(cudaFree(p));
+        if (!FLOATX_IS_FP32) cudaCheck(cudaFree(master));
+        cudaCheck(cudaStreamDestroy(stream));
+    }
+    GpuModel(const GpuModel&) = delete;
+    GpuModel& operator=(const GpuModel&) = delete;
+
+    floatX* param(int tensor, int layer = 0) { return params + layout.at(tensor, layer); }
+    floatX* grad(int tensor, int layer = 0) { return grads + layout.at(tensor, layer); }
+    void zero(floatX* ptr, long count) { cudaCheck(cudaMemsetAsync(ptr, 0, count * sizeof(floatX), stream)); }
+
+    size_t parameter_bytes() const {
+        return layout.total * (2 * sizeof(floatX) + (FLOATX_IS_FP32 ? 2 : 3) * sizeof(float));
+    }
+
+    void allocate_activations(long N) {
+        cudaCheck(cudaFree(activation_memory));
+        activation_memory = nullptr;
+        const int num_slots = recompute ? 1 : cfg.n_layer;
+        activation_bytes = GpuActivations().carve(nullptr, cfg, N, num_slots);
+        activation_memory = device_alloc<char>(activation_bytes, "the activations of " + std::to_string(N) +
+                                                                     " tokens per micro-batch; lower -b" +
+                                                                     (recompute ? "" : ", or recompute them with -R 1"));
+        acts.carve(activation_memory, cfg, N, num_slots);
+        activation_rows = N;
+    }
+
+    // Sets the micro-batch shape for the next forward, growing the activations if they are too small
+    // (sampling runs B = 1 with up to the training T).
+    void set_shape(int b, int t) {
+        if (t > cfg.max_seq_len)
+            throw std::runtime_error("sequence of " + std::to_string(t) + " tokens, longer than the model's " +
+                                     std::to_string(cfg.max_seq_len));
+        if ((long)b * t > activation_rows) allocate_activations((long)b * t);
+        B = b;
+        T = t;
+    }
+
+    // Layer l's activations under the names of eq. 1 and 2.
+    GpuLayerActivations layer(int l) {
+        GpuLayerActivations a = acts.slots[recompute ? 0 : l];
+        const long NC = activation_rows * cfg.d_model;  // the stream's slices are carved for activation_rows
+        a.x = acts.stream + l * NC;
+        a.out = acts.stream + (l + 1) * NC;
+        if (layer_is_post_ln(cfg, l)) {
+            a.attn_in = a.x;
+            a.norm_a_in = a.norm_a_buffer;
+            a.mlp_in = a.h;
+            a.norm_b_in = a.norm_b_buffer;
+        } else {
+            a.norm_a_in = a.x;
+            a.attn_in = a.norm_a_buffer;
+            a.norm_b_in = a.h;
+            a.mlp_in = a.norm_b_buffer;
+        }
+        return a;
+    }
+
+    // ---- forward ----
+
+    // The sublayers: the F(x) of eq. 1 and 2, written to f.
+    // Attention: q, k, v projections, RoPE on q and k, causal flash attention, o projection.
+    void attention_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
+        const int N = B * T, C = cfg.d_model, NH = cfg.n_head, hd = cfg.head_dim();
+        // Three matmuls: wq, wk, wv of one layer are not adjacent in the layout (each tensor holds all
+        // L layers), so there is no (3C, C) weight for one fused qkv product.
+        matmul_forward(a.q, a.attn_in, param(WQ, l), N, C, C, stream);
+        matmul_forward(a.k, a.attn_in, param(WK, l), N, C, C, stream);
+        matmul_forward(a.v, a.attn_in, param(WV, l), N, C, C, stream);
+        rope_forward(a.q, a.q, rope_table, B, T, NH, hd, stream);
+        rope_forward(a.k, a.k, rope_table, B, T, NH, hd, stream);
+        attention_forward(a.attn_y, a.lse, a.q, a.k, a.v, /*stride=*/C, B, T, C, NH, stream);
+        matmul_forward(f, a.attn_y, param(WO, l), N, C, C, stream);
+    }
+
+    // SwiGLU MLP: down(silu(gate(x)) * up(x)).
+    void mlp_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
+        const int N = B * T, C = cfg.d_model, F = cfg.d_ffn;
+        matmul_forward(a.gate, a.mlp_in, param(WGATE, l), N, C, F, stream);
+        matmul_forward(a.up, a.mlp_in, param(WUP, l), N, C, F, stream);
+        swiglu_forward(a.swiglu, a.gate, a.up, (long)N * F, stream);
+        matmul_forward(f, a.swiglu, param(WDOWN, l), N, F, C, stream);
+    }
+
+    // One layer: the paper's eq. 1 (Post-LN) or eq. 2 (Pre-LN). Each residual add followed by a norm
+    // is fused with it (residual_rmsnorm_forward keeps the sum: Post-LN's norm input, Pre-LN's h).
+    void layer_forward(int l) {
+        const GpuLayerActivations a = layer(l);
+        const int N = B * T, C = cfg.d_model;
+        const float eps = (float)cfg.norm_eps;
+        floatX* f = acts.sublayer_out;
+        if (layer_is_post_ln(cfg, l)) {
+            const float s = (float)residual_scale(cfg);  // 1 except for DeepNorm
+            // eq. 1: h = LN_a(s*x + Attn(x));  out = LN_b(s*h + MLP(h))
+            attention_sublayer_forward(a, l, f);
+            residual_rmsnorm_forward(a.norm_a_in, a.h, a.rstd_a, a.x, f, param(NORM_A, l), s, N, C, eps, stream);
+            mlp_sublayer_forward(a, l, f);
+            residual_rmsnorm_forward(a.norm_b_in, a.out, a.rstd_b, a.h, f, param(NORM_B, l), s, N, C, eps, stream);
+        } else {
+            // eq. 2: h = x + Attn(LN_a(x));  out = h + MLP(LN_b(h))
+            rmsnorm_forward(a.attn_in, a.rstd_a, a.x, param(NORM_A, l), N, C, eps, stream);
+            attention_sublayer_forward(a, l, f);
+            residual_rmsnorm_forward(a.h, a.mlp_in, a.rstd_b, a.x, f, param(NORM_B, l), 1.0f, N, C, eps, stream);
+            mlp_sublayer_forward(a, l, f);
+            residual_forward(a.out, a.h, f, (long)N * C, stream);
+        }
+    }
+
+    // tokens: (B, T) on the host. Embedding, the L layers, the final norm (for every alpha) and the
+    // LM head, up to the logits (N, V).
+    void forward(const int* tokens, int b, int t) {
+        set_shape(b, t);
+        const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
+        tokens_host.assign(tokens, tokens + N);
+        to_device(acts.tokens, tokens, N, stream);
+        embedding_forward(layer(0).x, acts.tokens, param(WTE), N, C, (float)embedding_scale(cfg), stream);
+        for (int l = 0; l < cfg.n_layer; l++) layer_forward(l);
+        rmsnorm_forward(acts.final_norm, acts.rstd_f, layer(cfg.n_layer - 1).out, param(NORM_F), N, C,
+                        (float)cfg.norm_eps, stream);
+        matmul_forward(acts.logits, acts.final_norm, param(LM_HEAD), N, C, V, stream);
+    }
+
+    // Cross-entropy of the last forward's logits against targets (B, T) on the host; with
+    // write_dlogits the logits are replaced by the gradient of loss_scale * (mean loss).
+    void classifier(const int* targets, float loss_scale, bool write_dlogits) {
+        const int N = B * T;
+        n_valid = (int)std::count_if(targets, targets + N, [](int target) { return target != IGNORE_INDEX; });
+        to_device(acts.targets, targets, N, stream);
+        const float dloss = n_valid ? loss_scale / n_valid : 0.0f;
+        crossentropy_forward_backward(acts.logits, acts.losses, acts.targets, N, cfg.vocab_size, dloss, write_dlogits,
+                                      stream);
+    }
+
+    // The mean loss over the positions with a target (waits for the device).
+    float mean_loss() {
+        std::vector<float> losses(B * T);
+        to_host(losses.data(), acts.losses, losses.size(), stream);
+        double total = 0;
+        for (float loss : losses) total += loss;  // ignored positions hold 0
+        return n_valid ? (float)(total / n_valid) : 0.0f;
+    }
+
+    // ---- backward: the mirror image of the forward ----
+
+    // dout = d attn_out; adds d attn_in into dinp.
+    void attention_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
+        const int N = B * T, C = cfg.d_model, NH = cfg.n_head, hd = cfg.head_dim();
+        zero(acts.d_attn_y, (long)N * C);
+        matmul_backward(acts.d_attn_y, grad(WO, l), dout, a.attn_y, param(WO, l), N, C, C, stream);
+        attention_backward(acts.d_q, acts.d_k, acts.d_v, acts.attn_delta, acts.d_attn_y, a.attn_y, a.lse, a.q, a.k, a.v,
+                           /*stride=*/C, /*dstride=*/C, B, T, C, NH, stream);
+        rope_backward(acts.d_q, acts.d_q, rope_table, B, T, NH, hd, stream);
+        rope_backward(acts.d_k, acts.d_k, rope_table, B, T, NH, hd, stream);
+        matmul_backward(dinp, grad(WQ, l), acts.d_q, a.attn_in, param(WQ, l), N, C, C, stream);
+        matmul_backward(dinp, grad(WK, l), acts.d_k, a.attn_in, param(WK, l), N, C, C, stream);
+        matmul_backward(dinp, grad(WV, l), acts.d_v, a.attn_in, param(WV, l), N, C, C, stream);
+    }
+
+    // dout = d mlp_out; adds d mlp_in into dinp.
+    void mlp_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
+        const int N = B * T, C = cfg.d_model, F = cfg.d_ffn;
+        zero(acts.d_swiglu, (long)N * F);
+        matmul_backward(acts.d_swiglu, grad(WDOWN, l), dout, a.swiglu, param(WDOWN, l), N, F, C, stream);
+        swiglu_backward(acts.d_gate, acts.d_up, acts.d_swiglu, a.gate, a.up, (long)N * F, stream);
+        matmul_backward(dinp, grad(WGATE, l), acts.d_gate, a.mlp_in, param(WGATE, l), N, C, F, stream);
+        matmul_backward(dinp, grad(WUP, l), acts.d_up, a.mlp_in, param(WUP, l), N, C, F, stream);
+    }
+
+    // The mirror image of layer_forward: d out is in acts.d_stream on entry, d x on exit.
+    void layer_backward(int l) {
+        const GpuLayerActivations a = layer(l);
+        const int N = B * T, C = cfg.d_model;
+        floatX* d_stream = acts.d_stream, *d_in = acts.d_sublayer_in, *d_f = acts.d_sublayer_out;
+        float* scratch = acts.rmsnorm_scratch;
+        if (layer_is_post_ln(cfg, l)) {
+            const float s = (float)residual_scale(cfg);
+            // out = LN_b(s*h + mlp_out):  d mlp_out = d sum,  d h = s * d sum + d mlp_in (mlp_in = h)
+            residual_rmsnorm_backward(d_in, d_f, grad(NORM_B, l), scratch, d_stream, a.norm_b_in, param(NORM_B, l),
+                                      a.rstd_b, s, N, C, stream);
+            mlp_sublayer_backward(a, l, d_f, d_in);
+            // h = LN_a(s*x + attn_out):  d attn_out = d sum,  d x = s * d sum + d attn_in (attn_in = x)
+            residual_rmsnorm_backward(d_stream, d_f, grad(NORM_A, l), scratch, d_in, a.norm_a_in, param(NORM_A, l),
+                                      a.rstd_a, s, N, C, stream);
+            attention_sublayer_backward(a, l, d_f, d_stream);
+        } else {
+            // out = h + mlp_out, mlp_in = LN_b(h):  d mlp_out = d out,  d h = d out + LN_b'(d mlp_in)
+            zero(d_in, (long)N * C);
+            mlp_sublayer_backward(a, l, d_stream, d_in);
+            rmsnorm_backward(d_stream, grad(NORM_B, l), scratch, d_in, a.norm_b_in, param(NORM_B, l), a.rstd_b,
+                             /*accumulate=*/true, N, C, stream);
+            // h = x + attn_out, attn_in = LN_a(x):  d attn_out = d h,  d x = d h + LN_a'(d attn_in)
+            zero(d_in, (long)N * C);
+            attention_sublayer_backward(a, l, d_stream, d_in);
+            rmsnorm_backward(d_stream, grad(NORM_A, l), scratch, d_in, a.norm_a_in, param(NORM_A, l), a.rstd_a,
+                             /*accumulate=*/true, N, C, stream);
+        }
+    }
+
+    // Adds to grads the gradient whose d logits classifier() left in place of the logits.
+    void backward() {
+        const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
+        zero(acts.d_final_norm, (long)N * C);
+        matmul_backward(acts.d_final_norm, grad(LM_HEAD), acts.logits, acts.final_norm, param(LM_HEAD), N, C, V, stream);
+        rmsnorm_backward(acts.d_stream, grad(NORM_F), acts.rmsnorm_scratch, acts.d_final_norm, layer(cfg.n_layer - 1).out,
+                         param(NORM_F), acts.rstd_f, /*accumulate=*/false, N, C, stream);
+        for (int l = cfg.n_layer - 1; l >= 0; l--) {
+            // With recomputation the one slot holds the last layer's activations from the forward;
+            // every other layer's are rebuilt from its input, which the residual stream kept.
+            if (recompute && l < cfg.n_layer - 1) layer_forward(l);
+            layer_backward(l);
+        }
+        embedding_backward(grad(WTE), acts.d_stream, tokens_host.data(), acts.embedding_workspace, N, C,
+                           (float)embedding_scale(cfg), stream);
+    }
+
+    // ---- update ----
+
+    void zero_grad() { zero(grads, layout.total); }
+
+    // The global L2 norm of the gradients, computed on the device in a fixed order (deterministic).
+    double grad_norm() {
+        global_grad_norm(grad_norm_scratch, grad_norm_scratch + 1, grads, layout.total, stream);
+        float norm = 0;
+        to_host(&norm, grad_norm_scratch, 1, stream);
+        return norm;
+    }
+
+    // AdamW step t (1-based) on the fp32 master weights, gradients multiplied by grad_scale (clipping).
+    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) {
+        adamw_update(params, FLOATX_IS_FP32 ? nullptr : master, grads, adam_m, adam_v, layout.total, t, (float)lr,
+                     (float)o.beta1, (float)o.beta2, (float)o.adam_eps, (float)o.weight_decay, (float)grad_scale, stream);
+    }
+
+    // ---- state in and out, fp32 on the host in the layout of core/config.h ----
+
+    // m, v null: zero moments (a fresh optimizer).
+    void write_state(const float* p, const float* m, const float* v) {
+        const size_t P = layout.total;
+        to_device(master, p, P, stream);
+        if (!FLOATX_IS_FP32) {  // the weights the model reads: the master weights rounded to floatX
+            std::vector<floatX> rounded(P);
+            for (size_t i = 0; i < P; i++) rounded[i] = (floatX)p[i];
+            to_device(params, rounded.data(), P, stream);
+        }
+        auto moments_to_device = [&](float* dst, const float* src) {
+            if (src) to_device(dst, src, P, stream);
+            else cudaCheck(cudaMemsetAsync(dst, 0, P * sizeof(float), stream));
+        };
+        moments_to_device(adam_m, m);
+        moments_to_device(adam_v, v);
+    }
+
+    void read_state(float* p, float* m, float* v) {
+        to_host(p, master, layout.total, stream);
+        to_host(m, adam_m, layout.total, stream);
+        to_host(v, adam_v, layout.total, stream);
+    }
+
+    void read_grads(float* out) {
+        std::vector<floatX> g(layout.total);
+        to_host(g.data(), grads, g.size(), stream);
+        for (size_t i = 0; i < g.size(); i++) out[i] = (float)g[i];
+    }
+
+    // The V logits after the last of the T tokens of the last forward (batch of one).
+    void last_logits(float* out) {
+        std::vector<floatX> row(cfg.vocab_size);
+        to_host(row.data(), acts.logits + (long)(B * T - 1) * cfg.vocab_size, row.size(), stream);
+        for (size_t i = 0; i < row.size(); i++) out[i] = (float)row[i];
+    }
+};
+
+// ----------------------------------------------------------------------------
+// The backend the training driver (core/trainer.h) calls
+
+struct GpuBackend : TrainerBackend {
+    GpuModel model;
+
+    GpuBackend(const ModelConfig& cfg, int B, int T, bool recompute) : model(cfg, B, T, recompute) {}
+
+    std::string description() const override {
+        char text[512];
+        const double peak = peak_flops();
+        char mfu[128] = "MFU not reported: ";
+        if (peak > 0) snprintf(mfu, sizeof(mfu), "MFU against %.1f TFLOP/s dense bf16", peak / 1e12);
+        else strcat(mfu, FLOATX_IS_FP32 ? "the FP32 build" : "dense bf16 peak unknown for this GPU");
+        snprintf(text, sizeof(text),
+                 "device: %s, %s\nmemory: %.2f GiB parameters and optimizer state; %.2f GiB activations for %ld tokens "
+                 "per micro-batch, %s; %s",
+                 model.device_name.c_str(),
+                 FLOATX_IS_FP32 ? "fp32 storage"
+                                : "bf16 weights, activations and gradients, fp32 master weights and Adam moments",
+                 model.parameter_bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
+                 model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored", mfu);
+        return text;
+    }
+    // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.
+    double peak_flops() const override { return FLOATX_IS_FP32 ? 0 : peak_bf16_flops(model.device_name); }
+    void zero_grad() override { model.zero_grad(); }
+    float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) override {
+        model.forward(inputs, B, T);
+        model.classifier(targets, loss_scale, /*write_dlogits=*/true);
+        model.backward();
+        return model.mean_loss();
+    }
+    float forward_loss(const int* inputs, const int* targets, int B, int T) override {
+        model.forward(inputs, B, T);
+        model.classifier(targets, 1.0f, /*write_dlogits=*/false);
+        return model.mean_loss();
+    }
+    void next_token_logits(const int* tokens, int T, float* logits) override {
+        model.forward(tokens, 1, T);
+        model.last_logits(logits);
+    }
+    double grad_norm() override { return model.grad_norm(); }
+    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
+        model.adamw_step(lr, grad_scale, t, o);
+    }
+    void read_state(float* params, float* m, float* v) override { model.read_state(params, m, v); }
+    void read_grads(float* grads) override { model.read_grads(grads); }
+    void write_state(const float* params, const float* m, const float* v) override { model.write_state(params, m, v); }
+};
+
+#ifndef TESTING
+int main(int argc, char** argv) {
+    TrainOptions opts;
+    try {
+        opts = parse_train_options(argc, argv);
+    } catch (const std::exception& e) {
+        fprintf(stderr, "error: %s\nrun with -h for the list of flags\n", e.what());
+        return 2;
+    }
+    if (opts.help) { fputs(train_usage(), stdout); return 0; }
+    int devices = 0;
+    const cudaError_t error = cudaGetDeviceCount(&devices);
+    if (error != cudaSuccess || devices == 0) {
+        fprintf(stderr, "error: no CUDA device (%s); train_mixln_cpu trains on the CPU\n",
+                error != cudaSuccess ? cudaGetErrorString(error) : "the device count is 0");
+        return 1;
+    }
+    try {
+        return run_training(opts, [&](const ModelConfig& cfg) {
+            return std::unique_ptr<TrainerBackend>(new GpuBackend(cfg, opts.micro_batch, opts.seq_len, opts.recompute));
+        });
+    } catch (const std::exception& e) {
+        fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}
+#endif
