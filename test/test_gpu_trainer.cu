@@ -1,5 +1,5 @@
-// The GPU trainer against the CPU reference model, and against itself (recomputation, resume). This
-// file includes train_mixln.cu with TESTING defined, which compiles its main out (llm.c's trick in
+// The GPU trainer against the CPU reference model, and against itself (recomputation, resume, the
+// NCCL path with one rank). This file includes train_mixln.cu with TESTING defined, which compiles its main out (llm.c's trick in
 // test_gpt2.cu), so what runs is the trainer's own model, layer loop and backend. Needs a GPU; without
 // one test/gpu_main.cpp reports every case skipped.
 //
@@ -29,8 +29,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include "catch_compat.h"
-#include "../core/model_cpu.h"
+#include "../core/backend_cpu.h"
 
 constexpr double LOSS_TOL = FLOATX_IS_FP32 ? 1e-5 : 1e-3;         // relative
 constexpr double GRAD_MAX_TOL = FLOATX_IS_FP32 ? 1e-4 : 7e-2;
@@ -184,48 +186,7 @@ TEST_CASE("recomputation (-R 1) gives bitwise the loss and gradients of stored a
 // Training steps, as core/trainer.h's run_training takes them
 
 // The reference model in double behind the driver's interface, with AdamW in double.
-struct ReferenceBackend : TrainerBackend {
-    CpuModel<double> model;
-    std::vector<double> m, v;
-
-    explicit ReferenceBackend(const ModelConfig& cfg)
-        : model(cfg), m(model.layout.total, 0.0), v(model.layout.total, 0.0) {}
-    std::string description() const override { return "CPU reference in double"; }
-    double peak_flops() const override { return 0; }
-    void zero_grad() override { model.zero_grad(); }
-    float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) override {
-        const double loss = model.forward(inputs, targets, B, T);
-        model.backward(loss_scale);
-        return (float)loss;
-    }
-    float forward_loss(const int* inputs, const int* targets, int B, int T) override {
-        return (float)model.forward(inputs, targets, B, T);
-    }
-    void next_token_logits(const int* tokens, int T, float* logits) override {
-        model.forward(tokens, nullptr, 1, T);
-        std::copy(model.logits.end() - model.cfg.vocab_size, model.logits.end(), logits);
-    }
-    double grad_norm() override { return global_grad_norm(model.grads.data(), model.layout.total); }
-    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
-        adamw_update(model.params.data(), model.grads.data(), m.data(), v.data(), model.layout.total, t, lr, o.beta1,
-                     o.beta2, o.adam_eps, o.weight_decay, grad_scale);
-    }
-    void read_state(float* params, float* m_out, float* v_out) override {
-        std::copy(model.params.begin(), model.params.end(), params);
-        std::copy(m.begin(), m.end(), m_out);
-        std::copy(v.begin(), v.end(), v_out);
-    }
-    void read_grads(float* grads) override { std::copy(model.grads.begin(), model.grads.end(), grads); }
-    void write_state(const float* params, const float* m_in, const float* v_in) override {
-        std::copy(params, params + model.layout.total, model.params.begin());
-        auto set_moments = [&](std::vector<double>& dst, const float* src) {
-            if (src) std::copy(src, src + model.layout.total, dst.begin());
-            else std::fill(dst.begin(), dst.end(), 0.0);
-        };
-        set_moments(m, m_in);
-        set_moments(v, v_in);
-    }
-};
+using ReferenceBackend = CpuBackend<double>;
 
 // 10 steps of 2 micro-batches of 4 x 64 tokens, with warmup and cosine decay, clipping at 0.5 (the
 // gradient norms are about 0.7) and weight decay 0.1.
@@ -266,8 +227,8 @@ struct StepRecord {
     std::vector<double> losses, norms;
 };
 
-// Optimizer steps [first, last) as run_training's loop body: zero the gradients, accumulate the
-// micro-batches, take the norm, clip, update.
+// Optimizer steps [first, last) as run_training's loop body (of one rank): zero the gradients,
+// accumulate the micro-batches, sum them over the ranks, take the norm, clip, update.
 static void train_steps(TrainerBackend& backend, DataLoader& data, const TrainOptions& o, int first, int last,
                         StepRecord* record) {
     const LrSchedule schedule = make_schedule(o.lr, o.steps, o.warmup_fraction, o.final_lr_fraction);
@@ -282,6 +243,7 @@ static void train_steps(TrainerBackend& backend, DataLoader& data, const TrainOp
                 backend.forward_backward(inputs.data(), targets.data(), o.micro_batch, o.seq_len, 1.0f / accum_steps);
             loss += micro_loss / accum_steps;
         }
+        backend.reduce_gradients();
         const double norm = backend.grad_norm();
         backend.adamw_step(schedule.lr_at(step), grad_clip_scale(norm, o.grad_clip), step + 1, o);
         record->losses.push_back(loss);
@@ -375,4 +337,48 @@ TEST_CASE("resume: 6 steps, a checkpoint, a fresh backend and 4 more steps give 
     }
     const std::vector<float> resumed_weights = final_weights(*gpu);
     CHECK(std::memcmp(resumed_weights.data(), straight_weights.data(), layout.total * sizeof(float)) == 0);
+}
+
+// ----------------------------------------------------------------------------
+// Data parallelism over NCCL, with the one rank a single GPU allows
+
+static std::string file_contents(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    REQUIRE(in.good());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+TEST_CASE("the NCCL path with one rank, ZeRO-1 or all-reduce, trains bitwise as one process without NCCL") {
+    // run_training itself, as under `mpirun -np 1`: every collective (the gradients' reduce-scatter or
+    // all-reduce, the norm's partial sums, the all-gather of the weights and of the gradients for -y,
+    // the summed loss, stop flag and validation loss) runs through NCCL, and with one rank must change
+    // no bit of log.csv, grad_norms.csv or the checkpoint (weights, moments, data position).
+    const TrainingShard shard(300);
+    TrainOptions o = training_options(shard.path);
+    o.model = small_model(NormScheme::MixLN, 0.25, o.seq_len);
+    o.val_files = shard.path;
+    o.val_interval = 5;
+    o.val_batches = 3;
+    o.grad_norm_interval = 5;
+    auto train = [&](const std::string& name, const DataParallel& dp) {
+        TrainOptions run = o;
+        run.out_dir = shard.dir + "/" + name;
+        REQUIRE(run_training(run, [&](const ModelConfig& cfg) {
+            return std::unique_ptr<TrainerBackend>(new GpuBackend(cfg, o.micro_batch, o.seq_len, false, dp));
+        }) == 0);
+        return run.out_dir;
+    };
+    const std::string single = train("single", DataParallel());
+    DistributedEnv one_rank;
+    for (const bool zero1 : {true, false}) {
+        INFO((zero1 ? "ZeRO-1" : "all-reduce"));
+        const ncclComm_t comm = open_communicator(one_rank);
+        const std::string nccl = train(zero1 ? "zero1" : "all_reduce", DataParallel{comm, 0, 1, zero1});
+        close_communicator(comm);
+        CHECK(file_contents(nccl + "/log.csv") == file_contents(single + "/log.csv"));
+        CHECK(file_contents(nccl + "/grad_norms.csv") == file_contents(single + "/grad_norms.csv"));
+        CHECK((file_contents(checkpoint_path(nccl, o.steps)) == file_contents(checkpoint_path(single, o.steps))));
+    }
 }
