@@ -30,7 +30,7 @@ $(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS)
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-CPU_TESTS := test_reference_kernels test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_tokenizer test_rendezvous
+CPU_TESTS := test_reference_kernels test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_trainer_ranks test_tokenizer test_rendezvous
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
@@ -57,6 +57,7 @@ PRECISION ?= BF16
 NVCC_FLAGS ?= -O3 -std=c++17 -Xcompiler -fopenmp \
 	-gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80
 NVCC_LIBS := -lcublasLt -lcublas
+NCCL_LIBS := -lnccl  # train_mixln and its test: data parallelism
 ifeq ($(PRECISION),FP32)
 PRECISION_FLAGS := -DENABLE_FP32
 CUDA_BUILD := $(BUILD)/fp32
@@ -87,7 +88,7 @@ $(CUDA_BUILD)/test_gpu_kernels: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_
 # The GPU trainer, built per precision under $(CUDA_BUILD); ./train_mixln links to the one built last.
 $(CUDA_BUILD)/train_mixln: train_mixln.cu $(CUDA_HEADERS) $(HEADERS)
 	@mkdir -p $(CUDA_BUILD)
-	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
+	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS) $(NCCL_LIBS)
 
 .PHONY: train_mixln bench
 train_mixln: $(CUDA_BUILD)/train_mixln
@@ -99,7 +100,7 @@ $(CUDA_BUILD)/test_gpu_trainer.o: test/test_gpu_trainer.cu train_mixln.cu $(CUDA
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
 
 $(CUDA_BUILD)/test_gpu_trainer: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_trainer.o
-	$(NVCC) $(NVCC_FLAGS) $^ -o $@ $(NVCC_LIBS) $(CATCH_LIBS)
+	$(NVCC) $(NVCC_FLAGS) $^ -o $@ $(NVCC_LIBS) $(NCCL_LIBS) $(CATCH_LIBS)
 
 # Tokens/s and MFU of train_mixln on every Table 4 preset, on random tokens (needs a GPU).
 bench: train_mixln

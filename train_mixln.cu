@@ -1,22 +1,27 @@
 // train_mixln: the GPU trainer. The model of core/model_cpu.h (LLaMA with Mix-LN, the paper's eq. 1
-// and 2) on one GPU, composed from the CUDA kernels of kernels/*.cuh and driven by the same loop and
-// flags as the CPU trainer (core/trainer.h). Storage is bf16 (weights, activations, gradients) with
-// fp32 master weights and Adam moments; `make PRECISION=FP32` stores everything in fp32.
+// and 2) on one GPU per process, composed from the CUDA kernels of kernels/*.cuh and driven by the
+// same loop and flags as the CPU trainer (core/trainer.h). Storage is bf16 (weights, activations,
+// gradients) with fp32 master weights and Adam moments; `make PRECISION=FP32` stores everything in fp32.
 //   make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
 //   -R 1 recomputes each layer's forward in the backward instead of storing it (less memory).
+//   mpirun -np 4 ./train_mixln ... (or torchrun, srun: see README) trains data-parallel over NCCL, with
+//   ZeRO-1 (-Z 1, the default) or all-reduce (-Z 0).
 //
-// Reading order: device helpers; the activation
+// Reading order: device helpers; NCCL (checked calls, the communicator); the activation
 // layout (one allocation); the model: parameters, gradients and optimizer state (one allocation each,
 // in the layout of core/config.h), the forward layer by layer as eq. 1 and 2, the backward as its
-// mirror image, the update; the backend the driver calls; main.
+// mirror image, the gradients' sum over the ranks, the update; the backend the driver calls; main.
 // test/test_gpu_trainer.cu includes this file with TESTING defined (no main) and checks it against
 // the CPU reference model.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
+#include <nccl.h>
+#include "core/rendezvous.h"
 #include "core/trainer.h"
 #include "kernels/adamw.cuh"
 #include "kernels/attention.cuh"
@@ -71,6 +76,66 @@ inline double peak_bf16_flops(const std::string& name) {
     if (has("A100")) return 312e12;
     return 0;
 }
+
+// ----------------------------------------------------------------------------
+// NCCL: checked calls, and the communicator of the ranks (data parallelism)
+
+constexpr ncclDataType_t NCCL_FLOATX = FLOATX_IS_FP32 ? ncclFloat : ncclBfloat16;
+
+// The open communicator, which an error must abort, and this process's rank, for messages.
+static ncclComm_t g_open_comm = nullptr;
+static int g_rank = 0;
+
+// Prints where and why, naming the rank, then exits (and the exit handler aborts the communicator).
+inline void nccl_check(ncclResult_t result, const char* file, int line) {
+    if (result == ncclSuccess) return;
+    fprintf(stderr, "rank %d: NCCL error at %s:%d: %s (%s)\n", g_rank, file, line, ncclGetErrorString(result),
+            ncclGetLastError(g_open_comm));
+    exit(EXIT_FAILURE);
+}
+#define ncclCheck(call) nccl_check((call), __FILE__, __LINE__)
+
+// main's exit handler: whatever ends the process while a communicator is open (cudaCheck or ncclCheck
+// exiting, an error reaching main) aborts it, so that this rank stops at once instead of hanging in
+// ncclCommDestroy, which waits for the other ranks. The launcher then stops them: mpirun and torchrun
+// do when a rank exits with an error, srun with --kill-on-bad-exit=1.
+static void abort_open_communicator() {
+    if (!g_open_comm) return;
+    fprintf(stderr, "rank %d: aborting the NCCL communicator\n", g_rank);
+    ncclCommAbort(g_open_comm);
+    g_open_comm = nullptr;
+}
+
+// The communicator of all ranks, on the current device: rank 0 makes NCCL's unique id, the rendezvous
+// of core/rendezvous.h hands it to the others, and every rank joins (ncclCommInitRank waits for all).
+inline ncclComm_t open_communicator(const DistributedEnv& env) {
+    g_rank = env.rank;
+    ncclUniqueId id;
+    Blob blob;
+    if (env.rank == 0) {
+        ncclCheck(ncclGetUniqueId(&id));
+        blob.assign((const unsigned char*)&id, (const unsigned char*)&id + sizeof(id));
+    }
+    blob = share_from_rank0(env.rank, env.world_size, blob, sizeof(id));
+    memcpy(&id, blob.data(), sizeof(id));
+    ncclComm_t comm;
+    ncclCheck(ncclCommInitRank(&comm, env.world_size, id, env.rank));
+    g_open_comm = comm;
+    return comm;
+}
+
+// After a run that ended well on every rank.
+inline void close_communicator(ncclComm_t comm) {
+    g_open_comm = nullptr;
+    ncclCheck(ncclCommDestroy(comm));
+}
+
+// How a model's process works with the others.
+struct DataParallel {
+    ncclComm_t comm = nullptr;  // null: one process, no NCCL
+    int rank = 0, world_size = 1;
+    bool zero1 = false;         // -Z 1: each rank keeps and updates 1/world_size of the optimizer state
+};
 
 // ----------------------------------------------------------------------------
 // Activations: for a micro-batch of N = B*T rows, everything the forward keeps for the backward and
@@ -164,15 +229,23 @@ struct GpuModel {
     bool recompute;              // -R 1: keep only the residual stream, rerun each layer before its backward
     cudaStream_t stream;
     std::string device_name;
+    DataParallel dp;
+    // The parameters whose fp32 master weights and Adam moments this rank keeps and updates: all of
+    // them, or under ZeRO-1 its slice [begin, end) of shard_size (core/distributed.h), which starts at
+    // slice_offset in the flat buffers (slice_offset = begin unless the slice is empty).
+    ZeroShard shard;
+    long slice_offset;
 
-    // Parameters and optimizer state: layout.total elements each, one allocation each, in the layout
-    // of core/config.h (tensor t of layer l at layout.at(t, l)).
+    // Parameters and gradients: layout.total elements each in the layout of core/config.h (tensor t
+    // of layer l at layout.at(t, l)), one allocation each, padded with zeros to shard.padded_total
+    // for NCCL. The optimizer state: shard.shard_size elements each.
     floatX* params;              // the weights the forward and backward read
-    floatX* grads;               // accumulated over a step's micro-batches
+    floatX* grads;               // accumulated over a step's micro-batches, then summed over the ranks
     float* master;               // the fp32 weights AdamW updates, rounded into params after each step;
-                                 // in the FP32 build params themselves (see kernels/adamw.cuh)
+                                 // in the FP32 build the slice of params itself (see kernels/adamw.cuh)
     float* adam_m, *adam_v;      // Adam's first and second moments
     float* grad_norm_scratch;    // 1 + GRAD_NORM_BLOCKS floats: the norm, then its partial sums
+    double* reduced_scalar;      // all_reduce_sum's value
     float2* rope_table;          // (max_seq_len, head_dim/2) RoPE's (cos, sin)
 
     GpuActivations acts;
@@ -184,25 +257,31 @@ struct GpuModel {
     int n_valid = 0;             // its positions that carry a loss
 
     // Allocates everything, activations for micro-batches of B x T.
-    GpuModel(const ModelConfig& c, int b, int t, bool recompute_)
-        : cfg(c), layout(make_param_layout(c)), recompute(recompute_) {
+    GpuModel(const ModelConfig& c, int b, int t, bool recompute_, const DataParallel& dp_)
+        : cfg(c), layout(make_param_layout(c)), recompute(recompute_), dp(dp_),
+          shard(dp.zero1 ? zero_shard(layout.total, dp.rank, dp.world_size) : zero_shard(layout.total, 0, 1)),
+          slice_offset(dp.zero1 ? dp.rank * shard.shard_size : 0) {
         const int hd = cfg.head_dim();
         if (hd != 32 && hd != 64 && hd != 128)
             throw std::runtime_error("the attention kernel supports heads of 32, 64 or 128 dimensions; d " +
                                      std::to_string(cfg.d_model) + " in " + std::to_string(cfg.n_head) + " heads has " +
                                      std::to_string(hd) + " (set -H)");
+        int device = 0;
+        cudaCheck(cudaGetDevice(&device));
         cudaDeviceProp prop;
-        cudaCheck(cudaGetDeviceProperties(&prop, 0));
+        cudaCheck(cudaGetDeviceProperties(&prop, device));
         device_name = prop.name;
         cudaCheck(cudaStreamCreate(&stream));
         matmul_setup();  // the process-wide cuBLASLt handle, kept until exit
-        const size_t P = layout.total;
-        params = device_alloc<floatX>(P, "the parameters");
-        grads = device_alloc<floatX>(P, "the gradients");
-        master = FLOATX_IS_FP32 ? reinterpret_cast<float*>(params) : device_alloc<float>(P, "the fp32 master weights");
-        adam_m = device_alloc<float>(P, "Adam's first moments");
-        adam_v = device_alloc<float>(P, "Adam's second moments");
+        const size_t padded = shard.padded_total, slice = shard.shard_size;
+        params = device_alloc<floatX>(padded, "the parameters");
+        grads = device_alloc<floatX>(padded, "the gradients");
+        zero(params, padded);  // the padding stays zero: NCCL moves it, nothing reads it
+        master = FLOATX_IS_FP32 ? reinterpret_cast<float*>(params) + slice_offset : device_alloc<float>(slice, "the fp32 master weights");
+        adam_m = device_alloc<float>(slice, "Adam's first moments");
+        adam_v = device_alloc<float>(slice, "Adam's second moments");
         grad_norm_scratch = device_alloc<float>(1 + GRAD_NORM_BLOCKS, "the gradient norm's scratch");
+        reduced_scalar = device_alloc<double>(1, "a value summed over the ranks");
         rope_table = device_alloc<float2>((size_t)cfg.max_seq_len * (hd / 2), "the RoPE table");
         rope_table_init(rope_table, cfg.max_seq_len, hd, cfg.rope_theta, stream);
         allocate_activations((long)b * t);
@@ -210,7 +289,7 @@ struct GpuModel {
 
     ~GpuModel() {
         for (void* p : {(void*)params, (void*)grads, (void*)adam_m, (void*)adam_v, (void*)grad_norm_scratch,
-                        (void*)rope_table, (void*)activation_memory})
+                        (void*)reduced_scalar, (void*)rope_table, (void*)activation_memory})
             cudaCheck(cudaFree(p));
         if (!FLOATX_IS_FP32) cudaCheck(cudaFree(master));
         cudaCheck(cudaStreamDestroy(stream));
@@ -223,7 +302,7 @@ struct GpuModel {
     void zero(floatX* ptr, long count) { cudaCheck(cudaMemsetAsync(ptr, 0, count * sizeof(floatX), stream)); }
 
     size_t parameter_bytes() const {
-        return layout.total * (2 * sizeof(floatX) + (FLOATX_IS_FP32 ? 2 : 3) * sizeof(float));
+        return shard.padded_total * 2 * sizeof(floatX) + shard.shard_size * (FLOATX_IS_FP32 ? 2 : 3) * sizeof(float);
     }
 
     void allocate_activations(long N) {
@@ -426,50 +505,109 @@ struct GpuModel {
                            (float)embedding_scale(cfg), stream);
     }
 
-    // ---- update ----
+    // ---- the sum over the ranks, and the update ----
 
-    void zero_grad() { zero(grads, layout.total); }
+    void zero_grad() { zero(grads, shard.padded_total); }
+
+    // Sums the gradients over the ranks, in place: all-reduced, or under ZeRO-1 reduce-scattered, which
+    // leaves each rank the sum over its own slice only (at slice_offset of the padded buffer).
+    // Communication is not overlapped with the backward: a layer's gradients are spread over nine
+    // tensors of the layout, and the ZeRO-1 slices cut across tensors, so per-layer buckets do not fit.
+    void reduce_gradients() {
+        if (!dp.comm) return;
+        if (dp.zero1)
+            ncclCheck(ncclReduceScatter(grads, grads + slice_offset, shard.shard_size, NCCL_FLOATX, ncclSum, dp.comm, stream));
+        else
+            ncclCheck(ncclAllReduce(grads, grads, layout.total, NCCL_FLOATX, ncclSum, dp.comm, stream));
+    }
+
+    double all_reduce_sum(double x) {
+        if (!dp.comm) return x;
+        to_device(reduced_scalar, &x, 1, stream);
+        ncclCheck(ncclAllReduce(reduced_scalar, reduced_scalar, 1, ncclDouble, ncclSum, dp.comm, stream));
+        to_host(&x, reduced_scalar, 1, stream);
+        return x;
+    }
 
     // The global L2 norm of the gradients, computed on the device in a fixed order (deterministic).
+    // Under ZeRO-1 each rank adds up the squares over its slice, and the partial sums (as many on
+    // every rank: the slices are equally long) are summed over the ranks before the square root.
     double grad_norm() {
-        global_grad_norm(grad_norm_scratch, grad_norm_scratch + 1, grads, layout.total, stream);
+        float* partials = grad_norm_scratch + 1;
+        const int num_partials = grad_norm_partials(partials, grads + slice_offset, shard.shard_size, stream);
+        if (dp.comm && dp.zero1)
+            ncclCheck(ncclAllReduce(partials, partials, num_partials, ncclFloat, ncclSum, dp.comm, stream));
+        grad_norm_from_partials(grad_norm_scratch, partials, num_partials, stream);
         float norm = 0;
         to_host(&norm, grad_norm_scratch, 1, stream);
         return norm;
     }
 
-    // AdamW step t (1-based) on the fp32 master weights, gradients multiplied by grad_scale (clipping).
+    // AdamW step t (1-based) on the fp32 master weights of this rank's slice (all of them without
+    // ZeRO-1), gradients multiplied by grad_scale (clipping); ZeRO-1 then all-gathers the updated
+    // floatX weights, so that every rank has all of them for the next forward.
     void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) {
-        adamw_update(params, FLOATX_IS_FP32 ? nullptr : master, grads, adam_m, adam_v, layout.total, t, (float)lr,
-                     (float)o.beta1, (float)o.beta2, (float)o.adam_eps, (float)o.weight_decay, (float)grad_scale, stream);
+        adamw_update(params + slice_offset, FLOATX_IS_FP32 ? nullptr : master, grads + slice_offset, adam_m, adam_v,
+                     shard.end - shard.begin, t, (float)lr, (float)o.beta1, (float)o.beta2, (float)o.adam_eps,
+                     (float)o.weight_decay, (float)grad_scale, stream);
+        if (dp.comm && dp.zero1)
+            ncclCheck(ncclAllGather(params + slice_offset, params, shard.shard_size, NCCL_FLOATX, dp.comm, stream));
     }
 
     // ---- state in and out, fp32 on the host in the layout of core/config.h ----
 
-    // m, v null: zero moments (a fresh optimizer).
+    // p: all weights; m, v: the moments of this rank's slice, or null for zeros (a fresh optimizer).
     void write_state(const float* p, const float* m, const float* v) {
-        const size_t P = layout.total;
-        to_device(master, p, P, stream);
-        if (!FLOATX_IS_FP32) {  // the weights the model reads: the master weights rounded to floatX
+        const size_t P = layout.total, count = shard.end - shard.begin;
+        if (FLOATX_IS_FP32) {
+            to_device(reinterpret_cast<float*>(params), p, P, stream);  // master is a slice of them
+        } else {  // the slice's master weights, and all the weights the model reads, rounded to floatX
+            to_device(master, p + shard.begin, count, stream);
             std::vector<floatX> rounded(P);
             for (size_t i = 0; i < P; i++) rounded[i] = (floatX)p[i];
             to_device(params, rounded.data(), P, stream);
         }
         auto moments_to_device = [&](float* dst, const float* src) {
-            if (src) to_device(dst, src, P, stream);
-            else cudaCheck(cudaMemsetAsync(dst, 0, P * sizeof(float), stream));
+            if (src) to_device(dst, src, count, stream);
+            else cudaCheck(cudaMemsetAsync(dst, 0, shard.shard_size * sizeof(float), stream));
         };
         moments_to_device(adam_m, m);
         moments_to_device(adam_v, v);
     }
 
+    // p: all fp32 weights, on rank 0 (see gather_master); m, v: the moments of this rank's slice.
     void read_state(float* p, float* m, float* v) {
-        to_host(p, master, layout.total, stream);
-        to_host(m, adam_m, layout.total, stream);
-        to_host(v, adam_v, layout.total, stream);
+        const size_t count = shard.end - shard.begin;
+        gather_master(p);
+        to_host(m, adam_m, count, stream);
+        to_host(v, adam_v, count, stream);
     }
 
+    // This rank's fp32 master weights into p; under ZeRO-1 on several ranks, rank 0 also receives
+    // every other rank's slice, one rank after the other, through a buffer of one slice (NCCL
+    // send/receive), so that p holds all weights there; on other ranks p stays incomplete.
+    void gather_master(float* p) {
+        to_host(p + shard.begin, master, shard.end - shard.begin, stream);
+        if (shard.shard_size == (long)layout.total) return;  // one slice: all of them
+        if (dp.rank != 0) {
+            ncclCheck(ncclSend(master, shard.shard_size, ncclFloat, 0, dp.comm, stream));
+            cudaCheck(cudaStreamSynchronize(stream));
+            return;
+        }
+        float* received = device_alloc<float>(shard.shard_size, "a slice of the master weights, to save them");
+        for (int r = 1; r < dp.world_size; r++) {
+            const ZeroShard theirs = zero_shard(layout.total, r, dp.world_size);
+            ncclCheck(ncclRecv(received, shard.shard_size, ncclFloat, r, dp.comm, stream));
+            to_host(p + theirs.begin, received, theirs.end - theirs.begin, stream);
+        }
+        cudaCheck(cudaFree(received));
+    }
+
+    // All the gradients summed over the ranks; under ZeRO-1 each rank has its slice only, so the
+    // slices are all-gathered first.
     void read_grads(float* out) {
+        if (dp.comm && dp.zero1)
+            ncclCheck(ncclAllGather(grads + slice_offset, grads, shard.shard_size, NCCL_FLOATX, dp.comm, stream));
         std::vector<floatX> g(layout.total);
         to_host(g.data(), grads, g.size(), stream);
         for (size_t i = 0; i < g.size(); i++) out[i] = (float)g[i];
@@ -489,21 +627,28 @@ struct GpuModel {
 struct GpuBackend : TrainerBackend {
     GpuModel model;
 
-    GpuBackend(const ModelConfig& cfg, int B, int T, bool recompute) : model(cfg, B, T, recompute) {}
+    GpuBackend(const ModelConfig& cfg, int B, int T, bool recompute, const DataParallel& dp = DataParallel())
+        : model(cfg, B, T, recompute, dp) {}
 
     std::string description() const override {
-        char text[512];
+        char text[768];
         const double peak = peak_flops();
         char mfu[128] = "MFU not reported: ";
         if (peak > 0) snprintf(mfu, sizeof(mfu), "MFU against %.1f TFLOP/s dense bf16", peak / 1e12);
         else strcat(mfu, FLOATX_IS_FP32 ? "the FP32 build" : "dense bf16 peak unknown for this GPU");
+        char ranks[160] = "one process, no NCCL";
+        const DataParallel& dp = model.dp;
+        if (dp.comm)
+            snprintf(ranks, sizeof(ranks), "%d rank(s) over NCCL, %s", dp.world_size,
+                     dp.zero1 ? "ZeRO-1: each keeps and updates 1/N of the fp32 master weights and Adam moments"
+                              : "all-reduce: each keeps and updates all of them");
         snprintf(text, sizeof(text),
-                 "device: %s, %s\nmemory: %.2f GiB parameters and optimizer state; %.2f GiB activations for %ld tokens "
-                 "per micro-batch, %s; %s",
+                 "device: %s, %s\ndata parallel: %s\nmemory per GPU: %.2f GiB parameters and optimizer state; %.2f GiB "
+                 "activations for %ld tokens per micro-batch, %s; %s",
                  model.device_name.c_str(),
                  FLOATX_IS_FP32 ? "fp32 storage"
                                 : "bf16 weights, activations and gradients, fp32 master weights and Adam moments",
-                 model.parameter_bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
+                 ranks, model.parameter_bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
                  model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored", mfu);
         return text;
     }
@@ -525,6 +670,9 @@ struct GpuBackend : TrainerBackend {
         model.forward(tokens, 1, T);
         model.last_logits(logits);
     }
+    void reduce_gradients() override { model.reduce_gradients(); }
+    double all_reduce_sum(double x) override { return model.all_reduce_sum(x); }
+    ZeroShard optimizer_shard(long) const override { return model.shard; }
     double grad_norm() override { return model.grad_norm(); }
     void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
         model.adamw_step(lr, grad_scale, t, o);
@@ -537,27 +685,47 @@ struct GpuBackend : TrainerBackend {
 #ifndef TESTING
 int main(int argc, char** argv) {
     TrainOptions opts;
+    DistributedEnv env;
     try {
         opts = parse_train_options(argc, argv);
+        if (!opts.help) {
+            env = detect_distributed_env();
+            accumulation_steps(opts, env.world_size);  // -d must split evenly over the ranks too
+        }
     } catch (const std::exception& e) {
         fprintf(stderr, "error: %s\nrun with -h for the list of flags\n", e.what());
         return 2;
     }
     if (opts.help) { fputs(train_usage(), stdout); return 0; }
+    // Under a launcher (mpirun, torchrun, srun) this is one rank of a data-parallel run over NCCL, even
+    // with one rank; its error messages name it.
+    const bool launched = env.launcher != "none";
+    const std::string rank_prefix = launched ? "rank " + std::to_string(env.rank) + ": " : "";
     int devices = 0;
     const cudaError_t error = cudaGetDeviceCount(&devices);
     if (error != cudaSuccess || devices == 0) {
-        fprintf(stderr, "error: no CUDA device (%s); train_mixln_cpu trains on the CPU\n",
+        fprintf(stderr, "%serror: no CUDA device (%s); train_mixln_cpu trains on the CPU\n", rank_prefix.c_str(),
                 error != cudaSuccess ? cudaGetErrorString(error) : "the device count is 0");
         return 1;
     }
+    atexit(abort_open_communicator);
     try {
-        return run_training(opts, [&](const ModelConfig& cfg) {
-            return std::unique_ptr<TrainerBackend>(new GpuBackend(cfg, opts.micro_batch, opts.seq_len, opts.recompute));
-        });
+        // One GPU per rank: its local rank's, or the only one the launcher left visible to it.
+        const int device = devices == 1 ? 0 : env.local_rank;
+        if (device >= devices)
+            throw std::runtime_error("local rank " + std::to_string(env.local_rank) + " has no GPU of its own: " +
+                                     std::to_string(devices) + " are visible");
+        cudaCheck(cudaSetDevice(device));
+        DataParallel dp;
+        if (launched) dp = DataParallel{open_communicator(env), env.rank, env.world_size, opts.zero1};
+        const int status = run_training(opts, [&](const ModelConfig& cfg) {
+            return std::unique_ptr<TrainerBackend>(new GpuBackend(cfg, opts.micro_batch, opts.seq_len, opts.recompute, dp));
+        }, env);
+        if (dp.comm) close_communicator(dp.comm);
+        return status;
     } catch (const std::exception& e) {
-        fprintf(stderr, "error: %s\n", e.what());
-        return 1;
+        fprintf(stderr, "%serror: %s\n", rank_prefix.c_str(), e.what());
+        return 1;  // the exit handler aborts the communicator
     }
 }
 #endif

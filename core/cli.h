@@ -25,6 +25,7 @@ struct TrainOptions {
     double weight_decay = 0.0;           // -w
     double grad_clip = 0.0;              // -g, 0 = off
     bool recompute = false;              // -R, rerun each layer's forward in the backward (train_mixln only)
+    bool zero1 = true;                   // -Z, on several ranks: 1 = ZeRO-1, 0 = all-reduce (train_mixln only)
     double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
     int steps = -1;                      // -x, < 0: the paper's for the preset (Table 4)
     uint64_t seed = 42;                  // -s
@@ -70,6 +71,10 @@ inline const char* train_usage() {
         "  -s SEED    seed for the initialization and the data order (default 42)\n"
         "  -R 0|1     recompute each layer's activations in the backward instead of storing them all:\n"
         "             less GPU memory for a larger -b, about a third more compute (train_mixln only; default 0)\n"
+        "several GPUs (train_mixln launched by mpirun, torchrun or srun; see README)\n"
+        "  -Z 0|1     1: ZeRO-1, each rank keeps and updates 1/N of the fp32 master weights and Adam\n"
+        "             moments (reduce-scatter of the gradients, all-gather of the weights); 0: all-reduce\n"
+        "             of the gradients, every rank updates everything (default 1)\n"
         "evaluation and checkpoints\n"
         "  -v N       validate every N steps (default 0 = only at the end)\n"
         "  -m N       validation batches per evaluation (default 20)\n"
@@ -110,9 +115,22 @@ inline double parse_in_range(char flag, const char* text, double lo, double hi) 
     return x;
 }
 
-// The CPU tools compute every activation once and store it: they refuse the GPU trainer's -R.
+// The CPU tools compute every activation once and store it, in one process: they refuse the GPU
+// trainer's -R and -Z.
 inline void reject_gpu_only_options(const TrainOptions& o) {
     if (o.recompute) throw std::runtime_error("-R: only train_mixln recomputes activations");
+    if (o.given.count('Z')) throw std::runtime_error("-Z: only train_mixln trains on several ranks");
+}
+
+// Micro-batches per optimizer step on each of world_size ranks: every step is -d tokens in all, so
+// -d must be a multiple of b x t x world_size. Throws naming the numbers if it is not.
+inline int accumulation_steps(const TrainOptions& o, int world_size) {
+    const long tokens_per_micro_step = (long)o.micro_batch * o.seq_len * world_size;
+    if (o.total_batch % tokens_per_micro_step != 0)
+        throw std::runtime_error("-d " + std::to_string(o.total_batch) + " is not a multiple of -b x -t" +
+                                 (world_size > 1 ? " x " + std::to_string(world_size) + " ranks" : std::string()) +
+                                 " = " + std::to_string(tokens_per_micro_step) + " tokens");
+    return (int)(o.total_batch / tokens_per_micro_step);
 }
 
 // The paper's peak learning rate and step count for a preset (section 4.1, Table 4).
@@ -172,6 +190,12 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'w': o.weight_decay = parse_in_range(flag, val, 0.0, 1e3); break;
             case 'g': o.grad_clip = parse_in_range(flag, val, 0.0, 1e9); break;
             case 'R': o.recompute = parse_integer(flag, val, 0) != 0; break;
+            case 'Z': {
+                const long zero = parse_integer(flag, val, 0);
+                if (zero > 1) throw std::runtime_error("-Z: 0 (all-reduce) or 1 (ZeRO-1), not " + std::to_string(zero));
+                o.zero1 = zero == 1;
+                break;
+            }
             case 's': o.seed = (uint64_t)parse_integer(flag, val, 0); break;
             case 'v': o.val_interval = (int)parse_integer(flag, val, 0); break;
             case 'm': o.val_batches = (int)parse_integer(flag, val, 1); break;
@@ -200,10 +224,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
         throw std::runtime_error("hidden size " + std::to_string(o.model.d_model) + " must split into " +
                                  std::to_string(o.model.n_head) + " heads of an even size (RoPE rotates pairs)");
     o.model.max_seq_len = o.seq_len;
-    const long tokens_per_micro_step = (long)o.micro_batch * o.seq_len;
-    if (o.total_batch % tokens_per_micro_step != 0)
-        throw std::runtime_error("-d " + std::to_string(o.total_batch) + " is not a multiple of -b x -t = " +
-                                 std::to_string(tokens_per_micro_step) + " tokens");
+    accumulation_steps(o, 1);  // the trainer checks again with its number of ranks
     if (!o.resume.empty() && !o.init_from.empty()) throw std::runtime_error("-r and -f exclude each other");
     if (o.steps == 0 && o.init_from.empty()) throw std::runtime_error("-x 0 (sampling only) needs the weights of -f CHECKPOINT");
     return o;

@@ -5,7 +5,8 @@
 //   MIXLN_RENDEZVOUS=file:PATH    rank 0 writes PATH (write-then-rename); the others wait for it.
 //                                 PATH must be new for every run (put the job id in it).
 //   MIXLN_RENDEZVOUS=tcp:HOST:PORT  rank 0 listens on PORT; the others connect to HOST:PORT.
-//   unset: tcp:$MASTER_ADDR:$MASTER_PORT (torchrun sets both; so can a Slurm script).
+//   unset: tcp:$MASTER_ADDR:$((MASTER_PORT + 1)) (torchrun sets both; so can a Slurm script). Not
+//   MASTER_PORT itself: under torchrun, its agent's rendezvous store already listens there.
 #pragma once
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -147,7 +148,7 @@ inline Blob share_from_rank0(int rank, int world_size, const Blob& blob, size_t 
     if (world_size == 1) return blob;
     std::string spec = getenv("MIXLN_RENDEZVOUS") ? getenv("MIXLN_RENDEZVOUS") : "";
     if (spec.empty() && getenv("MASTER_ADDR") && getenv("MASTER_PORT"))
-        spec = std::string("tcp:") + getenv("MASTER_ADDR") + ":" + getenv("MASTER_PORT");
+        spec = std::string("tcp:") + getenv("MASTER_ADDR") + ":" + std::to_string(atoi(getenv("MASTER_PORT")) + 1);
     if (spec.rfind("file:", 0) == 0) return share_via_file(spec.substr(5), rank, blob, n, timeout_s);
     if (spec.rfind("tcp:", 0) == 0) {
         const size_t colon = spec.rfind(':');

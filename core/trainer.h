@@ -1,7 +1,8 @@
 // The training driver shared by the CPU and GPU trainers: options -> model config -> data -> the
 // step loop (gradient accumulation, clipping, the paper's schedule, AdamW), validation, logging,
 // checkpoints, resume, and stopping cleanly on NaN or a signal. A trainer supplies a backend that
-// computes; everything that decides *what* is computed lives here, once.
+// computes; everything that decides *what* is computed lives here, once. With data parallelism every
+// rank (process) runs this loop with its own backend; see run_training.
 #pragma once
 #include <sys/stat.h>
 #include <chrono>
@@ -18,6 +19,7 @@
 #include "analysis.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "distributed.h"
 #include "sample.h"
 #include "schedule.h"
 #include "../tokenizer/tokenizer.h"
@@ -25,7 +27,9 @@
 #include "../kernels/cpu/adamw.h"  // grad_clip_scale
 
 // What a trainer's model must do. Weights and Adam moments cross this interface as fp32 arrays in
-// the layout of core/config.h, whatever precision the backend computes in.
+// the layout of core/config.h, whatever precision the backend computes in. With several ranks, the
+// calls marked "collective" must be made by every rank, in the same order; a backend of one process
+// keeps the defaults of the data-parallel hooks.
 struct TrainerBackend {
     virtual ~TrainerBackend() = default;
     virtual std::string description() const = 0;
@@ -37,12 +41,23 @@ struct TrainerBackend {
     virtual float forward_loss(const int* inputs, const int* targets, int B, int T) = 0;
     // The V logits after the last of T tokens (batch of one).
     virtual void next_token_logits(const int* tokens, int T, float* logits) = 0;
-    virtual double grad_norm() = 0;
-    // One AdamW step t (1-based), the gradients multiplied by grad_scale (clipping) first.
+    // After a step's micro-batches: sums the gradients of all ranks (each rank's already carry the
+    // factor 1/world of the loss scale), so that grad_norm, read_grads and adamw_step see the mean
+    // gradient of the whole batch. Collective.
+    virtual void reduce_gradients() {}
+    virtual double all_reduce_sum(double x) { return x; }  // x summed over the ranks. Collective.
+    // The parameters [begin, end) whose Adam moments this rank holds: all n_params, unless the
+    // backend splits them over the ranks (ZeRO-1).
+    virtual ZeroShard optimizer_shard(long n_params) const { return zero_shard(n_params, 0, 1); }
+    virtual double grad_norm() = 0;  // collective
+    // One AdamW step t (1-based), the gradients multiplied by grad_scale (clipping) first. Collective.
     virtual void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) = 0;
+    // params: all P weights, complete on rank 0 at least (gathered from the ranks' slices); m, v: the
+    // optimizer shard's moments, end - begin each. Collective.
     virtual void read_state(float* params, float* m, float* v) = 0;
-    virtual void read_grads(float* grads) = 0;  // the accumulated gradients, fp32
-    virtual void write_state(const float* params, const float* m, const float* v) = 0;  // m, v null: zeros
+    virtual void read_grads(float* grads) = 0;  // the reduced gradients, all P, fp32. Collective.
+    // params: all P weights; m, v: the optimizer shard's moments, or null for zeros.
+    virtual void write_state(const float* params, const float* m, const float* v) = 0;
 };
 
 using BackendFactory = std::function<std::unique_ptr<TrainerBackend>(const ModelConfig&)>;
@@ -142,17 +157,19 @@ inline std::string format_duration(double seconds) {
     return buf;
 }
 
-// Mean loss over the first n batches of the validation set (fewer if it is smaller).
-inline double evaluate(TrainerBackend& backend, DataLoader& val, int n_batches, int B, int T) {
+// Mean loss over the first n batches of the validation set (fewer if it is smaller). val is the
+// whole set on every rank; rank r computes batches r, r + world, ...: the batches of one rank, in
+// parallel. Collective.
+inline double evaluate(TrainerBackend& backend, DataLoader& val, int n_batches, int B, int T, const DistributedEnv& dist) {
     std::vector<int> in((size_t)B * T), tgt((size_t)B * T);
     val.reset();
     const int n = (int)std::min<uint64_t>(n_batches, val.batches_per_epoch());
     double sum = 0;
     for (int i = 0; i < n; i++) {
         val.next_batch(in.data(), tgt.data());
-        sum += backend.forward_loss(in.data(), tgt.data(), B, T);
+        if (i % dist.world_size == dist.rank) sum += backend.forward_loss(in.data(), tgt.data(), B, T);
     }
-    return sum / n;
+    return backend.all_reduce_sum(sum) / n;
 }
 
 // Prints n tokens of text continuing the prompt, decoded with the run's vocabulary file.
@@ -179,34 +196,64 @@ inline void print_sample(TrainerBackend& backend, const TrainOptions& o, const M
 
 // Returns the process exit code: 0 done, 3 stopped on a non-finite loss, 130 stopped by a signal
 // (errors throw; the trainers' main turns them into exit code 1).
-inline int run_training(const TrainOptions& o, const BackendFactory& make_backend) {
-    const int B = o.micro_batch, T = o.seq_len;
+//
+// Data parallelism: every rank runs this with its own backend and its place in dist. Each reads its
+// own part of every batch (the data loader's rank partition), so that a step is still -d tokens, and
+// the backend sums the gradients over the ranks. Whatever decides the control flow (the loss, a
+// signal, a failed checkpoint write) is summed over the ranks first, so all of them take the same
+// branch. Only rank 0 prints and writes log.csv, grad_norms.csv and ckpt_STEP.bin; with ZeRO-1 each
+// rank writes its optimizer shard file too.
+inline int run_training(const TrainOptions& o, const BackendFactory& make_backend,
+                        const DistributedEnv& dist = DistributedEnv()) {
+    const int B = o.micro_batch, T = o.seq_len, world = dist.world_size;
+    const bool lead = dist.rank == 0;
     const long tokens_per_step = o.total_batch;
-    const int accum_steps = (int)(tokens_per_step / ((long)B * T));
+    const int accum_steps = accumulation_steps(o, world);
+    // Each rank's gradient is the mean over its own tokens, times 1/world: the sum over the ranks is
+    // the mean over the whole batch (core/distributed.h).
+    const float loss_scale = (float)gradient_average_factor(world) / accum_steps;
 
+    const std::string from = !o.resume.empty() ? o.resume : o.init_from;  // the parser allows one of them
+    const std::string ck_path = from.empty() ? "" : resolve_checkpoint_path(from);
     std::unique_ptr<Checkpoint> ck;
-    if (!o.resume.empty()) ck.reset(new Checkpoint(load_checkpoint(resolve_checkpoint_path(o.resume))));
-    if (!o.init_from.empty()) ck.reset(new Checkpoint(load_checkpoint(resolve_checkpoint_path(o.init_from))));
+    if (!ck_path.empty()) ck.reset(new Checkpoint(load_checkpoint(ck_path)));
     const ModelConfig cfg = resolve_model_config(o, ck.get());
     const ParamLayout layout = make_param_layout(cfg);
 
-    DataLoader train(o.train_files, B, T, 0, 1, /*shuffle=*/true, o.seed, cfg.vocab_size);
-    std::unique_ptr<DataLoader> val;
+    DataLoader train(o.train_files, B, T, dist.rank, world, /*shuffle=*/true, o.seed, cfg.vocab_size);
+    std::unique_ptr<DataLoader> val;  // all of it on every rank: evaluate() shares out the batches
     if (!o.val_files.empty()) val.reset(new DataLoader(o.val_files, B, T, 0, 1, /*shuffle=*/false, 0, cfg.vocab_size));
 
     std::unique_ptr<TrainerBackend> backend = make_backend(cfg);
+    const ZeroShard shard = backend->optimizer_shard(layout.total);
+    const bool sharded_moments = shard.shard_size != layout.total;  // ZeRO-1 on several ranks
     int64_t start_step = 0;
     Rng rng(o.seed ^ 0x5EEDull);
     if (ck && !o.resume.empty()) {
         const TrainState& s = ck->state;
-        if (s.micro_batch != B || s.seq_len != T || s.total_batch != o.total_batch || s.world_size != 1 || s.data_seed != o.seed)
+        if (s.micro_batch != B || s.seq_len != T || s.total_batch != o.total_batch || s.world_size != world || s.data_seed != o.seed)
             throw std::runtime_error("-r: the checkpoint was written with -b " + std::to_string(s.micro_batch) + " -t " +
                                      std::to_string(s.seq_len) + " -d " + std::to_string(s.total_batch) + " -s " +
                                      std::to_string(s.data_seed) + " on " + std::to_string(s.world_size) +
                                      " rank(s); resume with the same values so the data order continues exactly");
-        if (ck->m.empty()) throw std::runtime_error("-r: the checkpoint has no optimizer state; use -f to start from its weights");
         if (s.step >= o.steps) throw std::runtime_error("-r: the checkpoint is at step " + std::to_string(s.step) + ", not before -x " + std::to_string(o.steps));
-        backend->write_state(ck->params.data(), ck->m.data(), ck->v.data());
+        std::vector<float> m, v;  // this rank's part of Adam's moments
+        if (s.optimizer_shards > 0) {
+            const std::string part_path = optimizer_shard_path(ck_path, dist.rank);
+            OptimizerShard part = load_optimizer_shard(part_path);
+            if (part.n_params != layout.total || part.step != s.step || part.world_size != world || part.rank != dist.rank)
+                throw std::runtime_error("-r: '" + part_path + "' does not belong to '" + ck_path + "'");
+            if (part.begin != shard.begin || part.end != shard.end)
+                throw std::runtime_error("-r: the checkpoint keeps Adam's moments split over its ranks (ZeRO-1); resume with -Z 1");
+            m = std::move(part.m);
+            v = std::move(part.v);
+        } else if (!ck->m.empty()) {
+            m.assign(ck->m.begin() + shard.begin, ck->m.begin() + shard.end);
+            v.assign(ck->v.begin() + shard.begin, ck->v.begin() + shard.end);
+        } else {
+            throw std::runtime_error("-r: the checkpoint has no optimizer state; use -f to start from its weights");
+        }
+        backend->write_state(ck->params.data(), m.data(), v.data());
         train.set_position(s.data);
         rng.state = s.rng_state;
         start_step = s.step;
@@ -219,42 +266,69 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     }
     ck.reset();  // its arrays are in the backend now
 
-    make_directories(o.out_dir);
-    CsvLog log(o.out_dir + "/log.csv", "step,split,loss,lr,grad_norm", start_step);
-    std::unique_ptr<CsvLog> grad_log;
-    if (o.grad_norm_interval > 0) grad_log.reset(new CsvLog(o.out_dir + "/grad_norms.csv", "step,layer,post_ln,attention,mlp,total", start_step));
-    std::vector<float> grads_host(grad_log ? layout.total : 0);
+    make_directories(o.out_dir);  // on every rank: each writes its optimizer shard file there
+    std::unique_ptr<CsvLog> log, grad_log;  // rank 0's
+    if (lead) {
+        log.reset(new CsvLog(o.out_dir + "/log.csv", "step,split,loss,lr,grad_norm", start_step));
+        if (o.grad_norm_interval > 0) grad_log.reset(new CsvLog(o.out_dir + "/grad_norms.csv", "step,layer,post_ln,attention,mlp,total", start_step));
+    }
+    std::vector<float> grads_host(o.grad_norm_interval > 0 ? layout.total : 0);
     const LrSchedule schedule = make_schedule(o.lr, o.steps, o.warmup_fraction, o.final_lr_fraction);
     const double flops_per_step = flops_per_token(cfg, layout, T) * tokens_per_step;
 
-    printf("%s\n", backend->description().c_str());
-    printf("model: %d layers (%d Post-LN then %d Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
-           cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm == NormScheme::DeepNorm ? "; DeepNorm" : "",
-           cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, layout.total / 1e6);
-    printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps\n",
-           train.shards().size(), train.total_tokens() / 1e6, tokens_per_step, B, T, accum_steps);
-    printf("schedule: %d steps, peak lr %.3g, warmup %d, cosine to %.3g%s\n", o.steps, o.lr, schedule.warmup_steps,
-           o.lr * o.final_lr_fraction, start_step ? (", resuming at step " + std::to_string(start_step)).c_str() : "");
-    fflush(stdout);
+    if (lead) {
+        printf("%s\n", backend->description().c_str());
+        printf("model: %d layers (%d Post-LN then %d Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
+               cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm == NormScheme::DeepNorm ? "; DeepNorm" : "",
+               cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, layout.total / 1e6);
+        printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps%s\n",
+               train.shards().size(), train.total_tokens() / 1e6, tokens_per_step, B, T, accum_steps,
+               world > 1 ? (" x " + std::to_string(world) + " ranks").c_str() : "");
+        printf("schedule: %d steps, peak lr %.3g, warmup %d, cosine to %.3g%s\n", o.steps, o.lr, schedule.warmup_steps,
+               o.lr * o.final_lr_fraction, start_step ? (", resuming at step " + std::to_string(start_step)).c_str() : "");
+        fflush(stdout);
+    }
 
+    // Runs f on every rank, then tells every rank whether it threw anywhere: if so, all of them throw
+    // (a rank that failed with its own message), so that none waits for a failed one at the next
+    // collective.
+    auto on_all_ranks = [&](const std::function<void()>& f) {
+        std::string error;
+        try { f(); } catch (const std::exception& e) { error = e.what(); }
+        const double failed_ranks = backend->all_reduce_sum(error.empty() ? 0 : 1);
+        if (!error.empty()) throw std::runtime_error(error);
+        if (failed_ranks > 0) throw std::runtime_error("stopping: another rank failed (see its message)");
+    };
     auto save = [&](int64_t step) {
-        std::vector<float> params(layout.total), m(layout.total), v(layout.total);
+        std::vector<float> params(layout.total), m(shard.end - shard.begin), v(shard.end - shard.begin);
         backend->read_state(params.data(), m.data(), v.data());
         TrainState s;
         s.step = step; s.data = train.position(); s.rng_state = rng.state;
-        s.micro_batch = B; s.seq_len = T; s.total_batch = o.total_batch; s.world_size = 1; s.data_seed = o.seed;
+        s.micro_batch = B; s.seq_len = T; s.total_batch = o.total_batch; s.world_size = world; s.data_seed = o.seed;
+        s.optimizer_shards = sharded_moments ? world : 0;
         const std::string path = checkpoint_path(o.out_dir, step);
-        save_checkpoint(path, cfg, s, params.data(), m.data(), v.data(), layout.total);
-        prune_checkpoints(o.out_dir, o.keep_checkpoints);
-        printf("saved checkpoint %s\n", path.c_str());
-        fflush(stdout);
+        // The shard files first: ckpt_STEP.bin, written once they all are, completes the checkpoint.
+        on_all_ranks([&] {
+            if (sharded_moments)
+                save_optimizer_shard(optimizer_shard_path(path, dist.rank),
+                                     OptimizerShard{layout.total, step, world, dist.rank, shard.begin, shard.end, m, v});
+        });
+        on_all_ranks([&] {
+            if (!lead) return;
+            save_checkpoint(path, cfg, s, params.data(), sharded_moments ? nullptr : m.data(),
+                            sharded_moments ? nullptr : v.data(), layout.total);
+            prune_checkpoints(o.out_dir, o.keep_checkpoints);
+            printf("saved checkpoint %s\n", path.c_str());
+            fflush(stdout);
+        });
     };
     auto validate = [&](int64_t step, double lr) {
         if (!val) return;
-        const double loss = evaluate(*backend, *val, o.val_batches, B, T);
+        const double loss = evaluate(*backend, *val, o.val_batches, B, T, dist);
+        if (!lead) return;
         printf("step %6lld | val loss %.4f | val ppl %.2f\n", (long long)step, loss, std::exp(loss));
         fflush(stdout);
-        log.row("%lld,val,%.9g,%.9g,0", (long long)step, loss, lr);
+        log->row("%lld,val,%.9g,%.9g,0", (long long)step, loss, lr);
     };
 
     std::signal(SIGINT, request_stop);
@@ -265,45 +339,58 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         const auto t0 = std::chrono::steady_clock::now();
         const double lr = schedule.lr_at((int)step);
         backend->zero_grad();
-        double loss = 0;
+        double loss = 0;  // this rank's mean
         for (int micro = 0; micro < accum_steps; micro++) {
             train.next_batch(inputs.data(), targets.data());
-            loss += backend->forward_backward(inputs.data(), targets.data(), B, T, 1.0f / accum_steps) / accum_steps;
+            loss += backend->forward_backward(inputs.data(), targets.data(), B, T, loss_scale) / accum_steps;
         }
+        backend->reduce_gradients();
+        loss = backend->all_reduce_sum(loss) / world;  // the whole batch's mean
+        const bool stop = backend->all_reduce_sum(g_stop_signal != 0) > 0;  // a signal to any rank stops all
         if (!std::isfinite(loss)) {
-            std::vector<std::string> saved = list_checkpoints(o.out_dir);
-            fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)step + 1,
-                    saved.empty() ? "No checkpoint was written yet." : ("The last good checkpoint is " + saved.back() + ".").c_str());
+            if (lead) {
+                std::vector<std::string> saved = list_checkpoints(o.out_dir);
+                fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)step + 1,
+                        saved.empty() ? "No checkpoint was written yet." : ("The last good checkpoint is " + saved.back() + ".").c_str());
+            }
             return 3;
         }
         const double norm = backend->grad_norm();
-        if (grad_log && (step + 1) % o.grad_norm_interval == 0) {  // paper Fig. 3e / 6, before clipping
+        if (o.grad_norm_interval > 0 && (step + 1) % o.grad_norm_interval == 0) {  // paper Fig. 3e / 6, before clipping
             backend->read_grads(grads_host.data());
-            const std::vector<LayerGradNorm> norms = layer_grad_norms(cfg, layout, grads_host.data());
-            for (int l = 0; l < cfg.n_layer; l++)
-                grad_log->row("%lld,%d,%d,%.9g,%.9g,%.9g", (long long)step + 1, l, (int)layer_is_post_ln(cfg, l),
-                              norms[l].attention, norms[l].mlp, norms[l].total);
+            if (lead) {
+                const std::vector<LayerGradNorm> norms = layer_grad_norms(cfg, layout, grads_host.data());
+                for (int l = 0; l < cfg.n_layer; l++)
+                    grad_log->row("%lld,%d,%d,%.9g,%.9g,%.9g", (long long)step + 1, l, (int)layer_is_post_ln(cfg, l),
+                                  norms[l].attention, norms[l].mlp, norms[l].total);
+            }
         }
         backend->adamw_step(lr, grad_clip_scale(norm, o.grad_clip), (int)step + 1, o);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (step > start_step) elapsed_total += seconds;  // the first step pays warm-up costs
         const double avg = step > start_step ? elapsed_total / (step - start_step) : seconds;
-        char mfu[32] = "";
-        if (backend->peak_flops() > 0) snprintf(mfu, sizeof(mfu), " | MFU %.1f%%", 100.0 * flops_per_step / seconds / backend->peak_flops());
-        printf("step %6lld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s | ETA %s\n",
-               (long long)step + 1, o.steps, loss, lr, norm, 1e3 * seconds, tokens_per_step / seconds, mfu,
-               format_duration(avg * (o.steps - step - 1)).c_str());
-        fflush(stdout);
-        log.row("%lld,train,%.9g,%.9g,%.9g", (long long)step + 1, loss, lr, norm);
+        if (lead) {
+            char mfu[32] = "";  // per GPU: each computes 1/world of the step
+            if (backend->peak_flops() > 0)
+                snprintf(mfu, sizeof(mfu), " | MFU %.1f%%", 100.0 * flops_per_step / world / seconds / backend->peak_flops());
+            printf("step %6lld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s | ETA %s\n",
+                   (long long)step + 1, o.steps, loss, lr, norm, 1e3 * seconds, tokens_per_step / seconds, mfu,
+                   format_duration(avg * (o.steps - step - 1)).c_str());
+            fflush(stdout);
+            log->row("%lld,train,%.9g,%.9g,%.9g", (long long)step + 1, loss, lr, norm);
+        }
         const int64_t done = step + 1;
         if (o.val_interval > 0 && done % o.val_interval == 0 && done < o.steps) validate(done, lr);
-        if ((o.ckpt_interval > 0 && done % o.ckpt_interval == 0) || done == o.steps || g_stop_signal) save(done);
-        if (g_stop_signal) {
-            printf("stopped by signal %d after step %lld; resume with -r %s\n", (int)g_stop_signal, (long long)done, o.out_dir.c_str());
+        if ((o.ckpt_interval > 0 && done % o.ckpt_interval == 0) || done == o.steps || stop) save(done);
+        if (stop) {
+            if (lead)
+                printf("stopped by %s after step %lld; resume with -r %s\n",
+                       g_stop_signal ? ("signal " + std::to_string(g_stop_signal)).c_str() : "a signal to another rank",
+                       (long long)done, o.out_dir.c_str());
             return 130;
         }
     }
     if (o.steps > start_step) validate(o.steps, schedule.lr_at(o.steps - 1));
-    if (o.sample_tokens > 0) print_sample(*backend, o, cfg, rng);
+    if (lead && o.sample_tokens > 0) print_sample(*backend, o, cfg, rng);  // no collective: the others may finish
     return 0;
 }

@@ -51,15 +51,28 @@ __global__ void grad_norm_final_kernel(float* norm, const float* partial, int nu
 // At most this many blocks in stage 1; the scratch holds one fp32 partial per block.
 constexpr int GRAD_NORM_BLOCKS = 1024;
 
+constexpr int GRAD_NORM_BLOCK_SIZE = 512;
+
+// Stage 1 of the norm: the partial sums of grads^2 into scratch (GRAD_NORM_BLOCKS floats of device
+// memory). Returns how many there are, which depends only on n. Data parallelism sums the partials
+// of equal slices over the ranks (element by element) before stage 2.
+inline int grad_norm_partials(float* scratch, const floatX* grads, long n, cudaStream_t stream) {
+    const int grid = (int)std::min<long>(ceil_div(n, GRAD_NORM_BLOCK_SIZE), GRAD_NORM_BLOCKS);
+    grad_norm_partial_kernel<<<grid, GRAD_NORM_BLOCK_SIZE, 0, stream>>>(scratch, grads, n);
+    cudaCheck(cudaGetLastError());
+    return grid;
+}
+
+// Stage 2: *norm (device fp32) = sqrt of the sum of the partials.
+inline void grad_norm_from_partials(float* norm, const float* scratch, int num_partials, cudaStream_t stream) {
+    grad_norm_final_kernel<<<1, GRAD_NORM_BLOCK_SIZE, 0, stream>>>(norm, scratch, num_partials);
+    cudaCheck(cudaGetLastError());
+}
+
 // *norm (device fp32) = sqrt(sum of grads^2) over n gradients. The grid depends only on n, so the
 // result is bitwise reproducible. scratch: GRAD_NORM_BLOCKS floats of device memory.
 inline void global_grad_norm(float* norm, float* scratch, const floatX* grads, long n, cudaStream_t stream) {
-    const int block = 512;
-    const int grid = (int)std::min<long>(ceil_div(n, block), GRAD_NORM_BLOCKS);
-    grad_norm_partial_kernel<<<grid, block, 0, stream>>>(scratch, grads, n);
-    cudaCheck(cudaGetLastError());
-    grad_norm_final_kernel<<<1, block, 0, stream>>>(norm, scratch, grid);
-    cudaCheck(cudaGetLastError());
+    grad_norm_from_partials(norm, scratch, grad_norm_partials(scratch, grads, n, stream), stream);
 }
 
 // One AdamW step t (1-based) on n parameters. master_params: the fp32 master weights in BF16 mode;

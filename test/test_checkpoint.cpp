@@ -1,4 +1,5 @@
-// Checkpoints: exact round trip, atomic replacement on a failed write, and errors on corrupt files.
+// Checkpoints: exact round trip, atomic replacement on a failed write, errors on corrupt files, and
+// ZeRO-1's optimizer shard files (round trip, incomplete checkpoints skipped, pruning).
 #include <sys/resource.h>
 #include <csignal>
 #include <fstream>
@@ -6,6 +7,7 @@
 #include <vector>
 #include "catch_compat.h"
 #include "../core/checkpoint.h"
+#include "../core/distributed.h"
 
 static std::string temp_dir() {
     char tmpl[] = "/tmp/mixln_ckpt_XXXXXX";
@@ -115,4 +117,71 @@ TEST_CASE("pruning keeps the newest checkpoints") {
     REQUIRE(left.size() == 2);
     CHECK(left[0] == checkpoint_path(dir, 40));
     CHECK(left[1] == checkpoint_path(dir, 50));
+}
+
+// ---- ZeRO-1: the optimizer shard files beside a checkpoint ----
+
+// A checkpoint at step whose moments are in `ranks` shard files, as run_training writes it.
+static void save_sharded_checkpoint(const std::string& dir, int64_t step, int ranks) {
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    TrainState st;
+    st.step = step;
+    st.world_size = ranks;
+    st.optimizer_shards = ranks;
+    const std::string path = checkpoint_path(dir, step);
+    for (int r = 0; r < ranks; r++) {
+        const ZeroShard s = zero_shard(n, r, ranks);
+        save_optimizer_shard(optimizer_shard_path(path, r), OptimizerShard{n, step, ranks, r, s.begin, s.end,
+                                                                         filled(s.end - s.begin, 10 + r), filled(s.end - s.begin, 20 + r)});
+    }
+    save_checkpoint(path, cfg, st, filled(n, 8).data(), nullptr, nullptr, n);
+}
+
+static bool exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+TEST_CASE("an optimizer shard file round-trips; its checkpoint records how many there are") {
+    const std::string dir = temp_dir();
+    save_sharded_checkpoint(dir, 70, 3);
+    const std::string path = checkpoint_path(dir, 70);
+    CHECK(optimizer_shard_path(path, 2) == dir + "/ckpt_00000070.rank2.bin");
+    const Checkpoint ck = load_checkpoint(path);
+    CHECK(ck.state.optimizer_shards == 3);
+    CHECK(ck.m.empty());
+    const long n = make_param_layout(small_config()).total;
+    const ZeroShard expected = zero_shard(n, 1, 3);
+    const OptimizerShard s = load_optimizer_shard(optimizer_shard_path(path, 1));
+    CHECK(s.n_params == n);
+    CHECK(s.step == 70);
+    CHECK(s.world_size == 3);
+    CHECK(s.rank == 1);
+    CHECK(s.begin == expected.begin);
+    CHECK(s.end == expected.end);
+    CHECK(s.m == filled(s.end - s.begin, 11));
+    CHECK(s.v == filled(s.end - s.begin, 21));
+
+    std::ifstream in(optimizer_shard_path(path, 1), std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(dir + "/bad.bin", std::ios::binary) << bytes.substr(0, bytes.size() - 4);
+    std::string error;
+    try { load_optimizer_shard(dir + "/bad.bin"); } catch (const std::exception& e) { error = e.what(); }
+    CHECK(error.find("truncated") != std::string::npos);
+}
+
+TEST_CASE("a checkpoint missing a rank's optimizer shard is not offered for resume; pruning removes shard files") {
+    const std::string dir = temp_dir();
+    for (int step : {10, 20, 30}) save_sharded_checkpoint(dir, step, 3);
+    unlink(optimizer_shard_path(checkpoint_path(dir, 30), 1).c_str());  // as if rank 1 died writing it
+    std::vector<std::string> complete = list_checkpoints(dir);
+    REQUIRE(complete.size() == 2);
+    CHECK(complete.back() == checkpoint_path(dir, 20));
+
+    prune_checkpoints(dir, 1);
+    CHECK(list_checkpoints(dir) == std::vector<std::string>{checkpoint_path(dir, 20)});
+    CHECK(!exists(checkpoint_path(dir, 10)));
+    for (int r = 0; r < 3; r++) {
+        CHECK(!exists(optimizer_shard_path(checkpoint_path(dir, 10), r)));
+        CHECK(exists(optimizer_shard_path(checkpoint_path(dir, 20), r)));
+    }
+    CHECK(exists(checkpoint_path(dir, 30)));  // incomplete: neither listed nor pruned
 }

@@ -1,7 +1,7 @@
 // The GPU trainer against the CPU reference model, and against itself (recomputation, resume, the
-// NCCL path with one rank). This file includes train_mixln.cu with TESTING defined, which compiles its main out (llm.c's trick in
-// test_gpt2.cu), so what runs is the trainer's own model, layer loop and backend. Needs a GPU; without
-// one test/gpu_main.cpp reports every case skipped.
+// NCCL path with one rank). This file includes train_mixln.cu with TESTING defined, which compiles
+// its main out (llm.c's trick in test_gpt2.cu), so what runs is the trainer's own model, layer loop
+// and backend. Needs a GPU; without one test/gpu_main.cpp reports every case skipped.
 //
 // The model is small and awkward: d 128 in 2 heads of 64 (the attention kernel's head size), ffn 344,
 // 4 layers, vocabulary 300, B 3, T 64 and 40 (not a multiple of the attention tile), two targets

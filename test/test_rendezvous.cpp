@@ -88,3 +88,14 @@ TEST_CASE("a rendezvous that cannot complete fails with a message naming the ran
     unsetenv("MIXLN_RENDEZVOUS");
     CHECK(share_from_rank0(0, 1, random_blob(4, 1), 4) == random_blob(4, 1));  // one rank: nothing to share
 }
+
+TEST_CASE("without MIXLN_RENDEZVOUS, the port after torchrun's MASTER_PORT is used") {
+    const int port = free_port();
+    unsetenv("MIXLN_RENDEZVOUS");
+    setenv("MASTER_ADDR", "127.0.0.1", 1);
+    setenv("MASTER_PORT", std::to_string(port - 1).c_str(), 1);
+    std::string error;
+    try { share_from_rank0(1, 2, Blob(), 128, 0.2); } catch (const std::exception& e) { error = e.what(); }
+    CHECK(error.find("127.0.0.1:" + std::to_string(port)) != std::string::npos);
+    unsetenv("MASTER_ADDR"); unsetenv("MASTER_PORT");
+}

@@ -30,7 +30,8 @@ TEST_CASE("bad flags give an error naming the flag") {
     CHECK(parse_error({"-i", "x", "-x", "1.5"}).find("integer") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-e", "7b"}).find("unknown preset") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-n", "layernorm"}).find("unknown normalization") != std::string::npos);
-    CHECK(parse_error({"-i", "x", "-Z", "1"}).find("unknown flag -Z") != std::string::npos);
+    CHECK(parse_error({"-i", "x", "-Q", "1"}).find("unknown flag -Q") != std::string::npos);
+    CHECK(parse_error({"-i", "x", "-Z", "2"}).find("-Z: 0 (all-reduce) or 1 (ZeRO-1)") == 0);
     CHECK(parse_error({"-i", "x", "-b", "3", "-t", "100", "-d", "1000"}).find("not a multiple") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-C", "100", "-H", "3"}).find("heads") != std::string::npos);
     CHECK(parse_error({"-a", "0.5"}).find("no training shards") != std::string::npos);
@@ -127,6 +128,8 @@ TEST_CASE("the trainer rejects a bad flag and missing data with exit code and me
     CHECK(read_file(dir + "/b.txt").find("none.bin") != std::string::npos);
     CHECK(wait_exit(spawn({trainer_path(), "-i", "x", "-R", "1"}, dir + "/c.txt")) == 2);
     CHECK(read_file(dir + "/c.txt").find("-R: only train_mixln") != std::string::npos);
+    CHECK(wait_exit(spawn({trainer_path(), "-i", "x", "-Z", "0"}, dir + "/d.txt")) == 2);
+    CHECK(read_file(dir + "/d.txt").find("-Z: only train_mixln") != std::string::npos);
 }
 
 TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identically") {
