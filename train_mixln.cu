@@ -1,7 +1,8 @@
 // train_mixln: the GPU trainer. The model of core/model_cpu.h (LLaMA with Mix-LN, the paper's eq. 1
 // and 2) on one GPU per process, composed from the CUDA kernels of kernels/*.cuh and driven by the
-// same loop and flags as the CPU trainer (core/trainer.h). Storage is bf16 (weights, activations,
-// gradients) with fp32 master weights and Adam moments; `make PRECISION=FP32` stores everything in fp32.
+// same loop and flags as the CPU trainer (core/trainer.h). Weights and activations (and the
+// activations' gradients) are bf16; the weight gradients, accumulated over a step's micro-batches, the
+// master weights and Adam moments are fp32; `make PRECISION=FP32` stores everything in fp32.
 //   make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
 //   -R 1 recomputes each layer's forward in the backward instead of storing it (less memory).
 //   mpirun -np 4 ./train_mixln ... (or torchrun, srun: see README) trains data-parallel over NCCL, with
@@ -240,7 +241,8 @@ struct GpuModel {
     // of layer l at layout.at(t, l)), one allocation each, padded with zeros to shard.padded_total
     // for NCCL. The optimizer state: shard.shard_size elements each.
     floatX* params;              // the weights the forward and backward read
-    floatX* grads;               // accumulated over a step's micro-batches, then summed over the ranks
+    float* grads;                // fp32: accumulated over a step's micro-batches (in fp32, not bf16:
+                                 // README "Gradient accumulation"), then summed over the ranks
     float* master;               // the fp32 weights AdamW updates, rounded into params after each step;
                                  // in the FP32 build the slice of params itself (see kernels/adamw.cuh)
     float* adam_m, *adam_v;      // Adam's first and second moments
@@ -275,7 +277,7 @@ struct GpuModel {
         matmul_setup();  // the process-wide cuBLASLt handle, kept until exit
         const size_t padded = shard.padded_total, slice = shard.shard_size;
         params = device_alloc<floatX>(padded, "the parameters");
-        grads = device_alloc<floatX>(padded, "the gradients");
+        grads = device_alloc<float>(padded, "the gradients");
         zero(params, padded);  // the padding stays zero: NCCL moves it, nothing reads it
         master = FLOATX_IS_FP32 ? reinterpret_cast<float*>(params) + slice_offset : device_alloc<float>(slice, "the fp32 master weights");
         adam_m = device_alloc<float>(slice, "Adam's first moments");
@@ -298,11 +300,15 @@ struct GpuModel {
     GpuModel& operator=(const GpuModel&) = delete;
 
     floatX* param(int tensor, int layer = 0) { return params + layout.at(tensor, layer); }
-    floatX* grad(int tensor, int layer = 0) { return grads + layout.at(tensor, layer); }
-    void zero(floatX* ptr, long count) { cudaCheck(cudaMemsetAsync(ptr, 0, count * sizeof(floatX), stream)); }
+    float* grad(int tensor, int layer = 0) { return grads + layout.at(tensor, layer); }
+    template <typename T>
+    void zero(T* ptr, long count) { cudaCheck(cudaMemsetAsync(ptr, 0, count * sizeof(T), stream)); }
 
+    // Weights (floatX) and fp32 gradients for all parameters; master weights (bf16 build) and the two
+    // Adam moments (fp32) for this rank's slice.
     size_t parameter_bytes() const {
-        return shard.padded_total * 2 * sizeof(floatX) + shard.shard_size * (FLOATX_IS_FP32 ? 2 : 3) * sizeof(float);
+        return shard.padded_total * (sizeof(floatX) + sizeof(float)) +
+               shard.shard_size * (FLOATX_IS_FP32 ? 2 : 3) * sizeof(float);
     }
 
     void allocate_activations(long N) {
@@ -516,9 +522,9 @@ struct GpuModel {
     void reduce_gradients() {
         if (!dp.comm) return;
         if (dp.zero1)
-            ncclCheck(ncclReduceScatter(grads, grads + slice_offset, shard.shard_size, NCCL_FLOATX, ncclSum, dp.comm, stream));
+            ncclCheck(ncclReduceScatter(grads, grads + slice_offset, shard.shard_size, ncclFloat, ncclSum, dp.comm, stream));
         else
-            ncclCheck(ncclAllReduce(grads, grads, layout.total, NCCL_FLOATX, ncclSum, dp.comm, stream));
+            ncclCheck(ncclAllReduce(grads, grads, layout.total, ncclFloat, ncclSum, dp.comm, stream));
     }
 
     double all_reduce_sum(double x) {
@@ -607,10 +613,8 @@ struct GpuModel {
     // slices are all-gathered first.
     void read_grads(float* out) {
         if (dp.comm && dp.zero1)
-            ncclCheck(ncclAllGather(grads + slice_offset, grads, shard.shard_size, NCCL_FLOATX, dp.comm, stream));
-        std::vector<floatX> g(layout.total);
-        to_host(g.data(), grads, g.size(), stream);
-        for (size_t i = 0; i < g.size(); i++) out[i] = (float)g[i];
+            ncclCheck(ncclAllGather(grads + slice_offset, grads, shard.shard_size, ncclFloat, dp.comm, stream));
+        to_host(out, grads, layout.total, stream);
     }
 
     // The V logits after the last of the T tokens of the last forward (batch of one).
@@ -643,11 +647,11 @@ struct GpuBackend : TrainerBackend {
                      dp.zero1 ? "ZeRO-1: each keeps and updates 1/N of the fp32 master weights and Adam moments"
                               : "all-reduce: each keeps and updates all of them");
         snprintf(text, sizeof(text),
-                 "device: %s, %s\ndata parallel: %s\nmemory per GPU: %.2f GiB parameters and optimizer state; %.2f GiB "
+                 "device: %s, %s\ndata parallel: %s\nmemory per GPU: %.2f GiB weights, fp32 gradients and optimizer state; %.2f GiB "
                  "activations for %ld tokens per micro-batch, %s; %s",
                  model.device_name.c_str(),
                  FLOATX_IS_FP32 ? "fp32 storage"
-                                : "bf16 weights, activations and gradients, fp32 master weights and Adam moments",
+                                : "bf16 weights and activations, fp32 weight gradients, master weights and Adam moments",
                  ranks, model.parameter_bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
                  model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored", mfu);
         return text;

@@ -6,8 +6,8 @@
 // Versions:
 //   1  production, kernels/adamw.cuh: AdamW one parameter per thread (2-byte bf16 and 4-byte fp32
 //      accesses); the norm's first stage over 1024 blocks of 512 threads, one element per step.
-//   2  AdamW with 128-bit accesses, 8 parameters per thread in bf16 (one vector of gradients and of
-//      weights, two of the master weights, m and v each); the norm's first stage with 128-bit loads,
+//   2  AdamW with 128-bit accesses, 8 parameters per thread in bf16 (one vector of weights, two of the
+//      fp32 gradients, master weights, m and v each); the norm's first stage with 128-bit loads,
 //      four independent ones in flight per thread, over one full wave of blocks. The second stage of
 //      the norm is version 1's (one block adding the partials in order: deterministic, as version 1).
 //
@@ -16,9 +16,9 @@
 //   ./adamw 2
 //
 // Shapes: P = the parameter count of core/config.h's layout (vocabulary 32000) of the 130m and 1b presets.
-// Bytes counted, per parameter: grad_norm reads the gradient, X (= sizeof(floatX)); adamw reads the
-// gradient, master weight (bf16; the weight itself in fp32), m and v and writes them back, and writes
-// the bf16 weight: 2 + 3 * 8 + 2 = 28 in bf16, 4 + 3 * 8 = 28 in fp32.
+// Bytes counted, per parameter: grad_norm reads the fp32 gradient, 4 (gradients are fp32 in both
+// builds); adamw reads the gradient (4), reads and writes the master weight (bf16; the weight itself in
+// fp32), m and v, and writes the bf16 weight: 4 + 3 * 8 + 2 = 30 in bf16, 4 + 3 * 8 = 28 in fp32.
 #include <vector>
 #include "common.cuh"
 #include "../core/config.h"
@@ -44,14 +44,13 @@ __device__ inline float adamw_step(float p, float g, float* m, float* v, float l
 // Thread i updates parameters [i VEC, (i + 1) VEC): every offset is a multiple of VEC elements, so the
 // floatX vectors are 16-byte aligned and the fp32 ones (VEC / 4 float4 each) too. The last thread
 // finishes a partial vector one parameter at a time.
-__global__ void adamw_v2_kernel(floatX* params, float* master_params, const floatX* grads, float* m, float* v, long n,
+__global__ void adamw_v2_kernel(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
                                 float lr, float beta1, float beta2, float bc1, float bc2, float eps, float weight_decay,
                                 float grad_scale) {
     constexpr int F4 = VEC / 4;  // float4s per vector of VEC parameters
     const long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i + VEC <= n) {
-        const PackedX g = load128(grads + i);
-        float4 mv[F4], vv[F4], pv[F4];
+        float4 gv[F4], mv[F4], vv[F4], pv[F4];
         PackedX out;
         if (master_params) {
 #pragma unroll
@@ -64,6 +63,7 @@ __global__ void adamw_v2_kernel(floatX* params, float* master_params, const floa
         }
 #pragma unroll
         for (int q = 0; q < F4; q++) {
+            gv[q] = reinterpret_cast<const float4*>(grads + i)[q];
             mv[q] = reinterpret_cast<const float4*>(m + i)[q];
             vv[q] = reinterpret_cast<const float4*>(v + i)[q];
         }
@@ -72,9 +72,10 @@ __global__ void adamw_v2_kernel(floatX* params, float* master_params, const floa
             float* mq = &mv[q].x;
             float* vq = &vv[q].x;
             float* pq = &pv[q].x;
+            const float* gq = &gv[q].x;
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                pq[e] = adamw_step(pq[e], grad_scale * (float)g[4 * q + e], mq + e, vq + e, lr, beta1, beta2, bc1, bc2,
+                pq[e] = adamw_step(pq[e], grad_scale * gq[e], mq + e, vq + e, lr, beta1, beta2, bc1, bc2,
                                    eps, weight_decay);
                 out[4 * q + e] = (floatX)pq[e];
             }
@@ -86,7 +87,7 @@ __global__ void adamw_v2_kernel(floatX* params, float* master_params, const floa
     } else {
         for (long k = i; k < n; k++) {
             float mk = m[k], vk = v[k];
-            const float p = adamw_step(master_params ? master_params[k] : (float)params[k], grad_scale * (float)grads[k],
+            const float p = adamw_step(master_params ? master_params[k] : (float)params[k], grad_scale * grads[k],
                                        &mk, &vk, lr, beta1, beta2, bc1, bc2, eps, weight_decay);
             m[k] = mk;
             v[k] = vk;
@@ -96,7 +97,7 @@ __global__ void adamw_v2_kernel(floatX* params, float* master_params, const floa
     }
 }
 
-static void adamw_update_v2(floatX* params, float* master_params, const floatX* grads, float* m, float* v, long n, int t,
+static void adamw_update_v2(floatX* params, float* master_params, const float* grads, float* m, float* v, long n, int t,
                             float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale) {
     const float bc1 = (float)(1.0 - std::pow((double)beta1, t));
     const float bc2 = (float)(1.0 - std::pow((double)beta2, t));
@@ -105,26 +106,24 @@ static void adamw_update_v2(floatX* params, float* master_params, const floatX* 
     cudaCheck(cudaGetLastError());
 }
 
-// Stage 1 of the norm: thread tid of the grid adds g^2 over the vectors tid, tid + S, tid + 2S, ...
-// (S threads in the grid), four loads issued before their sums; block 0 also takes the last n % VEC
+// Stage 1 of the norm: thread tid of the grid adds g^2 over the float4 vectors tid, tid + S, tid + 2S,
+// ... (S threads in the grid), four loads issued before their sums; block 0 also takes the last n % 4
 // elements. A fixed grid gives a fixed order: the result is reproducible.
 constexpr int NORM_BLOCK = 512;
-__global__ void __launch_bounds__(NORM_BLOCK) grad_norm_partial_v2_kernel(float* partial, const floatX* grads, long n) {
-    const long nvec = n / VEC, stride = (long)gridDim.x * NORM_BLOCK;
+__global__ void __launch_bounds__(NORM_BLOCK) grad_norm_partial_v2_kernel(float* partial, const float* grads, long n) {
+    const long nvec = n / 4, stride = (long)gridDim.x * NORM_BLOCK;
     float sum_sq = 0.0f;
     for (long j = (long)blockIdx.x * NORM_BLOCK + threadIdx.x; j < nvec; j += 4 * stride) {
-        PackedX g[4];
+        float4 g[4];
 #pragma unroll
         for (int u = 0; u < 4; u++)
-            if (j + u * stride < nvec) g[u] = load128(grads + (j + u * stride) * VEC);
+            if (j + u * stride < nvec) g[u] = reinterpret_cast<const float4*>(grads)[j + u * stride];
 #pragma unroll
         for (int u = 0; u < 4; u++)
-            if (j + u * stride < nvec)
-#pragma unroll
-                for (int e = 0; e < VEC; e++) sum_sq += (float)g[u][e] * (float)g[u][e];
+            if (j + u * stride < nvec) sum_sq += g[u].x * g[u].x + g[u].y * g[u].y + g[u].z * g[u].z + g[u].w * g[u].w;
     }
     if (blockIdx.x == 0)
-        for (long i = nvec * VEC + threadIdx.x; i < n; i += NORM_BLOCK) sum_sq += (float)grads[i] * (float)grads[i];
+        for (long i = nvec * 4 + threadIdx.x; i < n; i += NORM_BLOCK) sum_sq += grads[i] * grads[i];
     sum_sq = block_reduce_sum(sum_sq);
     if (threadIdx.x == 0) partial[blockIdx.x] = sum_sq;
 }
@@ -136,7 +135,7 @@ static int grad_norm_v2_blocks() {
 }
 
 // scratch: GRAD_NORM_BLOCKS floats, as version 1.
-static void global_grad_norm_v2(float* norm, float* scratch, const floatX* grads, long n) {
+static void global_grad_norm_v2(float* norm, float* scratch, const float* grads, long n) {
     const int grid = grad_norm_v2_blocks();
     grad_norm_partial_v2_kernel<<<grid, NORM_BLOCK>>>(scratch, grads, n);
     cudaCheck(cudaGetLastError());
@@ -158,8 +157,8 @@ int main(int argc, char** argv) {
         const long n = make_param_layout(cfg).total;
         const std::string name = std::string(shape.name) + ":" + std::to_string(n);
         printf("%s: %ld parameters\n", shape.name, n);
-        DeviceBuffer<floatX> params(n), grads(n);
-        DeviceBuffer<float> master(FLOATX_IS_FP32 ? 0 : n), m(n), v(n), norm(1), scratch(GRAD_NORM_BLOCKS);
+        DeviceBuffer<floatX> params(n);
+        DeviceBuffer<float> grads(n), master(FLOATX_IS_FP32 ? 0 : n), m(n), v(n), norm(1), scratch(GRAD_NORM_BLOCKS);
         float* master_ptr = FLOATX_IS_FP32 ? nullptr : master.ptr;
         grads.fill_normal(51, 1e-2f);
         m.fill_normal(52, 1e-3f);
@@ -183,7 +182,7 @@ int main(int argc, char** argv) {
             const std::vector<float> g_h = grads.download();
             validate("norm", norm.download(), {global_grad_norm(g_h.data(), n)}, 1e-4);
         }
-        report_bandwidth("grad_norm", name, version, (double)n * sizeof(floatX), benchmark_kernel(run_norm));
+        report_bandwidth("grad_norm", name, version, (double)n * sizeof(float), benchmark_kernel(run_norm));
 
         // AdamW, checked on the first, middle and last 2^20 parameters: m, v, master FP32_TOL (a few fp32
         // operations per element), the floatX weights STORE_TOL.
@@ -219,7 +218,7 @@ int main(int argc, char** argv) {
         validate("v", v_gpu, v_ref, FP32_TOL);
         if (master_ptr) validate("master", master_gpu, p_ref, FP32_TOL);
         validate("params", p_gpu, p_ref, STORE_TOL);
-        report_bandwidth("adamw", name, version, 28.0 * n, benchmark_kernel(run_adamw));
+        report_bandwidth("adamw", name, version, (FLOATX_IS_FP32 ? 28.0 : 30.0) * n, benchmark_kernel(run_adamw));
     }
     return 0;
 }

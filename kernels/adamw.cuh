@@ -2,6 +2,7 @@
 // Hutter, 2019) in torch.optim.AdamW's order. CPU reference: kernels/cpu/adamw.h.
 // The update works on fp32 weights: in BF16 mode an fp32 master copy, from which the bf16 weights
 // are rounded after every step; in FP32 mode the weights themselves, and there is no master copy.
+// The gradients are fp32 in both builds.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -10,12 +11,12 @@
 // One thread per parameter i, with p the fp32 weight (master_params[i], or params[i] when null):
 //   g = grad_scale * grad;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps)),   bc1 = 1 - b1^t,  bc2 = 1 - b2^t
-__global__ void adamw_kernel(floatX* params, float* master_params, const floatX* grads, float* m, float* v, long n,
+__global__ void adamw_kernel(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
                              float lr, float beta1, float beta2, float bc1, float bc2, float eps,
                              float weight_decay, float grad_scale) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float g = grad_scale * (float)grads[i];
+    const float g = grad_scale * grads[i];
     const float mi = beta1 * m[i] + (1.0f - beta1) * g;
     const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi;
@@ -28,10 +29,10 @@ __global__ void adamw_kernel(floatX* params, float* master_params, const floatX*
 
 // Stage 1 of the norm: block b adds up g^2 over its grid-strided elements (a fixed set and order per
 // thread), reduces over the block, and writes partial[b].
-__global__ void grad_norm_partial_kernel(float* partial, const floatX* grads, long n) {
+__global__ void grad_norm_partial_kernel(float* partial, const float* grads, long n) {
     float sum_sq = 0.0f;
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const float g = (float)grads[i];
+        const float g = grads[i];
         sum_sq += g * g;
     }
     sum_sq = block_reduce_sum(sum_sq);
@@ -56,7 +57,7 @@ constexpr int GRAD_NORM_BLOCK_SIZE = 512;
 // Stage 1 of the norm: the partial sums of grads^2 into scratch (GRAD_NORM_BLOCKS floats of device
 // memory). Returns how many there are, which depends only on n. Data parallelism sums the partials
 // of equal slices over the ranks (element by element) before stage 2.
-inline int grad_norm_partials(float* scratch, const floatX* grads, long n, cudaStream_t stream) {
+inline int grad_norm_partials(float* scratch, const float* grads, long n, cudaStream_t stream) {
     const int grid = (int)std::min<long>(ceil_div(n, GRAD_NORM_BLOCK_SIZE), GRAD_NORM_BLOCKS);
     grad_norm_partial_kernel<<<grid, GRAD_NORM_BLOCK_SIZE, 0, stream>>>(scratch, grads, n);
     cudaCheck(cudaGetLastError());
@@ -71,14 +72,14 @@ inline void grad_norm_from_partials(float* norm, const float* scratch, int num_p
 
 // *norm (device fp32) = sqrt(sum of grads^2) over n gradients. The grid depends only on n, so the
 // result is bitwise reproducible. scratch: GRAD_NORM_BLOCKS floats of device memory.
-inline void global_grad_norm(float* norm, float* scratch, const floatX* grads, long n, cudaStream_t stream) {
+inline void global_grad_norm(float* norm, float* scratch, const float* grads, long n, cudaStream_t stream) {
     grad_norm_from_partials(norm, scratch, grad_norm_partials(scratch, grads, n, stream), stream);
 }
 
 // One AdamW step t (1-based) on n parameters. master_params: the fp32 master weights in BF16 mode;
 // must be null in FP32 mode, where params are updated in place. grad_scale multiplies every gradient,
 // e.g. grad_clip_scale(norm, max_norm) from kernels/cpu/adamw.h.
-inline void adamw_update(floatX* params, float* master_params, const floatX* grads, float* m, float* v, long n,
+inline void adamw_update(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
                          int t, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                          cudaStream_t stream) {
     if ((master_params == nullptr) != FLOATX_IS_FP32) {

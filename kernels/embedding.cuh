@@ -1,6 +1,6 @@
 // Token embedding on the GPU. CPU reference: kernels/cpu/embedding.h.
 //   forward:  out (N, C) = scale * wte[tokens[n]],  wte (V, C)
-//   backward: dwte[v] += scale * sum of dout[n] over the positions n with tokens[n] = v
+//   backward: dwte[v] += scale * sum of dout[n] over the positions n with tokens[n] = v, dwte in fp32
 // The backward is deterministic: instead of atomically adding each position's row into dwte (whose
 // order would vary run to run), the positions are grouped by token on the host, and each group's
 // dwte row is owned by one block that sums its positions in increasing order.
@@ -22,7 +22,7 @@ __global__ void embedding_forward_kernel(floatX* out, const int* tokens, const f
 // groups describes K distinct tokens: token[k] = groups[k], and the positions holding token[k] are
 // positions[start[k] .. start[k+1]) in increasing order, with start = groups + K (K + 1 entries) and
 // positions = groups + 2K + 1. Block (k, j) handles row token[k], columns j*blockDim.x + threadIdx.x.
-__global__ void embedding_backward_kernel(floatX* dwte, const floatX* dout, const int* groups, int K, int C, float scale) {
+__global__ void embedding_backward_kernel(float* dwte, const floatX* dout, const int* groups, int K, int C, float scale) {
     const int k = blockIdx.x;
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= C) return;
@@ -30,8 +30,7 @@ __global__ void embedding_backward_kernel(floatX* dwte, const floatX* dout, cons
     const int* positions = groups + 2 * K + 1;
     float sum = 0.0f;
     for (int i = start[k]; i < start[k + 1]; i++) sum += (float)dout[(long)positions[i] * C + c];
-    floatX* row = dwte + (long)groups[k] * C;
-    row[c] = (floatX)((float)row[c] + scale * sum);
+    dwte[(long)groups[k] * C + c] += scale * sum;
 }
 
 inline void embedding_forward(floatX* out, const int* tokens, const floatX* wte, int N, int C, float scale,
@@ -46,7 +45,7 @@ inline long embedding_backward_workspace_ints(int N) { return 3L * N + 1; }
 
 // tokens_host: the N tokens of the forward, on the host (where the data loader produced them).
 // workspace: embedding_backward_workspace_ints(N) ints of device memory.
-inline void embedding_backward(floatX* dwte, const floatX* dout, const int* tokens_host, int* workspace,
+inline void embedding_backward(float* dwte, const floatX* dout, const int* tokens_host, int* workspace,
                                int N, int C, float scale, cudaStream_t stream) {
     // A stable sort by token keeps each token's positions in increasing order.
     std::vector<int> order(N);

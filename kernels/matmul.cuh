@@ -2,8 +2,11 @@
 // CPU reference: kernels/cpu/matmul.h.
 //   forward:  out (N, OC) = inp (N, C) @ W^T,   W stored row-major as (OC, C)
 //   backward: dinp (N, C) += dout (N, OC) @ W;   dW (OC, C) += dout^T @ inp
-// floatX in and out, fp32 accumulation (CUBLAS_COMPUTE_32F: true fp32 in FP32 mode, no TF32). The
-// backward accumulates through beta = 1, so gradients of shared inputs add up.
+// floatX in, fp32 accumulation (CUBLAS_COMPUTE_32F: true fp32 in FP32 mode, no TF32). out and dinp
+// are floatX; the weight gradient dW is fp32 in both builds, so that summing it over a step's
+// micro-batches through beta = 1 rounds to fp32, not to bf16, at each add (see README "Gradient
+// accumulation"). Split-K algorithms may only reduce their partial sums in the compute type (fp32),
+// never in a bf16 output type.
 //
 // cuBLAS is column-major, and a row-major (R, K) matrix is the column-major (K, R) matrix, its
 // transpose. So each row-major product is computed as its transpose:
@@ -42,10 +45,14 @@ inline uint32_t pointer_alignment(const void* p) {
 }
 
 // Column-major D (m, n) = op(A) (m, k) . op(B) (k, n) + beta * D, with op the transpose when asked;
-// each matrix is stored densely, its leading dimension the number of rows it is stored with.
-inline void cublaslt_matmul(floatX* d, const floatX* a, const floatX* b, int m, int n, int k, bool transpose_a,
-                            bool transpose_b, float beta, cudaStream_t stream) {
+// each matrix is stored densely, its leading dimension the number of rows it is stored with. A and B
+// are floatX; D is floatX or fp32 (OutT).
+template <typename OutT>
+void cublaslt_matmul(OutT* d, const floatX* a, const floatX* b, int m, int n, int k, bool transpose_a,
+                     bool transpose_b, float beta, cudaStream_t stream) {
+    static_assert(std::is_same<OutT, floatX>::value || std::is_same<OutT, float>::value, "D is floatX or fp32");
     const cudaDataType_t type = FLOATX_IS_FP32 ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t d_type = std::is_same<OutT, float>::value ? CUDA_R_32F : type;
     cublasLtMatmulDesc_t desc;
     cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -56,13 +63,18 @@ inline void cublaslt_matmul(floatX* d, const floatX* a, const floatX* b, int m, 
     const int a_rows = transpose_a ? k : m, b_rows = transpose_b ? n : k;
     cublasCheck(cublasLtMatrixLayoutCreate(&a_layout, type, a_rows, transpose_a ? m : k, a_rows));
     cublasCheck(cublasLtMatrixLayoutCreate(&b_layout, type, b_rows, transpose_b ? k : n, b_rows));
-    cublasCheck(cublasLtMatrixLayoutCreate(&d_layout, type, m, n, m));
+    cublasCheck(cublasLtMatrixLayoutCreate(&d_layout, d_type, m, n, m));
 
     cublasLtMatmulPreference_t preference;
     cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
     const uint64_t workspace_bytes = CUBLASLT_WORKSPACE_BYTES;
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                      &workspace_bytes, sizeof(workspace_bytes)));
+    // Split-K partial sums are added in fp32 (the compute type) in the workspace, or not split at all;
+    // the in-place and output-type schemes would add them in D's type, bf16 for out and dinp.
+    const uint32_t reduction_schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                     &reduction_schemes, sizeof(reduction_schemes)));
     const uint32_t align_a = pointer_alignment(a), align_b = pointer_alignment(b), align_d = pointer_alignment(d);
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                      &align_a, sizeof(align_a)));
@@ -97,8 +109,8 @@ inline void matmul_forward(floatX* out, const floatX* inp, const floatX* W, int 
     cublaslt_matmul(out, W, inp, OC, N, C, true, false, 0.0f, stream);
 }
 
-// dinp (N, C) += dout @ W;   dW (OC, C) += dout^T @ inp
-inline void matmul_backward(floatX* dinp, floatX* dW, const floatX* dout, const floatX* inp, const floatX* W, int N,
+// dinp (N, C) += dout @ W;   dW (OC, C) += dout^T @ inp, dW in fp32
+inline void matmul_backward(floatX* dinp, float* dW, const floatX* dout, const floatX* inp, const floatX* W, int N,
                             int C, int OC, cudaStream_t stream) {
     cublaslt_matmul(dinp, W, dout, C, N, OC, false, false, 1.0f, stream);
     cublaslt_matmul(dW, inp, dout, C, OC, N, false, true, 1.0f, stream);

@@ -7,8 +7,9 @@
 //   Post-LN  y = rmsnorm(s*x + f)              forward keeps the sum s*x + f for the backward
 //            backward: dsum = rmsnorm_backward(dy); df = dsum, dx = s*dsum (residual_rmsnorm_backward)
 // so one forward kernel (optional residual) and one backward kernel pair (optional accumulation and
-// scaled copy) serve both. dweight is deterministic: each block sums its rows into an fp32 partial
-// row, and a second kernel adds the partial rows in block order; no atomics.
+// scaled copy) serve both. dweight is fp32 (the weight gradients are, in both builds) and
+// deterministic: each block sums its rows into an fp32 partial row, and a second kernel adds the
+// partial rows in block order; no atomics.
 #pragma once
 #include "common.cuh"
 
@@ -68,12 +69,12 @@ __global__ void rmsnorm_backward_kernel(floatX* dinp, floatX* dscaled, float* dw
 }
 
 // dw[c] += sum over b = 0, 1, ..., num_partials - 1 of dw_partial[b, c]: a fixed order.
-__global__ void rmsnorm_dweight_kernel(floatX* dw, const float* dw_partial, int num_partials, int C) {
+__global__ void rmsnorm_dweight_kernel(float* dw, const float* dw_partial, int num_partials, int C) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float sum = 0.0f;
     for (int b = 0; b < num_partials; b++) sum += dw_partial[(long)b * C + c];
-    dw[c] = (floatX)((float)dw[c] + sum);
+    dw[c] += sum;
 }
 
 // ----------------------------------------------------------------------------
@@ -103,7 +104,7 @@ inline long rmsnorm_backward_scratch_floats(int C) { return (long)RMSNORM_BACKWA
 
 // Both backward launchers: the kernel, then the dweight reduction over its blocks. The grid depends
 // only on N, so two runs on the same inputs add the same partials in the same order.
-inline void launch_rmsnorm_backward(floatX* dinp, floatX* dscaled, floatX* dw, float* scratch, const floatX* dout,
+inline void launch_rmsnorm_backward(floatX* dinp, floatX* dscaled, float* dw, float* scratch, const floatX* dout,
                                     const floatX* inp, const floatX* w, const float* rstd, float s, bool accumulate,
                                     int N, int C, cudaStream_t stream) {
     const int block = 256;
@@ -115,17 +116,17 @@ inline void launch_rmsnorm_backward(floatX* dinp, floatX* dscaled, floatX* dw, f
     cudaCheck(cudaGetLastError());
 }
 
-// dinp = rmsnorm_backward(dout) + (accumulate ? dinp : 0),  dw += dweight.  accumulate is Pre-LN's
+// dinp = rmsnorm_backward(dout) + (accumulate ? dinp : 0),  dw (fp32) += dweight.  accumulate is Pre-LN's
 // dh = dh_residual + norm backward; without it, the final norm's backward (dinp needs no zeroing).
 // scratch: rmsnorm_backward_scratch_floats(C) floats.
-inline void rmsnorm_backward(floatX* dinp, floatX* dw, float* scratch, const floatX* dout, const floatX* inp,
+inline void rmsnorm_backward(floatX* dinp, float* dw, float* scratch, const floatX* dout, const floatX* inp,
                              const floatX* w, const float* rstd, bool accumulate, int N, int C, cudaStream_t stream) {
     launch_rmsnorm_backward(dinp, nullptr, dw, scratch, dout, inp, w, rstd, 1.0f, accumulate, N, C, stream);
 }
 
 // Post-LN, the backward of out = rmsnorm(sum), sum = s * x + f: writes df = dsum and dx = s * dsum,
-// dw += dweight. With s = 1 the caller may pass dx == df (one buffer holding dsum).
-inline void residual_rmsnorm_backward(floatX* dx, floatX* df, floatX* dw, float* scratch, const floatX* dout,
+// dw (fp32) += dweight. With s = 1 the caller may pass dx == df (one buffer holding dsum).
+inline void residual_rmsnorm_backward(floatX* dx, floatX* df, float* dw, float* scratch, const floatX* dout,
                                       const floatX* sum, const floatX* w, const float* rstd, float s, int N, int C,
                                       cudaStream_t stream) {
     launch_rmsnorm_backward(df, dx, dw, scratch, dout, sum, w, rstd, s, false, N, C, stream);

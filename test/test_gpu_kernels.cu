@@ -49,21 +49,22 @@ TEST_CASE("embedding forward gathers scaled rows") {
 }
 
 TEST_CASE("embedding backward adds scaled rows into each token's row") {
-    // STORE_TOL: each dwte element is one fp32 sum of at most N = 257 terms, added and stored once.
-    // Small vocabularies make tokens repeat; rows of absent tokens must stay as they were.
+    // FP32_TOL: each dwte element (fp32 in both builds) is one fp32 sum of at most N = 257 terms, added
+    // once. Small vocabularies make tokens repeat; rows of absent tokens must stay as they were.
     Rng rng(102);
     struct Size { int N, C, V; };
     for (const Size& s : {Size{21, 12, 5}, Size{21, 768, 1000}, Size{257, 1000, 50}}) {
         INFO("N=" << s.N << " C=" << s.C << " V=" << s.V);
         const float scale = std::sqrt((float)s.C);
-        const std::vector<float> dwte = random_floatX((size_t)s.V * s.C, rng), dout = random_floatX((size_t)s.N * s.C, rng);
+        const std::vector<float> dwte = random_fp32((size_t)s.V * s.C, rng), dout = random_floatX((size_t)s.N * s.C, rng);
         const std::vector<int> tokens = random_tokens(s.N, rng, s.V);
-        DeviceBuffer<floatX> d_dwte(dwte), d_dout(dout);
+        DeviceBuffer<float> d_dwte(dwte);
+        DeviceBuffer<floatX> d_dout(dout);
         DeviceBuffer<int> d_workspace(embedding_backward_workspace_ints(s.N));
         embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, s.N, s.C, scale, STREAM);
         std::vector<double> ref = to_double(dwte);
         embedding_backward(ref.data(), to_double(dout).data(), tokens.data(), s.N, s.C, (double)scale);
-        CHECK(relative_error(d_dwte.download(), ref) <= STORE_TOL);
+        CHECK(relative_error(d_dwte.download(), ref) <= FP32_TOL);
     }
 }
 
@@ -71,12 +72,13 @@ TEST_CASE("embedding backward is deterministic") {
     // 4096 positions over 64 tokens: each row sums ~64 positions, where atomics would vary the order.
     Rng rng(103);
     const int N = 4096, C = 768, V = 64;
-    const std::vector<float> dwte = random_floatX((size_t)V * C, rng), dout = random_floatX((size_t)N * C, rng);
+    const std::vector<float> dwte = random_fp32((size_t)V * C, rng), dout = random_floatX((size_t)N * C, rng);
     const std::vector<int> tokens = random_tokens(N, rng, V);
-    DeviceBuffer<floatX> d_dwte(dwte), d_dout(dout);
+    DeviceBuffer<float> d_dwte(dwte);
+    DeviceBuffer<floatX> d_dout(dout);
     DeviceBuffer<int> d_workspace(embedding_backward_workspace_ints(N));
     embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, N, C, 1.0f, STREAM);
-    const std::vector<floatX> first = d_dwte.raw();
+    const std::vector<float> first = d_dwte.raw();
     d_dwte.upload(dwte);
     embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, N, C, 1.0f, STREAM);
     CHECK(bitwise_equal(first, d_dwte.raw()));
@@ -143,18 +145,18 @@ TEST_CASE("residual + rmsnorm forward for Pre-LN (s = 1) and Post-LN (s = 1.7, a
 }
 
 TEST_CASE("rmsnorm backward, writing (final norm) and accumulating (Pre-LN)") {
-    // dinp: STORE_TOL (a C-term fp32 dot product, a few products, one add and store). dw: STORE_TOL (an
-    // fp32 sum over at most 257 rows in two stages, added and stored).
+    // dinp: STORE_TOL (a C-term fp32 dot product, a few products, one add and store). dw (fp32 in both
+    // builds): FP32_TOL (an fp32 sum over at most 257 rows in two stages, added).
     Rng rng(203);
     for (const bool accumulate : {false, true}) {
         for (const NormSize& s : NORM_SIZES) {
             INFO("N=" << s.N << " C=" << s.C << " accumulate=" << accumulate);
             const long NC = (long)s.N * s.C;
             const std::vector<float> inp = random_floatX(NC, rng, 3.0), w = random_floatX(s.C, rng);
-            const std::vector<float> dout = random_floatX(NC, rng), dinp = random_floatX(NC, rng), dw = random_floatX(s.C, rng);
+            const std::vector<float> dout = random_floatX(NC, rng), dinp = random_floatX(NC, rng), dw = random_fp32(s.C, rng);
             const std::vector<float> rstd = reference_rstd(inp, w, s.N, s.C);
-            DeviceBuffer<floatX> d_inp(inp), d_w(w), d_dout(dout), d_dinp(dinp), d_dw(dw);
-            DeviceBuffer<float> d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
+            DeviceBuffer<floatX> d_inp(inp), d_w(w), d_dout(dout), d_dinp(dinp);
+            DeviceBuffer<float> d_dw(dw), d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
             if (!accumulate) d_dinp.poison();
             d_scratch.poison();
             rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, accumulate,
@@ -163,13 +165,14 @@ TEST_CASE("rmsnorm backward, writing (final norm) and accumulating (Pre-LN)") {
             rmsnorm_backward(dinp_ref.data(), dw_ref.data(), to_double(dout).data(), to_double(inp).data(),
                              to_double(w).data(), to_double(rstd).data(), s.N, s.C);
             CHECK(relative_error(d_dinp.download(), dinp_ref) <= STORE_TOL);
-            CHECK(relative_error(d_dw.download(), dw_ref) <= STORE_TOL);
+            CHECK(relative_error(d_dw.download(), dw_ref) <= FP32_TOL);
         }
     }
 }
 
 TEST_CASE("residual rmsnorm backward for Post-LN writes df = dsum and dx = s * dsum") {
-    // STORE_TOL for dx, df, dw as in the plain backward (dx is s times the fp32 dsum, stored once).
+    // STORE_TOL for dx, df and FP32_TOL for dw, as in the plain backward (dx is s times the fp32 dsum,
+    // stored once).
     // s = 1 also checks the single-buffer use, dx == df.
     Rng rng(204);
     for (const float s_res : {1.0f, 1.7f}) {
@@ -177,10 +180,10 @@ TEST_CASE("residual rmsnorm backward for Post-LN writes df = dsum and dx = s * d
             INFO("N=" << s.N << " C=" << s.C << " s=" << s_res);
             const long NC = (long)s.N * s.C;
             const std::vector<float> sum = random_floatX(NC, rng, 3.0), w = random_floatX(s.C, rng);
-            const std::vector<float> dout = random_floatX(NC, rng), dw = random_floatX(s.C, rng);
+            const std::vector<float> dout = random_floatX(NC, rng), dw = random_fp32(s.C, rng);
             const std::vector<float> rstd = reference_rstd(sum, w, s.N, s.C);
-            DeviceBuffer<floatX> d_sum(sum), d_w(w), d_dout(dout), d_dx(NC), d_df(NC), d_dw(dw);
-            DeviceBuffer<float> d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
+            DeviceBuffer<floatX> d_sum(sum), d_w(w), d_dout(dout), d_dx(NC), d_df(NC);
+            DeviceBuffer<float> d_dw(dw), d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
             d_dx.poison();
             d_df.poison();
             floatX* dx = s_res == 1.0f ? d_df.ptr : d_dx.ptr;
@@ -192,7 +195,7 @@ TEST_CASE("residual rmsnorm backward for Post-LN writes df = dsum and dx = s * d
             residual_backward(dx_ref.data(), df_ref.data(), dsum.data(), NC, (double)s_res);
             CHECK(relative_error(d_df.download(), df_ref) <= STORE_TOL);
             if (s_res != 1.0f) CHECK(relative_error(d_dx.download(), dx_ref) <= STORE_TOL);
-            CHECK(relative_error(d_dw.download(), dw_ref) <= STORE_TOL);
+            CHECK(relative_error(d_dw.download(), dw_ref) <= FP32_TOL);
         }
     }
 }
@@ -202,11 +205,11 @@ TEST_CASE("rmsnorm backward dweight is deterministic") {
     Rng rng(205);
     const int N = 4096, C = 768;
     const std::vector<float> inp = random_floatX((size_t)N * C, rng, 3.0), w = random_floatX(C, rng);
-    const std::vector<float> dout = random_floatX((size_t)N * C, rng), dw = random_floatX(C, rng);
-    DeviceBuffer<floatX> d_inp(inp), d_w(w), d_dout(dout), d_dinp((size_t)N * C), d_dw(dw);
-    DeviceBuffer<float> d_rstd(reference_rstd(inp, w, N, C)), d_scratch(rmsnorm_backward_scratch_floats(C));
+    const std::vector<float> dout = random_floatX((size_t)N * C, rng), dw = random_fp32(C, rng);
+    DeviceBuffer<floatX> d_inp(inp), d_w(w), d_dout(dout), d_dinp((size_t)N * C);
+    DeviceBuffer<float> d_dw(dw), d_rstd(reference_rstd(inp, w, N, C)), d_scratch(rmsnorm_backward_scratch_floats(C));
     rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, false, N, C, STREAM);
-    const std::vector<floatX> first = d_dw.raw();
+    const std::vector<float> first = d_dw.raw();
     d_dw.upload(dw);
     rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, false, N, C, STREAM);
     CHECK(bitwise_equal(first, d_dw.raw()));
@@ -376,8 +379,8 @@ TEST_CASE("adamw steps match the reference, on master weights in BF16 mode and i
         std::vector<double> p_ref = to_double(weights), m_ref = to_double(m), v_ref = to_double(v);
         for (int t = 1; t <= 3; t++) {
             INFO("step " << t);
-            const std::vector<float> grads = random_floatX(n, rng, 1e-2);
-            DeviceBuffer<floatX> d_grads(grads);
+            const std::vector<float> grads = random_fp32(n, rng, 1e-2);
+            DeviceBuffer<float> d_grads(grads);
             if (master) d_params.poison();  // written from the master weights; in FP32 mode they are the input
             adamw_update(d_params.ptr, master, d_grads.ptr, d_m.ptr, d_v.ptr, n, t, lr, beta1, beta2, eps, weight_decay,
                          grad_scale, STREAM);
@@ -397,9 +400,8 @@ TEST_CASE("global gradient norm matches the reference") {
     Rng rng(602);
     for (const long n : {1L, 1000L, 1000003L, 3L * GRAD_NORM_BLOCKS * 512 + 7}) {
         INFO("n=" << n);
-        const std::vector<float> grads = random_floatX(n, rng, 1e-2);
-        DeviceBuffer<floatX> d_grads(grads);
-        DeviceBuffer<float> d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
+        const std::vector<float> grads = random_fp32(n, rng, 1e-2);
+        DeviceBuffer<float> d_grads(grads), d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
         d_norm.poison();
         d_scratch.poison();
         global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
@@ -411,8 +413,7 @@ TEST_CASE("global gradient norm matches the reference") {
 TEST_CASE("global gradient norm is deterministic") {
     Rng rng(603);
     const long n = 5000003;
-    DeviceBuffer<floatX> d_grads(random_floatX(n, rng));
-    DeviceBuffer<float> d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
+    DeviceBuffer<float> d_grads(random_fp32(n, rng)), d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
     global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
     const std::vector<float> first = d_norm.raw();
     d_norm.poison();
@@ -429,11 +430,12 @@ struct MatmulSize { int N, C, OC, offset; };
 static const MatmulSize MATMUL_SIZES[] = {{21, 12, 12, 0}, {21, 768, 1000, 0}, {21, 1000, 768, 0},
                                           {257, 768, 2048, 0}, {21, 12, 12, 1}, {21, 1000, 768, 1}};
 
-// A device matrix at `offset` elements into its buffer.
+// A device matrix of T (floatX, or fp32 for weight gradients) at `offset` elements into its buffer.
+template <typename T = floatX>
 struct OffsetMatrix {
     int offset;
-    DeviceBuffer<floatX> buffer;
-    floatX* ptr;
+    DeviceBuffer<T> buffer;
+    T* ptr;
     OffsetMatrix(const std::vector<float>& values, int offset_)
         : offset(offset_), buffer(values.size() + offset_), ptr(buffer.ptr + offset_) {
         std::vector<float> padded(offset, 0.0f);
@@ -453,7 +455,7 @@ TEST_CASE("matmul forward: out = inp W^T") {
     for (const MatmulSize& s : MATMUL_SIZES) {
         INFO("N=" << s.N << " C=" << s.C << " OC=" << s.OC << " offset=" << s.offset);
         const std::vector<float> inp = random_floatX((size_t)s.N * s.C, rng), W = random_floatX((size_t)s.OC * s.C, rng);
-        OffsetMatrix d_inp(inp, s.offset), d_W(W, s.offset), d_out(std::vector<float>((size_t)s.N * s.OC), s.offset);
+        OffsetMatrix<> d_inp(inp, s.offset), d_W(W, s.offset), d_out(std::vector<float>((size_t)s.N * s.OC), s.offset);
         d_out.buffer.poison();
         matmul_forward(d_out.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM);
         std::vector<double> out((size_t)s.N * s.OC);
@@ -463,23 +465,50 @@ TEST_CASE("matmul forward: out = inp W^T") {
     matmul_teardown();
 }
 
+// dW is fp32 in both builds: the tensor cores' fp32 accumulation (MATMUL_TOL without the rounding of
+// the output to bf16), or true fp32 in FP32 mode.
+constexpr double MATMUL_FP32_OUT_TOL = FLOATX_IS_FP32 ? FP32_TOL : 2e-4 + FP32_TOL;
+
 TEST_CASE("matmul backward accumulates dinp += dout W and dW += dout^T inp") {
-    // MATMUL_TOL; dinp and dW start from random values that the products are added to (beta = 1).
+    // MATMUL_TOL for dinp, MATMUL_FP32_OUT_TOL for the fp32 dW; both start from random values that the
+    // products are added to (beta = 1).
     Rng rng(702);
     matmul_setup();
     for (const MatmulSize& s : MATMUL_SIZES) {
         INFO("N=" << s.N << " C=" << s.C << " OC=" << s.OC << " offset=" << s.offset);
         const std::vector<float> inp = random_floatX((size_t)s.N * s.C, rng), W = random_floatX((size_t)s.OC * s.C, rng);
         const std::vector<float> dout = random_floatX((size_t)s.N * s.OC, rng);
-        const std::vector<float> dinp = random_floatX((size_t)s.N * s.C, rng), dW = random_floatX((size_t)s.OC * s.C, rng);
-        OffsetMatrix d_inp(inp, s.offset), d_W(W, s.offset), d_dout(dout, s.offset), d_dinp(dinp, s.offset),
-            d_dW(dW, s.offset);
+        const std::vector<float> dinp = random_floatX((size_t)s.N * s.C, rng), dW = random_fp32((size_t)s.OC * s.C, rng);
+        OffsetMatrix<> d_inp(inp, s.offset), d_W(W, s.offset), d_dout(dout, s.offset), d_dinp(dinp, s.offset);
+        OffsetMatrix<float> d_dW(dW, s.offset);
         matmul_backward(d_dinp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM);
         std::vector<double> dinp_ref = to_double(dinp), dW_ref = to_double(dW);
         matmul_backward(dinp_ref.data(), dW_ref.data(), to_double(dout).data(), to_double(inp).data(),
                         to_double(W).data(), s.N, s.C, s.OC);
         CHECK(relative_error(d_dinp.download(), dinp_ref) <= MATMUL_TOL);
-        CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_TOL);
+        CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_FP32_OUT_TOL);
     }
+    matmul_teardown();
+}
+
+TEST_CASE("matmul backward sums dW over 32 micro-batches in fp32") {
+    // A training step's weight gradient: 32 products added into one fp32 dW through beta = 1. The sum
+    // stays within MATMUL_FP32_OUT_TOL of the double reference; summing in bf16 (rounding after each
+    // add) would miss it by ~20x (test_reference_kernels' "gradient accumulation" emulation: ~0.4% L2).
+    Rng rng(703);
+    matmul_setup();
+    const int N = 64, C = 256, OC = 384, MICRO_BATCHES = 32;
+    DeviceBuffer<float> d_dW(std::vector<float>((size_t)OC * C, 0.0f));
+    DeviceBuffer<floatX> d_dinp(std::vector<float>((size_t)N * C, 0.0f));
+    std::vector<double> dW_ref((size_t)OC * C, 0.0), dinp_ref((size_t)N * C, 0.0);
+    for (int micro = 0; micro < MICRO_BATCHES; micro++) {
+        const std::vector<float> inp = random_floatX((size_t)N * C, rng), W = random_floatX((size_t)OC * C, rng);
+        const std::vector<float> dout = random_floatX((size_t)N * OC, rng);
+        DeviceBuffer<floatX> d_inp(inp), d_W(W), d_dout(dout);
+        matmul_backward(d_dinp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, N, C, OC, STREAM);
+        matmul_backward(dinp_ref.data(), dW_ref.data(), to_double(dout).data(), to_double(inp).data(),
+                        to_double(W).data(), N, C, OC);
+    }
+    CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_FP32_OUT_TOL);
     matmul_teardown();
 }
