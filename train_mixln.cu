@@ -15,11 +15,13 @@
 // test/test_gpu_trainer.cu includes this file with TESTING defined (no main) and checks it against
 // the CPU reference model.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 #include <nccl.h>
 #include "core/rendezvous.h"
@@ -59,13 +61,6 @@ void to_device(T* dst, const T* src, size_t count, cudaStream_t stream) {
     cudaCheck(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyHostToDevice, stream));
 }
 
-// Waits for the stream's work so far, then copies.
-template <typename T>
-void to_host(T* dst, const T* src, size_t count, cudaStream_t stream) {
-    cudaCheck(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, stream));
-    cudaCheck(cudaStreamSynchronize(stream));
-}
-
 // Dense bf16 tensor-core peak of the GPUs known by name (cudaDeviceProp::name), in FLOP/s, for MFU;
 // 0 for any other GPU.
 inline double peak_bf16_flops(const std::string& name) {
@@ -95,6 +90,40 @@ inline void nccl_check(ncclResult_t result, const char* file, int line) {
     exit(EXIT_FAILURE);
 }
 #define ncclCheck(call) nccl_check((call), __FILE__, __LINE__)
+
+// Waits for the stream's work so far. With a communicator open that work may include collectives,
+// which wait for the other ranks: a rank that died leaves them waiting forever, so instead of blocking
+// in cudaStreamSynchronize this polls the stream and NCCL's asynchronous error (which NCCL sets when
+// a connection to a peer breaks, or a collective times out), and on an error exits with a message
+// naming it (the exit handler then aborts the communicator, which ends its kernels).
+inline void wait_for_stream(cudaStream_t stream) {
+    if (!g_open_comm) {
+        cudaCheck(cudaStreamSynchronize(stream));
+        return;
+    }
+    for (;;) {
+        const cudaError_t state = cudaStreamQuery(stream);
+        if (state == cudaSuccess) return;
+        if (state != cudaErrorNotReady) cudaCheck(state);
+        ncclResult_t async_error = ncclSuccess;
+        ncclCheck(ncclCommGetAsyncError(g_open_comm, &async_error));
+        if (async_error != ncclSuccess && async_error != ncclInProgress) {
+            fprintf(stderr, "rank %d: NCCL error while waiting for the other ranks: %s (%s)\n", g_rank,
+                    ncclGetErrorString(async_error), ncclGetLastError(g_open_comm));
+            exit(EXIT_FAILURE);
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+}
+
+// Waits for the stream's work so far (polling, as above), then copies: a copy into pageable host
+// memory would itself block until the stream's earlier work is done.
+template <typename T>
+void to_host(T* dst, const T* src, size_t count, cudaStream_t stream) {
+    wait_for_stream(stream);
+    cudaCheck(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, stream));
+    cudaCheck(cudaStreamSynchronize(stream));
+}
 
 // main's exit handler: whatever ends the process while a communicator is open (cudaCheck or ncclCheck
 // exiting, an error reaching main) aborts it, so that this rank stops at once instead of hanging in
@@ -597,7 +626,7 @@ struct GpuModel {
         if (shard.shard_size == (long)layout.total) return;  // one slice: all of them
         if (dp.rank != 0) {
             ncclCheck(ncclSend(master, shard.shard_size, ncclFloat, 0, dp.comm, stream));
-            cudaCheck(cudaStreamSynchronize(stream));
+            wait_for_stream(stream);
             return;
         }
         float* received = device_alloc<float>(shard.shard_size, "a slice of the master weights, to save them");
