@@ -117,6 +117,9 @@ $(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh $(CUDA_HEADERS) $(HEADERS)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
 
-# `make test` builds and runs the GPU tests too where nvcc exists.
+# `make test` builds and runs the GPU tests too where nvcc exists, and checks that their runner skips
+# only where no NVIDIA driver is installed (test/test_gpu_runner.sh).
 GPU_TESTS := $(if $(NVCC_FOUND),$(CUDA_BUILD)/test_gpu_kernels $(CUDA_BUILD)/test_gpu_trainer)
 test: $(GPU_TESTS)
+test: GPU_TESTS += $(if $(NVCC_FOUND),test/test_gpu_runner.sh)
+test: export GPU_RUNNER := $(CUDA_BUILD)/test_gpu_kernels
