@@ -579,9 +579,13 @@ __global__ void dq_convert_kernel(floatX* dq, const float* dq_accum, long N, int
 // ----------------------------------------------------------------------------
 // Launchers
 
-template <typename Kernel>
-void allow_smem(Kernel kernel, int bytes) {
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+// On a kernel's first launch only (the bytes are a constant of its instantiation), so that the timed
+// launches do not repeat it.
+template <auto Kernel>
+void allow_smem(int bytes) {
+    static const bool done =
+        (cudaCheck(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)), true);
+    (void)done;
 }
 
 inline void check_shape(int T, int C, int NH) {
@@ -591,7 +595,7 @@ inline void check_shape(int T, int C, int NH) {
 
 template <int HD>
 void forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride, int B, int T, int C, int NH) {
-    allow_smem(forward_kernel<HD>, forward_smem_bytes<HD>());
+    allow_smem<forward_kernel<HD>>(forward_smem_bytes<HD>());
     forward_kernel<HD><<<dim3(B * NH, T / FWD_BM), FWD_THREADS, forward_smem_bytes<HD>()>>>(out, lse, q, k, v, stride, T, C, NH);
     cudaCheck(cudaGetLastError());
 }
@@ -607,17 +611,17 @@ void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, float* dq_accum,
     cudaCheck(cudaGetLastError());
     const dim3 grid_kv(B * NH, T / BWD_BN);
     if (!dq_accum) {
-        allow_smem(dkdv_kernel<HD, false>, dkdv_smem_bytes<HD>(false));
+        allow_smem<dkdv_kernel<HD, false>>(dkdv_smem_bytes<HD>(false));
         dkdv_kernel<HD, false><<<grid_kv, BWD_THREADS, dkdv_smem_bytes<HD>(false)>>>(dk, dv, nullptr, dout, lse, delta, q, k,
                                                                                     v, stride, dstride, T, C, NH);
         cudaCheck(cudaGetLastError());
-        allow_smem(dq_kernel<HD>, dq_smem_bytes<HD>());
+        allow_smem<dq_kernel<HD>>(dq_smem_bytes<HD>());
         dq_kernel<HD><<<dim3(B * NH, T / DQ_BM), DQ_THREADS, dq_smem_bytes<HD>()>>>(dq, dout, lse, delta, q, k, v, stride,
                                                                                     dstride, T, C, NH);
         cudaCheck(cudaGetLastError());
     } else {
         cudaCheck(cudaMemsetAsync(dq_accum, 0, (size_t)B * T * C * sizeof(float)));
-        allow_smem(dkdv_kernel<HD, true>, dkdv_smem_bytes<HD>(true));
+        allow_smem<dkdv_kernel<HD, true>>(dkdv_smem_bytes<HD>(true));
         dkdv_kernel<HD, true><<<grid_kv, BWD_THREADS, dkdv_smem_bytes<HD>(true)>>>(dk, dv, dq_accum, dout, lse, delta, q, k,
                                                                                   v, stride, dstride, T, C, NH);
         cudaCheck(cudaGetLastError());

@@ -132,6 +132,7 @@ __global__ void __launch_bounds__(THREADS) attention_forward_kernel(floatX* out,
             const float correction = __expf(m_old - m_safe);
             const float tile_sum = warp_reduce_sum(local_sum);
             for (int c = lane; c < HD; c += 32) O[r * HD + c] *= correction;
+            __syncwarp();  // every lane has read row_max[r] (m_old) before lane 0 overwrites it
             if (lane == 0) { row_max[r] = m_new; row_sum[r] = row_sum[r] * correction + tile_sum; }
         }
         __syncthreads();
@@ -290,16 +291,21 @@ __global__ void __launch_bounds__(THREADS) attention_backward_dq_kernel(floatX* 
     }
 }
 
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+// Opts a kernel in to `bytes` of dynamic shared memory (above the default 48 KB) on its first launch
+// only: a static per kernel remembers it. The attribute stays set for the process, which uses one
+// device (each kernel's bytes are a constant of its instantiation).
+template <auto Kernel>
+void allow_smem(size_t bytes) {
+    static const bool done =
+        (cudaCheck(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes)), true);
+    (void)done;
 }
 
 template <int HD>
 void forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride, int B, int T,
              int C, int NH, cudaStream_t stream) {
     const size_t smem = forward_smem_bytes<HD>();
-    allow_smem(attention_forward_kernel<HD>, smem);
+    allow_smem<attention_forward_kernel<HD>>(smem);
     const dim3 grid((unsigned)ceil_div(T, TILE), B * NH);
     attention_forward_kernel<HD><<<grid, THREADS, smem, stream>>>(out, lse, q, k, v, stride, T, C, NH);
     cudaCheck(cudaGetLastError());
@@ -312,8 +318,8 @@ void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* do
     attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, WARPS), THREADS, 0, stream>>>(delta, out, dout, B, T, C, NH);
     cudaCheck(cudaGetLastError());
     const size_t smem = backward_smem_bytes<HD>();
-    allow_smem(attention_backward_dkdv_kernel<HD>, smem);
-    allow_smem(attention_backward_dq_kernel<HD>, smem);
+    allow_smem<attention_backward_dkdv_kernel<HD>>(smem);
+    allow_smem<attention_backward_dq_kernel<HD>>(smem);
     const dim3 grid((unsigned)ceil_div(T, TILE), B * NH);
     attention_backward_dkdv_kernel<HD><<<grid, THREADS, smem, stream>>>(dk, dv, dout, lse, delta, q, k, v, stride, dstride, T, C, NH);
     cudaCheck(cudaGetLastError());
