@@ -46,7 +46,7 @@ TEST_CASE("the rank and world size come from torchrun, mpirun or Slurm variables
     clear_launcher_env();
 }
 
-TEST_CASE("ZeRO-1 shards cover every parameter exactly once, for world sizes 1-8") {
+TEST_CASE("ZeRO-1 shards cover every parameter exactly once, for world sizes 1-8, in 16-byte aligned slices") {
     for (long n : {1L, 7L, 64L, 1000L, 1001L, 123457L}) {
         for (int world = 1; world <= 8; world++) {
             INFO("n=" << n << " world=" << world);
@@ -58,7 +58,10 @@ TEST_CASE("ZeRO-1 shards cover every parameter exactly once, for world sizes 1-8
                 CHECK(s.end - s.begin <= s.shard_size);
                 CHECK(s.padded_total == s.shard_size * world);
                 CHECK(s.padded_total >= n);
-                CHECK(s.padded_total - n < world);
+                // Padding: less than one aligned block per rank (none on one rank).
+                CHECK(s.padded_total - n < (world == 1 ? 1 : world * ZERO_SHARD_ALIGN));
+                // Each slice of a flat bf16 buffer (2 bytes per element) starts on a 16-byte boundary.
+                CHECK(r * s.shard_size * 2 % 16 == 0);
                 covered += s.end - s.begin;
                 expected_begin = s.end;
             }
