@@ -13,7 +13,7 @@ CATCH_LIBS := $(shell test -e /usr/include/catch2/catch_all.hpp && echo -lCatch2
 HEADERS := $(wildcard core/*.h kernels/cpu/*.h tokenizer/*.h dataloader.h)
 TEST_HEADERS := $(wildcard test/*.h)
 
-.PHONY: all test clean demo
+.PHONY: all test clean demo gpu-check-build gpu-check
 all: train_mixln_cpu analyze_mixln_cpu
 
 train_mixln_cpu: train_mixln_cpu.cpp $(HEADERS)
@@ -123,3 +123,27 @@ GPU_TESTS := $(if $(NVCC_FOUND),$(CUDA_BUILD)/test_gpu_kernels $(CUDA_BUILD)/tes
 test: $(GPU_TESTS)
 test: GPU_TESTS += $(if $(NVCC_FOUND),test/test_gpu_runner.sh)
 test: export GPU_RUNNER := $(CUDA_BUILD)/test_gpu_kernels
+
+# ----------------------------------------------------------------------------------------------------
+# The first minutes on a GPU (README "First run on a GPU"). `make gpu-check-build`, on any machine with
+# nvcc, builds what a GPU run needs and copies it into build/gpu_check (about 22 MB, to carry to the GPU
+# machine with the source): both precisions' GPU tests (Catch2 compiled in, so they run wherever the
+# CUDA libraries are, whatever Catch2 that machine has), train_mixln, the dev/ benchmarks, two random
+# shards. `make gpu-check` runs dev/gpu_check.sh on them and builds nothing, so copied timestamps or
+# another Catch2 there cannot start a rebuild. GPU_CHECK_OUT: the report's directory (default $OUT, else
+# build/gpu_check_report). Without a GPU it says so and succeeds (CI runs it).
+GPU_CHECK := $(BUILD)/gpu_check
+gpu-check-build:
+	$(MAKE) PRECISION=BF16 $(BUILD)/test_gpu_kernels $(BUILD)/test_gpu_trainer $(BUILD)/train_mixln dev
+	$(MAKE) PRECISION=FP32 $(BUILD)/fp32/test_gpu_kernels $(BUILD)/fp32/test_gpu_trainer
+	rm -rf $(GPU_CHECK)
+	mkdir -p $(GPU_CHECK)/bf16/dev $(GPU_CHECK)/fp32
+	cp $(BUILD)/test_gpu_kernels $(BUILD)/test_gpu_trainer $(BUILD)/train_mixln $(GPU_CHECK)/bf16/
+	cp $(addprefix $(BUILD)/dev/,$(DEV_BENCHMARKS)) $(GPU_CHECK)/bf16/dev/
+	cp $(BUILD)/fp32/test_gpu_kernels $(BUILD)/fp32/test_gpu_trainer $(GPU_CHECK)/fp32/
+	python3 scripts/make_random_shard.py --out $(GPU_CHECK)/random.bin --tokens 524289 --vocab-size 32000
+	python3 scripts/make_random_shard.py --out $(GPU_CHECK)/random_small.bin --tokens 300000 --vocab-size 256
+	@du -sh $(GPU_CHECK)
+
+gpu-check:
+	dev/gpu_check.sh $(GPU_CHECK_OUT)

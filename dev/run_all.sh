@@ -6,6 +6,8 @@
 #   dev/run_all.sh [KERNEL ...]       default: all of rmsnorm swiglu rope classifier adamw embedding attention
 #   PRECISION=FP32 dev/run_all.sh     the fp32 builds (build/fp32/dev) instead of bf16 (build/dev)
 #   DEV_REPEATS=N dev/run_all.sh      timed runs per measurement (median; default 50)
+#   DEV_BIN_DIR=DIR dev/run_all.sh    run the benchmarks already built in DIR (as make gpu-check-build
+#                                     leaves them), without make
 #
 # Progress and every benchmark's full output go to stderr and to <build dir>/run_all.log; the table goes
 # to stdout, so `dev/run_all.sh > table.md` keeps just the table. Exits non-zero if any run failed.
@@ -13,10 +15,11 @@ set -u
 cd "$(dirname "$0")/.."
 PRECISION=${PRECISION:-BF16}
 if [ "$PRECISION" = FP32 ]; then dir=build/fp32/dev; else dir=build/dev; fi
+dir=${DEV_BIN_DIR:-$dir}
 all=(rmsnorm swiglu rope classifier adamw embedding attention)
 if [ $# -gt 0 ]; then kernels=("$@"); else kernels=("${all[@]}"); fi
 
-make -j"$(nproc)" PRECISION="$PRECISION" dev >&2 || { echo "run_all: make dev failed" >&2; exit 1; }
+[ -n "${DEV_BIN_DIR:-}" ] || make -j"$(nproc)" PRECISION="$PRECISION" dev >&2 || { echo "run_all: make dev failed" >&2; exit 1; }
 mkdir -p "$dir"
 log=$dir/run_all.log
 : >"$log"
