@@ -38,7 +38,9 @@ with_peak_memory() {
     return $status
 }
 
-results=()
+# The table goes to stdout one row per preset as each is measured (a run cut short keeps the rows so
+# far); failures go to stderr.
+rows=0
 status=0  # 1 once a preset fails
 for preset in $presets; do
     b=$micro_batch
@@ -50,24 +52,28 @@ for preset in $presets; do
             break
         fi
         if grep -q "out of GPU memory" $log && [ $b -gt 1 ]; then
-            echo "$preset: out of GPU memory with -b $b, retrying with -b $((b / 2))"
+            echo "$preset: out of GPU memory with -b $b, retrying with -b $((b / 2))" >&2
             b=$((b / 2))
             continue
         fi
-        echo "$preset: train_mixln failed (-b $b), the end of $log:"
-        tail -n 5 $log
+        echo "$preset: train_mixln failed (-b $b), the end of $log:" >&2
+        tail -n 5 $log >&2
         status=1
         b=
         break
     done
     rm -rf $dir/out
     [ -n "$b" ] || continue
-    [ ${#results[@]} -gt 0 ] || grep -m 1 "^device:" $log
+    if [ $rows -eq 0 ]; then
+        grep -m 1 "^device:" $log
+        printf "\n%-6s %4s %4s %2s %12s %8s %10s %6s %10s\n" preset b t R "tokens/s" MFU "ms/step" steps "peak GiB"
+    fi
+    rows=$((rows + 1))
     # Step lines: "step 3/8 | loss ... | lr ... | norm ... | 123.4 ms | 1062000 tok/s | MFU 35.2% | ETA ...".
     # Over the steps after the first $skip: tokens/s from the mean time; MFU_i * ms_i is the same for
     # every step, so the mean time's MFU is sum(MFU_i * ms_i) / sum(ms_i).
     peak=$(cat $dir/peak_mib)
-    results+=("$(awk -F' [|] ' -v skip=$skip -v tokens=$tokens_per_step -v preset=$preset -v b=$b -v t=$seq_len -v r=$recompute -v peak="$peak" '
+    awk -F' [|] ' -v skip=$skip -v tokens=$tokens_per_step -v preset=$preset -v b=$b -v t=$seq_len -v r=$recompute -v peak="$peak" '
         /^step +[0-9]+\/[0-9]+ [|] loss/ {
             split($1, s, /[ \/]+/)
             if (s[2] <= skip) next
@@ -84,9 +90,6 @@ for preset in $presets; do
             mean = ms_sum / n
             printf "%-6s %4d %4d %2d %12.0f %8s %10.1f %6d %10s\n", preset, b, t, r, tokens / (mean / 1000),
                    no_mfu ? "-" : sprintf("%.1f%%", mfu_ms / ms_sum), mean, n, peak == "" ? "-" : sprintf("%.1f", peak / 1024)
-        }' $log)")
+        }' $log
 done
-
-printf "\n%-6s %4s %4s %2s %12s %8s %10s %6s %10s\n" preset b t R "tokens/s" MFU "ms/step" steps "peak GiB"
-for line in "${results[@]}"; do echo "$line"; done
 exit $status
