@@ -1,5 +1,5 @@
-// The paper's learning-rate schedule (Appendix A): linear warmup over the first 10% of the steps,
-// then cosine annealing down to 10% of the peak at the last step.
+// The paper's learning-rate schedule (Appendix A): linear warmup (the first 10% of the steps in the
+// paper's text; -u), then cosine annealing down to 10% of the peak at the last step.
 #pragma once
 #include <cmath>
 
@@ -20,7 +20,6 @@ struct LrSchedule {
     }
 };
 
-inline LrSchedule make_schedule(double peak_lr, int total_steps, double warmup_fraction, double final_ratio) {
-    int warmup = (int)std::floor(warmup_fraction * total_steps);
-    return LrSchedule{peak_lr, total_steps, warmup, final_ratio};
+inline LrSchedule make_schedule(double peak_lr, int total_steps, int warmup_steps, double final_ratio) {
+    return LrSchedule{peak_lr, total_steps, warmup_steps, final_ratio};
 }

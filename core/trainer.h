@@ -273,7 +273,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         if (o.grad_norm_interval > 0) grad_log.reset(new CsvLog(o.out_dir + "/grad_norms.csv", "step,layer,post_ln,attention,mlp,total", start_step));
     }
     std::vector<float> grads_host(o.grad_norm_interval > 0 ? layout.total : 0);
-    const LrSchedule schedule = make_schedule(o.lr, o.steps, o.warmup_fraction, o.final_lr_fraction);
+    const LrSchedule schedule = make_schedule(o.lr, o.steps, warmup_steps(o), o.final_lr_fraction);
     const double flops_per_step = flops_per_token(cfg, layout, T) * tokens_per_step;
 
     if (lead) {

@@ -231,7 +231,7 @@ struct StepRecord {
 // accumulate the micro-batches, sum them over the ranks, take the norm, clip, update.
 static void train_steps(TrainerBackend& backend, DataLoader& data, const TrainOptions& o, int first, int last,
                         StepRecord* record) {
-    const LrSchedule schedule = make_schedule(o.lr, o.steps, o.warmup_fraction, o.final_lr_fraction);
+    const LrSchedule schedule = make_schedule(o.lr, o.steps, warmup_steps(o), o.final_lr_fraction);
     const int accum_steps = (int)(o.total_batch / ((long)o.micro_batch * o.seq_len));
     std::vector<int> inputs((size_t)o.micro_batch * o.seq_len), targets(inputs.size());
     for (int step = first; step < last; step++) {
