@@ -60,7 +60,7 @@ static int analyze(const AnalysisRun& run) {
     const int B = o.micro_batch, T = o.seq_len, L = cfg.n_layer;
     make_directories(o.out_dir);
     printf("model: %d layers, %d Post-LN%s, %s; %d batches of %d x %d tokens\n", L, num_post_ln_layers(cfg),
-           cfg.norm == NormScheme::DeepNorm ? " (DeepNorm)" : "", ck ? ("weights of " + o.init_from).c_str() : "at initialization",
+           cfg.norm != NormScheme::MixLN ? (std::string(" (-n ") + norm_scheme_name((int)cfg.norm) + ")").c_str() : "", ck ? ("weights of " + o.init_from).c_str() : "at initialization",
            o.val_batches, B, T);
     std::vector<int> in((size_t)B * T), tgt((size_t)B * T);
 

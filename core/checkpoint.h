@@ -9,7 +9,8 @@
 //   slot 5  n_head                               slot 21  micro-batch B
 //   slot 6  d_model                              slot 22  sequence length T
 //   slot 7  d_ffn                                slot 23  total batch tokens
-//   slot 8  norm scheme (0 Mix-LN, 1 DeepNorm)   slot 24  world size
+//   slot 8  norm scheme (0 Mix-LN, 1 DeepNorm,   slot 24  world size
+//           2 the paper code's DeepNorm)
 //   slot 9  alpha (IEEE double bits)             slot 25  data seed
 //   slot 10 scaled_init   slot 11 scaled_embed   slot 26  optimizer shard files W (0: none)
 //   slot 12 rope_theta (double bits)             slots 27-63  0
@@ -124,6 +125,7 @@ inline Checkpoint load_checkpoint(const std::string& path) {
     if (fread(h, sizeof(h), 1, f) != 1) { fclose(f); throw fail("truncated header"); }
     if (memcmp(&h[0], "MIXLNCKP", 8) != 0) { fclose(f); throw fail("bad magic: not a mixln checkpoint"); }
     if (h[1] != CHECKPOINT_VERSION) { fclose(f); throw fail("unsupported version " + std::to_string(h[1])); }
+    if (!norm_scheme_name(h[8])) { fclose(f); throw fail("unknown norm scheme " + std::to_string(h[8]) + " in slot 8 (0, 1 or 2)"); }
     Checkpoint ck;
     ModelConfig& c = ck.cfg;
     c.vocab_size = (int)h[2]; c.max_seq_len = (int)h[3]; c.n_layer = (int)h[4]; c.n_head = (int)h[5];

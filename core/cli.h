@@ -55,7 +55,8 @@ inline const char* train_usage() {
         "  -V N       vocabulary size (default: the training shards' vocabulary)\n"
         "  -a ALPHA   Mix-LN: the first floor(ALPHA*L) layers are Post-LN, the rest Pre-LN\n"
         "             (0 = Pre-LN, 1 = Post-LN; default 0.25, the paper's choice)\n"
-        "  -n NORM    mixln (default) or deepnorm\n"
+        "  -n NORM    mixln (default), deepnorm (DeepNet's formula) or deepnorm_paper (the official\n"
+        "             Mix-LN code's: residual x sqrt(8), Xavier-normal init with gain (8L)^(1/4))\n"
         "  -S 0|1     scaled initialization of o/down projections (paper App. B; default 0)\n"
         "  -E 0|1     scaled embedding, x sqrt(d) (paper App. B; default 0)\n"
         "optimization\n"
@@ -196,10 +197,11 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'V': o.model.vocab_size = (int)parse_integer(flag, val, 2); break;
             case 'a': o.model.alpha = parse_in_range(flag, val, 0.0, 1.0); break;
             case 'n': {
-                const std::string n = val;
-                if (n == "mixln") o.model.norm = NormScheme::MixLN;
-                else if (n == "deepnorm") o.model.norm = NormScheme::DeepNorm;
-                else throw std::runtime_error("-n: unknown normalization '" + n + "' (mixln or deepnorm)");
+                int scheme = 0;
+                while (norm_scheme_name(scheme) && strcmp(norm_scheme_name(scheme), val) != 0) scheme++;
+                if (!norm_scheme_name(scheme))
+                    throw std::runtime_error(std::string("-n: unknown normalization '") + val + "' (mixln, deepnorm or deepnorm_paper)");
+                o.model.norm = (NormScheme)scheme;
                 break;
             }
             case 'S': o.model.scaled_init = parse_integer(flag, val, 0) != 0; break;

@@ -9,7 +9,14 @@
 enum class NormScheme : int {
     MixLN = 0,     // layers [0, floor(alpha*L)) Post-LN, the rest Pre-LN. alpha=0: Pre-LN, alpha=1: Post-LN
     DeepNorm = 1,  // every layer Post-LN, residual scaled by (2L)^(1/4), some weights init with gain (8L)^(-1/4)
+    DeepNormPaper = 2,  // the official Mix-LN code's DeepNorm: residual scaled by sqrt(8), Xavier-normal init
 };
+
+// The -n names, indexed by NormScheme (slot 8 of a checkpoint); null for an unknown value.
+inline const char* norm_scheme_name(long scheme) {
+    static const char* names[] = {"mixln", "deepnorm", "deepnorm_paper"};
+    return scheme >= 0 && scheme < 3 ? names[scheme] : nullptr;
+}
 
 struct ModelConfig {
     int vocab_size = 32000;
@@ -54,10 +61,10 @@ inline bool apply_model_preset(const char* name, ModelConfig* cfg) {
     return false;
 }
 
-// floor(alpha * L) Post-LN layers for Mix-LN (paper section 3); all L for DeepNorm. The 1e-9 guards
-// against alpha*L landing just below an integer in floating point (0.29 * 100 = 28.999999999999996).
+// floor(alpha * L) Post-LN layers for Mix-LN (paper section 3); all L for both DeepNorms. The 1e-9
+// guards against alpha*L landing just below an integer in floating point (0.29 * 100 = 28.999999999999996).
 inline int num_post_ln_layers(const ModelConfig& cfg) {
-    if (cfg.norm == NormScheme::DeepNorm) return cfg.n_layer;
+    if (cfg.norm != NormScheme::MixLN) return cfg.n_layer;
     return (int)std::floor(cfg.alpha * cfg.n_layer + 1e-9);
 }
 
@@ -68,8 +75,14 @@ inline bool layer_is_post_ln(const ModelConfig& cfg, int layer) {
 }
 
 // DeepNorm's residual weight: x_{l+1} = LN(residual_scale * x + F(x)); 1 for plain Post-LN and Pre-LN.
+// DeepNet's is (2L)^(1/4); the official Mix-LN code multiplies by sqrt(8) whatever L (DeepNet's value
+// for L = 32).
 inline double residual_scale(const ModelConfig& cfg) {
-    return cfg.norm == NormScheme::DeepNorm ? std::pow(2.0 * cfg.n_layer, 0.25) : 1.0;
+    switch (cfg.norm) {
+        case NormScheme::DeepNorm: return std::pow(2.0 * cfg.n_layer, 0.25);
+        case NormScheme::DeepNormPaper: return std::sqrt(8.0);
+        default: return 1.0;
+    }
 }
 
 inline double embedding_scale(const ModelConfig& cfg) {
@@ -135,6 +148,18 @@ inline double param_init_std(const ModelConfig& cfg, int t) {
         case NORM_A: case NORM_B: case NORM_F: return 0.0;
         case WTE: return std::sqrt(0.4);  // as the official Mix-LN code
         default: break;
+    }
+    if (cfg.norm == NormScheme::DeepNormPaper) {
+        // The official Mix-LN code's DeepNorm: torch.nn.init.xavier_normal_, std = gain *
+        // sqrt(2 / (fan_in + fan_out)), with gain (8L)^(+1/4) for v, o, gate, up and down (DeepNet's
+        // beta is (8L)^(-1/4)) and gain 1 for q and k. It takes precedence over -S, as there.
+        const double gain = std::pow(8.0 * L, 0.25), attn_fans = 2.0 * cfg.d_model, mlp_fans = (double)cfg.d_model + cfg.d_ffn;
+        switch (t) {
+            case WQ: case WK: return std::sqrt(2.0 / attn_fans);
+            case WV: case WO: return gain * std::sqrt(2.0 / attn_fans);
+            case WGATE: case WUP: case WDOWN: return gain * std::sqrt(2.0 / mlp_fans);
+            default: break;
+        }
     }
     double std = 0.02;
     if (cfg.scaled_init && (t == WO || t == WDOWN)) std /= std::sqrt(2.0 * L);

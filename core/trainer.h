@@ -279,7 +279,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     if (lead) {
         printf("%s\n", backend->description().c_str());
         printf("model: %d layers (%d Post-LN then %d Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
-               cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm == NormScheme::DeepNorm ? "; DeepNorm" : "",
+               cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm != NormScheme::MixLN ? (std::string("; -n ") + norm_scheme_name((int)cfg.norm)).c_str() : "",
                cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, layout.total / 1e6);
         printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps%s\n",
                train.shards().size(), train.total_tokens() / 1e6, tokens_per_step, B, T, accum_steps,

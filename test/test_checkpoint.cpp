@@ -185,3 +185,25 @@ TEST_CASE("a checkpoint missing a rank's optimizer shard is not offered for resu
     }
     CHECK(exists(checkpoint_path(dir, 30)));  // incomplete: neither listed nor pruned
 }
+
+TEST_CASE("the norm scheme round-trips in slot 8, the paper code's DeepNorm as 2; unknown values are refused") {
+    const std::string dir = temp_dir();
+    ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    const std::vector<float> p = filled(n, 7);
+    TrainState st;
+    for (NormScheme scheme : {NormScheme::MixLN, NormScheme::DeepNorm, NormScheme::DeepNormPaper}) {
+        cfg.norm = scheme;
+        save_checkpoint(dir + "/n.bin", cfg, st, p.data(), nullptr, nullptr, n);
+        std::ifstream in(dir + "/n.bin", std::ios::binary);
+        int64_t header[9];
+        in.read(reinterpret_cast<char*>(header), sizeof(header));
+        CHECK(header[8] == (int64_t)scheme);
+        CHECK(load_checkpoint(dir + "/n.bin").cfg.norm == scheme);
+    }
+    cfg.norm = (NormScheme)3;
+    save_checkpoint(dir + "/n.bin", cfg, st, p.data(), nullptr, nullptr, n);
+    std::string error = "(no error)";
+    try { load_checkpoint(dir + "/n.bin"); } catch (const std::exception& e) { error = e.what(); }
+    CHECK(error.find("unknown norm scheme 3 in slot 8") != std::string::npos);
+}

@@ -109,6 +109,7 @@ TEST_CASE("one forward and backward: loss, every gradient and the sampling logit
                                 {"Mix-LN (alpha 0.25)", NormScheme::MixLN, 0.25, false},
                                 {"Post-LN (alpha 1)", NormScheme::MixLN, 1.0, false},
                                 {"DeepNorm", NormScheme::DeepNorm, 0.0, false},
+                                {"DeepNorm as the paper's code", NormScheme::DeepNormPaper, 0.0, false},
                                 {"Mix-LN, scaled init and embedding", NormScheme::MixLN, 0.25, true}};
     for (const Variant& variant : variants) {
         for (const int T : {64, 40}) {

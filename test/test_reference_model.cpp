@@ -100,6 +100,9 @@ TEST_CASE("whole-model gradients match finite differences: Pre-LN (alpha 0)") { 
 TEST_CASE("whole-model gradients match finite differences: Mix-LN (alpha 0.5)") { check_model_gradients(tiny_config(0.5)); }
 TEST_CASE("whole-model gradients match finite differences: Post-LN (alpha 1)") { check_model_gradients(tiny_config(1.0)); }
 TEST_CASE("whole-model gradients match finite differences: DeepNorm") { check_model_gradients(tiny_config(0.0, NormScheme::DeepNorm)); }
+TEST_CASE("whole-model gradients match finite differences: the paper code's DeepNorm") {
+    check_model_gradients(tiny_config(0.0, NormScheme::DeepNormPaper));
+}
 TEST_CASE("whole-model gradients match finite differences: Mix-LN with scaled init and scaled embed") {
     ModelConfig cfg = tiny_config(0.5);
     cfg.scaled_init = cfg.scaled_embed = true;
@@ -142,4 +145,56 @@ TEST_CASE("the float model agrees with the double model") {
     double gmax = 0;
     for (double g : md.grads) gmax = std::fmax(gmax, std::fabs(g));
     for (long i = 0; i < md.layout.total; i++) CHECK(std::fabs(mf.grads[i] - md.grads[i]) <= 1e-4 * gmax);
+}
+
+// The official code's DeepNorm ("deeppost" in its modeling_llama.py): every layer Post-LN with the
+// residual times 2.8284271247461903, and torch.nn.init.xavier_normal_ with gain (8L)^(1/4) for v, o,
+// gate, up, down and gain 1 for q, k. The expected values are literals worked out for L = 6,
+// d = 128, f = 352: sqrt(2/256), 48^(1/4) sqrt(2/256), 48^(1/4) sqrt(2/480).
+TEST_CASE("the paper code's DeepNorm: initialization statistics and residual weight") {
+    ModelConfig cfg;
+    cfg.vocab_size = 50; cfg.n_layer = 6; cfg.d_model = 128; cfg.n_head = 4; cfg.d_ffn = 352;
+    cfg.norm = NormScheme::DeepNormPaper;
+    const ParamLayout layout = make_param_layout(cfg);
+    std::vector<float> p(layout.total);
+    init_parameters(p.data(), cfg, layout, 42);
+    struct Expect { int tensor; double std; };
+    const Expect expected[] = {{WQ, 0.08838834764831845}, {WK, 0.08838834764831845}, {WV, 0.2326512147755249},
+                               {WO, 0.2326512147755249},  {WGATE, 0.1699044244847122}, {WUP, 0.1699044244847122},
+                               {WDOWN, 0.1699044244847122}, {WTE, std::sqrt(0.4)}, {LM_HEAD, 0.02}};
+    for (const Expect& e : expected) {
+        INFO("tensor " << param_tensor_name(e.tensor));
+        const long n = layout.size[e.tensor];
+        double sum = 0, sum_sq = 0;
+        for (long i = 0; i < n; i++) { const double x = p[layout.offset[e.tensor] + i]; sum += x; sum_sq += x * x; }
+        const double mean = sum / n, std = std::sqrt(sum_sq / n - mean * mean);
+        // n >= 6400 samples: the sample std is within 1/sqrt(2n) <= 0.9% of the true one (1 sigma)
+        CHECK(std == Approx(e.std).epsilon(0.04));
+        CHECK(std::fabs(mean) < 5 * e.std / std::sqrt((double)n));
+    }
+    for (int t : {NORM_A, NORM_B, NORM_F})
+        for (long i = 0; i < layout.size[t]; i++) CHECK(p[layout.offset[t] + i] == 1.0f);
+    // The residual weight is sqrt(8) for any depth; DeepNet's formula stays (2L)^(1/4).
+    CHECK(residual_scale(cfg) == 2.8284271247461903);
+    cfg.n_layer = 24;
+    CHECK(residual_scale(cfg) == 2.8284271247461903);
+    CHECK(num_post_ln_layers(cfg) == 24);
+    cfg.norm = NormScheme::DeepNorm;
+    CHECK(residual_scale(cfg) == Approx(std::pow(48.0, 0.25)));
+    // and the model applies it: each Post-LN residual sum is sqrt(8) x + F(x)
+    ModelConfig tiny = tiny_config(0.0, NormScheme::DeepNormPaper);
+    CpuModel<double> model(tiny);
+    init_model(model, 3);
+    const int B = 2, T = 5, NC = B * T * tiny.d_model;
+    std::vector<int> tokens(B * T);
+    Rng rng(4);
+    for (int& t : tokens) t = (int)rng.below(tiny.vocab_size);
+    model.forward(tokens.data(), nullptr, B, T);
+    for (int l = 0; l < tiny.n_layer; l++) {
+        const auto& a = model.acts[l];
+        for (int i = 0; i < NC; i++) {
+            CHECK(a.norm_a_in[i] == Approx(std::sqrt(8.0) * a.x[i] + a.attn_out[i]).margin(1e-12));
+            CHECK(a.norm_b_in[i] == Approx(std::sqrt(8.0) * a.h[i] + a.mlp_out[i]).margin(1e-12));
+        }
+    }
 }
