@@ -39,6 +39,7 @@ static AnalysisRun parse_analysis_options(int argc, char** argv) {
     }
     run.o = parse_train_options((int)rest.size(), rest.data());
     reject_gpu_only_options(run.o);
+    if (run.o.val_tokens) throw std::runtime_error("-m: analyze_mixln_cpu counts batches; give -m N without a suffix");
     return run;
 }
 

@@ -6,11 +6,17 @@
 //         12   uint32   token_bytes: 2 (uint16 ids) or 4 (uint32 ids)
 //         16   uint64   token_count
 //         24   uint32   vocab_size of the tokenizer that wrote the shard (0 if unknown)
-//         28   uint32   reserved, 0
+//         28   uint32   row_tokens R: 0 for a packed shard, else a padded one (below)
 //         32   token_count ids of token_bytes each
 //
-// Samples: a shard of n tokens holds (n - 1) / T samples; sample j is tokens [j*T, j*T + T], whose
-// first T are the inputs and last T the next-token targets. Each step the loader takes world*B
+// Samples of a packed shard (documents back to back): a shard of n tokens holds (n - 1) / T samples;
+// sample j is tokens [j*T, j*T + T], whose first T are the inputs and last T the next-token targets.
+// A padded shard (the official Mix-LN code's protocol): rows of R = T tokens, each one document
+// truncated to R and right-padded with the all-ones id of the token width (0xFFFF, 0xFFFFFFFF), which
+// is no token (2-byte padded shards need a vocabulary below 65536); token_count is a multiple of R.
+// Sample j is row j: inputs its R ids (padding fed as id 0, which reaches no loss: attention is
+// causal), targets the row shifted by one with IGNORE_INDEX where the next id is padding or past the
+// row, so the loss leaves out the padding, as the official code's labels of -100 do. Each step the loader takes world*B
 // samples; rank r gets samples [r*B, (r+1)*B) of them. A shard's leftover samples (fewer than
 // world*B) are skipped. With shuffling, the shard order and each shard's sample order are
 // permutations drawn from (seed, epoch), so any position can be restored exactly.
@@ -24,6 +30,7 @@
 #include <string>
 #include <vector>
 #include "core/rng.h"
+#include "kernels/cpu/crossentropy.h"  // IGNORE_INDEX, the target of a padding position
 
 constexpr char SHARD_MAGIC[8] = {'M', 'I', 'X', 'L', 'N', 'T', 'O', 'K'};
 constexpr uint32_t SHARD_VERSION = 1;
@@ -34,7 +41,11 @@ struct ShardInfo {
     uint32_t token_bytes;
     uint64_t token_count;
     uint32_t vocab_size;
+    uint32_t row_tokens;  // 0: packed; else a padded shard of rows of this many tokens
 };
+
+// The stored id of padding in a padded shard: all ones in the token width.
+inline uint32_t shard_pad_id(uint32_t token_bytes) { return token_bytes == 2 ? 0xFFFFu : 0xFFFFFFFFu; }
 
 inline std::runtime_error shard_error(const std::string& path, const std::string& what) {
     return std::runtime_error("shard '" + path + "': " + what);
@@ -53,12 +64,12 @@ inline ShardInfo read_shard_header(const std::string& path) {
         throw shard_error(path, "truncated: only " + std::to_string(got) + " bytes, less than the 32-byte header");
     if (memcmp(h, SHARD_MAGIC, 8) != 0) throw shard_error(path, "bad magic: not a mixln token shard (expected \"MIXLNTOK\")");
     ShardInfo info;
-    uint32_t version, reserved;
+    uint32_t version;
     memcpy(&version, h + 8, 4);
     memcpy(&info.token_bytes, h + 12, 4);
     memcpy(&info.token_count, h + 16, 8);
     memcpy(&info.vocab_size, h + 24, 4);
-    memcpy(&reserved, h + 28, 4);
+    memcpy(&info.row_tokens, h + 28, 4);
     info.path = path;
     if (version != SHARD_VERSION) throw shard_error(path, "unsupported version " + std::to_string(version) + " (this build reads 1)");
     if (info.token_bytes != 2 && info.token_bytes != 4)
@@ -68,10 +79,14 @@ inline ShardInfo read_shard_header(const std::string& path) {
         throw shard_error(path, "size mismatch: the header promises " + std::to_string(info.token_count) + " tokens (" +
                                 std::to_string(expected) + " bytes) but the file has " + std::to_string(file_bytes) +
                                 " bytes" + ((uint64_t)file_bytes < expected ? " (truncated)" : ""));
+    if (info.row_tokens && info.token_count % info.row_tokens)
+        throw shard_error(path, "padded rows of " + std::to_string(info.row_tokens) + " tokens, but " +
+                                std::to_string(info.token_count) + " tokens are not a whole number of rows");
     return info;
 }
 
-// Reads all ids of a shard, checking each is below model_vocab.
+// Reads all ids of a shard, checking each is below model_vocab; in a padded shard, padding is -1 and
+// must come only at the end of a row.
 inline std::vector<int> read_shard_tokens(const ShardInfo& info, int model_vocab) {
     FILE* f = fopen(info.path.c_str(), "rb");
     if (!f) throw shard_error(info.path, std::string("cannot open: ") + strerror(errno));
@@ -84,6 +99,13 @@ inline std::vector<int> read_shard_tokens(const ShardInfo& info, int model_vocab
     for (uint64_t i = 0; i < info.token_count; i++) {
         uint32_t id = 0;
         memcpy(&id, raw.data() + i * info.token_bytes, info.token_bytes);
+        if (info.row_tokens && id == shard_pad_id(info.token_bytes)) {
+            tokens[i] = -1;
+            continue;
+        }
+        if (info.row_tokens && i % info.row_tokens && tokens[i - 1] == -1)
+            throw shard_error(info.path, "row " + std::to_string(i / info.row_tokens) + " has a token after its padding at position " +
+                                         std::to_string(i) + " (padding must end a row)");
         if (id >= (uint32_t)model_vocab)
             throw shard_error(info.path, "token id " + std::to_string(id) + " at position " + std::to_string(i) +
                                          " is out of range for the model's vocabulary of " + std::to_string(model_vocab));
@@ -93,20 +115,24 @@ inline std::vector<int> read_shard_tokens(const ShardInfo& info, int model_vocab
 }
 
 // Writes a shard (2-byte ids when vocab_size fits in 16 bits, else 4). Throws on any I/O error.
-inline void write_shard(const std::string& path, const int* tokens, uint64_t n, uint32_t vocab_size) {
-    const uint32_t token_bytes = vocab_size <= 65536 ? 2 : 4;
+// row_tokens > 0 writes a padded shard of n / row_tokens rows, with -1 in tokens for padding.
+inline void write_shard(const std::string& path, const int* tokens, uint64_t n, uint32_t vocab_size, uint32_t row_tokens = 0) {
+    const uint32_t token_bytes = vocab_size <= (row_tokens ? 65535u : 65536u) ? 2 : 4;  // the pad id is no token
     unsigned char h[SHARD_HEADER_BYTES] = {0};
     memcpy(h, SHARD_MAGIC, 8);
     memcpy(h + 8, &SHARD_VERSION, 4);
     memcpy(h + 12, &token_bytes, 4);
     memcpy(h + 16, &n, 8);
     memcpy(h + 24, &vocab_size, 4);
+    memcpy(h + 28, &row_tokens, 4);
+    if (row_tokens && n % row_tokens) throw shard_error(path, "a padded shard must hold whole rows");
     FILE* f = fopen(path.c_str(), "wb");
     if (!f) throw shard_error(path, std::string("cannot create: ") + strerror(errno));
     bool ok = fwrite(h, 1, SHARD_HEADER_BYTES, f) == (size_t)SHARD_HEADER_BYTES;
     for (uint64_t i = 0; ok && i < n; i++) {
-        if (tokens[i] < 0 || (uint32_t)tokens[i] >= vocab_size) { fclose(f); throw shard_error(path, "token id out of range while writing"); }
-        const uint32_t id = (uint32_t)tokens[i];
+        const bool pad = row_tokens && tokens[i] == -1;
+        if (!pad && (tokens[i] < 0 || (uint32_t)tokens[i] >= vocab_size)) { fclose(f); throw shard_error(path, "token id out of range while writing"); }
+        const uint32_t id = pad ? shard_pad_id(token_bytes) : (uint32_t)tokens[i];
         ok = fwrite(&id, token_bytes, 1, f) == 1;  // little-endian hosts only, like the rest of the project
     }
     if (fclose(f) != 0 || !ok) throw shard_error(path, std::string("write failed: ") + strerror(errno));
@@ -149,7 +175,13 @@ class DataLoader {
         if (rank < 0 || rank >= world_size) throw std::runtime_error("data loader: rank out of range");
         for (const std::string& path : expand_shard_pattern(patterns)) {
             ShardInfo info = read_shard_header(path);
-            const uint64_t need = (uint64_t)world_ * B_ * T_ + 1;
+            if (info.row_tokens && info.row_tokens != (uint32_t)T)
+                throw shard_error(path, "holds documents padded to " + std::to_string(info.row_tokens) + " tokens, but the sequence length -t is " +
+                                        std::to_string(T) + ": use -t " + std::to_string(info.row_tokens) + " or prepare the data with that length");
+            if (!shards_.empty() && (info.row_tokens != 0) != padded())
+                throw shard_error(path, std::string("is ") + (info.row_tokens ? "padded" : "packed") + " but '" + shards_[0].path +
+                                        "' is " + (padded() ? "padded" : "packed") + ": one kind of shard per data set");
+            const uint64_t need = (uint64_t)world_ * B_ * T_ + (info.row_tokens ? 0 : 1);
             if (info.token_count < need)
                 throw shard_error(path, "has " + std::to_string(info.token_count) + " tokens, fewer than one batch needs (" +
                                         std::to_string(need) + " = world " + std::to_string(world_) + " x B " + std::to_string(B_) +
@@ -159,19 +191,24 @@ class DataLoader {
         set_position(DataPosition{});
     }
 
-    // Fills inputs and targets, each (B, T), and advances.
-    void next_batch(int* inputs, int* targets) {
+    // Fills inputs and targets, each (B, T), and advances. Returns how many inputs are tokens, not
+    // padding (B * T for packed shards).
+    uint64_t next_batch(int* inputs, int* targets) {
         const uint64_t step = (uint64_t)world_ * B_;
         if (pos_.sample + step > sample_order_.size()) advance_shard();
+        uint64_t real_inputs = 0;
         for (int b = 0; b < B_; b++) {
             const uint64_t j = sample_order_[pos_.sample + (uint64_t)rank_ * B_ + b];
             const int* s = tokens_.data() + j * T_;
             for (int t = 0; t < T_; t++) {
-                inputs[b * T_ + t] = s[t];
-                targets[b * T_ + t] = s[t + 1];
+                const int next = t + 1 < T_ || !padded() ? s[t + 1] : -1;  // a padded row's last input has no target
+                inputs[b * T_ + t] = s[t] < 0 ? 0 : s[t];
+                targets[b * T_ + t] = next < 0 ? IGNORE_INDEX : next;
+                real_inputs += s[t] >= 0;
             }
         }
         pos_.sample += step;
+        return real_inputs;
     }
 
     DataPosition position() const { return pos_; }
@@ -190,7 +227,7 @@ class DataLoader {
     // Batches in one pass over all shards (each shard's leftover samples skipped).
     uint64_t batches_per_epoch() const {
         uint64_t n = 0;
-        for (const ShardInfo& s : shards_) n += ((s.token_count - 1) / T_) / ((uint64_t)world_ * B_);
+        for (const ShardInfo& s : shards_) n += samples_in(s.token_count) / ((uint64_t)world_ * B_);
         return n;
     }
     uint64_t total_tokens() const {
@@ -199,6 +236,7 @@ class DataLoader {
         return n;
     }
     const std::vector<ShardInfo>& shards() const { return shards_; }
+    bool padded() const { return shards_[0].row_tokens != 0; }  // all shards are of one kind
 
   private:
     int B_, T_, rank_, world_;
@@ -227,11 +265,14 @@ class DataLoader {
     void load_current_shard() {
         const uint64_t id = shard_order_[pos_.shard];
         tokens_ = read_shard_tokens(shards_[id], vocab_);
-        sample_order_.resize((tokens_.size() - 1) / T_);
+        sample_order_.resize(samples_in(tokens_.size()));
         Rng r = stream(pos_.epoch, id);
         if (shuffle_) shuffle_indices(sample_order_.data(), sample_order_.size(), r);
         else for (size_t i = 0; i < sample_order_.size(); i++) sample_order_[i] = i;
     }
+
+    // Samples in a shard of n tokens: windows of T + 1 overlapping by one, or padded rows of T.
+    uint64_t samples_in(uint64_t n) const { return padded() ? n / T_ : (n - 1) / T_; }
 
     void advance_shard() {
         pos_.sample = 0;

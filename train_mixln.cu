@@ -293,8 +293,8 @@ struct GpuModel {
           shard(dp.zero1 ? zero_shard(layout.total, dp.rank, dp.world_size) : zero_shard(layout.total, 0, 1)),
           slice_offset(dp.zero1 ? dp.rank * shard.shard_size : 0) {
         const int hd = cfg.head_dim();
-        if (hd != 32 && hd != 64 && hd != 128)
-            throw std::runtime_error("the attention kernel supports heads of 32, 64 or 128 dimensions; d " +
+        if (!attention_head_dim_supported(hd))
+            throw std::runtime_error("the attention kernel supports heads of 16, 32, ..., 128 dimensions (multiples of 16); d " +
                                      std::to_string(cfg.d_model) + " in " + std::to_string(cfg.n_head) + " heads has " +
                                      std::to_string(hd) + " (set -H)");
         int device = 0;

@@ -30,7 +30,8 @@ struct TrainOptions {
     int steps = -1;                      // -x, < 0: the preset's
     uint64_t seed = 42;                  // -s
     int val_interval = 0;                // -v, 0 = only at the end
-    int val_batches = 20;                // -m
+    int val_batches = 20;                // -m N
+    long val_tokens = 0;                 // -m with a K, M or G suffix: validate over this many input tokens instead
     int ckpt_interval = 0;               // -c, 0 = only at the end
     int keep_checkpoints = 3;            // -k, 0 = keep all
     int grad_norm_interval = 0;          // -y, 0 = off
@@ -80,7 +81,9 @@ inline const char* train_usage() {
         "             of the gradients, every rank updates everything (default 1)\n"
         "evaluation and checkpoints\n"
         "  -v N       validate every N steps (default 0 = only at the end)\n"
-        "  -m N       validation batches per evaluation (default 20)\n"
+        "  -m N       validation batches per evaluation (default 20); with a K, M or G suffix\n"
+        "             (-m 10M, the paper's) a budget of input tokens, padding not counted: batches\n"
+        "             until more than that many were seen, as the official code\n"
         "  -c N       checkpoint every N steps (default 0 = only at the end)\n"
         "  -k N       keep the newest N checkpoints (default 3, 0 = all)\n"
         "  -y N       every N steps, log per-layer gradient norms to OUT/grad_norms.csv (default 0 = off)\n"
@@ -170,6 +173,20 @@ inline int warmup_steps(const TrainOptions& o) {
     return steps;
 }
 
+// -m: N batches, or with a suffix K, M or G (10^3, 10^6, 10^9) a budget of tokens.
+inline void parse_val_budget(const char* text, TrainOptions* o) {
+    const std::string s = text;
+    const size_t suffix = s.empty() ? std::string::npos : std::string("KMG").find(s.back());
+    if (suffix == std::string::npos) {
+        o->val_batches = (int)parse_integer('m', text, 1);
+        o->val_tokens = 0;
+        return;
+    }
+    const double tokens = parse_number('m', s.substr(0, s.size() - 1).c_str()) * std::pow(1e3, suffix + 1);
+    if (tokens < 1 || tokens > 9e15) throw std::runtime_error("-m: " + s + " is not a positive number of tokens");
+    o->val_tokens = (long)tokens;
+}
+
 // Throws std::runtime_error naming the flag on any bad value.
 inline TrainOptions parse_train_options(int argc, char** argv) {
     TrainOptions o;
@@ -224,7 +241,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             }
             case 's': o.seed = (uint64_t)parse_integer(flag, val, 0); break;
             case 'v': o.val_interval = (int)parse_integer(flag, val, 0); break;
-            case 'm': o.val_batches = (int)parse_integer(flag, val, 1); break;
+            case 'm': parse_val_budget(val, &o); break;
             case 'c': o.ckpt_interval = (int)parse_integer(flag, val, 0); break;
             case 'k': o.keep_checkpoints = (int)parse_integer(flag, val, 0); break;
             case 'y': o.grad_norm_interval = (int)parse_integer(flag, val, 0); break;

@@ -157,19 +157,33 @@ inline std::string format_duration(double seconds) {
     return buf;
 }
 
-// Mean loss over the first n batches of the validation set (fewer if it is smaller). val is the
-// whole set on every rank; rank r computes batches r, r + world, ...: the batches of one rank, in
-// parallel. Collective.
-inline double evaluate(TrainerBackend& backend, DataLoader& val, int n_batches, int B, int T, const DistributedEnv& dist) {
+struct Evaluation {
+    double loss;       // the mean of the batches' mean losses
+    long batches;
+    uint64_t tokens;   // input tokens, padding not counted
+};
+
+// The validation loss over the first batches of the validation set: n_batches of them or, with a
+// token budget (max_tokens > 0), as many as the official Mix-LN code's evaluate_model takes: batches
+// until more than max_tokens input tokens (padding not counted) were seen, the batch that crosses
+// the budget included; fewer if the set ends first. The loss is the mean of the batches' mean
+// losses, as there (which divides their sum by the number of batches plus one, an off-by-one we do
+// not copy). val is the whole set on every rank; rank r computes batches r, r + world, ...: the
+// batches of one rank, in parallel. Collective.
+inline Evaluation evaluate(TrainerBackend& backend, DataLoader& val, int n_batches, long max_tokens, int B, int T,
+                           const DistributedEnv& dist) {
     std::vector<int> in((size_t)B * T), tgt((size_t)B * T);
     val.reset();
-    const int n = (int)std::min<uint64_t>(n_batches, val.batches_per_epoch());
+    const uint64_t available = val.batches_per_epoch();
     double sum = 0;
-    for (int i = 0; i < n; i++) {
-        val.next_batch(in.data(), tgt.data());
-        if (i % dist.world_size == dist.rank) sum += backend.forward_loss(in.data(), tgt.data(), B, T);
+    Evaluation e{0, 0, 0};
+    while ((uint64_t)e.batches < available && (max_tokens > 0 ? e.tokens <= (uint64_t)max_tokens : e.batches < n_batches)) {
+        e.tokens += val.next_batch(in.data(), tgt.data());
+        if (e.batches % dist.world_size == dist.rank) sum += backend.forward_loss(in.data(), tgt.data(), B, T);
+        e.batches++;
     }
-    return backend.all_reduce_sum(sum) / n;
+    e.loss = backend.all_reduce_sum(sum) / e.batches;
+    return e;
 }
 
 // Prints n tokens of text continuing the prompt, decoded with the run's vocabulary file.
@@ -324,11 +338,12 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     };
     auto validate = [&](int64_t step, double lr) {
         if (!val) return;
-        const double loss = evaluate(*backend, *val, o.val_batches, B, T, dist);
+        const Evaluation e = evaluate(*backend, *val, o.val_batches, o.val_tokens, B, T, dist);
         if (!lead) return;
-        printf("step %6lld | val loss %.4f | val ppl %.2f\n", (long long)step, loss, std::exp(loss));
+        printf("step %6lld | val loss %.4f | val ppl %.2f | %ld batches, %.3gM tokens%s\n", (long long)step, e.loss,
+               std::exp(e.loss), e.batches, e.tokens / 1e6, val->padded() ? " (padded documents)" : "");
         fflush(stdout);
-        log->row("%lld,val,%.9g,%.9g,0", (long long)step, loss, lr);
+        log->row("%lld,val,%.9g,%.9g,0", (long long)step, e.loss, lr);
     };
 
     std::signal(SIGINT, request_stop);

@@ -14,7 +14,9 @@
 // The backward avoids atomics, so it is deterministic: one kernel per key tile accumulates dk and dv
 // over the query tiles, another per query tile accumulates dq over the key tiles. Both recompute the
 // probabilities P = exp(s - lse): 7 tile products per tile pair instead of FlashAttention-2's 5.
-// Head dimensions 32 (the tiny preset), 64 and 128. Version 1: the faster register-level (mma.sync / wgmma) versions belong in dev/ until measured.
+// Head dimensions: any multiple of 16 (WMMA's tile edge) from 16 to 128, each a template instance:
+// 32 (the tiny preset), 48 (250m), 64, 128. Version 1: the faster register-level (mma.sync / wgmma)
+// versions belong in dev/ until measured.
 #pragma once
 #include <mma.h>
 #include "common.cuh"
@@ -327,24 +329,30 @@ void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* do
     cudaCheck(cudaGetLastError());
 }
 
-inline void check_head_dim(int C, int NH) {
-    if (C / NH != 32 && C / NH != 64 && C / NH != 128) {
-        fprintf(stderr, "attention: head dimension %d is not supported (32, 64 or 128)\n", C / NH);
+// Calls f(std::integral_constant<int, HD>()) for the head dimension C / NH, one of 16, 32, ..., 128;
+// exits naming it if it is none of them.
+template <int HD = 16, typename F>
+void with_head_dim(int C, int NH, F&& f) {
+    if constexpr (HD <= 128) {
+        if (C == HD * NH) f(std::integral_constant<int, HD>());
+        else with_head_dim<HD + 16>(C, NH, f);
+    } else {
+        fprintf(stderr, "attention: %d heads of d %d: the head dimension must be a multiple of 16 up to 128\n", NH, C);
         exit(EXIT_FAILURE);
     }
 }
 
 }  // namespace attention_detail
 
+// The head dimensions the kernels are built for: multiples of 16 (WMMA's tile edge) up to 128.
+inline bool attention_head_dim_supported(int hd) { return hd >= 16 && hd <= 128 && hd % 16 == 0; }
+
 // out (B, T, C) and lse (B, NH, T) from q, k, v with rows of `stride` elements (C, or 3C when fused).
 inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
                               int B, int T, int C, int NH, cudaStream_t stream) {
-    attention_detail::check_head_dim(C, NH);
-    switch (C / NH) {
-        case 32: attention_detail::forward<32>(out, lse, q, k, v, stride, B, T, C, NH, stream); break;
-        case 64: attention_detail::forward<64>(out, lse, q, k, v, stride, B, T, C, NH, stream); break;
-        default: attention_detail::forward<128>(out, lse, q, k, v, stride, B, T, C, NH, stream); break;
-    }
+    attention_detail::with_head_dim(C, NH, [&](auto hd) {
+        attention_detail::forward<decltype(hd)::value>(out, lse, q, k, v, stride, B, T, C, NH, stream);
+    });
 }
 
 // Writes (does not accumulate) dq, dk, dv with rows of `dstride` elements; delta is (B, NH, T) fp32
@@ -352,10 +360,8 @@ inline void attention_forward(floatX* out, float* lse, const floatX* q, const fl
 inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* dout, const floatX* out,
                                const float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
                                long dstride, int B, int T, int C, int NH, cudaStream_t stream) {
-    attention_detail::check_head_dim(C, NH);
-    switch (C / NH) {
-        case 32: attention_detail::backward<32>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream); break;
-        case 64: attention_detail::backward<64>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream); break;
-        default: attention_detail::backward<128>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C, NH, stream); break;
-    }
+    attention_detail::with_head_dim(C, NH, [&](auto hd) {
+        attention_detail::backward<decltype(hd)::value>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C,
+                                                        NH, stream);
+    });
 }

@@ -18,9 +18,11 @@ constexpr double ATTN_BWD_TOL = FLOATX_IS_FP32 ? 5e-5 : 4 * 0x1p-8 + 1e-4;
 constexpr double LSE_TOL = FLOATX_IS_FP32 ? 5e-5 : 2e-4;
 
 struct AttentionShape { int B, T, NH, HD; };
-// one tile, partial tiles, several tiles, every head size
+// one tile, partial tiles, several tiles; head sizes 64, 128, 32 (tiny), 48 (250m), and 16 and 80 for
+// the other multiples of 16
 static const AttentionShape SHAPES[] = {{2, 7, 2, 64}, {1, 64, 1, 64}, {2, 130, 2, 64}, {1, 100, 3, 128},
-                                        {1, 300, 1, 128}, {2, 77, 4, 32}};
+                                        {1, 300, 1, 128}, {2, 77, 4, 32}, {2, 77, 2, 48}, {1, 200, 3, 48},
+                                        {1, 70, 2, 16}, {1, 90, 1, 80}};
 
 // q, k, v of `stride`-element rows (C, or 3C for a fused qkv buffer) and what the reference computes.
 struct AttentionCase {
