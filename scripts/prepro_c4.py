@@ -27,13 +27,16 @@ documents and tokens done; a rerun with the same arguments skips those documents
 with the next shard (with other arguments it stops, to not mix two runs). Ends with a summary of
 the documents and tokens written.
 
-Validation loss vs the paper: the paper reports perplexity over about 10M validation tokens, with
-the official code (from GaLore) tokenizing each validation document on its own, truncated or padded
-to the sequence length (256), the padding masked out of the loss. Here documents are packed back to
-back with "</s>" separators and cut into windows of the sequence length, so a window may begin
-mid-document and a document's first tokens may see the end of the previous one, and long
-documents count in full. The loss is close to theirs but not identical. To average over about 10M
-tokens, validate with -m N such that N x B x T (the trainer's -b and -t) is about 10M.
+The paper's protocol, --pad-to T (the official code, from GaLore, trains and validates so, with
+T = 256): one document per row of T ids, its first T - 1 ids then "</s>" (as T5's tokenizer
+truncates with truncation=True), right-padded to T; the trainer leaves the padding out of the loss,
+and -m 10M validates over about 10M tokens as the paper does. The shards are padded shards
+(shard_format.py); --shard-tokens and the summary count the truncated documents' ids, not the
+padding. Without
+--pad-to (the default) documents are packed back to back with "</s>" separators and cut into
+windows of the trainer's -t, so a window may begin mid-document, a document's first tokens see the
+end of the previous one, long documents count in full and nothing is padding: losses close to the
+paper's protocol's but not the same.
 """
 import argparse
 import gzip
@@ -51,7 +54,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prepro_text import load_hf_tokenizer  # noqa: E402
-from shard_format import write_shard  # noqa: E402
+from shard_format import write_padded_shard, write_shard  # noqa: E402
 from vocab_format import tokenizer_vocab, write_vocab  # noqa: E402
 
 # The worker processes are the parallelism: keep the tokenizer in each single-threaded.
@@ -115,8 +118,9 @@ class ShardWriter:
     shard in progress.json once it is on disk. progress[split] counts the shards, documents and
     tokens written so far, by this run and the ones before."""
 
-    def __init__(self, out, split, vocab, shard_tokens, progress):
+    def __init__(self, out, split, vocab, shard_tokens, progress, pad_to=0):
         self.out, self.split, self.vocab, self.shard_tokens, self.progress = out, split, vocab, shard_tokens, progress
+        self.pad_to = pad_to  # > 0: a padded shard, one document per row of pad_to ids
         self.done = progress.setdefault(split, {"shards": 0, "documents": 0, "tokens": 0})
         self.pending, self.pending_tokens = [], 0
         self.progress_path = os.path.join(out, "progress.json")
@@ -129,6 +133,8 @@ class ShardWriter:
         return os.path.join(self.out, f"{self.split}_{k:03d}.bin")
 
     def add(self, doc):
+        if self.pad_to:  # its first pad_to - 1 ids and the end-of-text id, padded when written
+            doc = np.concatenate([doc[:-1][:self.pad_to - 1], doc[-1:]])
         self.pending.append(doc)
         self.pending_tokens += doc.size
         if self.pending_tokens >= self.shard_tokens:
@@ -137,7 +143,11 @@ class ShardWriter:
     def flush(self):
         if not self.pending:
             return
-        write_shard(self.shard_path(self.done["shards"]), np.concatenate(self.pending), self.vocab)
+        path = self.shard_path(self.done["shards"])
+        if self.pad_to:
+            write_padded_shard(path, self.pending, self.pad_to, self.vocab)
+        else:
+            write_shard(path, np.concatenate(self.pending), self.vocab)
         self.done["shards"] += 1
         self.done["documents"] += len(self.pending)
         self.done["tokens"] += self.pending_tokens
@@ -149,7 +159,7 @@ class ShardWriter:
 
 def write_split(split, paths, args, tokenizer, eot, vocab, progress):
     """Tokenizes the documents of paths into shards, after those already done; returns the counts."""
-    shards = ShardWriter(args.out, split, vocab, args.shard_tokens, progress)
+    shards = ShardWriter(args.out, split, vocab, args.shard_tokens, progress, args.pad_to)
     skip = shards.done["documents"]
     # Pool.imap reads its input as fast as it can; the semaphore keeps it at most a few tasks
     # ahead of the results used, so that the files are not read into memory all at once.
@@ -187,7 +197,11 @@ def main():
     ap.add_argument("--model-vocab", type=int, default=32000, help="rows of the model's embedding (default 32000)")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard, at least (default 100M)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="tokenizing processes (default: one per core)")
+    ap.add_argument("--pad-to", type=int, default=0, metavar="T",
+                    help="the paper's protocol: one document per row of T ids, truncated and padded (default 0: pack)")
     args = ap.parse_args()
+    if args.pad_to < 0 or args.pad_to == 1:
+        sys.exit(f"error: --pad-to {args.pad_to}: a row needs at least 2 ids (or 0 to pack documents)")
     if bool(args.train_files) != bool(args.val_files):
         sys.exit("error: give both --train-files and --val-files, or neither to download from the hub")
 
@@ -209,6 +223,8 @@ def main():
 
     settings = {"inputs": inputs, "tokenizer": args.tokenizer, "model_vocab": args.model_vocab,
                 "shard_tokens": args.shard_tokens}
+    if args.pad_to:
+        settings["pad_to"] = args.pad_to
     progress = load_progress(os.path.join(args.out, "progress.json"), settings)
     totals = {split: write_split(split, paths, args, tokenizer, eot, vocab, progress) for split, paths in inputs.items()}
     print(f"vocab.bin: {vocab} ids, end-of-text id {eot}")

@@ -2,14 +2,23 @@
 changes, at equal tokens. Runs the trainer once per variant (resuming any unfinished run, skipping
 finished ones), then prints and writes the table as CSV and markdown.
 
-    python3 scripts/reproduce.py table1 --out out/table1 -- -e 71m -i 'c4/train_*.bin' -j c4/val_000.bin -x 10000
-    python3 scripts/reproduce.py table3 --trainer ./train_mixln_cpu --out out/t3 -- -e tiny -i data/kjv/train.bin -j data/kjv/val.bin
+    python3 scripts/prepro_c4.py --out data/c4_padded --pad-to 256 --hub-train-files 8
+    python3 scripts/reproduce.py table1 --out out/table1 -- -e 71m -i 'data/c4_padded/train_*.bin' -j data/c4_padded/val_000.bin
+    python3 scripts/reproduce.py table3 --protocol packed --trainer ./train_mixln_cpu --out out/t3 -- -e tiny -i data/kjv/train.bin -j data/kjv/val.bin
 
 table1: Post-LN, DeepNorm, Pre-LN, Mix-LN (paper Table 1)
 table3: Mix-LN alpha in {0, 0.125, 0.25, 0.33, 0.417, 0.5, 0.75, 1} (paper Table 3)
 table5: Pre-LN and Mix-LN, plain / + scaled init / + scaled init and scaled embed (paper Table 5)
 Everything after "--" goes to every run (data, preset, steps, batch, ...); pass -j so there is a
 validation loss to compare.
+
+--protocol paper (the default): as the official Mix-LN code ran the paper's experiments. The
+validation shards must be padded ones, one document per row (prepro_c4.py --pad-to 256), the
+validation loss is over about 10M tokens (-m 10M unless -m is given) as the mean of the batches'
+mean losses, and Table 1's DeepNorm row is the code's DeepNorm (-n deepnorm_paper). The training
+shards should be padded too (the code trains so); packed ones get a warning. For the batches' means
+to be the code's, give -b as its scripts' per-GPU batch: 256 for 71m and 130m, 128 for 250m, 32 for 1b.
+--protocol packed: this project's own: any shards, -m as given, DeepNet's DeepNorm (-n deepnorm).
 """
 import argparse
 import csv
@@ -18,6 +27,8 @@ import math
 import os
 import subprocess
 import sys
+
+from shard_format import shard_row_tokens
 
 TABLES = {
     "table1": [("Post-LN", ["-a", "1"]), ("DeepNorm", ["-n", "deepnorm"]), ("Pre-LN", ["-a", "0"]),
@@ -28,6 +39,33 @@ TABLES = {
                for extra, flags in [("", []), (" + scaled init", ["-S", "1"]),
                                     (" + scaled init + scaled embed", ["-S", "1", "-E", "1"])]],
 }
+
+
+def flag_value(flags, flag):
+    """The value after the last occurrence of flag in a trainer command line, or None."""
+    values = [flags[i + 1] for i in range(len(flags) - 1) if flags[i] == flag]
+    return values[-1] if values else None
+
+
+def shard_files(patterns):
+    """The files of a trainer's comma-separated list of files and globs."""
+    return [f for p in patterns.split(",") if p for f in sorted(glob.glob(p))]
+
+
+def paper_protocol(table, common):
+    """The per-variant flags of a table and the common flags, in the official code's protocol."""
+    val = flag_value(common, "-j")
+    if val is None:
+        sys.exit("error: the paper's protocol validates: give -j with padded validation shards")
+    for path in shard_files(val):
+        if shard_row_tokens(path) == 0:
+            sys.exit(f"error: the paper's protocol validates on padded shards, one document per row "
+                     f"(prepro_c4.py --pad-to 256), but {path} is packed; or use --protocol packed")
+    train = flag_value(common, "-i")
+    if train and any(shard_row_tokens(p) == 0 for p in shard_files(train)):
+        print("warning: packed training shards; the official code trains on padded documents too", flush=True)
+    variants = [(name, ["-n", "deepnorm_paper"] if flags == ["-n", "deepnorm"] else flags) for name, flags in TABLES[table]]
+    return variants, common if "-m" in common else common + ["-m", "10M"]
 
 
 def run_dir(out, name):
@@ -75,13 +113,21 @@ def main():
     ap.add_argument("table", choices=sorted(TABLES))
     ap.add_argument("--out", required=True, help="one subdirectory per variant, plus results.csv / results.md")
     ap.add_argument("--trainer", default="./train_mixln", help="trainer binary (default ./train_mixln)")
+    ap.add_argument("--protocol", choices=["paper", "packed"], default="paper",
+                    help="paper: the official code's data, validation and DeepNorm (default); packed: this project's")
     args = ap.parse_args(sys.argv[1:split])
     common = sys.argv[split + 1:]
     if "-o" in common or "-r" in common:
         sys.exit("error: -o and -r are set per run by this script")
+    variants = TABLES[args.table]
+    if args.protocol == "paper":
+        try:
+            variants, common = paper_protocol(args.table, common)
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: {e}")
     os.makedirs(args.out, exist_ok=True)
     results = []
-    for name, flags in TABLES[args.table]:
+    for name, flags in variants:
         directory = run_dir(args.out, name)
         status = run_variant(args.trainer, directory, flags, common)
         loss = final_val_loss(os.path.join(directory, "log.csv"))
@@ -97,7 +143,7 @@ def main():
         lines.append(f"| {name} | {cell} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"{args.table}, trainer flags: {' '.join(common)}\n\n{table}\n")
+        f.write(f"{args.table}, {args.protocol} protocol, trainer flags: {' '.join(common)}\n\n{table}\n")
     print(table)
 
 

@@ -203,13 +203,42 @@ check "the shards load in the trainer, which trains, validates and samples with 
 # nothing and rewrites the same table.
 reproduces_table1() {
     local flags=(-e tiny -L 2 -C 32 -H 2 -F 32 -i "$tmp/c4/train_*.bin" -j "$tmp/c4/val_*.bin" -b 2 -t 32 -d 64 -x 3)
-    python3 scripts/reproduce.py table1 --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" > "$tmp/t1.log" 2>&1 || { cat "$tmp/t1.log"; return 1; }
+    python3 scripts/reproduce.py table1 --protocol packed --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" > "$tmp/t1.log" 2>&1 || { cat "$tmp/t1.log"; return 1; }
     for name in Post-LN DeepNorm Pre-LN Mix-LN; do grep -q "^| $name | [0-9.]* | [0-9.]* |$" "$tmp/t1/results.md" || { cat "$tmp/t1/results.md"; return 1; }; done
     cp "$tmp/t1/results.md" "$tmp/t1_first.md"
-    python3 scripts/reproduce.py table1 --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" > "$tmp/t1_again.log" 2>&1 &&
+    python3 scripts/reproduce.py table1 --protocol packed --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" > "$tmp/t1_again.log" 2>&1 &&
         ! grep -q "^+ " "$tmp/t1_again.log" && diff "$tmp/t1_first.md" "$tmp/t1/results.md"
 }
 check "reproduce.py table1 trains every variant, writes the table, and skips finished runs" reproduces_table1
+
+# The paper's protocol (issue 17): prepro_c4.py --pad-to writes one document per row, its first T - 1
+# ids and the end-of-text id, padded; reproduce.py's default protocol validates on those over a
+# token budget and runs the official code's DeepNorm; it refuses packed validation shards.
+check "prepro_c4.py --pad-to 32 writes padded shards, one truncated document per row" c4 --out "$tmp/c4_padded" --pad-to 32
+check "the padded rows are the documents, truncated to 31 ids and </s>" python3 - "$tmp" <<'PY'
+from helpers import *
+from shard_format import read_padded_rows
+for name in ("train", "val"):
+    pieces, eot = read_vocab(f"{tmp}/c4/vocab.bin")
+    packed = shard_tokens(f"{tmp}/c4/{name}_*.bin", len(pieces))
+    docs = np.split(packed, np.flatnonzero(packed == eot)[:-1] + 1)  # each ends with eot
+    rows = np.concatenate([read_padded_rows(p)[0] for p in sorted(glob.glob(f"{tmp}/c4_padded/{name}_*.bin"))])
+    assert len(rows) == len(docs), (name, len(rows), len(docs))
+    assert any(d.size > 32 for d in docs), "no document long enough to be truncated"
+    for row, doc in zip(rows, docs):
+        want = np.concatenate([doc[:-1][:31], [eot]])
+        assert (row[:want.size] == want).all() and (row[want.size:] == -1).all(), (row, doc)
+PY
+reproduces_table1_in_the_papers_protocol() {
+    local flags=(-e tiny -L 2 -C 32 -H 2 -F 32 -i "$tmp/c4_padded/train_*.bin" -j "$tmp/c4_padded/val_*.bin" -b 2 -t 32 -d 64 -x 3)
+    python3 scripts/reproduce.py table1 --trainer ./train_mixln_cpu --out "$tmp/t1p" -- "${flags[@]}" > "$tmp/t1p.log" 2>&1 || { cat "$tmp/t1p.log"; return 1; }
+    grep -q "^+ .* -m 10M -n deepnorm_paper -o $tmp/t1p/DeepNorm$" "$tmp/t1p.log" &&
+        grep -q "val loss .* (padded documents)" "$tmp/t1p.log" && grep -q "^| Mix-LN | [0-9.]* | [0-9.]* |$" "$tmp/t1p/results.md" ||
+        { cat "$tmp/t1p.log"; return 1; }
+}
+check "reproduce.py's default protocol: padded validation over 10M tokens, DeepNorm as the paper's code" reproduces_table1_in_the_papers_protocol
+check "reproduce.py's default protocol refuses packed validation shards" fails_with "is packed; or use --protocol packed" \
+    python3 scripts/reproduce.py table3 --trainer ./train_mixln_cpu --out "$tmp/t3" -- -i "$tmp/c4/train_*.bin" -j "$tmp/c4/val_*.bin"
 
 # The plot scripts turn the analysis tool's CSVs and the trainers' logs into PNG files.
 plots_from_csvs() {
