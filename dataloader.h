@@ -16,9 +16,9 @@
 // is no token (2-byte padded shards need a vocabulary below 65536); token_count is a multiple of R.
 // Sample j is row j: inputs its R ids (padding fed as id 0, which reaches no loss: attention is
 // causal), targets the row shifted by one with IGNORE_INDEX where the next id is padding or past the
-// row, so the loss leaves out the padding, as the official code's labels of -100 do. Each step the loader takes world*B
-// samples; rank r gets samples [r*B, (r+1)*B) of them. A shard's leftover samples (fewer than
-// world*B) are skipped. With shuffling, the shard order and each shard's sample order are
+// row, so the loss leaves out the padding, as the official code's labels of -100 do.
+// Each step the loader takes world*B samples; rank r gets samples [r*B, (r+1)*B) of them. A shard's
+// leftover samples (fewer than world*B) are skipped. With shuffling, the shard order and each shard's sample order are
 // permutations drawn from (seed, epoch), so any position can be restored exactly.
 #pragma once
 #include <glob.h>
