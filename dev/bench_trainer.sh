@@ -47,8 +47,9 @@ for preset in $presets; do
     log=$dir/$preset.log
     while :; do
         rm -rf $dir/out
-        if with_peak_memory "$train_mixln" -e $preset -i $shard -b $b -t $seq_len -d $tokens_per_step -x $steps -R $recompute \
-            -o $dir/out -k 1 >$log 2>&1; then
+        # -u 0: a few steps, no warmup (1b's default of 1000 steps is longer than the run)
+        if with_peak_memory "$train_mixln" -e $preset -i $shard -b $b -t $seq_len -d $tokens_per_step -x $steps -u 0 \
+            -R $recompute -o $dir/out -k 1 >$log 2>&1; then
             break
         fi
         if grep -q "out of GPU memory" $log && [ $b -gt 1 ]; then
