@@ -20,7 +20,7 @@ struct TrainOptions {
     int seq_len = 256;                   // -t
     long total_batch = 131072;           // -d, tokens per optimizer step (the paper's 512 x 256)
     double lr = -1;                      // -l, < 0: the preset's (preset_training_defaults)
-    double warmup = -1;                  // -u, < 1: a fraction of the steps, else a number of steps; < 0: the preset's
+    double warmup = 0.1;                 // -u, < 1: a fraction of the steps, else a number of steps; the preset's if not given
     double final_lr_fraction = 0.1;      // -q
     double weight_decay = 0.0;           // -w
     double grad_clip = 0.0;              // -g, 0 = off
@@ -142,7 +142,7 @@ inline int accumulation_steps(const TrainOptions& o, int world_size) {
 // Per preset, the official code's scripts/run_*.sh: peak learning rate, steps and warmup (a fraction
 // of the steps below 1, else steps). Their warmups of 1000, 2000 and 4000 steps are 10% of their
 // steps; 1b warms up for 1000 steps, 1%. 350m has no script: the 250m one's. tiny (not the paper's)
-// keeps the demo's 5e-3. Fills the options the command line left unset (< 0).
+// keeps the demo's 5e-3. Fills the options the command line left unset.
 inline void apply_preset_training_defaults(TrainOptions* o) {
     struct Row { const char* name; double lr; int steps; double warmup; };
     static const Row rows[] = {{"tiny", 5e-3, 2000, 0.1},     {"71m", 1e-3, 10000, 0.1},  {"130m", 1e-3, 20000, 0.1},
@@ -151,7 +151,7 @@ inline void apply_preset_training_defaults(TrainOptions* o) {
         if (o->preset != r.name) continue;
         if (o->lr < 0) o->lr = r.lr;
         if (o->steps < 0) o->steps = r.steps;
-        if (o->warmup < 0) o->warmup = r.warmup;
+        if (!o->given.count('u')) o->warmup = r.warmup;
     }
 }
 
