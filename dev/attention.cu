@@ -29,8 +29,9 @@
 //
 // Shapes: B * T = 16384 tokens at T = 256, 1024, 4096, causal, separate q, k, v buffers (row stride
 // C); the 130M (C 768, 12 heads of 64), 250M (C 768, 16 heads of 48) and 1B (C 2048, 32 heads of
-// 64) models, and C 2048 with 16 heads of 128. Versions 2 and 3 skip head size 48. FLOPs as FlashAttention counts them: forward 4 T^2 hd, backward 10 T^2 hd per head
-// (2 and 5 matmuls), halved for causal; the backward's time includes its delta = rowsum(dout * out)
+// 64) models, and C 2048 with 16 heads of 128. Versions 2 and 3 skip head size 48. FLOPs as
+// FlashAttention counts them: forward 4 T^2 hd, backward 10 T^2 hd per head (2 and 5 matmuls),
+// halved for causal; the backward's time includes its delta = rowsum(dout * out)
 // kernel. Checked on two heads, (b 0, h 0) and (b B-1, h NH-1), against the CPU reference in double.
 #include <cmath>
 #include <vector>
