@@ -13,28 +13,85 @@ import struct
 
 import numpy as np
 
+from script_errors import BadInput
+
 MAGIC = b"MIXLNTOK"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQII")
 PAD_ID = {2: 0xFFFF, 4: 0xFFFFFFFF}  # padding in a padded shard, by token width
 
 
+def _header(path, width, count, vocab_size, row_tokens):
+    if not 0 <= vocab_size < 1 << 32:
+        raise BadInput(f"{path}: vocabulary size {vocab_size} does not fit a shard header")
+    return HEADER.pack(MAGIC, VERSION, width, count, vocab_size, row_tokens)
+
+
+def _check_ids(path, ids, vocab_size):
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise BadInput(f"{path}: token ids must lie in [0, {vocab_size}), got {int(ids.min())} .. {int(ids.max())}")
+
+
 def _write_atomically(path, ids, vocab_size, row_tokens):
     """ids: a uint16 or uint32 array, already checked."""
     tmp = str(path) + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(HEADER.pack(MAGIC, VERSION, ids.dtype.itemsize, ids.size, vocab_size, row_tokens))
+        f.write(_header(path, ids.dtype.itemsize, ids.size, vocab_size, row_tokens))
         f.write(ids.tobytes())
     os.replace(tmp, path)
 
 
+def token_dtype(vocab_size):
+    """The ids' type in a packed shard: uint16 when vocab_size <= 65536, else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
 def write_shard(path, tokens, vocab_size):
-    """Writes ids (any integer sequence) as uint16 when vocab_size <= 65536, else uint32."""
-    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    """Writes ids (any integer sequence) as a packed shard."""
     arr = np.asarray(tokens, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
-        raise ValueError(f"{path}: token ids must lie in [0, {vocab_size})")
-    _write_atomically(path, arr.astype(dtype), vocab_size, 0)
+    _check_ids(path, arr, vocab_size)
+    _write_atomically(path, arr.astype(token_dtype(vocab_size)), vocab_size, 0)
+
+
+class ShardAppender:
+    """Writes a packed shard piece by piece into PATH.tmp, which close() completes and renames to PATH,
+    so a shard under its own name is always whole. keep=n reopens the PATH.tmp of an interrupted
+    writer and continues after its first n ids, dropping whatever was written after them."""
+
+    def __init__(self, path, vocab_size, keep=0):
+        self.path, self.tmp, self.vocab_size = str(path), str(path) + ".tmp", vocab_size
+        self.dtype, self.count = token_dtype(vocab_size), keep
+        if keep == 0:
+            self.file = open(self.tmp, "wb")
+            self.file.write(self._header())
+            return
+        self.file = open(self.tmp, "r+b")
+        head = self.file.read(HEADER.size)
+        end = HEADER.size + keep * self.dtype.itemsize
+        if len(head) < HEADER.size or HEADER.unpack(head)[:3] != (MAGIC, VERSION, self.dtype.itemsize) \
+                or os.path.getsize(self.tmp) < end:
+            raise BadInput(f"{self.tmp}: corrupted (expected a shard of at least {keep} ids to continue)")
+        self.file.truncate(end)
+        self.file.seek(end)
+
+    def _header(self):
+        return _header(self.path, self.dtype.itemsize, self.count, self.vocab_size, 0)
+
+    def append(self, tokens):
+        arr = np.asarray(tokens)
+        _check_ids(self.path, arr, self.vocab_size)
+        self.file.write(arr.astype(self.dtype, copy=False).tobytes())
+        self.count += arr.size
+
+    def flush(self):
+        """Hands what was appended to the operating system, so it survives the process being killed."""
+        self.file.flush()
+
+    def close(self):
+        self.file.seek(0)
+        self.file.write(self._header())
+        self.file.close()
+        os.replace(self.tmp, self.path)
 
 
 def write_padded_shard(path, documents, row_tokens, vocab_size):
@@ -45,38 +102,50 @@ def write_padded_shard(path, documents, row_tokens, vocab_size):
     for i, doc in enumerate(documents):
         doc = np.asarray(doc, dtype=np.int64)
         if doc.size > row_tokens:
-            raise ValueError(f"{path}: document {i} has {doc.size} ids, more than a row of {row_tokens}")
-        if doc.size and (doc.min() < 0 or doc.max() >= vocab_size):
-            raise ValueError(f"{path}: token ids must lie in [0, {vocab_size})")
+            raise BadInput(f"{path}: document {i} has {doc.size} ids, more than a row of {row_tokens}")
+        _check_ids(path, doc, vocab_size)
         rows[i, :doc.size] = doc
     _write_atomically(path, rows.ravel(), vocab_size, row_tokens)
 
 
 def _read_header(f, path):
-    """(token width, token_count, vocab_size, row_tokens) from an open shard; ValueError if malformed."""
+    """(token width, token_count, vocab_size, row_tokens) from an open shard, checked against the
+    file's size; BadInput (a ValueError) if malformed."""
     head = f.read(HEADER.size)
     if len(head) < HEADER.size:
-        raise ValueError(f"{path}: truncated header")
+        raise BadInput(f"{path}: truncated header, not a mixln token shard")
     magic, version, width, count, vocab, row_tokens = HEADER.unpack(head)
     if magic != MAGIC or version != VERSION or width not in (2, 4):
-        raise ValueError(f"{path}: not a version-1 mixln token shard")
+        raise BadInput(f"{path}: not a version-1 mixln token shard")
+    size = os.path.getsize(path)
+    if size != HEADER.size + count * width:
+        raise BadInput(f"{path}: corrupted: the header promises {count} tokens, the file has "
+                       f"{(size - HEADER.size) / width:g}")
     return width, count, vocab, row_tokens
 
 
 def _read(path):
-    """(ids as stored, vocab_size, row_tokens); raises ValueError on a malformed file."""
+    """(ids as stored, vocab_size, row_tokens); raises BadInput (a ValueError) on a malformed file."""
     with open(path, "rb") as f:
         width, count, vocab, row_tokens = _read_header(f, path)
-        data = np.frombuffer(f.read(), dtype=np.uint16 if width == 2 else np.uint32)
-    if data.size != count:
-        raise ValueError(f"{path}: header promises {count} tokens, file has {data.size}")
+        data = np.fromfile(f, dtype=np.uint16 if width == 2 else np.uint32, count=count)
     return data, vocab, row_tokens
 
 
 def read_shard(path):
-    """Returns (tokens as a numpy array, vocab_size); raises ValueError on a malformed file."""
+    """Returns (tokens as a numpy array, vocab_size); raises BadInput (a ValueError) on a malformed file."""
     data, vocab, _ = _read(path)
     return data, vocab
+
+
+def read_shard_slices(path, slice_tokens):
+    """The shard's ids without padding, slice_tokens at a time (numpy arrays), so that memory stays
+    bounded."""
+    with open(path, "rb") as f:
+        width, count, _, row_tokens = _read_header(f, path)
+        for at in range(0, count, slice_tokens):
+            ids = np.fromfile(f, dtype=np.uint16 if width == 2 else np.uint32, count=min(slice_tokens, count - at))
+            yield ids[ids != PAD_ID[width]] if row_tokens else ids
 
 
 def read_padded_rows(path):
