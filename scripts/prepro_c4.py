@@ -21,11 +21,13 @@ vocabulary, so the trainers build a 32000-row model.
 
 Output in --out: train_000.bin, train_001.bin, ... and val_000.bin, ...; a shard is closed at the
 first document boundary at or past --shard-tokens tokens, so no document is split across shards.
-Also vocab.bin (each id's bytes, see vocab_format.py) and tokenizer.json. Resumable: every shard is
+Also vocab.bin (each id's bytes, see vocab_format.py), tokenizer.json, and stats.json with the
+counts and the unigram baseline (as prepro_text.py's: the cross-entropy on val of train's token
+frequencies, add-one smoothed, which a model that learned anything beats). Resumable: every shard is
 written to a .tmp file and renamed, after which progress.json records, per split, the shards,
 documents and tokens done; a rerun with the same arguments skips those documents and continues
 with the next shard (with other arguments it stops, to not mix two runs). Ends with a summary of
-the documents and tokens written.
+the documents and tokens written and the baseline.
 
 The paper's protocol, --pad-to T (the official code, from GaLore, trains and validates so, with
 T = 256): one document per row of T ids, its first T - 1 ids then "</s>" (as T5's tokenizer
@@ -42,6 +44,7 @@ import argparse
 import gzip
 import itertools
 import json
+import math
 import os
 import sys
 import threading
@@ -53,7 +56,8 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepro_text import load_hf_tokenizer  # noqa: E402
+from prepro_text import load_hf_tokenizer, print_baseline, unigram_baseline, write_json  # noqa: E402
+from script_errors import BadInput, run_script  # noqa: E402
 from shard_format import write_padded_shard, write_shard  # noqa: E402
 from vocab_format import tokenizer_vocab, write_vocab  # noqa: E402
 
@@ -70,15 +74,18 @@ def hub_files(split, count):
     try:
         return [hf_hub_download(HUB_REPO, name, repo_type="dataset") for name in names]
     except OSError as e:  # huggingface_hub's offline and not-found errors are OSErrors
-        sys.exit(f"error: cannot download {HUB_REPO} {names} from the Hugging Face hub (offline?): {e}\n"
-                 "Pass local files with --train-files and --val-files instead.")
+        raise BadInput(f"cannot download {HUB_REPO} {names} from the Hugging Face hub (offline?): "
+                       f"{str(e).splitlines()[0]}. Pass local files with --train-files and --val-files instead.") from None
 
 
 def document_lines(paths):
-    """The non-blank lines of the files (each one JSON document), .gz decompressed."""
+    """(path, line number, line) of the files' non-blank lines (each one JSON document), .gz decompressed."""
     for path in paths:
         with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
-            yield from (line for line in f if line.strip())
+            try:
+                yield from ((path, number, line) for number, line in enumerate(f, 1) if line.strip())
+            except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+                raise BadInput(f"{path}: not UTF-8 JSON lines, or a damaged .gz file ({e})") from None
 
 
 def chunks(iterable, n):
@@ -96,9 +103,16 @@ def init_worker(tokenizer_json, eot):
     _worker["eot"] = eot
 
 
+def document_text(path, number, line):
+    try:
+        return json.loads(line)["text"]
+    except (ValueError, KeyError, TypeError):
+        raise BadInput(f"{path}, line {number}: not a JSON object with a \"text\" field") from None
+
+
 def tokenize(lines):
-    """A list of JSON lines -> each document's ids followed by the end-of-text id."""
-    texts = [json.loads(line)["text"] for line in lines]
+    """A list of (path, line number, JSON line) -> each document's ids followed by the end-of-text id."""
+    texts = [document_text(*line) for line in lines]
     encodings = _worker["tokenizer"].encode_batch(texts, add_special_tokens=False)
     return [np.array(e.ids + [_worker["eot"]], dtype=np.uint32) for e in encodings]
 
@@ -106,9 +120,12 @@ def tokenize(lines):
 def load_progress(path, settings):
     if not os.path.exists(path):
         return {"settings": settings}
-    with open(path) as f:
-        progress = json.load(f)
-    if progress["settings"] != settings:
+    try:
+        with open(path) as f:
+            progress = json.load(f)
+    except ValueError:
+        raise BadInput(f"{path}: corrupted (not JSON); delete that directory to start over") from None
+    if progress.get("settings") != settings:
         sys.exit(f"error: {path} is from a run with other arguments; use another --out or delete that directory")
     return progress
 
@@ -229,9 +246,19 @@ def main():
     totals = {split: write_split(split, paths, args, tokenizer, eot, vocab, progress) for split, paths in inputs.items()}
     print(f"vocab.bin: {vocab} ids, end-of-text id {eot}")
     for split, done in totals.items():
+        if done["documents"] == 0:
+            raise BadInput(f"no documents in the {split} files {' '.join(inputs[split])}")
         print(f"{split}: {done['documents']} documents, {done['tokens']} tokens in {done['shards']} shards "
               f"({os.path.join(args.out, split)}_*.bin)")
+    shards = {split: [os.path.join(args.out, f"{split}_{k:03d}.bin") for k in range(done["shards"])]
+              for split, done in totals.items()}
+    baseline = unigram_baseline(shards["train"], shards["val"], vocab)
+    write_json(os.path.join(args.out, "stats.json"), {
+        "tokenizer": args.tokenizer, "vocab_size": vocab,
+        **{f"{split}_{count}": done[count] for split, done in totals.items() for count in ("documents", "tokens")},
+        "unigram_val_loss": baseline, "unigram_val_ppl": math.exp(baseline)})
+    print_baseline(baseline)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
