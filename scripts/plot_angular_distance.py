@@ -10,6 +10,7 @@ import argparse
 import math
 
 from plot_common import labeled_paths, plt, read_rows, save
+from script_errors import run_script
 
 
 def distance_matrix(rows, row_normalize):
@@ -36,7 +37,7 @@ def main():
     pairs = labeled_paths(args.inputs)
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.8), squeeze=False)
     for ax, (label, path) in zip(axes[0], pairs):
-        m = distance_matrix(read_rows(path), args.row_normalize)
+        m = distance_matrix(read_rows(path, ("layer", "n", "distance")), args.row_normalize)
         im = ax.imshow(m, origin="lower", cmap="viridis_r", aspect="auto",
                        vmin=0, vmax=1 if args.row_normalize else None,
                        extent=(-0.5, len(m) - 0.5, 0.5, len(m) + 0.5))
@@ -48,4 +49,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -2,6 +2,8 @@
 import csv
 import os
 
+from script_errors import BadInput
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -16,14 +18,21 @@ def labeled_paths(items):
         if not sep:
             label, path = os.path.splitext(os.path.basename(item))[0], item
         if not os.path.exists(path):
-            raise SystemExit(f"error: {path}: no such file")
+            raise BadInput(f"{path}: no such file")
         pairs.append((label, path))
     return pairs
 
 
-def read_rows(path):
+def read_rows(path, columns):
+    """The rows of a CSV file as dicts; raises BadInput if it has none or lacks one of columns."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise BadInput(f"{path}: no rows")
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise BadInput(f"{path}: no column '{missing[0]}' (columns: {', '.join(rows[0])})")
+    return rows
 
 
 def save(fig, path):

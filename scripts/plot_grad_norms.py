@@ -8,6 +8,7 @@ Reads analyze_mixln_cpu's grad_norms.csv (layer,post_ln,attention,mlp,total) or 
 import argparse
 
 from plot_common import labeled_paths, plt, read_rows, save
+from script_errors import run_script
 
 
 def norms_by_layer(rows, column, step):
@@ -31,7 +32,7 @@ def main():
     args = ap.parse_args()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, path in labeled_paths(args.inputs):
-        layers, norms, post = norms_by_layer(read_rows(path), args.which, args.step)
+        layers, norms, post = norms_by_layer(read_rows(path, ("layer", "post_ln", args.which)), args.which, args.step)
         line, = ax.plot(layers, norms, marker="o", label=label)
         post_layers = [l for l, p in zip(layers, post) if p]
         if post_layers and len(post_layers) < len(layers):  # mark where Mix-LN switches to Pre-LN
@@ -46,4 +47,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

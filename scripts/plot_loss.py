@@ -5,6 +5,7 @@
 import argparse
 
 from plot_common import labeled_paths, plt, read_rows, save
+from script_errors import run_script
 
 
 def smooth(values, window):
@@ -25,7 +26,7 @@ def main():
     args = ap.parse_args()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, path in labeled_paths(args.inputs):
-        rows = read_rows(path)
+        rows = read_rows(path, ("step", "split", "loss"))
         train = [(int(r["step"]), float(r["loss"])) for r in rows if r["split"] == "train"]
         val = [(int(r["step"]), float(r["loss"])) for r in rows if r["split"] == "val"]
         line, = ax.plot([s for s, _ in train], smooth([l for _, l in train], args.smooth), label=f"{label} train", alpha=0.8)
@@ -39,4 +40,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -5,6 +5,7 @@
 import argparse
 
 from plot_common import labeled_paths, plt, read_rows, save
+from script_errors import run_script
 
 
 def main():
@@ -17,7 +18,7 @@ def main():
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(pairs)
     for i, (label, path) in enumerate(pairs):
-        rows = [r for r in read_rows(path) if r["layer"] != "none"]
+        rows = [r for r in read_rows(path, ("layer", args.metric)) if r["layer"] != "none"]
         layers = [int(r["layer"]) for r in rows]
         ax.bar([l + (i - (len(pairs) - 1) / 2) * width for l in layers], [float(r[args.metric]) for r in rows],
                width=width, label=label)
@@ -30,4 +31,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 
+from script_errors import run_script
 from shard_format import shard_row_tokens
 
 TABLES = {
@@ -148,4 +149,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
