@@ -28,12 +28,16 @@ check() {
         failed=$((failed + 1)); echo "  FAIL  $name"; tail -n 20 <<<"$out" | sed 's/^/        /'
     fi
 }
-# fails_with PATTERN CMD...: CMD exits non-zero and its output contains PATTERN.
+# fails_with PATTERN CMD...: CMD exits non-zero, without a traceback, and its last line is an
+# "error: ..." containing PATTERN.
 fails_with() {
-    local pattern=$1 out
+    local pattern=$1 out last
     shift
     if out=$("$@" 2>&1); then echo "$out"; echo "(exited 0; expected an error with: $pattern)"; return 1; fi
-    grep -qF -- "$pattern" <<<"$out" || { echo "$out"; echo "(expected the error to contain: $pattern)"; return 1; }
+    last=$(tail -n 1 <<<"$out")
+    if grep -q "^Traceback" <<<"$out" || [[ $last != *"error: "* || $last != *"$pattern"* ]]; then
+        echo "$out"; echo "(expected a last line \"error: ...$pattern...\" and no traceback)"; return 1
+    fi
 }
 
 # The tiny corpus: blank-line-separated paragraphs with some non-ASCII text, and one that spells out
@@ -62,12 +66,12 @@ import glob
 import sys
 
 import numpy as np
-from prepro_text import read_documents
 from shard_format import read_shard
 from vocab_format import read_vocab
 
 tmp = sys.argv[1]
-paragraphs = read_documents([f"{tmp}/text.txt"])
+# prepro_text.py's documents, as the whole file read at once would give them
+paragraphs = [d.strip() for d in open(f"{tmp}/text.txt", encoding="utf-8").read().split("\n\n") if d.strip()]
 
 
 def split_docs(docs, val_every):
@@ -138,6 +142,98 @@ PY
 check "a hub tokenizer, offline, fails with a clear error" \
     fails_with "cannot load tokenizer 'no-such/tokenizer'" \
     python3 scripts/prepro_text.py --tokenizer hf:no-such/tokenizer --out "$tmp/hf" "$tmp/text.txt"
+
+echo "prepro_text.py, streaming, encodings and resuming"
+# The text as two files in a directory, the second with Windows line ends, and a hidden file that
+# is left out, read 7 bytes at a time by 2 workers into shards of about 100 ids: the same ids as
+# the byte run above, each shard ending a document.
+streams_like_one_piece() {
+    python3 - "$tmp" <<'PY' || return 1
+from helpers import *
+import os
+os.makedirs(f"{tmp}/dir/sub")
+open(f"{tmp}/dir/a.txt", "w", encoding="utf-8").write("\n\n".join(paragraphs[:4]))
+open(f"{tmp}/dir/sub/b.txt", "w", encoding="utf-8", newline="\r\n").write("\n\n\n".join(paragraphs[4:]) + "\n")
+open(f"{tmp}/dir/.hidden.txt", "w").write("not a document")
+PY
+    python3 scripts/prepro_text.py --val-every 3 --chunk-bytes 7 --workers 2 --shard-tokens 100 \
+        --out "$tmp/stream" "$tmp/dir" > /dev/null || return 1
+    python3 - "$tmp" <<'PY'
+from helpers import *
+for name in ("train", "val"):
+    paths = sorted(glob.glob(f"{tmp}/stream/{name}_*.bin"))
+    sizes = [read_shard(p)[0].size for p in paths]
+    assert all(s >= 100 for s in sizes[:-1]) and (name == "val" or len(paths) > 2), (name, sizes)
+    assert all(bytes(read_shard(p)[0][-2:].tolist()) == b"\n\n" for p in paths), f"{name}: a shard ends mid-document"
+    assert (shard_tokens(f"{tmp}/stream/{name}_*.bin", 256) == read_shard(f"{tmp}/bytes/{name}.bin")[0]).all(), name
+PY
+}
+check "a directory read in 7-byte chunks by 2 workers into shards: the ids of the one-piece run" streams_like_one_piece
+
+# Windows-1252 text: 0x92 is its apostrophe, 0xe9 an e-acute, 0x81 is undefined in it.
+printf 'It\x92s a fine day.\n\nThe caf\xe9 is open.\n\nA third one.\n\nThe fourth \x81 one.\n' > "$tmp/cp1252.txt"
+check "Windows-1252 read as UTF-8: the error names the file, the offset and the byte" \
+    fails_with "cp1252.txt: byte 0x92 at offset 2 is not valid utf-8" \
+    python3 scripts/prepro_text.py --val-every 2 --out "$tmp/w_strict" "$tmp/cp1252.txt"
+decodes_cp1252() {
+    local e done
+    for e in replace:replaced skip:skipped; do
+        done=${e#*:} e=${e%:*}
+        python3 scripts/prepro_text.py --val-every 2 --encoding cp1252 --errors $e --out "$tmp/w_$e" "$tmp/cp1252.txt" \
+            > "$tmp/w_$e.log" || { cat "$tmp/w_$e.log"; return 1; }
+        grep -q "^1 bytes not valid cp1252 were $done" "$tmp/w_$e.log" || { cat "$tmp/w_$e.log"; return 1; }
+    done
+    python3 - "$tmp" <<'PY'
+from helpers import *
+import json
+for e, done, bad in (("replace", "replaced", "\ufffd"), ("skip", "skipped", "")):
+    text = b"".join(bytes(read_shard(f"{tmp}/w_{e}/{n}.bin")[0].tolist()) for n in ("train", "val")).decode()
+    assert text == "It\u2019s a fine day.\n\nA third one.\n\nThe caf\u00e9 is open.\n\n" f"The fourth {bad} one.\n\n", text
+    stats = json.load(open(f"{tmp}/w_{e}/stats.json"))
+    assert stats[f"bytes_{done}"] == 1 and stats["encoding"] == "cp1252", stats
+PY
+}
+check "--encoding cp1252 decodes it; --errors replace and skip count the undefined byte" decodes_cp1252
+check "BPE trains on the first --bpe-sample-bytes of the training documents, and says so" python3 - "$tmp" <<'PY'
+from helpers import *
+import json, subprocess
+out = subprocess.run(["python3", "scripts/prepro_text.py", "--tokenizer", "bpe", "--vocab-size", "280", "--val-every", "3",
+                      "--bpe-sample-bytes", "100", "--out", f"{tmp}/bpe_sample", f"{tmp}/text.txt"],
+                     check=True, capture_output=True, text=True).stdout
+train = split_docs(paragraphs, 3)[0]
+want = len(train[0].encode()) + len(train[1].encode())  # the first document reaching 100 bytes is the second
+assert f"trained on {want} bytes (2 documents)" in out, out
+assert json.load(open(f"{tmp}/bpe_sample/stats.json"))["bpe_sample"] == {"documents": 2, "bytes": want}
+PY
+
+# A run killed (SIGKILL) once it has closed a shard and is writing the next, then rerun: the output
+# is the uninterrupted run's, and the shards closed before the kill are kept, not rewritten.
+killed_run_resumes() {
+    python3 -c "import sys; sys.stdout.write(open(sys.argv[1]).read() * 1500)" "$tmp/text.txt" > "$tmp/long.txt"
+    local run=(python3 scripts/prepro_text.py --val-every 3 --chunk-bytes 2048 --workers 1 --shard-tokens 40000 "$tmp/long.txt")
+    "${run[@]}" --out "$tmp/whole" > /dev/null || return 1
+    python3 - "$tmp" "${run[@]}" --out "$tmp/killed" <<'PY' || return 1
+import json, subprocess, sys, time
+run = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+while run.poll() is None:
+    try:
+        closed = json.load(open(f"{sys.argv[1]}/killed/progress.json"))["train"]["shards"]
+    except (OSError, ValueError):
+        closed = 0
+    if closed:
+        run.kill()
+        break
+    time.sleep(0.002)
+assert run.wait() == -9, "the run finished before it could be killed"
+PY
+    (cd "$tmp/killed" && ls -i train_0*.bin) > "$tmp/killed.inodes"
+    "${run[@]}" --out "$tmp/killed" > /dev/null || return 1
+    diff "$tmp/killed.inodes" <(cd "$tmp/killed" && ls -i $(awk '{print $2}' "$tmp/killed.inodes")) || return 1
+    local f
+    for f in $(cd "$tmp/whole" && ls *.bin stats.json); do cmp "$tmp/whole/$f" "$tmp/killed/$f" || return 1; done
+    [ "$(ls "$tmp/whole")" = "$(ls "$tmp/killed")" ]
+}
+check "a killed run, rerun, continues where it stopped and writes the uninterrupted run's files" killed_run_resumes
 
 echo "prepro_c4.py on local files in C4's format, with the BPE tokenizer"
 check "write the C4-format inputs" python3 - "$tmp" <<'PY'
@@ -284,6 +380,62 @@ check "an id at or past --model-vocab stops with an error" \
 check "C4 from the hub, offline, fails with a clear error" \
     fails_with "cannot download allenai/c4" \
     python3 scripts/prepro_c4.py --tokenizer "$tmp/bpe/tokenizer.json" --out "$tmp/hub"
+
+echo "bad input: one line naming the problem, a non-zero exit, no traceback"
+: > "$tmp/empty.txt"
+mkdir -p "$tmp/empty_dir/.hidden" && echo "hidden" > "$tmp/empty_dir/.hidden/x.txt"
+echo '{"text": "one"}' > "$tmp/bad.json" && echo 'not json' >> "$tmp/bad.json"
+echo "not a tokenizer" > "$tmp/bad_tokenizer.json"
+printf 'a,b\n' > "$tmp/no_rows.csv"
+text() { python3 scripts/prepro_text.py --out "$(mktemp -u "$tmp/out_XXXXXX")" "$@"; }
+check "prepro_text: a missing file" fails_with "nope.txt: no such file or directory" text "$tmp/nope.txt"
+check "prepro_text: a glob that matches nothing" fails_with "*.nope: no files match" text "$tmp/*.nope"
+check "prepro_text: a directory with nothing readable" fails_with "empty_dir: a directory with no readable files" \
+    text "$tmp/empty_dir"
+check "prepro_text: empty input" fails_with "no documents in $tmp/empty.txt" text "$tmp/empty.txt"
+check "prepro_text: too few documents for validation" fails_with "none for validation" text --val-every 50 "$tmp/text.txt"
+check "prepro_text: a missing tokenizer path" fails_with "$tmp/nope/tokenizer.json: no such file" \
+    text --tokenizer "hf:$tmp/nope/tokenizer.json" "$tmp/text.txt"
+check "prepro_text: a file that is not a tokenizer.json" fails_with "bad_tokenizer.json: not a tokenizer.json" \
+    text --tokenizer "hf:$tmp/bad_tokenizer.json" "$tmp/text.txt"
+check "prepro_text: a vocabulary smaller than the bytes and end-of-text" fails_with "--vocab-size must be at least 257" \
+    text --tokenizer bpe --vocab-size 100 "$tmp/text.txt"
+check "prepro_text: an unknown encoding" fails_with "unknown text encoding 'klingon'" text --encoding klingon "$tmp/text.txt"
+check "prepro_text: an unwritable output" fails_with "text.txt/out: Not a directory" \
+    python3 scripts/prepro_text.py --out "$tmp/text.txt/out" "$tmp/text.txt"
+corrupt_last_train_shard() {  # the resumed run of the test above, one of its shards cut short, redone
+    local last
+    last=$(cd "$tmp/killed" && ls train_*.bin | tail -n 1)
+    truncate -s -3 "$tmp/killed/$last" && sed -i 's/"finished": true/"finished": false/' "$tmp/killed/progress.json" &&
+        python3 scripts/prepro_text.py --val-every 3 --chunk-bytes 2048 --workers 1 --shard-tokens 40000 \
+            --out "$tmp/killed" "$tmp/long.txt"
+}
+check "prepro_text: a corrupted shard" fails_with "corrupted: the header promises" corrupt_last_train_shard
+c4_bad() { python3 scripts/prepro_c4.py --out "$tmp/c4_bad" --val-files "$tmp/c4-validation.00000.json.gz" "$@"; }
+check "prepro_c4: a missing tokenizer path" fails_with "$tmp/nope/tokenizer.json: no such file" \
+    c4_bad --tokenizer "$tmp/nope/tokenizer.json" --train-files "$tmp/bad.json"
+check "prepro_c4: a missing file" fails_with "no such file: $tmp/nope.json" \
+    c4_bad --tokenizer "$tmp/bpe/tokenizer.json" --train-files "$tmp/nope.json"
+check "prepro_c4: a line that is not JSON" fails_with "bad.json, line 2: not a JSON object with a \"text\" field" \
+    c4_bad --tokenizer "$tmp/bpe/tokenizer.json" --train-files "$tmp/bad.json"
+check "prepro_c4: empty input" fails_with "no documents in the train files $tmp/empty.txt" \
+    c4_bad --tokenizer "$tmp/bpe/tokenizer.json" --train-files "$tmp/empty.txt"
+check "prepro_c4: an unwritable output" fails_with "text.txt/out: Not a directory" \
+    python3 scripts/prepro_c4.py --tokenizer "$tmp/bpe/tokenizer.json" --out "$tmp/text.txt/out" \
+    --train-files "$tmp/bad.json" --val-files "$tmp/bad.json"
+corrupt_c4_shard() { truncate -s -2 "$tmp/c4/val_000.bin" && c4 --out "$tmp/c4"; }
+check "prepro_c4: a corrupted shard" fails_with "val_000.bin: corrupted: the header promises" corrupt_c4_shard
+check "make_random_shard: an unwritable output" fails_with "text.txt: File exists" \
+    python3 scripts/make_random_shard.py --out "$tmp/text.txt/r.bin" --tokens 10
+check "make_random_shard: a vocabulary too large for a shard" fails_with "does not fit a shard header" \
+    python3 scripts/make_random_shard.py --out "$tmp/r.bin" --tokens 10 --vocab-size $((1 << 32))
+check "reproduce: a missing trainer" fails_with "$tmp/nope: No such file or directory" \
+    python3 scripts/reproduce.py table1 --trainer "$tmp/nope" --out "$tmp/t_bad" -- -e tiny
+check "plot: a missing file" fails_with "nope.csv: no such file" python3 scripts/plot_loss.py -o "$tmp/p.png" "$tmp/nope.csv"
+check "plot: a CSV with no rows" fails_with "no_rows.csv: no rows" python3 scripts/plot_pruning.py -o "$tmp/p.png" "$tmp/no_rows.csv"
+check "plot: a CSV of another kind" fails_with "log.csv: no column 'layer'" \
+    python3 scripts/plot_angular_distance.py -o "$tmp/p.png" "$tmp/t1/Mix-LN/log.csv"
+check "get_kjv: an unwritable output" fails_with "error: cannot write $tmp/text.txt/kjv.txt" scripts/get_kjv.sh "$tmp/text.txt/kjv.txt"
 
 echo "vocab_format.py"
 check "writes the bytes test/test_tokenizer.cpp reads" python3 - "$tmp" <<'PY'
