@@ -56,7 +56,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepro_text import load_hf_tokenizer, print_baseline, unigram_baseline, write_json  # noqa: E402
+from prepro_text import load_hf_tokenizer, print_baseline, read_progress, unigram_baseline, write_json  # noqa: E402
 from script_errors import BadInput, run_script  # noqa: E402
 from shard_format import write_padded_shard, write_shard  # noqa: E402
 from vocab_format import tokenizer_vocab, write_vocab  # noqa: E402
@@ -75,7 +75,8 @@ def hub_files(split, count):
         return [hf_hub_download(HUB_REPO, name, repo_type="dataset") for name in names]
     except OSError as e:  # huggingface_hub's offline and not-found errors are OSErrors
         raise BadInput(f"cannot download {HUB_REPO} {names} from the Hugging Face hub (offline?): "
-                       f"{str(e).splitlines()[0]}. Pass local files with --train-files and --val-files instead.") from None
+                       f"{str(e).splitlines()[0]}. Pass local files with --train-files and --val-files "
+                       "instead.") from None
 
 
 def document_lines(paths):
@@ -115,19 +116,6 @@ def tokenize(lines):
     texts = [document_text(*line) for line in lines]
     encodings = _worker["tokenizer"].encode_batch(texts, add_special_tokens=False)
     return [np.array(e.ids + [_worker["eot"]], dtype=np.uint32) for e in encodings]
-
-
-def load_progress(path, settings):
-    if not os.path.exists(path):
-        return {"settings": settings}
-    try:
-        with open(path) as f:
-            progress = json.load(f)
-    except ValueError:
-        raise BadInput(f"{path}: corrupted (not JSON); delete that directory to start over") from None
-    if progress.get("settings") != settings:
-        sys.exit(f"error: {path} is from a run with other arguments; use another --out or delete that directory")
-    return progress
 
 
 class ShardWriter:
@@ -242,7 +230,7 @@ def main():
                 "shard_tokens": args.shard_tokens}
     if args.pad_to:
         settings["pad_to"] = args.pad_to
-    progress = load_progress(os.path.join(args.out, "progress.json"), settings)
+    progress = read_progress(os.path.join(args.out, "progress.json"), settings) or {"settings": settings}
     totals = {split: write_split(split, paths, args, tokenizer, eot, vocab, progress) for split, paths in inputs.items()}
     print(f"vocab.bin: {vocab} ids, end-of-text id {eot}")
     for split, done in totals.items():

@@ -130,6 +130,8 @@ def prepare_tokenizer(args, files, resumed):
         tokenizer = load_hf_tokenizer(saved)
     elif args.tokenizer == "bpe":
         counts = {"documents": 0, "bytes": 0}
+        print(f"training a BPE of {args.vocab_size} ids on up to {args.bpe_sample_bytes} bytes of the training "
+              "documents ...", flush=True)
         stream = TextStream(files, args.encoding, args.errors, args.chunk_bytes)
         tokenizer = train_bpe(bpe_sample(stream, args.val_every, args.bpe_sample_bytes, counts), args.vocab_size)
         print(f"BPE of {tokenizer.get_vocab_size()} ids trained on {counts['bytes']} bytes ({counts['documents']} "
@@ -288,17 +290,25 @@ def write_json(path, value):
     os.replace(path + ".tmp", path)
 
 
+def read_progress(path, settings):
+    """The progress.json at path, checked to be from a run with these settings, or None if there is none."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            progress = json.load(f)
+    except ValueError:
+        raise BadInput(f"{path}: corrupted (not JSON); delete that directory to start over") from None
+    if progress.get("settings") != settings:
+        raise BadInput(f"{path} is from a run with other arguments or inputs; use another --out or delete "
+                       "that directory")
+    return progress
+
+
 def load_progress(out, settings):
     """progress.json of an earlier run with these settings, or a fresh one if there is none."""
-    path = os.path.join(out, "progress.json")
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                progress = json.load(f)
-        except ValueError:
-            raise BadInput(f"{path}: corrupted (not JSON); delete {out} to start over") from None
-        if progress.get("settings") != settings:
-            raise BadInput(f"{path} is from a run with other arguments or inputs; use another --out or delete {out}")
+    progress = read_progress(os.path.join(out, "progress.json"), settings)
+    if progress:
         return progress
     stale = sorted(n for n in os.listdir(out) if n.startswith(("train", "val")) and n.endswith(".bin"))
     if stale:
@@ -426,7 +436,7 @@ def write_all(stream, writers, args, tokenizer, eot, vocab_size, progress):
                 counts["tokens"] += tokens.size
             write_json(os.path.join(args.out, "progress.json"), progress)
             rate = (counts["tokens"] - tokens_before) / max(time.time() - start, 1e-9)
-            bar.set_postfix_str(f"{counts['documents']} docs, {counts['tokens']} tokens, {rate:,.0f} tokens/s",
+            bar.set_postfix_str(f"{counts['documents']:,} docs, {counts['tokens']:,} tokens, {rate:,.0f} tokens/s",
                                 refresh=False)
             bar.update(input_bytes)
 

@@ -277,7 +277,7 @@ for name, ds in (("train", docs[:40]), ("val", docs[40:])):
     assert all(s >= 300 for s in sizes[:-1]) and (name == "val" or len(paths) > 2), (name, sizes)
     check_decodes_to(f"{tmp}/c4/vocab.bin", shard_tokens(f"{tmp}/c4/{name}_*.bin", len(pieces)), ds)
 PY
-check "the summary counts the documents and tokens written" python3 - "$tmp" <<'PY'
+check "the summary counts the documents and tokens written; stats.json has the unigram baseline" python3 - "$tmp" <<'PY'
 from helpers import *
 log = open(f"{tmp}/c4.log").read()
 for name, docs in (("train", 40), ("val", 8)):
@@ -285,6 +285,14 @@ for name, docs in (("train", 40), ("val", 8)):
     tokens = sum(read_shard(p)[0].size for p in paths)
     line = f"{name}: {docs} documents, {tokens} tokens in {len(paths)} shards"
     assert line in log, f"no line '{line}' in:\n{log}"
+import json
+vocab = len(read_vocab(f"{tmp}/c4/vocab.bin")[0])
+train, val = (shard_tokens(f"{tmp}/c4/{name}_*.bin", vocab) for name in ("train", "val"))
+counts = np.bincount(train, minlength=vocab) + 1.0
+baseline = float(-np.log(counts / counts.sum())[val].mean())
+stats = json.load(open(f"{tmp}/c4/stats.json"))
+assert abs(stats["unigram_val_loss"] - baseline) < 1e-9 and stats["val_tokens"] == val.size, (stats, baseline)
+assert f"unigram baseline on val: {baseline:.4f} nats/token" in log, log
 PY
 
 # The C4 shards feed the trainer: two steps on them, validation, and a decoded sample.
