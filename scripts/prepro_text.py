@@ -186,14 +186,14 @@ def encode(docs):
     if "tokenizer" not in _worker:
         pieces = [(doc + "\n\n").encode("utf-8") for doc in docs]
         ids = np.frombuffer(b"".join(pieces), dtype=np.uint8).astype(_worker["dtype"])
-        return ids, np.array(list(map(len, pieces)))
+        return ids, np.array(list(map(len, pieces)), dtype=np.int64)
     ids, lengths = [], []
     for encoding in _worker["tokenizer"].encode_batch(docs, add_special_tokens=False):
         doc = encoding.ids
         doc.append(_worker["eot"])
         ids += doc
         lengths.append(len(doc))
-    return np.array(ids, dtype=_worker["dtype"]), np.array(lengths)
+    return np.array(ids, dtype=_worker["dtype"]), np.array(lengths, dtype=np.int64)
 
 
 def tokenize(task):
@@ -351,7 +351,10 @@ def parse_args():
 
 def main():
     args = parse_args()
-    files = expand_inputs(args.inputs)
+    out = os.path.realpath(args.out)
+    files = [f for f in expand_inputs(args.inputs) if not os.path.realpath(f).startswith(out + os.sep)]
+    if not files:
+        raise BadInput(f"no input files outside --out {args.out}")
     os.makedirs(args.out, exist_ok=True)
     settings = {"inputs": [[f, os.path.getsize(f)] for f in files],
                 **{k: getattr(args, k) for k in ("tokenizer", "val_every", "shard_tokens", "encoding", "errors")}}
