@@ -318,6 +318,12 @@ def load_progress(out, settings):
     return {"settings": settings, "train": dict(empty), "val": dict(empty), "finished": False}
 
 
+def is_output(path, out):
+    """Whether path is one of the files this script writes in out (which a directory input may hold)."""
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(out) and \
+        path.endswith((".bin", ".json", ".bin.tmp", ".json.tmp"))
+
+
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", help="text files, globs or directories")
@@ -351,10 +357,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    out = os.path.realpath(args.out)
-    files = [f for f in expand_inputs(args.inputs) if not os.path.realpath(f).startswith(out + os.sep)]
+    files = [f for f in expand_inputs(args.inputs) if not is_output(f, args.out)]
     if not files:
-        raise BadInput(f"no input files outside --out {args.out}")
+        raise BadInput(f"no input files but this script's outputs in {args.out}")
     os.makedirs(args.out, exist_ok=True)
     settings = {"inputs": [[f, os.path.getsize(f)] for f in files],
                 **{k: getattr(args, k) for k in ("tokenizer", "val_every", "shard_tokens", "encoding", "errors")}}
