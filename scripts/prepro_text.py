@@ -138,10 +138,7 @@ def prepare_tokenizer(args, files, resumed):
               f"documents) from the start of the training documents (--bpe-sample-bytes {args.bpe_sample_bytes})")
     else:
         tokenizer = load_hf_tokenizer(args.tokenizer[len("hf:"):])
-    try:
-        pieces, eot = tokenizer_vocab(tokenizer)
-    except ValueError as e:
-        raise BadInput(f"tokenizer '{args.tokenizer}': {e}") from None
+    pieces, eot = tokenizer_vocab(tokenizer)
     if eot < 0:
         raise BadInput(f"tokenizer '{args.tokenizer}' has no end-of-text token ({BPE_EOT} or </s>)")
     return tokenizer, pieces, eot, counts

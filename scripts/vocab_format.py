@@ -10,6 +10,8 @@ import json
 import os
 import struct
 
+from script_errors import BadInput
+
 MAGIC = b"MIXLNVOC"
 VERSION = 1
 HEADER = struct.Struct("<8sIIi")
@@ -24,7 +26,7 @@ EOT_NAMES = ("<|endoftext|>", "</s>")
 def write_vocab(path, pieces, eot_id):
     """Writes pieces (a list of bytes, one per id) and the end-of-text id (-1 if none)."""
     if not 0 < len(pieces) <= MAX_VOCAB or not -1 <= eot_id < len(pieces):
-        raise ValueError(f"{path}: need 1 .. 2^24 pieces and an eot_id in [-1, {len(pieces)})")
+        raise BadInput(f"{path}: need 1 .. 2^24 pieces and an eot_id in [-1, {len(pieces)})")
     tmp = str(path) + ".tmp"
     with open(tmp, "wb") as f:
         f.write(HEADER.pack(MAGIC, VERSION, len(pieces), eot_id))
@@ -34,26 +36,26 @@ def write_vocab(path, pieces, eot_id):
 
 
 def read_vocab(path):
-    """Returns (pieces, eot_id); raises ValueError on a malformed file."""
+    """Returns (pieces, eot_id); raises BadInput (a ValueError) on a malformed file."""
     with open(path, "rb") as f:
         data = f.read()
     if len(data) < HEADER.size:
-        raise ValueError(f"{path}: truncated header")
+        raise BadInput(f"{path}: truncated header")
     magic, version, size, eot_id = HEADER.unpack_from(data)
     if magic != MAGIC or version != VERSION or not 0 < size <= MAX_VOCAB or not -1 <= eot_id < size:
-        raise ValueError(f"{path}: not a version-1 mixln vocabulary")
+        raise BadInput(f"{path}: not a version-1 mixln vocabulary")
     pieces, at = [], HEADER.size
     for i in range(size):
         if at + LENGTH.size > len(data):
-            raise ValueError(f"{path}: truncated at entry {i}")
+            raise BadInput(f"{path}: truncated at entry {i}")
         (n,) = LENGTH.unpack_from(data, at)
         at += LENGTH.size
         if at + n > len(data):
-            raise ValueError(f"{path}: entry {i} runs past the end of the file")
+            raise BadInput(f"{path}: entry {i} runs past the end of the file")
         pieces.append(data[at:at + n])
         at += n
     if at != len(data):
-        raise ValueError(f"{path}: stray bytes after the last entry")
+        raise BadInput(f"{path}: stray bytes after the last entry")
     return pieces, eot_id
 
 
@@ -95,14 +97,14 @@ def tokenizer_vocab(tokenizer, size=None):
     elif "Metaspace" in types:
         to_bytes = lambda token: token.replace("\u2581", " ").encode("utf-8")  # noqa: E731
     else:
-        raise ValueError(f"cannot recover the bytes of tokens for decoder types {sorted(types)} "
+        raise BadInput(f"cannot recover the bytes of tokens for decoder types {sorted(types)} "
                          "(supported: ByteLevel, Metaspace)")
     special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
     pieces = []
     for i in range(size):
         token = tokenizer.id_to_token(i)
         if token is None:
-            raise ValueError(f"the tokenizer has no token with id {i}")
+            raise BadInput(f"the tokenizer has no token with id {i}")
         pieces.append(token.encode("utf-8") if i in special else to_bytes(token))
     eot_ids = [tokenizer.token_to_id(name) for name in EOT_NAMES if tokenizer.token_to_id(name) is not None]
     return pieces, (eot_ids[0] if eot_ids else -1)

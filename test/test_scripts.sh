@@ -438,7 +438,7 @@ check "make_random_shard: an unwritable output" fails_with "text.txt: File exist
 check "make_random_shard: a vocabulary too large for a shard" fails_with "does not fit a shard header" \
     python3 scripts/make_random_shard.py --out "$tmp/r.bin" --tokens 10 --vocab-size $((1 << 32))
 check "reproduce: a missing trainer" fails_with "$tmp/nope: No such file or directory" \
-    python3 scripts/reproduce.py table1 --trainer "$tmp/nope" --out "$tmp/t_bad" -- -e tiny
+    python3 scripts/reproduce.py table1 --protocol packed --trainer "$tmp/nope" --out "$tmp/t_bad" -- -e tiny
 check "plot: a missing file" fails_with "nope.csv: no such file" python3 scripts/plot_loss.py -o "$tmp/p.png" "$tmp/nope.csv"
 check "plot: a CSV with no rows" fails_with "no_rows.csv: no rows" python3 scripts/plot_pruning.py -o "$tmp/p.png" "$tmp/no_rows.csv"
 check "plot: a CSV of another kind" fails_with "log.csv: no column 'layer'" \
