@@ -30,12 +30,22 @@ $(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS)
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-CPU_TESTS := test_reference_kernels test_grad_accumulation test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_trainer_ranks test_tokenizer test_rendezvous test_presets test_padded_eval
+CPU_TESTS := test_reference_kernels test_grad_accumulation test_attention_numerics test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_trainer_ranks test_tokenizer test_rendezvous test_presets test_padded_eval
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
 test: $(BUILD)/test_cpu train_mixln_cpu analyze_mixln_cpu
 	test/run_tests.sh $(BUILD)/test_cpu test/test_scripts.sh $(GPU_TESTS)
+
+# The sweep that calibrates the attention checks (test/attention_checks.h) on the CPU emulation of the
+# kernels' rounding; its table is in README ("GPU tolerances"). CPU only, a few minutes.
+.PHONY: calibrate-attention
+calibrate-attention: $(BUILD)/calibrate_attention
+	$(BUILD)/calibrate_attention
+
+$(BUILD)/calibrate_attention: dev/calibrate_attention.cpp $(HEADERS) $(TEST_HEADERS)
+	@mkdir -p $(BUILD)
+	$(CXX) $(CXXFLAGS) $< -o $@
 
 demo: train_mixln_cpu analyze_mixln_cpu
 	scripts/demo.sh
