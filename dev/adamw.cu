@@ -178,11 +178,13 @@ int main(int argc, char** argv) {
         };
         norm.poison();
         run_norm();
+        Validation norm_checks;
         {
             const std::vector<float> g_h = grads.download();
-            validate("norm", norm.download(), {global_grad_norm(g_h.data(), n)}, 1e-4);
+            norm_checks.check("norm", norm.download(), {global_grad_norm(g_h.data(), n)}, 1e-4);
         }
-        report_bandwidth("grad_norm", name, version, (double)n * sizeof(float), benchmark_kernel(run_norm));
+        if (norm_checks.passed)
+            report_bandwidth("grad_norm", name, version, (double)n * sizeof(float), benchmark_kernel(run_norm));
 
         // AdamW, checked on the first, middle and last 2^20 parameters: m, v, master FP32_TOL (a few fp32
         // operations per element), the floatX weights STORE_TOL.
@@ -214,11 +216,13 @@ int main(int argc, char** argv) {
                 master_gpu.insert(master_gpu.end(), src.begin(), src.end());
             }
         }
-        validate("m", m_gpu, m_ref, FP32_TOL);
-        validate("v", v_gpu, v_ref, FP32_TOL);
-        if (master_ptr) validate("master", master_gpu, p_ref, FP32_TOL);
-        validate("params", p_gpu, p_ref, STORE_TOL);
-        report_bandwidth("adamw", name, version, (FLOATX_IS_FP32 ? 28.0 : 30.0) * n, benchmark_kernel(run_adamw));
+        Validation adamw_checks;
+        adamw_checks.check("m", m_gpu, m_ref, FP32_TOL);
+        adamw_checks.check("v", v_gpu, v_ref, FP32_TOL);
+        if (master_ptr) adamw_checks.check("master", master_gpu, p_ref, FP32_TOL);
+        adamw_checks.check("params", p_gpu, p_ref, STORE_TOL);
+        if (adamw_checks.passed)
+            report_bandwidth("adamw", name, version, (FLOATX_IS_FP32 ? 28.0 : 30.0) * n, benchmark_kernel(run_adamw));
     }
-    return 0;
+    return validation_exit_status();
 }

@@ -31,13 +31,14 @@
 // C); the 130M (C 768, 12 heads of 64), 250M (C 768, 16 heads of 48) and 1B (C 2048, 32 heads of
 // 64) models, and C 2048 with 16 heads of 128. Versions 2 and 3 skip head size 48. FLOPs as
 // FlashAttention counts them: forward 4 T^2 hd, backward 10 T^2 hd per head (2 and 5 matmuls),
-// halved for causal; the backward's time includes its delta = rowsum(dout * out)
-// kernel. Checked on two heads, (b 0, h 0) and (b B-1, h NH-1), against the CPU reference in double.
+// halved for causal; the backward's time includes its delta = rowsum(dout * out) kernel. Checked on
+// two heads, (b 0, h 0) and (b B-1, h NH-1), against the CPU reference in double, with the metrics
+// and bounds of test/attention_checks.h; a shape that fails is not timed.
 #include <cmath>
 #include <vector>
 #include "common.cuh"
 #include "../kernels/attention.cuh"
-#include "../kernels/cpu/attention.h"
+#include "../test/attention_checks.h"
 
 static const char* const VERSIONS[] = {
     "production (kernels/attention.cuh, WMMA from shared memory)",
@@ -707,19 +708,14 @@ int main(int argc, char** argv) {
                                       k_h = gather_heads(k.download(), heads, T, C, hd),
                                       v_h = gather_heads(v.download(), heads, T, C, hd),
                                       dout_h = gather_heads(dout.download(), heads, T, C, hd);
-            std::vector<double> out_ref((size_t)H * T * hd), probs((size_t)H * T * T), lse_ref((size_t)H * T);
+            std::vector<double> out_ref((size_t)H * T * hd), probs((size_t)H * T * T);
             attention_forward(out_ref.data(), probs.data(), q_h.data(), k_h.data(), v_h.data(), H, T, hd, 1);
-#pragma omp parallel for collapse(2)
-            for (int x = 0; x < H; x++)
-                for (int i = 0; i < T; i++) {  // lse from the definition, log sum_{j <= i} exp(q_i . k_j / sqrt(hd))
-                    double sum = 0;
-                    for (int j = 0; j <= i; j++) {
-                        double s = 0;
-                        for (int c = 0; c < hd; c++) s += q_h[((long)x * T + i) * hd + c] * k_h[((long)x * T + j) * hd + c];
-                        sum += std::exp(s / std::sqrt((double)hd));
-                    }
-                    lse_ref[(long)x * T + i] = std::log(sum);
-                }
+            const std::vector<double> lse_ref = attention_lse_reference(q_h, k_h, H, T, hd, 1);
+            std::vector<double> dq_ref((size_t)H * T * hd, 0.0), dk_ref((size_t)H * T * hd, 0.0), dv_ref((size_t)H * T * hd, 0.0);
+            attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout_h.data(), probs.data(), q_h.data(),
+                               k_h.data(), v_h.data(), H, T, hd, 1);
+            const AttentionScales scales = attention_error_scales(probs, q_h, k_h, v_h, out_ref, dout_h, dq_ref, dk_ref,
+                                                                  dv_ref, H, T, hd, 1);
             auto gpu_lse = [&] {
                 std::vector<float> r;
                 for (auto [b, h] : heads) {
@@ -728,20 +724,28 @@ int main(int argc, char** argv) {
                 }
                 return r;
             };
-            // Tolerances as test/test_gpu_attention.cu's (bf16: P and the output rounded to bf16, 2 * 2^-8;
-            // backward 4 roundings), plus T 2^-23 for fp32 tensor-core accumulation over T keys.
-            const double acc_tol = T * 0x1p-23;
-            const double fwd_tol = FLOATX_IS_FP32 ? 5e-5 : 2 * 0x1p-8 + 1e-4 + acc_tol;
-            const double bwd_tol = FLOATX_IS_FP32 ? 5e-5 : 4 * 0x1p-8 + 1e-4 + acc_tol;
-            const double lse_tol = FLOATX_IS_FP32 ? 5e-5 : 2e-4;
+            // The checks and bounds of test/attention_checks.h, calibrated on the CPU emulation of
+            // versions 1-3 (README, "GPU tolerances").
+            const AttentionBounds bounds = FLOATX_IS_FP32 ? ATTENTION_BOUNDS_FP32 : ATTENTION_BOUNDS_BF16;
+            auto check = [&](Validation& checks, const char* what, const std::vector<float>& got,
+                             const std::vector<double>& ref, const std::vector<double>& scale, bool gradient) {
+                const AttentionError e = attention_error(got, ref, scale);
+                const std::string l2 = std::string(what) + " L2", element = std::string(what) + " elem";
+                checks.record(l2.c_str(), got.size(), "L2-relative error", e.l2,
+                              gradient ? bounds.grad_l2 : bounds.out_l2);
+                checks.record(element.c_str(), got.size(), "per-element error", e.element,
+                              gradient ? bounds.grad_element : bounds.out_element);
+            };
 
             auto forward = [&] { run_forward(version, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, B, T, C, NH); };
             out.poison();
             lse.poison();
             forward();
-            validate("out", gather_heads<float>(out.download(), heads, T, C, hd), out_ref, fwd_tol);
-            validate("lse", gpu_lse(), lse_ref, lse_tol);
-            report_flops("attention_forward", shape, version, 2.0 * T * T * hd * B * NH, benchmark_kernel(forward));
+            Validation forward_checks;
+            check(forward_checks, "out", gather_heads<float>(out.download(), heads, T, C, hd), out_ref, scales.out, false);
+            forward_checks.record("lse", (size_t)H * T, "max abs error", lse_error(gpu_lse(), lse_ref), bounds.lse);
+            if (forward_checks.passed)
+                report_flops("attention_forward", shape, version, 2.0 * T * T * hd * B * NH, benchmark_kernel(forward));
 
             auto backward = [&] {
                 run_backward(version, dq.ptr, dk.ptr, dv.ptr, delta.ptr, dq_accum.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr,
@@ -752,14 +756,13 @@ int main(int argc, char** argv) {
             dv.poison();
             forward();
             backward();
-            std::vector<double> dq_ref((size_t)H * T * hd, 0.0), dk_ref((size_t)H * T * hd, 0.0), dv_ref((size_t)H * T * hd, 0.0);
-            attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout_h.data(), probs.data(), q_h.data(),
-                               k_h.data(), v_h.data(), H, T, hd, 1);
-            validate("dq", gather_heads<float>(dq.download(), heads, T, C, hd), dq_ref, bwd_tol);
-            validate("dk", gather_heads<float>(dk.download(), heads, T, C, hd), dk_ref, bwd_tol);
-            validate("dv", gather_heads<float>(dv.download(), heads, T, C, hd), dv_ref, bwd_tol);
-            report_flops("attention_backward", shape, version, 5.0 * T * T * hd * B * NH, benchmark_kernel(backward));
+            Validation backward_checks;
+            check(backward_checks, "dq", gather_heads<float>(dq.download(), heads, T, C, hd), dq_ref, scales.dq, true);
+            check(backward_checks, "dk", gather_heads<float>(dk.download(), heads, T, C, hd), dk_ref, scales.dk, true);
+            check(backward_checks, "dv", gather_heads<float>(dv.download(), heads, T, C, hd), dv_ref, scales.dv, true);
+            if (backward_checks.passed)
+                report_flops("attention_backward", shape, version, 5.0 * T * T * hd * B * NH, benchmark_kernel(backward));
         }
     }
-    return 0;
+    return validation_exit_status();
 }

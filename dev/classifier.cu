@@ -152,9 +152,10 @@ int main(int argc, char** argv) {
     crossentropy_backward(dz_ref.data(), z_h.data(), t_h.data(), R, V, (double)dloss);
     std::vector<float> loss_gpu;
     for (long r : rows) loss_gpu.push_back(losses.download(r, 1)[0]);
-    validate("losses", loss_gpu, loss_ref, FP32_TOL);
-    validate("dlogits", logits.download_rows(rows, V), dz_ref, STORE_TOL);
+    Validation checks;
+    checks.check("losses", loss_gpu, loss_ref, FP32_TOL);
+    checks.check("dlogits", logits.download_rows(rows, V), dz_ref, STORE_TOL);
     const Timing t = benchmark_kernel(run, [&] { logits.copy_from(pristine); });
-    report_bandwidth("classifier_fwd_bwd", shape, version, 2.0 * NV * sizeof(floatX) + 8.0 * N, t);
-    return 0;
+    if (checks.passed) report_bandwidth("classifier_fwd_bwd", shape, version, 2.0 * NV * sizeof(floatX) + 8.0 * N, t);
+    return validation_exit_status();
 }

@@ -6,7 +6,8 @@
 //   <kernel> <shape> v<version>: <value> <GB/s|TFLOP/s> (<pct>% of <copy|gemm>) <time> us ...
 //
 // Method. Each benchmark validates the version it runs against the CPU reference, in double on the
-// same floatX values, before timing anything; a failed check exits with status 1. Every timed run
+// same floatX values, before timing each shape; a shape that fails a check is not timed, the others
+// still are, and the benchmark then exits with status 1. Every timed run
 // starts from a cold L2: a kernel first reads a buffer of 4x the L2 size (untimed), which leaves L2
 // full of clean lines. L2 is write-back, so a kernel whose output fits in L2 (the 130M shapes: 25 MB
 // against 50 MB) would end before its writes reach DRAM, and its GB/s would be too high; so the timed
@@ -180,16 +181,34 @@ inline double max_relative_error(const std::vector<float>& gpu, const std::vecto
     return worst;
 }
 
-// Prints the error of one output and exits with status 1 if it is over the tolerance.
-inline void validate(const char* what, const std::vector<float>& gpu, const std::vector<double>& ref, double tol) {
-    const double err = max_relative_error(gpu, ref);
-    const bool ok = err <= tol;
-    printf("  check %-10s %9zu values, max error %.2e, tolerance %.2e %s\n", what, gpu.size(), err, tol,
-           ok ? "ok" : "FAILED");
-    if (!ok) {
-        fprintf(stderr, "VALIDATION FAILED: %s\n", what);
-        exit(EXIT_FAILURE);
+// The checks of one (kernel, shape, version): each prints its error; a failed one marks the shape as
+// not to be timed (passed false) and is counted, and the benchmark goes on to the next shape, ending
+// with exit status 1 (validation_exit_status) so that run_all.sh reports it.
+inline int failed_validations = 0;
+
+struct Validation {
+    bool passed = true;
+
+    // One output, `error` against `bound` (described by `metric`).
+    void record(const char* what, size_t count, const char* metric, double error, double bound) {
+        const bool ok = error <= bound;  // false for NaN
+        printf("  check %-10s %9zu values, %s %.2e, tolerance %.2e %s\n", what, count, metric, error, bound,
+               ok ? "ok" : "FAILED");
+        if (!ok) {
+            fprintf(stderr, "VALIDATION FAILED: %s (%s %.2e > %.2e); not timed\n", what, metric, error, bound);
+            passed = false;
+            failed_validations++;
+        }
     }
+    // The metric above.
+    void check(const char* what, const std::vector<float>& gpu, const std::vector<double>& ref, double tol) {
+        record(what, gpu.size(), "max error", max_relative_error(gpu, ref), tol);
+    }
+};
+
+inline int validation_exit_status() {
+    if (failed_validations) fprintf(stderr, "%d validation(s) FAILED\n", failed_validations);
+    return failed_validations ? EXIT_FAILURE : 0;
 }
 
 // ----------------------------------------------------------------------------

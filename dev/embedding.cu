@@ -241,8 +241,10 @@ int main(int argc, char** argv) {
         forward();
         std::vector<double> out_ref((size_t)N * C);
         embedding_forward(out_ref.data(), tokens_h.data(), to_double(wte.download()).data(), N, C, (double)scale);
-        validate("out", out.download(), out_ref, STORE_TOL);
-        report_bandwidth("embedding_forward", shape, version, 2.0 * N * C * X + 4.0 * N, benchmark_kernel(forward));
+        Validation forward_checks;
+        forward_checks.check("out", out.download(), out_ref, STORE_TOL);
+        if (forward_checks.passed)
+            report_bandwidth("embedding_forward", shape, version, 2.0 * N * C * X + 4.0 * N, benchmark_kernel(forward));
 
         // backward. The production launcher, called once, leaves its groups in `groups`; the timed runs
         // launch the kernels on them (versions 1, 2) or on version 3's pieces.
@@ -276,8 +278,10 @@ int main(int argc, char** argv) {
         const std::vector<double> dout_h = to_double(dout.download());
         embedding_backward(dwte_ref.data(), dout_h.data(), tokens_h.data(), N, C, (double)scale);
         embedding_backward(dwte_ref.data(), dout_h.data(), tokens_h.data(), N, C, (double)scale);
-        validate("dwte", dwte.download(), dwte_ref, FP32_TOL);
-        report_bandwidth("embedding_backward", shape, version, (N * X + 8.0 * K) * C, benchmark_kernel(backward));
+        Validation backward_checks;
+        backward_checks.check("dwte", dwte.download(), dwte_ref, FP32_TOL);
+        if (backward_checks.passed)
+            report_bandwidth("embedding_backward", shape, version, (N * X + 8.0 * K) * C, benchmark_kernel(backward));
     }
-    return 0;
+    return validation_exit_status();
 }

@@ -245,9 +245,11 @@ int main(int argc, char** argv) {
         forward();
         std::vector<double> out_ref(NC), rstd_ref(N);
         rmsnorm_forward(out_ref.data(), rstd_ref.data(), x_h.data(), w_h.data(), N, C, (double)eps);
-        validate("out", out.download(), out_ref, STORE_TOL);
-        validate("rstd", rstd.download(), rstd_ref, FP32_TOL);
-        report_bandwidth("rmsnorm_forward", shape, version, 2 * NC * X + 4.0 * N, benchmark_kernel(forward));
+        Validation forward_checks;
+        forward_checks.check("out", out.download(), out_ref, STORE_TOL);
+        forward_checks.check("rstd", rstd.download(), rstd_ref, FP32_TOL);
+        if (forward_checks.passed)
+            report_bandwidth("rmsnorm_forward", shape, version, 2 * NC * X + 4.0 * N, benchmark_kernel(forward));
 
         // residual forward (the norm's reference runs on the GPU's stored sum, as in the GPU tests)
         auto residual_forward_run = [&] {
@@ -261,12 +263,14 @@ int main(int argc, char** argv) {
         std::vector<double> sum_ref(NC);
         residual_forward(sum_ref.data(), x_h.data(), f_h.data(), NC, 1.0);
         const std::vector<float> sum_gpu = sum.download();
-        validate("sum", sum_gpu, sum_ref, STORE_TOL);
+        Validation residual_forward_checks;
+        residual_forward_checks.check("sum", sum_gpu, sum_ref, STORE_TOL);
         rmsnorm_forward(out_ref.data(), rstd_ref.data(), to_double(sum_gpu).data(), w_h.data(), N, C, (double)eps);
-        validate("out", out.download(), out_ref, STORE_TOL);
-        validate("rstd", rstd.download(), rstd_ref, FP32_TOL);
-        report_bandwidth("residual_rmsnorm_forward", shape, version, 4 * NC * X + 4.0 * N,
-                         benchmark_kernel(residual_forward_run));
+        residual_forward_checks.check("out", out.download(), out_ref, STORE_TOL);
+        residual_forward_checks.check("rstd", rstd.download(), rstd_ref, FP32_TOL);
+        if (residual_forward_checks.passed)
+            report_bandwidth("residual_rmsnorm_forward", shape, version, 4 * NC * X + 4.0 * N,
+                             benchmark_kernel(residual_forward_run));
 
         // The backwards take rstd of x from the double reference, rounded to fp32 as the forward stores it.
         rmsnorm_forward(out_ref.data(), rstd_ref.data(), x_h.data(), w_h.data(), N, C, (double)eps);
@@ -286,9 +290,11 @@ int main(int argc, char** argv) {
         std::vector<double> dinp_ref = to_double(dinp.download()), dw_ref = to_double(dw.download());
         backward();
         rmsnorm_backward(dinp_ref.data(), dw_ref.data(), dout_h.data(), x_h.data(), w_h.data(), rstd_h.data(), N, C);
-        validate("dinp", dinp.download(), dinp_ref, STORE_TOL);
-        validate("dw", dw.download(), dw_ref, 2 * FP32_TOL);
-        report_bandwidth("rmsnorm_backward", shape, version, 4 * NC * X + 4.0 * N, benchmark_kernel(backward));
+        Validation backward_checks;
+        backward_checks.check("dinp", dinp.download(), dinp_ref, STORE_TOL);
+        backward_checks.check("dw", dw.download(), dw_ref, 2 * FP32_TOL);
+        if (backward_checks.passed)
+            report_bandwidth("rmsnorm_backward", shape, version, 4 * NC * X + 4.0 * N, benchmark_kernel(backward));
 
         // residual backward (Post-LN, DeepNorm's s): df = dsum, dx = s * dsum
         auto residual_backward_run = [&] {
@@ -304,11 +310,13 @@ int main(int argc, char** argv) {
         residual_backward_run();
         rmsnorm_backward(dsum.data(), dw_ref.data(), dout_h.data(), x_h.data(), w_h.data(), rstd_h.data(), N, C);
         residual_backward(dx_ref.data(), df_ref.data(), dsum.data(), NC, (double)s_post);
-        validate("df", dinp.download(), df_ref, STORE_TOL);
-        validate("dx", dx.download(), dx_ref, STORE_TOL);
-        validate("dw", dw.download(), dw_ref, 2 * FP32_TOL);
-        report_bandwidth("residual_rmsnorm_backward", shape, version, 4 * NC * X + 4.0 * N,
-                         benchmark_kernel(residual_backward_run));
+        Validation residual_backward_checks;
+        residual_backward_checks.check("df", dinp.download(), df_ref, STORE_TOL);
+        residual_backward_checks.check("dx", dx.download(), dx_ref, STORE_TOL);
+        residual_backward_checks.check("dw", dw.download(), dw_ref, 2 * FP32_TOL);
+        if (residual_backward_checks.passed)
+            report_bandwidth("residual_rmsnorm_backward", shape, version, 4 * NC * X + 4.0 * N,
+                             benchmark_kernel(residual_backward_run));
     }
-    return 0;
+    return validation_exit_status();
 }

@@ -113,8 +113,9 @@ int main(int argc, char** argv) {
         forward();
         std::vector<double> out_ref(n);
         swiglu_forward(out_ref.data(), gate_h.data(), up_h.data(), n);
-        validate("out", out.download(), out_ref, STORE_TOL);
-        report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
+        Validation forward_checks;
+        forward_checks.check("out", out.download(), out_ref, STORE_TOL);
+        if (forward_checks.passed) report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
 
         auto backward = [&] {
             if (version == 1) swiglu_backward(dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr, n, 0);
@@ -125,9 +126,10 @@ int main(int argc, char** argv) {
         backward();
         std::vector<double> dgate_ref(n, 0.0), dup_ref(n, 0.0);
         swiglu_backward(dgate_ref.data(), dup_ref.data(), to_double(dout.download()).data(), gate_h.data(), up_h.data(), n);
-        validate("dgate", dgate.download(), dgate_ref, STORE_TOL);
-        validate("dup", dup.download(), dup_ref, STORE_TOL);
-        report_bandwidth("swiglu_backward", shape, version, 5 * n * X, benchmark_kernel(backward));
+        Validation backward_checks;
+        backward_checks.check("dgate", dgate.download(), dgate_ref, STORE_TOL);
+        backward_checks.check("dup", dup.download(), dup_ref, STORE_TOL);
+        if (backward_checks.passed) report_bandwidth("swiglu_backward", shape, version, 5 * n * X, benchmark_kernel(backward));
     }
-    return 0;
+    return validation_exit_status();
 }

@@ -1,28 +1,24 @@
 // The flash attention kernels (kernels/attention.cuh) against the CPU reference (kernels/cpu/attention.h)
 // in double on the same floatX-rounded inputs; method and metric in test/gpu_test_utils.cuh.
 //
-// Tolerances. fp32 build: the products are fp32 FMAs over at most T = 300 keys and HD = 128, and the
-// softmax uses __expf, whose error grows to about 2 + 1.2|x| ulp for |x| up to ~30 here, ~5e-6;
-// ATTN_TOL = 5e-5 leaves a margin over those. bf16 build: S is exact-input fp32-accumulated, but P is
-// rounded to bf16 before P V (2^-8) and the output is stored in bf16 (2^-8); the backward rounds P and
-// dS to bf16 before each product and stores the gradients in bf16: 4 roundings, 4 * 2^-8. lse is fp32
-// from fp32 scores in both builds, off only by the tensor cores' accumulation (2e-4, see MATMUL_TOL).
+// Metrics and bounds: test/attention_checks.h, calibrated on the CPU emulation of these kernels'
+// rounding (README, "GPU tolerances"). The shapes cover one tile, partial tiles, many tiles (T 1024) and
+// every head size.
 #include <cmath>
 #include <vector>
 #include "gpu_test_utils.cuh"
-#include "../kernels/cpu/attention.h"
+#include "attention_checks.h"
 #include "../kernels/attention.cuh"
 
-constexpr double ATTN_FWD_TOL = FLOATX_IS_FP32 ? 5e-5 : 2 * 0x1p-8 + 1e-4;
-constexpr double ATTN_BWD_TOL = FLOATX_IS_FP32 ? 5e-5 : 4 * 0x1p-8 + 1e-4;
-constexpr double LSE_TOL = FLOATX_IS_FP32 ? 5e-5 : 2e-4;
+constexpr AttentionBounds BOUNDS = FLOATX_IS_FP32 ? ATTENTION_BOUNDS_FP32 : ATTENTION_BOUNDS_BF16;
 
 struct AttentionShape { int B, T, NH, HD; };
-// one tile, partial tiles, several tiles; head sizes 64, 128, 32 (tiny), 48 (250m), and 16 and 80 for
-// the other multiples of 16
-static const AttentionShape SHAPES[] = {{2, 7, 2, 64}, {1, 64, 1, 64}, {2, 130, 2, 64}, {1, 100, 3, 128},
-                                        {1, 300, 1, 128}, {2, 77, 4, 32}, {2, 77, 2, 48}, {1, 200, 3, 48},
-                                        {1, 70, 2, 16}, {1, 90, 1, 80}};
+// one tile, partial tiles, several tiles, many tiles (T 1000, 1024); head sizes 64, 128, 32 (tiny),
+// 48 (250m), and 16 and 80 for the other multiples of 16
+static const AttentionShape SHAPES[] = {{2, 7, 2, 64},    {1, 64, 1, 64},    {2, 130, 2, 64},   {1, 100, 3, 128},
+                                        {1, 300, 1, 128}, {2, 77, 4, 32},    {2, 77, 2, 48},    {1, 200, 3, 48},
+                                        {1, 70, 2, 16},   {1, 90, 1, 80},    {1, 1024, 2, 64},  {1, 1024, 1, 128},
+                                        {1, 1000, 2, 32}, {1, 1024, 2, 48}};
 
 // q, k, v of `stride`-element rows (C, or 3C for a fused qkv buffer) and what the reference computes.
 struct AttentionCase {
@@ -46,23 +42,21 @@ struct AttentionCase {
         out.resize(N * C);
         probs.resize((long)B * NH * T * T);
         attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), B, T, C, NH);
-        lse.resize((long)B * NH * T);  // log sum_j exp(s_j), straight from the definition
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < NH; h++)
-                for (int t = 0; t < T; t++) {
-                    double sum = 0;
-                    for (int j = 0; j <= t; j++) {
-                        double s = 0;
-                        for (int i = 0; i < HD; i++) s += q[((long)b * T + t) * C + h * HD + i] * k[((long)b * T + j) * C + h * HD + i];
-                        sum += std::exp(s / std::sqrt((double)HD));
-                    }
-                    lse[((long)b * NH + h) * T + t] = std::log(sum);
-                }
+        lse = attention_lse_reference(q, k, B, T, C, NH);
     }
     // Where tensor 0 (q), 1 (k) or 2 (v) starts in qkv: column blocks of one buffer when fused, else
     // three (B, T, C) buffers back to back.
     long offset(int which) const { return stride == C ? which * (long)B * T * C : which * (long)C; }
 };
+
+// Both metrics of one output tensor, printed when over a bound.
+static void check_attention(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
+                            const std::vector<double>& scale, double l2_bound, double element_bound) {
+    const AttentionError e = attention_error(got, ref, scale);
+    INFO(what << ": L2-relative error " << e.l2 << " (bound " << l2_bound << "), per-element " << e.element
+              << " (bound " << element_bound << ")");
+    CHECK(e.within(l2_bound, element_bound));
+}
 
 TEST_CASE("flash attention forward matches the reference, with separate and fused qkv") {
     Rng rng(301);
@@ -76,8 +70,12 @@ TEST_CASE("flash attention forward matches the reference, with separate and fuse
             attention_forward(out.ptr, lse.ptr, qkv.ptr + c.offset(0), qkv.ptr + c.offset(1), qkv.ptr + c.offset(2),
                               c.stride, c.B, c.T, c.C, c.NH, STREAM);
             cudaCheck(cudaDeviceSynchronize());
-            CHECK(relative_error(out.download(), c.out) <= ATTN_FWD_TOL);
-            CHECK(relative_error(lse.download(), c.lse) <= LSE_TOL);
+            const AttentionScales scales = attention_error_scales(c.probs, c.q, c.k, c.v, c.out, {}, {}, {}, {}, c.B,
+                                                                  c.T, c.C, c.NH);
+            check_attention("out", out.download(), c.out, scales.out, BOUNDS.out_l2, BOUNDS.out_element);
+            const double lse_err = lse_error(lse.download(), c.lse);
+            INFO("lse: max abs error " << lse_err << " (bound " << BOUNDS.lse << ")");
+            CHECK(lse_err <= BOUNDS.lse);
         }
 }
 
@@ -113,9 +111,11 @@ TEST_CASE("flash attention backward matches the reference and is deterministic")
                     for (int col = 0; col < c.C; col++) t[n * c.C + col] = g[c.offset(which) + n * c.stride + col];
                 return t;
             };
-            CHECK(relative_error(gather(0), dq) <= ATTN_BWD_TOL);
-            CHECK(relative_error(gather(1), dk) <= ATTN_BWD_TOL);
-            CHECK(relative_error(gather(2), dv) <= ATTN_BWD_TOL);
+            const AttentionScales scales = attention_error_scales(c.probs, c.q, c.k, c.v, c.out, to_double(dout), dq, dk,
+                                                                  dv, c.B, c.T, c.C, c.NH);
+            check_attention("dq", gather(0), dq, scales.dq, BOUNDS.grad_l2, BOUNDS.grad_element);
+            check_attention("dk", gather(1), dk, scales.dk, BOUNDS.grad_l2, BOUNDS.grad_element);
+            check_attention("dv", gather(2), dv, scales.dv, BOUNDS.grad_l2, BOUNDS.grad_element);
             CHECK(bitwise_equal(first, run_backward()));
         }
 }
