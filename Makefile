@@ -38,7 +38,7 @@ test: $(BUILD)/test_cpu train_mixln_cpu analyze_mixln_cpu
 	test/run_tests.sh $(BUILD)/test_cpu test/test_scripts.sh $(GPU_TESTS)
 
 # The sweep that calibrates the attention checks (test/attention_checks.h) on the CPU emulation of the
-# kernels' rounding; its table is in README ("GPU tolerances"). CPU only, a few minutes.
+# kernels' rounding; its table is in README ("GPU tolerances"). CPU only, ~3 CPU-minutes.
 .PHONY: calibrate-attention
 calibrate-attention: $(BUILD)/calibrate_attention
 	$(BUILD)/calibrate_attention

@@ -2,7 +2,7 @@
 // version's rounding (test/attention_emulation.h) against the double reference, over T = 7 ... 4096 and
 // head sizes 32, 48, 64, 128, one random head per shape (two up to T = 1024). Prints each metric per
 // shape, then the worst case of each metric and its margin under the bound. CPU only:
-//   make calibrate-attention            (build/calibrate_attention; a few minutes on 2 cores)
+//   make calibrate-attention            (build/calibrate_attention; ~3 CPU-minutes)
 //   build/calibrate_attention 1024      (only shapes with T <= 1024)
 #include <cstdio>
 #include <cstdlib>
