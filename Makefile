@@ -88,7 +88,7 @@ $(CUDA_BUILD)/test_gpu_kernels.o: test/test_gpu_kernels.cu $(CUDA_HEADERS) $(HEA
 	@mkdir -p $(CUDA_BUILD)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
 
-$(CUDA_BUILD)/test_gpu_attention.o: test/test_gpu_attention.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h test/gpu_test_utils.cuh
+$(CUDA_BUILD)/test_gpu_attention.o: test/test_gpu_attention.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h test/gpu_test_utils.cuh test/attention_checks.h
 	@mkdir -p $(CUDA_BUILD)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
 
@@ -123,7 +123,7 @@ DEV_BENCHMARKS := rmsnorm swiglu rope classifier adamw embedding attention
 .PHONY: dev
 dev: $(addprefix $(CUDA_BUILD)/dev/,$(DEV_BENCHMARKS))
 
-$(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh $(CUDA_HEADERS) $(HEADERS)
+$(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh $(CUDA_HEADERS) $(HEADERS) test/attention_checks.h
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
 
