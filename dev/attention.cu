@@ -711,7 +711,8 @@ int main(int argc, char** argv) {
             std::vector<double> out_ref((size_t)H * T * hd), probs((size_t)H * T * T);
             attention_forward(out_ref.data(), probs.data(), q_h.data(), k_h.data(), v_h.data(), H, T, hd, 1);
             const std::vector<double> lse_ref = attention_lse_reference(q_h, k_h, H, T, hd, 1);
-            std::vector<double> dq_ref((size_t)H * T * hd, 0.0), dk_ref((size_t)H * T * hd, 0.0), dv_ref((size_t)H * T * hd, 0.0);
+            std::vector<double> dq_ref((size_t)H * T * hd, 0.0), dk_ref((size_t)H * T * hd, 0.0),
+                dv_ref((size_t)H * T * hd, 0.0);
             attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout_h.data(), probs.data(), q_h.data(),
                                k_h.data(), v_h.data(), H, T, hd, 1);
             const AttentionScales scales = attention_error_scales(probs, q_h, k_h, v_h, out_ref, dout_h, dq_ref, dk_ref,
@@ -742,7 +743,8 @@ int main(int argc, char** argv) {
             lse.poison();
             forward();
             Validation forward_checks;
-            check(forward_checks, "out", gather_heads<float>(out.download(), heads, T, C, hd), out_ref, scales.out, false);
+            check(forward_checks, "out", gather_heads<float>(out.download(), heads, T, C, hd), out_ref, scales.out,
+                  false);
             forward_checks.record("lse", (size_t)H * T, "max abs error", lse_error(gpu_lse(), lse_ref), bounds.lse);
             if (forward_checks.passed)
                 report_flops("attention_forward", shape, version, 2.0 * T * T * hd * B * NH, benchmark_kernel(forward));

@@ -96,7 +96,8 @@ int main(int argc, char** argv) {
         run(+1);
         rope_forward(ref.data(), x_h.data(), B, T, NH, hd, theta);
         checks.check("forward", out.download(), ref, STORE_TOL);
-        if (checks.passed) report_bandwidth("rope_forward", shape, version, 2.0 * n * sizeof(floatX), benchmark_kernel([&] { run(+1); }));
+        if (checks.passed)
+            report_bandwidth("rope_forward", shape, version, 2.0 * n * sizeof(floatX), benchmark_kernel([&] { run(+1); }));
     }
     return validation_exit_status();
 }

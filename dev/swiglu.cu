@@ -115,7 +115,8 @@ int main(int argc, char** argv) {
         swiglu_forward(out_ref.data(), gate_h.data(), up_h.data(), n);
         Validation forward_checks;
         forward_checks.check("out", out.download(), out_ref, STORE_TOL);
-        if (forward_checks.passed) report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
+        if (forward_checks.passed)
+            report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
 
         auto backward = [&] {
             if (version == 1) swiglu_backward(dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr, n, 0);
@@ -129,7 +130,8 @@ int main(int argc, char** argv) {
         Validation backward_checks;
         backward_checks.check("dgate", dgate.download(), dgate_ref, STORE_TOL);
         backward_checks.check("dup", dup.download(), dup_ref, STORE_TOL);
-        if (backward_checks.passed) report_bandwidth("swiglu_backward", shape, version, 5 * n * X, benchmark_kernel(backward));
+        if (backward_checks.passed)
+            report_bandwidth("swiglu_backward", shape, version, 5 * n * X, benchmark_kernel(backward));
     }
     return validation_exit_status();
 }

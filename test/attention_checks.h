@@ -98,7 +98,8 @@ inline AttentionScales attention_error_scales(const std::vector<double>& probs, 
                 const double* p = probs.data() + (((long)b * NH + h) * T + t) * T;
                 for (int j = 0; j <= t; j++)
                     for (int i = 0; i < hd; i++) s.out[row(t) + i] += sq(p[j] * v[row(j) + i]);
-                for (int i = 0; i < hd; i++) s.out[row(t) + i] = std::max(std::sqrt(s.out[row(t) + i]), std::fabs(out[row(t) + i]));
+                for (int i = 0; i < hd; i++)
+                    s.out[row(t) + i] = std::max(std::sqrt(s.out[row(t) + i]), std::fabs(out[row(t) + i]));
                 if (!backward) continue;
                 double delta = 0, delta_error = 0;
                 for (int i = 0; i < hd; i++) {

@@ -1,5 +1,5 @@
 // The flash attention kernels (kernels/attention.cuh) against the CPU reference (kernels/cpu/attention.h)
-// in double on the same floatX-rounded inputs; method and metric in test/gpu_test_utils.cuh.
+// in double on the same floatX-rounded inputs, with poisoned outputs (test/gpu_test_utils.cuh).
 //
 // Metrics and bounds: test/attention_checks.h, calibrated on the CPU emulation of these kernels'
 // rounding (README, "GPU tolerances"). The shapes cover one tile, partial tiles, many tiles (T 1024) and

@@ -5,9 +5,9 @@
 //
 // The model is small and awkward: d 128 in 2 heads of 64 (the attention kernel's head size), ffn 344,
 // 4 layers, vocabulary 300, B 3, T 64, 40 (not a multiple of the attention tile) and 200 (three tiles
-// and a partial one), two targets IGNORE_INDEX. The GPU starts from init_parameters' weights rounded to floatX, and the reference,
-// CpuModel<double>, from exactly those values, so a forward and backward differ only by the GPU's
-// arithmetic and storage.
+// and a partial one), two targets IGNORE_INDEX. The GPU starts from init_parameters' weights rounded
+// to floatX, and the reference, CpuModel<double>, from exactly those values, so a forward and
+// backward differ only by the GPU's arithmetic and storage.
 //
 // Gradients are compared per tensor and layer: Post-LN's early layers have far smaller gradients than
 // the rest (the paper's point), and a bound per whole tensor would not see them. For each slice,
