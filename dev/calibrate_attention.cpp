@@ -11,7 +11,9 @@
 
 struct Worst {
     EmulatedErrors e;
+    int cases = 0;
     void add(const EmulatedErrors& x) {
+        cases++;
         auto up = [](AttentionError& a, const AttentionError& b) {
             a.l2 = std::max(a.l2, b.l2);
             a.element = std::max(a.element, b.element);
@@ -29,6 +31,7 @@ static void print_row(const char* what, int T, int hd, const EmulatedErrors& e) 
 }
 
 static void print_margins(const char* what, const Worst& w, const AttentionBounds& b) {
+    if (!w.cases) return;
     const AttentionError g = w.e.grad();
     printf("%-22s worst     | %9.2e %9.2e | %9.2e | %9.2e %9.2e\n", what, w.e.out.l2, w.e.out.element, w.e.lse, g.l2,
            g.element);
