@@ -86,43 +86,62 @@ inline AttentionScales attention_error_scales(const std::vector<double>& probs, 
     const int hd = C / NH;
     const double scale = 1.0 / std::sqrt((double)hd);
     const bool backward = !dout.empty();
+    auto row = [&](int b, int h, int t) { return ((long)b * T + t) * C + h * hd; };
+    auto prob = [&](int b, int h, int t, int j) { return probs[(((long)b * NH + h) * T + t) * T + j]; };
+    auto sq = [](double x) { return x * x; };
     AttentionScales s;
     s.out.assign(out.size(), 0.0);
     if (backward) { s.dq.assign(out.size(), 0.0); s.dk.assign(out.size(), 0.0); s.dv.assign(out.size(), 0.0); }
-#pragma omp parallel for collapse(2) schedule(static)
+    std::vector<double> delta(backward ? (size_t)B * NH * T : 0), delta_error(delta.size());
+    // Per query t: out and dq, and delta with its error for the keys' pass.
+#pragma omp parallel for collapse(3) schedule(dynamic, 16)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            auto row = [&](int t) { return ((long)b * T + t) * C + h * hd; };
-            auto sq = [](double x) { return x * x; };
+        for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
-                const double* p = probs.data() + (((long)b * NH + h) * T + t) * T;
+                const long rt = row(b, h, t), stat = ((long)b * NH + h) * T + t;
                 for (int j = 0; j <= t; j++)
-                    for (int i = 0; i < hd; i++) s.out[row(t) + i] += sq(p[j] * v[row(j) + i]);
-                for (int i = 0; i < hd; i++)
-                    s.out[row(t) + i] = std::max(std::sqrt(s.out[row(t) + i]), std::fabs(out[row(t) + i]));
+                    for (int i = 0; i < hd; i++) s.out[rt + i] += sq(prob(b, h, t, j) * v[row(b, h, j) + i]);
+                for (int i = 0; i < hd; i++) s.out[rt + i] = std::max(std::sqrt(s.out[rt + i]), std::fabs(out[rt + i]));
                 if (!backward) continue;
-                double delta = 0, delta_error = 0;
                 for (int i = 0; i < hd; i++) {
-                    delta += dout[row(t) + i] * out[row(t) + i];
-                    delta_error += sq(dout[row(t) + i] * s.out[row(t) + i]);
+                    delta[stat] += dout[rt + i] * out[rt + i];
+                    delta_error[stat] += sq(dout[rt + i] * s.out[rt + i]);
                 }
-                delta_error = std::sqrt(delta_error);
+                delta_error[stat] = std::sqrt(delta_error[stat]);
                 for (int j = 0; j <= t; j++) {
                     double dp = 0;
-                    for (int i = 0; i < hd; i++) dp += dout[row(t) + i] * v[row(j) + i];
-                    const double ds = p[j] * (std::fabs(dp) + std::fabs(delta) + delta_error) * scale;
-                    for (int i = 0; i < hd; i++) {
-                        s.dv[row(j) + i] += sq(p[j] * dout[row(t) + i]);
-                        s.dk[row(j) + i] += sq(ds * q[row(t) + i]);
-                        s.dq[row(t) + i] += sq(ds * k[row(j) + i]);
-                    }
+                    for (int i = 0; i < hd; i++) dp += dout[rt + i] * v[row(b, h, j) + i];
+                    const double ds =
+                        prob(b, h, t, j) * (std::fabs(dp) + std::fabs(delta[stat]) + delta_error[stat]) * scale;
+                    for (int i = 0; i < hd; i++) s.dq[rt + i] += sq(ds * k[row(b, h, j) + i]);
                 }
             }
-        }
-    auto finish = [](std::vector<double>& sum_sq, const std::vector<double>& ref) {
-        for (size_t i = 0; i < sum_sq.size(); i++) sum_sq[i] = std::max(std::sqrt(sum_sq[i]), std::fabs(ref[i]));
-    };
-    if (backward) { finish(s.dq, dq); finish(s.dk, dk); finish(s.dv, dv); }
+    // Per key j: dk and dv, over the queries that see it.
+    if (backward) {
+#pragma omp parallel for collapse(3) schedule(dynamic, 16)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < NH; h++)
+                for (int j = 0; j < T; j++) {
+                    const long rj = row(b, h, j);
+                    for (int t = j; t < T; t++) {
+                        const long rt = row(b, h, t), stat = ((long)b * NH + h) * T + t;
+                        double dp = 0;
+                        for (int i = 0; i < hd; i++) dp += dout[rt + i] * v[rj + i];
+                        const double p = prob(b, h, t, j);
+                        const double ds = p * (std::fabs(dp) + std::fabs(delta[stat]) + delta_error[stat]) * scale;
+                        for (int i = 0; i < hd; i++) {
+                            s.dv[rj + i] += sq(p * dout[rt + i]);
+                            s.dk[rj + i] += sq(ds * q[rt + i]);
+                        }
+                    }
+                }
+        auto finish = [](std::vector<double>& sum_sq, const std::vector<double>& ref) {
+            for (size_t i = 0; i < sum_sq.size(); i++) sum_sq[i] = std::max(std::sqrt(sum_sq[i]), std::fabs(ref[i]));
+        };
+        finish(s.dq, dq);
+        finish(s.dk, dk);
+        finish(s.dv, dv);
+    }
     return s;
 }
 
