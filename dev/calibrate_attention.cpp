@@ -1,8 +1,8 @@
 // Calibration of the attention checks (test/attention_checks.h): the CPU emulation of each kernel
-// version's rounding (test/attention_emulation.h) against the double reference, over T = 7 ... 4096 and
-// head sizes 32, 48, 64, 128, one random head per shape (two up to T = 1024). Prints each metric per
-// shape, then the worst case of each metric and its margin under the bound. CPU only:
-//   make calibrate-attention            (build/calibrate_attention; ~3 CPU-minutes)
+// version's rounding (test/attention_emulation.h) against the double reference, over T = 7 ... 4096
+// and head sizes 16, 32, 48, 64, 80, 128, one random head per shape (two up to T = 1024). Prints each
+// metric per shape, then the worst case of each metric and its margin under the bound. CPU only:
+//   make calibrate-attention            (build/calibrate_attention; ~4 CPU-minutes)
 //   build/calibrate_attention 1024      (only shapes with T <= 1024)
 #include <cstdio>
 #include <cstdlib>
@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
     Worst bf16[3], fp32;
     for (int T : {7, 64, 65, 128, 130, 200, 256, 300, 1024, 4096}) {
         if (T > max_T) continue;
-        for (int hd : {32, 48, 64, 128}) {
+        for (int hd : {16, 32, 48, 64, 80, 128}) {
             for (int head = 0; head < (T <= 1024 ? 2 : 1); head++) {
                 const uint64_t seed = 1000 * T + 10 * hd + head;
                 const AttentionReference ref(T, hd, seed, true);

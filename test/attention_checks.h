@@ -2,7 +2,7 @@
 // the error metrics and their bounds, in one place for the CPU calibration test
 // (test/test_attention_numerics.cpp), the GPU tests (test/test_gpu_attention.cu) and the benchmark
 // (dev/attention.cu). The bounds come from the CPU emulation of the kernels' rounding
-// (test/attention_emulation.h) swept over T = 7 ... 4096 and head sizes 32 ... 128 by
+// (test/attention_emulation.h) swept over T = 7 ... 4096 and head sizes 16 ... 128 by
 // `make calibrate-attention` (table in README, "GPU tolerances").
 //
 // Metrics, per output tensor (out, dq, dk, dv):

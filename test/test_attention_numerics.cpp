@@ -29,7 +29,7 @@ TEST_CASE("the attention checks pass the emulated kernels with a margin of at le
     struct Case { int version; bool bf16; int T, hd; };
     std::vector<Case> cases;
     for (int T : {7, 64, 65, 130, 200, 300})
-        for (int hd : {32, 48, 64, 128}) {
+        for (int hd : {16, 32, 48, 64, 80, 128}) {
             cases.push_back({1, true, T, hd});
             if (T == 65 || T == 200) cases.push_back({1, false, T, hd});
         }
