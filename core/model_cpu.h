@@ -89,22 +89,26 @@ struct CpuModel {
         matmul_forward(a.v.data(), a.attn_in.data(), param(WV, l), N, C, C);
         rope_forward(a.q.data(), a.q.data(), B, T, NH, hd, cfg.rope_theta);
         rope_forward(a.k.data(), a.k.data(), B, T, NH, hd, cfg.rope_theta);
-        attention_forward(a.attn_y.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, C, NH);
+        attention_forward_tiled(a.attn_y.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), B, T, C, NH);
         matmul_forward(a.attn_out.data(), a.attn_y.data(), param(WO, l), N, C, C);
     }
 
-    // dout = d attn_out; accumulates d attn_in into dsub_in (which it zeroes first).
+    // dout = d attn_out; writes d attn_in into dsub_in.
     void attention_sublayer_backward(LayerActivations<real>& a, int l, const real* dout) {
         const int N = B * T, C = cfg.d_model, NH = cfg.n_head, hd = cfg.head_dim();
-        for (std::vector<real>* d : {&dattn_y, &dq, &dk, &dv, &dsub_in}) std::fill(d->begin(), d->end(), real(0));
-        matmul_backward(dattn_y.data(), grad(WO, l), dout, a.attn_y.data(), param(WO, l), N, C, C);
-        attention_backward(dq.data(), dk.data(), dv.data(), dattn_y.data(), a.probs.data(),
-                           a.q.data(), a.k.data(), a.v.data(), B, T, C, NH);
+        matmul_backward_input(dattn_y.data(), dout, param(WO, l), N, C, C, /*accumulate=*/false);
+        matmul_backward_weight(grad(WO, l), dout, a.attn_y.data(), N, C, C);
+        attention_backward_tiled(dq.data(), dk.data(), dv.data(), dattn_y.data(), a.probs.data(),
+                                 a.q.data(), a.k.data(), a.v.data(), B, T, C, NH);
         rope_backward(dq.data(), dq.data(), B, T, NH, hd, cfg.rope_theta);
         rope_backward(dk.data(), dk.data(), B, T, NH, hd, cfg.rope_theta);
-        matmul_backward(dsub_in.data(), grad(WQ, l), dq.data(), a.attn_in.data(), param(WQ, l), N, C, C);
-        matmul_backward(dsub_in.data(), grad(WK, l), dk.data(), a.attn_in.data(), param(WK, l), N, C, C);
-        matmul_backward(dsub_in.data(), grad(WV, l), dv.data(), a.attn_in.data(), param(WV, l), N, C, C);
+        // d attn_in = dq Wq + dk Wk + dv Wv: the first product writes, the others add
+        matmul_backward_input(dsub_in.data(), dq.data(), param(WQ, l), N, C, C, false);
+        matmul_backward_input(dsub_in.data(), dk.data(), param(WK, l), N, C, C, true);
+        matmul_backward_input(dsub_in.data(), dv.data(), param(WV, l), N, C, C, true);
+        matmul_backward_weight(grad(WQ, l), dq.data(), a.attn_in.data(), N, C, C);
+        matmul_backward_weight(grad(WK, l), dk.data(), a.attn_in.data(), N, C, C);
+        matmul_backward_weight(grad(WV, l), dv.data(), a.attn_in.data(), N, C, C);
     }
 
     void mlp_sublayer_forward(LayerActivations<real>& a, int l) {
@@ -115,14 +119,17 @@ struct CpuModel {
         matmul_forward(a.mlp_out.data(), a.swiglu.data(), param(WDOWN, l), N, F, C);
     }
 
-    // dout = d mlp_out; accumulates d mlp_in into dsub_in (which it zeroes first).
+    // dout = d mlp_out; writes d mlp_in into dsub_in.
     void mlp_sublayer_backward(LayerActivations<real>& a, int l, const real* dout) {
         const int N = B * T, C = cfg.d_model, F = cfg.d_ffn;
-        for (std::vector<real>* d : {&dswiglu, &dgate, &dup, &dsub_in}) std::fill(d->begin(), d->end(), real(0));
-        matmul_backward(dswiglu.data(), grad(WDOWN, l), dout, a.swiglu.data(), param(WDOWN, l), N, F, C);
+        matmul_backward_input(dswiglu.data(), dout, param(WDOWN, l), N, F, C, /*accumulate=*/false);
+        matmul_backward_weight(grad(WDOWN, l), dout, a.swiglu.data(), N, F, C);
+        for (std::vector<real>* d : {&dgate, &dup}) std::fill(d->begin(), d->end(), real(0));
         swiglu_backward(dgate.data(), dup.data(), dswiglu.data(), a.gate.data(), a.up.data(), (long)N * F);
-        matmul_backward(dsub_in.data(), grad(WGATE, l), dgate.data(), a.mlp_in.data(), param(WGATE, l), N, C, F);
-        matmul_backward(dsub_in.data(), grad(WUP, l), dup.data(), a.mlp_in.data(), param(WUP, l), N, C, F);
+        matmul_backward_input(dsub_in.data(), dgate.data(), param(WGATE, l), N, C, F, false);
+        matmul_backward_input(dsub_in.data(), dup.data(), param(WUP, l), N, C, F, true);
+        matmul_backward_weight(grad(WGATE, l), dgate.data(), a.mlp_in.data(), N, C, F);
+        matmul_backward_weight(grad(WUP, l), dup.data(), a.mlp_in.data(), N, C, F);
     }
 
     void rmsnorm(std::vector<real>& out, std::vector<real>& rstd, const std::vector<real>& in, int tensor, int l) {
@@ -220,8 +227,8 @@ struct CpuModel {
         const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
         const real dloss = n_valid ? loss_scale / n_valid : real(0);
         crossentropy_backward(dlogits.data(), logits.data(), targets.data(), N, V, dloss);
-        std::fill(dfinal.begin(), dfinal.end(), real(0));
-        matmul_backward(dfinal.data(), grad(LM_HEAD), dlogits.data(), final_norm.data(), param(LM_HEAD), N, C, V);
+        matmul_backward_input(dfinal.data(), dlogits.data(), param(LM_HEAD), N, C, V, /*accumulate=*/false);
+        matmul_backward_weight(grad(LM_HEAD), dlogits.data(), final_norm.data(), N, C, V);
         std::fill(dx.begin(), dx.end(), real(0));
         rmsnorm_backward(dx.data(), grad(NORM_F), dfinal.data(), final_in.data(), param(NORM_F), rstd_f.data(), N, C);
         for (int l = cfg.n_layer - 1; l >= 0; l--) layer_backward(l);

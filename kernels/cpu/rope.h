@@ -6,23 +6,33 @@
 // x and out are (B, T, NH, hd) = (B, T, C). out may alias x.
 #pragma once
 #include <cmath>
+#include <vector>
 
 // The rotation is orthogonal, so the backward is the same map with the angle negated.
 template <typename real>
 void rope_rotate(real* out, const real* inp, int B, int T, int NH, int hd, double theta, int direction) {
     const int half = hd / 2;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < NH; h++) {
-                const long base = (((long)b * T + t) * NH + h) * hd;
-                for (int i = 0; i < half; i++) {
-                    const double angle = t * std::pow(theta, -2.0 * i / hd);
-                    const real c = (real)std::cos(angle), s = (real)(direction * std::sin(angle));
-                    const real x1 = inp[base + i], x2 = inp[base + i + half];
-                    out[base + i] = x1 * c - x2 * s;
-                    out[base + i + half] = x2 * c + x1 * s;
-                }
+    #pragma omp parallel
+    {
+        std::vector<real> c(half), s(half);  // position t's rotation, shared by every sequence and head
+        #pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            for (int i = 0; i < half; i++) {
+                const double angle = t * std::pow(theta, -2.0 * i / hd);
+                c[i] = (real)std::cos(angle);
+                s[i] = (real)(direction * std::sin(angle));
             }
+            for (int b = 0; b < B; b++)
+                for (int h = 0; h < NH; h++) {
+                    const long base = (((long)b * T + t) * NH + h) * hd;
+                    for (int i = 0; i < half; i++) {
+                        const real x1 = inp[base + i], x2 = inp[base + i + half];
+                        out[base + i] = x1 * c[i] - x2 * s[i];
+                        out[base + i + half] = x2 * c[i] + x1 * s[i];
+                    }
+                }
+        }
+    }
 }
 
 template <typename real>
