@@ -4,7 +4,8 @@
 //   grad   per-layer gradient norms over -m batches of -i      -> OUT/grad_norms.csv    (Fig. 3e, 6)
 //   angle  angular distance between layer inputs, -m batches   -> OUT/angular_distance.csv (eq. 6, Fig. 3a/b, 5)
 //   prune  val loss with each single layer removed, -m batches of -j (else -i) -> OUT/pruning.csv (eq. 7)
-// Without -f the model is freshly initialized from -s, as in the paper's "at initialization" plots.
+// Without -f the model is freshly initialized from -s, as in the paper's "at initialization" plots;
+// with -f, -t and -b default to the checkpoint's training values (a differing one is noted).
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -50,10 +51,28 @@ static FILE* open_csv(const std::string& path, const char* header) {
     return f;
 }
 
-static int analyze(const AnalysisRun& run) {
-    const TrainOptions& o = run.o;
+// With a checkpoint, -t and -b default to the sequence length and micro-batch it was trained with; a
+// given value that differs is used, with a note (a longer -t measures positions it never trained on).
+static void take_data_flags_from_checkpoint(TrainOptions& o, const Checkpoint& ck) {
+    const int64_t trained_t = ck.state.seq_len > 0 ? ck.state.seq_len : ck.cfg.max_seq_len;
+    const int64_t trained_b = ck.state.micro_batch;  // 0 in a weights-only checkpoint
+    if (!o.given.count('t')) o.seq_len = (int)trained_t;
+    else if (o.seq_len != trained_t)
+        printf("note: -t %d differs from the sequence length the checkpoint was trained at (%lld)\n", o.seq_len,
+               (long long)trained_t);
+    if (trained_b > 0 && !o.given.count('b')) o.micro_batch = (int)trained_b;
+    else if (trained_b > 0 && o.micro_batch != trained_b)
+        printf("note: -b %d differs from the checkpoint's training micro-batch (%lld)\n", o.micro_batch,
+               (long long)trained_b);
+}
+
+static int analyze(AnalysisRun& run) {
+    TrainOptions& o = run.o;
     std::unique_ptr<Checkpoint> ck;
-    if (!o.init_from.empty()) ck.reset(new Checkpoint(load_checkpoint(resolve_checkpoint_path(o.init_from))));
+    if (!o.init_from.empty()) {
+        ck.reset(new Checkpoint(load_checkpoint(resolve_checkpoint_path(o.init_from))));
+        take_data_flags_from_checkpoint(o, *ck);
+    }
     const ModelConfig cfg = resolve_model_config(o, ck.get());
     CpuModel<float> model(cfg);
     if (ck) model.params = ck->params;

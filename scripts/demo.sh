@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # make demo: from a fresh machine with no network (but the package registries) and no GPU to a
-# trained Mix-LN model, its validation perplexity against a unigram baseline, and a text sample.
-#   DEMO_STEPS=N  optimizer steps (default 800; CI uses fewer)
+# trained Mix-LN model, its validation perplexity against a unigram baseline, a text sample, and the
+# commands to run next (test/test_scripts.sh runs them as printed, on tiny data).
+#   DEMO_STEPS=N  optimizer steps (default 800; CI uses 150)
+#   DEMO_DATA=DIR, DEMO_OUT=DIR  the prepared corpus (train.bin, val.bin, vocab.bin, stats.json; default
+#                 data/kjv, made from the King James Bible when missing) and the run directory (out/demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=${DEMO_STEPS:-800}
-data=data/kjv
-out=out/demo
+data=${DEMO_DATA:-data/kjv}
+out=${DEMO_OUT:-out/demo}
+# Threads that wait at OpenMP barriers sleep instead of spinning: on a machine shared with other jobs
+# spinning threads steal each other's cores (measured 6x slower on 2 loaded cores), on an idle one it
+# makes little difference.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 echo "== 1/4 Python packages (scripts/requirements.txt)"
 python3 -c "import numpy, tokenizers" 2>/dev/null ||
@@ -14,8 +21,10 @@ python3 -c "import numpy, tokenizers" 2>/dev/null ||
     python3 -m pip install -q --break-system-packages -r scripts/requirements.txt
 
 echo "== 2/4 corpus: the King James Bible from Debian's bible-kjv-text (public domain)"
-[ -s $data/kjv.txt ] || scripts/get_kjv.sh $data/kjv.txt
-[ -s $data/train.bin ] && [ -s $data/vocab.bin ] || python3 scripts/prepro_text.py --tokenizer bytes --out $data $data/kjv.txt
+if ! [ -s $data/train.bin ] || ! [ -s $data/val.bin ] || ! [ -s $data/vocab.bin ] || ! [ -s $data/stats.json ]; then
+    [ -s $data/kjv.txt ] || scripts/get_kjv.sh $data/kjv.txt
+    python3 scripts/prepro_text.py --tokenizer bytes --out $data $data/kjv.txt
+fi
 
 trainer=./train_mixln_cpu
 if [ -x ./train_mixln ] && nvidia-smi -L >/dev/null 2>&1; then trainer=./train_mixln; fi
@@ -35,11 +44,17 @@ print(f"unigram baseline  {unigram:.4f} nats/token, perplexity {math.exp(unigram
 if not val[-1] < unigram:
     sys.exit("error: the model did not beat the unigram baseline")
 PY
-cat <<'EOF2'
+table_out=$(dirname $out)/table1
+cat <<EOF2
 
-Next:
-  - C4 as in the paper:  python3 scripts/prepro_c4.py --out data/c4   (see README: Data)
-  - larger models:       -e 71m | 130m | 250m | 1b   (the GPU trainer, train_mixln, for real runs)
-  - the paper's tables:  python3 scripts/reproduce.py table1 --out out/table1 -- ...
-  - layer measurements:  ./analyze_mixln_cpu -f out/demo -i data/kjv/val.bin -o out/demo/analysis
+Next, from this directory:
+  # layer measurements of the trained model: gradient norms, angular distance, pruning (README: Analysis)
+  \$ ./analyze_mixln_cpu -f $out -i $data/val.bin -o $out/analysis
+  # more text from it
+  \$ $trainer -f $out -x 0 -i $data/train.bin -G 400 -P "And the LORD said"
+  # the paper's Table 1 at this scale: Post-LN, DeepNorm, Pre-LN and Mix-LN, each trained as above
+  \$ python3 scripts/reproduce.py table1 --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 100
+  # C4 as in the paper (downloads from the Hugging Face hub; README: Data), and larger models on a GPU
+  \$ python3 scripts/prepro_c4.py --out data/c4
+  \$ make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
 EOF2

@@ -69,6 +69,28 @@ def paper_protocol(table, common):
     return variants, common if "-m" in common else common + ["-m", "10M"]
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gpu_present():
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def default_trainer():
+    """The trainer make built: train_mixln where it exists and a GPU is present, else train_mixln_cpu
+    (the choice scripts/demo.sh makes)."""
+    gpu, cpu = os.path.join(REPO, "train_mixln"), os.path.join(REPO, "train_mixln_cpu")
+    if os.access(gpu, os.X_OK) and gpu_present():
+        return gpu
+    if os.access(cpu, os.X_OK):
+        return cpu
+    sys.exit(f"error: no trainer built in {REPO}: run `make train_mixln_cpu` (or `make train_mixln` on a GPU "
+             "machine), or pass --trainer")
+
+
 def run_dir(out, name):
     return os.path.join(out, name.replace(" ", "_").replace("+", "plus").replace("=", "_"))
 
@@ -113,10 +135,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", choices=sorted(TABLES))
     ap.add_argument("--out", required=True, help="one subdirectory per variant, plus results.csv / results.md")
-    ap.add_argument("--trainer", default="./train_mixln", help="trainer binary (default ./train_mixln)")
+    ap.add_argument("--trainer", help="trainer binary (default: train_mixln if built and a GPU is present, "
+                    "else train_mixln_cpu, from the repository root)")
     ap.add_argument("--protocol", choices=["paper", "packed"], default="paper",
                     help="paper: the official code's data, validation and DeepNorm (default); packed: this project's")
     args = ap.parse_args(sys.argv[1:split])
+    if args.trainer is None:
+        args.trainer = default_trainer()
+    elif not os.access(args.trainer, os.X_OK):
+        sys.exit(f"error: --trainer {args.trainer}: no such executable")
     common = sys.argv[split + 1:]
     if "-o" in common or "-r" in common:
         sys.exit("error: -o and -r are set per run by this script")
