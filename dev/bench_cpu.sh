@@ -5,7 +5,9 @@
 # wider one (d 512, ffn 1368, 8 heads, 4 layers), both Mix-LN 0.25.
 #
 #   dev/bench_cpu.sh [ROUNDS]      rounds of both trainers on both models (default 3)
-#   THREADS=N STEPS=N              threads for both (default: all cores), steps per run (default 10)
+#   THREADS=N STEPS=N              threads for both (default: all cores), steps per run (default 8)
+#   OMP_WAIT_POLICY                both trainers' OpenMP (PyTorch ships libgomp too); default passive:
+#                                  on a loaded machine spinning threads slow both several times over
 #
 # Each run's tokens/s is over its steps after the first two (warm-up), from the step times each
 # trainer prints (forward, backward and update). The rounds interleave the two trainers, alternating
@@ -17,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 threads=${THREADS:-$(nproc)}
-steps=${STEPS:-10}
+steps=${STEPS:-8}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 venv=build/venv-bench
 shard=build/bench/random256.bin
 
@@ -46,7 +49,7 @@ run_torch() {
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads each"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads each, OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
 echo "torch $("$venv/bin/python" -c 'import torch; print(torch.__version__, torch.backends.cpu.get_cpu_capability())')"
 echo "load at start: $(uptime | sed 's/.*load average/load average/')"
 declare -A ratios cpp_all torch_all

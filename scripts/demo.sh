@@ -2,12 +2,12 @@
 # make demo: from a fresh machine with no network (but the package registries) and no GPU to a
 # trained Mix-LN model, its validation perplexity against a unigram baseline, a text sample, and the
 # commands to run next (test/test_scripts.sh runs them as printed, on tiny data).
-#   DEMO_STEPS=N  optimizer steps (default 800; CI uses 150)
+#   DEMO_STEPS=N  optimizer steps (default 1000; CI uses 150)
 #   DEMO_DATA=DIR, DEMO_OUT=DIR  the prepared corpus (train.bin, val.bin, vocab.bin, stats.json; default
 #                 data/kjv, made from the King James Bible when missing) and the run directory (out/demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=${DEMO_STEPS:-800}
+steps=${DEMO_STEPS:-1000}
 data=${DEMO_DATA:-data/kjv}
 out=${DEMO_OUT:-out/demo}
 # Threads that wait at OpenMP barriers sleep instead of spinning: on a machine shared with other jobs
@@ -32,7 +32,7 @@ echo "== 3/4 training a tiny Mix-LN model (alpha 0.25) for $steps steps with $tr
 rm -rf $out
 mkdir -p "$(dirname $out)"
 $trainer -e tiny -a 0.25 -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x "$steps" \
-    -v 100 -m 50 -o $out -G 300 -P "And God said" -T 0.8 | tee $out.log
+    -v 250 -m 50 -o $out -G 300 -P "And God said" -T 0.8 | tee $out.log
 
 echo "== 4/4 result"
 python3 - "$out/log.csv" "$data/stats.json" <<'PY'
@@ -53,7 +53,7 @@ Next, from this directory:
   # more text from it
   \$ $trainer -f $out -x 0 -i $data/train.bin -G 400 -P "And the LORD said"
   # the paper's Table 1 at this scale: Post-LN, DeepNorm, Pre-LN and Mix-LN, each trained as above
-  \$ python3 scripts/reproduce.py table1 --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 100
+  \$ python3 scripts/reproduce.py table1 --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 250
   # C4 as in the paper (downloads from the Hugging Face hub; README: Data), and larger models on a GPU
   \$ python3 scripts/prepro_c4.py --out data/c4
   \$ make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin

@@ -67,7 +67,9 @@ static std::string temp_dir() {
     return mkdtemp(tmpl);
 }
 
+// Runs args with its output in log_path, which the next failing assertion names.
 static pid_t spawn(const std::vector<std::string>& args, const std::string& log_path) {
+    UNSCOPED_INFO("trainer log: " << log_path);
     const pid_t pid = fork();
     if (pid == 0) {
         FILE* f = fopen(log_path.c_str(), "w");
