@@ -9,6 +9,17 @@
 #include <vector>
 #include "matmul.h"
 
+// p[0, n) = softmax(p[0, n)), the maximum subtracted before exp.
+template <typename real>
+void softmax_in_place(real* p, int n) {
+    real maxval = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (p[i] > maxval) maxval = p[i];
+    real sum = 0;
+    for (int i = 0; i < n; i++) { p[i] = std::exp(p[i] - maxval); sum += p[i]; }
+    for (int i = 0; i < n; i++) p[i] /= sum;
+}
+
 template <typename real>
 void attention_forward(real* out, real* probs, const real* q, const real* k, const real* v,
                        int B, int T, int C, int NH) {
@@ -20,17 +31,13 @@ void attention_forward(real* out, real* probs, const real* q, const real* k, con
             for (int t = 0; t < T; t++) {
                 const real* qt = q + ((long)b * T + t) * C + h * hd;
                 real* p = probs + (((long)b * NH + h) * T + t) * T;
-                real maxval = -INFINITY;
                 for (int t2 = 0; t2 <= t; t2++) {
                     const real* kt = k + ((long)b * T + t2) * C + h * hd;
                     real s = 0;
                     for (int i = 0; i < hd; i++) s += qt[i] * kt[i];
                     p[t2] = s * scale;
-                    if (p[t2] > maxval) maxval = p[t2];
                 }
-                real sum = 0;
-                for (int t2 = 0; t2 <= t; t2++) { p[t2] = std::exp(p[t2] - maxval); sum += p[t2]; }
-                for (int t2 = 0; t2 <= t; t2++) p[t2] /= sum;
+                softmax_in_place(p, t + 1);
                 for (int t2 = t + 1; t2 < T; t2++) p[t2] = 0;
                 real* ot = out + ((long)b * T + t) * C + h * hd;
                 for (int i = 0; i < hd; i++) ot[i] = 0;
@@ -82,8 +89,10 @@ void attention_backward(real* dq, real* dk, real* dv, const real* dout, const re
 // and compute the same sums, one head at a time, each product on the register tiles of
 // kernels/cpu/matmul.h (the head's k, v, ... packed into panels) and restricted to the causal
 // triangle row tile by row tile. Only the order of the additions differs from the reference above
-// (test/test_reference_kernels.cpp states the bound and checks it). Above the diagonal, P is written
-// only inside the diagonal row tiles (as 0); the rest of that triangle is never read.
+// (test/test_tiled_kernels.cpp states the bound and checks it). Above the diagonal, P is written
+// only inside the diagonal row tiles (as 0); the rest of that triangle is never read. P is kept for
+// the backward, as the reference keeps it: at the CPU trainer's lengths (T <= 256, at most 256 KiB
+// per head) storing it costs less than recomputing q k^T and its exponentials in the backward.
 
 // For the row tile [r0, r1): the k range it sums over and the columns it writes, [0, ncol).
 struct TileRange {
@@ -136,14 +145,8 @@ void attention_forward_tiled(real* out, real* probs, const real* q, const real* 
                           [&](int, int r1) { return TileRange{0, hd, r1}; });
             for (int t = 0; t < T; t++) {
                 real* p = P + (long)t * T;
-                real maxval = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    p[t2] *= scale;
-                    if (p[t2] > maxval) maxval = p[t2];
-                }
-                real sum = 0;
-                for (int t2 = 0; t2 <= t; t2++) { p[t2] = std::exp(p[t2] - maxval); sum += p[t2]; }
-                for (int t2 = 0; t2 <= t; t2++) p[t2] /= sum;
+                for (int t2 = 0; t2 <= t; t2++) p[t2] *= scale;
+                softmax_in_place(p, t + 1);
                 for (int t2 = t + 1; t2 < row_tile_end(t, T); t2++) p[t2] = 0;
             }
             // out = P v

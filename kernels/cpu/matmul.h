@@ -1,6 +1,7 @@
 // CPU reference: matmul without bias, the layout of torch.nn.Linear and of the GPU kernels.
 //   out (N, OC) = inp (N, C) @ W^T,  with W stored row-major as (OC, C).
-// Backward accumulates (+=) into dinp and dW, so gradients of shared inputs add up.
+// matmul_backward accumulates (+=) into dinp and dW, so gradients of shared inputs add up;
+// matmul_backward_input can also overwrite dinp (the model uses it where nothing is there to add to).
 //
 // All three products go through one blocked kernel, gemm below, which computes
 //   out (M, Ncol) (+)= A (M, K) @ B (K, Ncol)
@@ -10,7 +11,7 @@
 //            dW   += dout^T @ inp  A = dout^T, B = inp   (M = OC, K = N,  Ncol = C)
 // It differs from the textbook triple loop only in the order of the additions (it sums k in blocks
 // of GEMM_KC, each block in order): float results agree with the naive loop to the rounding of a
-// K-term sum (test/test_reference_kernels.cpp states and checks the bound).
+// K-term sum (test/test_tiled_kernels.cpp states and checks the bound).
 #pragma once
 #include <algorithm>
 #include <cstring>
