@@ -32,7 +32,7 @@ echo "== 3/4 training a tiny Mix-LN model (alpha 0.25) for $steps steps with $tr
 rm -rf $out
 mkdir -p "$(dirname $out)"
 $trainer -e tiny -a 0.25 -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x "$steps" \
-    -v 250 -m 50 -o $out -G 300 -P "And God said" -T 0.8 | tee $out.log
+    -v 500 -m 50 -o $out -G 300 -P "And God said" -T 0.8 | tee $out.log
 
 echo "== 4/4 result"
 python3 - "$out/log.csv" "$data/stats.json" <<'PY'
@@ -53,7 +53,7 @@ Next, from this directory:
   # more text from it
   \$ $trainer -f $out -x 0 -i $data/train.bin -G 400 -P "And the LORD said"
   # the paper's Table 1 at this scale: Post-LN, DeepNorm, Pre-LN and Mix-LN, each trained as above
-  \$ python3 scripts/reproduce.py table1 --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 250
+  \$ python3 scripts/reproduce.py table1 --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 500
   # C4 as in the paper (downloads from the Hugging Face hub; README: Data), and larger models on a GPU
   \$ python3 scripts/prepro_c4.py --out data/c4
   \$ make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
