@@ -53,7 +53,7 @@ Next, from this directory:
   # more text from it
   \$ $trainer -f $out -x 0 -i $data/train.bin -G 400 -P "And the LORD said"
   # the paper's Table 1 at this scale: Post-LN, DeepNorm, Pre-LN and Mix-LN, each trained as above
-  \$ python3 scripts/reproduce.py table1 --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 500
+  \$ python3 scripts/reproduce.py table1 --protocol packed --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 500
   # C4 as in the paper (downloads from the Hugging Face hub; README: Data), and larger models on a GPU
   \$ python3 scripts/prepro_c4.py --out data/c4
   \$ make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
