@@ -26,6 +26,7 @@ for bin in "$@"; do
     s=$(grep -oE '[0-9]+ skipped' <<<"$line" | grep -oE '[0-9]+' || echo 0)
     # the first failures: Catch2's "file:line: FAILED:", test_scripts.sh's "FAIL  check"
     [ "$f" -gt 0 ] && grep -E ': FAILED:|^ *FAIL ' "$log" | head -n 10 | sed 's/^ */    /'
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then echo "    but it exited with code $rc"; broken=$((broken + 1)); fi
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 done
 failed=$((failed + broken))

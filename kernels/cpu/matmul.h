@@ -26,6 +26,14 @@ constexpr int SIMD_BYTES = 64, GEMM_ROWS = 12;
 constexpr int SIMD_BYTES = 32, GEMM_ROWS = 6;
 #endif
 constexpr int GEMM_VECS = 2;
+// GCC's unroll pragma, which keeps the tile's accumulators in registers (below). nvcc's front end does
+// not know it; there (the GPU tests' host code) the loops stay rolled: the same sums, slower.
+#define GEMM_PRAGMA(x) _Pragma(#x)
+#if defined(__CUDACC__)
+#define GEMM_UNROLL(n)
+#else
+#define GEMM_UNROLL(n) GEMM_PRAGMA(GCC unroll n)
+#endif
 constexpr int GEMM_KC = 256;  // k per block: a block of B's panel (256 x 32 floats, 32 KiB) stays in L1
 
 // A SIMD vector of real (GCC/Clang vector extension): arithmetic on it is elementwise.
@@ -50,19 +58,19 @@ inline void gemm_tile(real* out, long ldo, const real* A, long ars, long aks, co
     vec acc[R][GEMM_VECS] = {};
     for (int k = 0; k < K; k++) {
         vec b[GEMM_VECS];
-        #pragma GCC unroll 4
+        GEMM_UNROLL(4)
         for (int v = 0; v < GEMM_VECS; v++) b[v] = *(const unaligned_vec*)(panel + (long)k * J + v * W);
-        #pragma GCC unroll 16
+        GEMM_UNROLL(16)
         for (int r = 0; r < R; r++) {
             const real a = A[r * ars + k * aks];
-            #pragma GCC unroll 4
+            GEMM_UNROLL(4)
             for (int v = 0; v < GEMM_VECS; v++) acc[r][v] += a * b[v];
         }
     }
-    #pragma GCC unroll 16
+    GEMM_UNROLL(16)
     for (int r = 0; r < R; r++) {
         real* o = out + r * ldo;
-        #pragma GCC unroll 4
+        GEMM_UNROLL(4)
         for (int v = 0; v < GEMM_VECS; v++) {
             const int n = std::min(W, jn - v * W);  // valid columns in this vector
             if (n <= 0) break;
