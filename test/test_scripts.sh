@@ -512,6 +512,10 @@ while IFS= read -r cmd; do
         ?*) check "$cmd" bash -c "$cmd" ;;
     esac
 done <<<"$next_commands"
+check "analyze_mixln_cpu takes -t and -b from the checkpoint" bash -c "./analyze_mixln_cpu -f $tmp/runs/demo \
+    -i $tmp/demo_data/val.bin -A angle -m 1 -o $tmp/runs/angle | grep -q 'batches of 16 x 128 tokens'"
+check "analyze_mixln_cpu notes a -t that differs from the checkpoint's" bash -c "./analyze_mixln_cpu -f $tmp/runs/demo \
+    -i $tmp/demo_data/val.bin -A angle -m 1 -t 64 -o $tmp/runs/angle | grep -q 'note: -t 64 differs'"
 check "the runs of the Next commands wrote their results" test -s "$tmp/runs/demo/analysis/pruning.csv" -a \
     -s "$tmp/runs/table1/results.md" -a "$(grep -c '^  \$ ' "$tmp/demo.log")" -eq 5
 
