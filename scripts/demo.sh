@@ -11,8 +11,7 @@ steps=${DEMO_STEPS:-1000}
 data=${DEMO_DATA:-data/kjv}
 out=${DEMO_OUT:-out/demo}
 # Threads that wait at OpenMP barriers sleep instead of spinning: on a machine shared with other jobs
-# spinning threads steal each other's cores (measured 6x slower on 2 loaded cores), on an idle one it
-# makes little difference.
+# spinning threads steal each other's cores (the trainer ran 6.7x slower on 2 loaded cores; README).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 echo "== 1/4 Python packages (scripts/requirements.txt)"
