@@ -142,8 +142,6 @@ def main():
     args = ap.parse_args(sys.argv[1:split])
     if args.trainer is None:
         args.trainer = default_trainer()
-    elif not os.access(args.trainer, os.X_OK):
-        sys.exit(f"error: --trainer {args.trainer}: no such executable")
     common = sys.argv[split + 1:]
     if "-o" in common or "-r" in common:
         sys.exit("error: -o and -r are set per run by this script")
