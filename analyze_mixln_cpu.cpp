@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 #include "core/analysis.h"
+#include "core/memory.h"
 #include "core/model_cpu.h"
 #include "core/trainer.h"
 
@@ -68,12 +69,11 @@ static void take_data_flags_from_checkpoint(TrainOptions& o, const Checkpoint& c
 
 static int analyze(AnalysisRun& run) {
     TrainOptions& o = run.o;
-    std::unique_ptr<Checkpoint> ck;
-    if (!o.init_from.empty()) {
-        ck.reset(new Checkpoint(load_checkpoint(resolve_checkpoint_path(o.init_from))));
-        take_data_flags_from_checkpoint(o, *ck);
-    }
-    const ModelConfig cfg = resolve_model_config(o, ck.get());
+    const std::unique_ptr<FoundCheckpoint> found = load_start_checkpoint(o, /*lead=*/true);
+    const Checkpoint* ck = found ? &found->ck : nullptr;
+    if (ck) take_data_flags_from_checkpoint(o, *ck);
+    const ModelConfig cfg = resolve_model_config(o, ck);
+    check_cpu_memory(cfg, o.micro_batch, o.seq_len);
     CpuModel<float> model(cfg);
     if (ck) model.params = ck->params;
     else init_parameters(model.params.data(), cfg, model.layout, o.seed);

@@ -3,6 +3,7 @@
 //   make train_mixln_cpu && ./train_mixln_cpu -e tiny -i data/kjv/train.bin -j data/kjv/val.bin
 #include <cstdio>
 #include "core/backend_cpu.h"
+#include "core/memory.h"
 #include "core/trainer.h"
 
 int main(int argc, char** argv) {
@@ -16,7 +17,10 @@ int main(int argc, char** argv) {
     }
     if (opts.help) { fputs(train_usage(), stdout); return 0; }
     try {
-        return run_training(opts, [](const ModelConfig& cfg) { return std::unique_ptr<TrainerBackend>(new CpuBackend<float>(cfg)); });
+        return run_training(opts, [&](const ModelConfig& cfg) {
+            check_cpu_memory(cfg, opts.micro_batch, opts.seq_len);
+            return std::unique_ptr<TrainerBackend>(new CpuBackend<float>(cfg));
+        });
     } catch (const std::exception& e) {
         fprintf(stderr, "error: %s\n", e.what());
         return 1;

@@ -2,7 +2,9 @@
 // trainers, so the same command line means the same run on both.
 #pragma once
 #include <cerrno>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <set>
 #include <stdexcept>
@@ -39,6 +41,8 @@ struct TrainOptions {
     std::string prompt;                  // -P
     double temperature = 0.8;            // -T, 0 = greedy
     std::string vocab_file;              // -z, default: vocab.bin beside the first training shard
+    bool start_over = false;             // -W, a new run in a directory holding another run: delete that run's files
+    bool accept_changes = false;         // -U, -r with flags that differ from the run's recorded ones: use the new ones
     bool help = false;                   // -h
     std::set<char> given;                // flags set on the command line
 };
@@ -87,11 +91,15 @@ inline const char* train_usage() {
         "  -c N       checkpoint every N steps (default 0 = only at the end)\n"
         "  -k N       keep the newest N checkpoints (default 3, 0 = all)\n"
         "  -y N       every N steps, log per-layer gradient norms to OUT/grad_norms.csv (default 0 = off)\n"
-        "  -r PATH    resume from a checkpoint, or from the newest one in a directory\n"
-        "  -f PATH    start from a checkpoint's weights with a fresh optimizer and schedule\n"
+        "  -r PATH    resume from a checkpoint, or from the newest one in a directory that verifies\n"
+        "  -U 0|1     with -r: 1 continues with flags that differ from the run's (OUT/run.txt; default 0 = refuse)\n"
+        "  -W 0|1     1: start a new run in -o even though it holds another run's checkpoints and logs,\n"
+        "             deleting them (default 0 = refuse)\n"
+        "  -f PATH    start from a checkpoint's weights with a fresh optimizer and schedule;\n"
+        "             -f CHECKPOINT -x 0 -j VAL only evaluates (-m batches), -x 0 -G N only samples: neither writes\n"
         "sampling\n"
         "  -G N       after training, generate N tokens of text (default 0 = none), each\n"
-        "             seeing at most the model's sequence length; -f CHECKPOINT -x 0 only samples\n"
+        "             seeing at most the model's sequence length\n"
         "  -P TEXT    prompt for the sample (default: the end-of-text token, or nothing)\n"
         "  -T TEMP    sampling temperature, 0 = greedy (default 0.8)\n"
         "  -z FILE    vocabulary for decoding (default: vocab.bin beside the first training shard)\n"
@@ -107,12 +115,32 @@ inline double parse_number(char flag, const char* text) {
     return x;
 }
 
-inline long parse_integer(char flag, const char* text, long min_value) {
-    const double x = parse_number(flag, text);
-    if (x != std::floor(x) || x < (double)min_value || x > 9e15)
-        throw std::runtime_error(std::string("-") + flag + ": '" + text + "' must be an integer >= " + std::to_string(min_value));
-    return (long)x;
+// An integer flag: decimal digits ("4294967297"), or exponent notation with an integral value ("1e3").
+// A fraction, or a value outside [min_value, max_value] (the range of the variable it sets), is
+// refused: nothing wraps around.
+inline int64_t parse_integer(char flag, const char* text, int64_t min_value, int64_t max_value) {
+    const std::string range = "[" + std::to_string(min_value) + ", " + std::to_string(max_value) + "]";
+    char* end = nullptr;
+    errno = 0;
+    const long long digits = strtoll(text, &end, 10);
+    bool in_range;
+    int64_t value = 0;
+    if (end != text && *end == '\0') {
+        in_range = errno != ERANGE && digits >= min_value && digits <= max_value;
+        value = digits;
+    } else {
+        const double x = parse_number(flag, text);
+        if (x != std::floor(x))
+            throw std::runtime_error(std::string("-") + flag + ": '" + text + "' must be an integer in " + range);
+        in_range = x >= (double)min_value && x <= (double)max_value;
+        if (in_range) value = (int64_t)x;
+    }
+    if (!in_range) throw std::runtime_error(std::string("-") + flag + ": '" + text + "' is outside " + range);
+    return value;
 }
+
+inline int parse_int(char flag, const char* text, int min_value) { return (int)parse_integer(flag, text, min_value, INT_MAX); }
+inline bool parse_bool(char flag, const char* text) { return parse_integer(flag, text, 0, 1) == 1; }
 
 inline double parse_in_range(char flag, const char* text, double lo, double hi) {
     const double x = parse_number(flag, text);
@@ -129,14 +157,35 @@ inline void reject_gpu_only_options(const TrainOptions& o) {
 }
 
 // Micro-batches per optimizer step on each of world_size ranks: every step is -d tokens in all, so
-// -d must be a multiple of b x t x world_size. Throws naming the numbers if it is not.
+// -d must be a multiple of b x t x world_size. Throws naming the numbers if it is not, or if the
+// count does not fit the int the step loop counts in.
 inline int accumulation_steps(const TrainOptions& o, int world_size) {
-    const long tokens_per_micro_step = (long)o.micro_batch * o.seq_len * world_size;
+    const std::string ranks = world_size > 1 ? " x " + std::to_string(world_size) + " ranks" : std::string();
+    long tokens_per_micro_step;
+    if (__builtin_mul_overflow((long)o.micro_batch, (long)o.seq_len, &tokens_per_micro_step) ||
+        __builtin_mul_overflow(tokens_per_micro_step, (long)world_size, &tokens_per_micro_step))
+        throw std::runtime_error("-b " + std::to_string(o.micro_batch) + " x -t " + std::to_string(o.seq_len) + ranks +
+                                 " tokens per micro-batch overflows a 64-bit count");
     if (o.total_batch % tokens_per_micro_step != 0)
-        throw std::runtime_error("-d " + std::to_string(o.total_batch) + " is not a multiple of -b x -t" +
-                                 (world_size > 1 ? " x " + std::to_string(world_size) + " ranks" : std::string()) +
+        throw std::runtime_error("-d " + std::to_string(o.total_batch) + " is not a multiple of -b x -t" + ranks +
                                  " = " + std::to_string(tokens_per_micro_step) + " tokens");
-    return (int)(o.total_batch / tokens_per_micro_step);
+    const long steps = o.total_batch / tokens_per_micro_step;
+    if (steps > INT_MAX)
+        throw std::runtime_error("-d " + std::to_string(o.total_batch) + " asks for " + std::to_string(steps) +
+                                 " accumulation steps of -b x -t" + ranks + " = " + std::to_string(tokens_per_micro_step) +
+                                 " tokens; at most " + std::to_string(INT_MAX));
+    return (int)steps;
+}
+
+// The output directory, without trailing slashes; refuses an empty path or the root (a run writes
+// log.csv and checkpoints there, and -W deletes a previous run's files from it).
+inline std::string checked_output_dir(const std::string& dir) {
+    std::string d = dir;
+    while (d.size() > 1 && d.back() == '/') d.pop_back();
+    if (d.empty() || d.find_first_not_of('/') == std::string::npos)
+        throw std::runtime_error("-o: '" + dir + "' is not a usable output directory (" + (d.empty() ? "empty" : "the root") +
+                                 "); name a directory for this run, e.g. -o out/run1");
+    return d;
 }
 
 // Per preset, the official code's scripts/run_*.sh: peak learning rate, steps and warmup (a fraction
@@ -178,7 +227,7 @@ inline void parse_val_budget(const char* text, TrainOptions* o) {
     const std::string s = text;
     const size_t suffix = s.empty() ? std::string::npos : std::string("KMG").find(s.back());
     if (suffix == std::string::npos) {
-        o->val_batches = (int)parse_integer('m', text, 1);
+        o->val_batches = parse_int('m', text, 1);
         o->val_tokens = 0;
         return;
     }
@@ -211,7 +260,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'C': C = val; break;
             case 'H': H = val; break;
             case 'F': F = val; break;
-            case 'V': o.model.vocab_size = (int)parse_integer(flag, val, 2); break;
+            case 'V': o.model.vocab_size = parse_int(flag, val, 2); break;
             case 'a': o.model.alpha = parse_in_range(flag, val, 0.0, 1.0); break;
             case 'n': {
                 int scheme = 0;
@@ -221,31 +270,28 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
                 o.model.norm = (NormScheme)scheme;
                 break;
             }
-            case 'S': o.model.scaled_init = parse_integer(flag, val, 0) != 0; break;
-            case 'E': o.model.scaled_embed = parse_integer(flag, val, 0) != 0; break;
-            case 'b': o.micro_batch = (int)parse_integer(flag, val, 1); break;
-            case 't': o.seq_len = (int)parse_integer(flag, val, 2); break;
-            case 'd': o.total_batch = parse_integer(flag, val, 1); break;
+            case 'S': o.model.scaled_init = parse_bool(flag, val); break;
+            case 'E': o.model.scaled_embed = parse_bool(flag, val); break;
+            case 'b': o.micro_batch = parse_int(flag, val, 1); break;
+            case 't': o.seq_len = parse_int(flag, val, 2); break;
+            case 'd': o.total_batch = parse_integer(flag, val, 1, LONG_MAX); break;
             case 'l': o.lr = parse_number(flag, val); if (o.lr <= 0) throw std::runtime_error("-l: the learning rate must be > 0"); break;
-            case 'x': o.steps = (int)parse_integer(flag, val, 0); break;
+            case 'x': o.steps = parse_int(flag, val, 0); break;
             case 'u': o.warmup = parse_warmup(val); break;
             case 'q': o.final_lr_fraction = parse_in_range(flag, val, 0.0, 1.0); break;
             case 'w': o.weight_decay = parse_in_range(flag, val, 0.0, 1e3); break;
             case 'g': o.grad_clip = parse_in_range(flag, val, 0.0, 1e9); break;
-            case 'R': o.recompute = parse_integer(flag, val, 0) != 0; break;
-            case 'Z': {
-                const long zero = parse_integer(flag, val, 0);
-                if (zero > 1) throw std::runtime_error("-Z: 0 (all-reduce) or 1 (ZeRO-1), not " + std::to_string(zero));
-                o.zero1 = zero == 1;
-                break;
-            }
-            case 's': o.seed = (uint64_t)parse_integer(flag, val, 0); break;
-            case 'v': o.val_interval = (int)parse_integer(flag, val, 0); break;
+            case 'R': o.recompute = parse_bool(flag, val); break;
+            case 'Z': o.zero1 = parse_bool(flag, val); break;
+            case 'W': o.start_over = parse_bool(flag, val); break;
+            case 'U': o.accept_changes = parse_bool(flag, val); break;
+            case 's': o.seed = (uint64_t)parse_integer(flag, val, 0, INT64_MAX); break;
+            case 'v': o.val_interval = parse_int(flag, val, 0); break;
             case 'm': parse_val_budget(val, &o); break;
-            case 'c': o.ckpt_interval = (int)parse_integer(flag, val, 0); break;
-            case 'k': o.keep_checkpoints = (int)parse_integer(flag, val, 0); break;
-            case 'y': o.grad_norm_interval = (int)parse_integer(flag, val, 0); break;
-            case 'G': o.sample_tokens = (int)parse_integer(flag, val, 0); break;
+            case 'c': o.ckpt_interval = parse_int(flag, val, 0); break;
+            case 'k': o.keep_checkpoints = parse_int(flag, val, 0); break;
+            case 'y': o.grad_norm_interval = parse_int(flag, val, 0); break;
+            case 'G': o.sample_tokens = parse_int(flag, val, 0); break;
             case 'P': o.prompt = val; break;
             case 'T': o.temperature = parse_in_range(flag, val, 0.0, 100.0); break;
             case 'z': o.vocab_file = val; break;
@@ -255,19 +301,24 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
     if (o.help) return o;
     if (!apply_model_preset(o.preset.c_str(), &o.model))
         throw std::runtime_error("-e: unknown preset '" + o.preset + "' (tiny, 71m, 130m, 250m, 350m, 1b)");
-    if (!L.empty()) o.model.n_layer = (int)parse_integer('L', L.c_str(), 1);
-    if (!C.empty()) o.model.d_model = (int)parse_integer('C', C.c_str(), 2);
-    if (!H.empty()) o.model.n_head = (int)parse_integer('H', H.c_str(), 1);
-    if (!F.empty()) o.model.d_ffn = (int)parse_integer('F', F.c_str(), 1);
+    if (!L.empty()) o.model.n_layer = parse_int('L', L.c_str(), 1);
+    if (!C.empty()) o.model.d_model = parse_int('C', C.c_str(), 2);
+    if (!H.empty()) o.model.n_head = parse_int('H', H.c_str(), 1);
+    if (!F.empty()) o.model.d_ffn = parse_int('F', F.c_str(), 1);
     apply_preset_training_defaults(&o);
     if (o.train_files.empty()) throw std::runtime_error("-i: no training shards given");
-    if (o.model.d_model % o.model.n_head != 0 || o.model.head_dim() % 2 != 0)
-        throw std::runtime_error("hidden size " + std::to_string(o.model.d_model) + " must split into " +
-                                 std::to_string(o.model.n_head) + " heads of an even size (RoPE rotates pairs)");
     o.model.max_seq_len = o.seq_len;
+    const std::string bad_model = model_config_problem(o.model);
+    if (!bad_model.empty()) throw std::runtime_error("model flags: " + bad_model);
     accumulation_steps(o, 1);  // the trainer checks again with its number of ranks
+    o.out_dir = checked_output_dir(o.out_dir);
     if (!o.resume.empty() && !o.init_from.empty()) throw std::runtime_error("-r and -f exclude each other");
-    if (o.steps == 0 && o.init_from.empty()) throw std::runtime_error("-x 0 (sampling only) needs the weights of -f CHECKPOINT");
+    if (o.start_over && !o.resume.empty()) throw std::runtime_error("-W 1 starts a new run; -r continues one: give one of them");
+    if (o.steps == 0) {  // evaluate-only or sample-only: writes nothing
+        if (o.init_from.empty()) throw std::runtime_error("-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
+        if (o.val_files.empty() && o.sample_tokens == 0)
+            throw std::runtime_error("-x 0 trains nothing: give -j VAL to evaluate or -G N to sample");
+    }
     warmup_steps(o);
     return o;
 }

@@ -1,8 +1,12 @@
 // The model's configuration, the Mix-LN layer assignment, and the parameter layout: shared by the
 // CPU reference model, the GPU trainer, checkpoints and the analysis tools.
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include "rng.h"
 
 // Which family of normalization placements the model uses.
@@ -35,6 +39,27 @@ struct ModelConfig {
     int head_dim() const { return d_model / n_head; }
 };
 
+// What is wrong with a config (from flags or a checkpoint's header), or "" if nothing: every size
+// positive, the hidden size split into heads of an even size (RoPE rotates pairs), alpha in [0, 1],
+// a known norm scheme, and positive finite RoPE base and norm epsilon.
+inline std::string model_config_problem(const ModelConfig& c) {
+    auto below = [](const char* name, long v, long lo) { return std::string(name) + " " + std::to_string(v) + " is below " + std::to_string(lo); };
+    if (c.vocab_size < 2) return below("vocab_size", c.vocab_size, 2);
+    if (c.max_seq_len < 2) return below("max_seq_len", c.max_seq_len, 2);
+    if (c.n_layer < 1) return below("n_layer", c.n_layer, 1);
+    if (c.n_head < 1) return below("n_head", c.n_head, 1);
+    if (c.d_model < 2) return below("d_model", c.d_model, 2);
+    if (c.d_ffn < 1) return below("d_ffn", c.d_ffn, 1);
+    if (c.d_model % c.n_head != 0 || c.head_dim() % 2 != 0)
+        return "hidden size " + std::to_string(c.d_model) + " must split into " + std::to_string(c.n_head) +
+               " heads of an even size (RoPE rotates pairs)";
+    if (!norm_scheme_name((long)c.norm)) return "unknown norm scheme " + std::to_string((long)c.norm);
+    if (!(c.alpha >= 0.0 && c.alpha <= 1.0)) return "alpha " + std::to_string(c.alpha) + " is outside [0, 1]";
+    if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0)) return "rope_theta " + std::to_string(c.rope_theta) + " is not a positive number";
+    if (!(std::isfinite(c.norm_eps) && c.norm_eps > 0 && c.norm_eps < 1)) return "norm_eps " + std::to_string(c.norm_eps) + " is outside (0, 1)";
+    return "";
+}
+
 // The model sizes of the official Mix-LN code's configs (configs/llama_*.json), plus a tiny one for
 // tests and demos. Where the paper's Table 4 prints something else, the code is what trained the
 // paper's numbers: its 250M is d 768, ffn 2560, 16 heads of 48, 24 layers (247M parameters at vocab
@@ -65,7 +90,8 @@ inline bool apply_model_preset(const char* name, ModelConfig* cfg) {
 // guards against alpha*L landing just below an integer in floating point (0.29 * 100 = 28.999999999999996).
 inline int num_post_ln_layers(const ModelConfig& cfg) {
     if (cfg.norm != NormScheme::MixLN) return cfg.n_layer;
-    return (int)std::floor(cfg.alpha * cfg.n_layer + 1e-9);
+    const double alpha = cfg.alpha >= 0.0 ? std::min(cfg.alpha, 1.0) : 0.0;  // NaN too: checked configs are in [0, 1]
+    return (int)std::floor(alpha * cfg.n_layer + 1e-9);
 }
 
 // The one function that decides a layer's ordering: Post-LN (eq. 1) for the first layers, Pre-LN (eq. 2)
@@ -126,6 +152,8 @@ struct ParamLayout {
 
 inline bool param_is_per_layer(int t) { return t != WTE && t != NORM_F && t != LM_HEAD; }
 
+// Throws if the parameter count of a config does not fit in 64 bits (each size is an int, so only
+// products with the layer count can overflow).
 inline ParamLayout make_param_layout(const ModelConfig& cfg) {
     const long V = cfg.vocab_size, C = cfg.d_model, F = cfg.d_ffn, L = cfg.n_layer;
     const long layer_sizes[NUM_PARAM_TENSORS] = {V * C, C, C * C, C * C, C * C, C * C, C,
@@ -134,9 +162,11 @@ inline ParamLayout make_param_layout(const ModelConfig& cfg) {
     layout.total = 0;
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         layout.layer_size[t] = layer_sizes[t];
-        layout.size[t] = layer_sizes[t] * (param_is_per_layer(t) ? L : 1);
         layout.offset[t] = layout.total;
-        layout.total += layout.size[t];
+        if (__builtin_mul_overflow(layer_sizes[t], param_is_per_layer(t) ? L : 1, &layout.size[t]) ||
+            __builtin_add_overflow(layout.total, layout.size[t], &layout.total))
+            throw std::runtime_error("the model's parameter count overflows 64 bits (vocab " + std::to_string(V) + ", d " +
+                                     std::to_string(C) + ", ffn " + std::to_string(F) + ", " + std::to_string(L) + " layers)");
     }
     return layout;
 }

@@ -20,6 +20,7 @@
 #include "checkpoint.h"
 #include "cli.h"
 #include "distributed.h"
+#include "run_dir.h"
 #include "sample.h"
 #include "schedule.h"
 #include "../tokenizer/tokenizer.h"
@@ -105,14 +106,42 @@ inline ModelConfig resolve_model_config(const TrainOptions& o, const Checkpoint*
     return cfg;
 }
 
-inline std::string resolve_checkpoint_path(const std::string& path) {
-    struct stat st;
-    if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-        std::vector<std::string> all = list_checkpoints(path);
-        if (all.empty()) throw std::runtime_error("-r: no checkpoint (ckpt_*.bin) in directory '" + path + "'");
-        return all.back();
+// The checkpoint of -r or -f, verified; for a directory, its newest checkpoint that verifies, saying
+// which newer ones did not (on rank 0). Null if neither flag is given.
+inline std::unique_ptr<FoundCheckpoint> load_start_checkpoint(const TrainOptions& o, bool lead) {
+    const std::string from = !o.resume.empty() ? o.resume : o.init_from;  // the parser allows one of them
+    if (from.empty()) return nullptr;
+    const char* flag = !o.resume.empty() ? "-r" : "-f";
+    std::unique_ptr<FoundCheckpoint> found;
+    try {
+        found.reset(new FoundCheckpoint(find_checkpoint(from)));
+    } catch (const std::exception& e) {
+        throw std::runtime_error(std::string(flag) + ": " + e.what());
     }
-    return path;
+    if (lead) {
+        for (const std::string& why : found->skipped) fprintf(stderr, "warning: %s: skipping %s\n", flag, why.c_str());
+        if (!found->skipped.empty()) fprintf(stderr, "%s: falling back to %s, the newest checkpoint that verifies\n", flag, found->path.c_str());
+        if (found->ck.version == 1) fprintf(stderr, "note: %s is a version 1 checkpoint: no checksum to verify\n", found->path.c_str());
+    }
+    return found;
+}
+
+// The vocabulary -G decodes with: -z, else vocab.bin beside the first training shard. Loaded before
+// the first step, so that a missing or bad file stops the run before it trains.
+inline std::unique_ptr<Tokenizer> load_sample_vocabulary(const TrainOptions& o, const ModelConfig& cfg) {
+    if (o.sample_tokens == 0) return nullptr;
+    std::string vocab = o.vocab_file;
+    if (vocab.empty()) vocab = directory_of(expand_shard_pattern(o.train_files)[0]) + "/vocab.bin";
+    std::unique_ptr<Tokenizer> tok;
+    try {
+        tok.reset(new Tokenizer(vocab));
+    } catch (const std::exception& e) {
+        throw std::runtime_error(std::string("-G needs a vocabulary to decode with (-z FILE): ") + e.what());
+    }
+    if (tok->vocab_size() > cfg.vocab_size)
+        throw std::runtime_error("vocabulary '" + vocab + "' has " + std::to_string(tok->vocab_size()) + " tokens, more than the model's " + std::to_string(cfg.vocab_size));
+    tok->encode(o.prompt);  // throws if the prompt has a byte the vocabulary cannot encode
+    return tok;
 }
 
 // A CSV log whose first column is the step: log.csv ("step,split,loss,lr,grad_norm") and, with -y,
@@ -186,17 +215,8 @@ inline Evaluation evaluate(TrainerBackend& backend, DataLoader& val, int n_batch
     return e;
 }
 
-// Prints n tokens of text continuing the prompt, decoded with the run's vocabulary file.
-inline void print_sample(TrainerBackend& backend, const TrainOptions& o, const ModelConfig& cfg, Rng& rng) {
-    std::string vocab = o.vocab_file;
-    if (vocab.empty()) {
-        const std::string first = expand_shard_pattern(o.train_files)[0];
-        const size_t slash = first.find_last_of('/');
-        vocab = (slash == std::string::npos ? std::string(".") : first.substr(0, slash)) + "/vocab.bin";
-    }
-    const Tokenizer tok(vocab);
-    if (tok.vocab_size() > cfg.vocab_size)
-        throw std::runtime_error("vocabulary '" + vocab + "' has " + std::to_string(tok.vocab_size()) + " tokens, more than the model's " + std::to_string(cfg.vocab_size));
+// Prints n tokens of text continuing the prompt, decoded with the run's vocabulary.
+inline void print_sample(TrainerBackend& backend, const TrainOptions& o, const ModelConfig& cfg, const Tokenizer& tok, Rng& rng) {
     std::vector<int> tokens = tok.encode(o.prompt);
     if (tokens.empty() && tok.eot_id() >= 0) tokens.push_back(tok.eot_id());
     if (tokens.empty()) tokens.push_back(tok.encode("\n").empty() ? 0 : tok.encode("\n")[0]);
@@ -206,6 +226,84 @@ inline void print_sample(TrainerBackend& backend, const TrainOptions& o, const M
     const std::vector<int> continuation(tokens.begin() + prompt_len, tokens.end());
     printf("sample (temperature %g):\n%s%s\n", o.temperature, o.prompt.c_str(), tok.decode(continuation).c_str());
     fflush(stdout);
+}
+
+// Runs f on every rank, then tells every rank whether it threw anywhere: if so, all of them throw
+// (a rank that failed with its own message), so that none waits for a failed one at the next
+// collective. Collective.
+inline void on_all_ranks(TrainerBackend& backend, const std::function<void()>& f) {
+    std::string error;
+    try { f(); } catch (const std::exception& e) { error = e.what(); }
+    const double failed_ranks = backend.all_reduce_sum(error.empty() ? 0 : 1);
+    if (!error.empty()) throw std::runtime_error(error);
+    if (failed_ranks > 0) throw std::runtime_error("stopping: another rank failed (see its message)");
+}
+
+// -x 0: the validation loss over -m batches (or tokens) of -j and/or a sample of -G tokens, from the weights of
+// -f. Writes nothing: no directory, log or checkpoint.
+inline int evaluate_or_sample(const TrainOptions& o, const ModelConfig& cfg, const Checkpoint& ck, const Tokenizer* vocab,
+                              const BackendFactory& make_backend, const DistributedEnv& dist) {
+    std::unique_ptr<DataLoader> val;
+    if (!o.val_files.empty()) val.reset(new DataLoader(o.val_files, o.micro_batch, o.seq_len, 0, 1, /*shuffle=*/false, 0, cfg.vocab_size));
+    std::unique_ptr<TrainerBackend> backend = make_backend(cfg);
+    backend->write_state(ck.params.data(), nullptr, nullptr);
+    const bool lead = dist.rank == 0;
+    if (val) {
+        const Evaluation e = evaluate(*backend, *val, o.val_batches, o.val_tokens, o.micro_batch, o.seq_len, dist);
+        if (lead) printf("val loss %.6f | val ppl %.4f | %ld batches of %d x %d tokens of %s, %.3gM tokens%s\n", e.loss, std::exp(e.loss),
+                         e.batches, o.micro_batch, o.seq_len, o.val_files.c_str(), e.tokens / 1e6, val->padded() ? " (padded documents)" : "");
+        fflush(stdout);
+    }
+    Rng rng(o.seed ^ 0x5EEDull);
+    if (lead && vocab) print_sample(*backend, o, cfg, *vocab, rng);
+    return 0;
+}
+
+// Which run owns the output directory: a new run's fresh id, or the resumed checkpoint's. Checks and
+// claims the directory (the rules of core/run_dir.h) on rank 0; every rank gets the id.
+struct RunIdentity {
+    uint64_t id = 0;
+    bool owns_unknown = false;  // resuming a checkpoint without a run id (version 1): the directory's
+                                // other checkpoints without one count as this run's
+    bool owns(const std::string& checkpoint) const {
+        const uint64_t c = checkpoint_run_id(checkpoint);
+        return c == id || (owns_unknown && c == 0);
+    }
+};
+
+inline uint64_t claim_run_directory(const TrainOptions& o, const std::string& ck_path, const Checkpoint* resumed) {
+    const uint64_t id = resumed && resumed->state.run_id != 0 ? resumed->state.run_id : new_run_id();
+    const RunRecord now = make_run_record(id, o);
+    std::vector<uint64_t> ids = {id};
+    bool logs_are_ours = false;
+    if (resumed) {
+        const std::string ck_dir = directory_of(ck_path);
+        const RunRecord recorded = read_run_record(ck_dir);
+        if (recorded.run_id != 0 && recorded.run_id == resumed->state.run_id) {
+            const std::string changes = run_flag_changes(recorded, now);
+            if (!changes.empty() && !o.accept_changes)
+                throw std::runtime_error("-r: these flags differ from the run's (" + run_record_path(ck_dir) + "): " + changes +
+                                         "; resume with the run's values, or add -U 1 if the change is meant");
+            if (!changes.empty()) printf("note: -U 1: continuing run %llu with changed flags: %s\n", (unsigned long long)id, changes.c_str());
+        } else {
+            fprintf(stderr, "note: no record of the flags of %s's run (%s%s): they cannot be compared with this run's\n",
+                    ck_path.c_str(), run_record_path(ck_dir).c_str(), recorded.run_id ? " is another run's" : " is missing");
+        }
+        if (resumed->state.run_id == 0) ids.push_back(0);
+        logs_are_ours = same_directory(o.out_dir, ck_dir);
+    }
+    make_directories(o.out_dir);
+    const std::string other = other_run_in(o.out_dir, ids, logs_are_ours);
+    if (!other.empty()) {
+        if (!o.start_over)
+            throw std::runtime_error("-o " + o.out_dir + " holds another run's files (" + other + "): " +
+                                     (resumed ? "choose another -o" : "resume that run with -r " + o.out_dir +
+                                      ", choose another -o, or start over with -W 1 (deletes them)"));
+        remove_run_files(o.out_dir);
+        printf("-W 1: deleted the previous run's files from %s (%s)\n", o.out_dir.c_str(), other.c_str());
+    }
+    write_run_record(o.out_dir, now);
+    return id;
 }
 
 // Returns the process exit code: 0 done, 3 stopped on a non-finite loss, 130 stopped by a signal
@@ -227,12 +325,13 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     // the mean over the whole batch (core/distributed.h).
     const float loss_scale = (float)gradient_average_factor(world) / accum_steps;
 
-    const std::string from = !o.resume.empty() ? o.resume : o.init_from;  // the parser allows one of them
-    const std::string ck_path = from.empty() ? "" : resolve_checkpoint_path(from);
-    std::unique_ptr<Checkpoint> ck;
-    if (!ck_path.empty()) ck.reset(new Checkpoint(load_checkpoint(ck_path)));
-    const ModelConfig cfg = resolve_model_config(o, ck.get());
+    std::unique_ptr<FoundCheckpoint> found = load_start_checkpoint(o, lead);
+    const std::string ck_path = found ? found->path : "";
+    Checkpoint* ck = found ? &found->ck : nullptr;
+    const ModelConfig cfg = resolve_model_config(o, ck);
     const ParamLayout layout = make_param_layout(cfg);
+    const std::unique_ptr<Tokenizer> vocab = load_sample_vocabulary(o, cfg);
+    if (o.steps == 0) return evaluate_or_sample(o, cfg, *ck, vocab.get(), make_backend, dist);
 
     DataLoader train(o.train_files, B, T, dist.rank, world, /*shuffle=*/true, o.seed, cfg.vocab_size);
     std::unique_ptr<DataLoader> val;  // all of it on every rank: evaluate() shares out the batches
@@ -245,6 +344,8 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     Rng rng(o.seed ^ 0x5EEDull);
     if (ck && !o.resume.empty()) {
         const TrainState& s = ck->state;
+        if (s.step == 0 && ck->m.empty() && s.optimizer_shards == 0)
+            throw std::runtime_error("-r: " + ck_path + " holds weights only (no training state); start from it with -f");
         if (s.micro_batch != B || s.seq_len != T || s.total_batch != o.total_batch || s.world_size != world || s.data_seed != o.seed)
             throw std::runtime_error("-r: the checkpoint was written with -b " + std::to_string(s.micro_batch) + " -t " +
                                      std::to_string(s.seq_len) + " -d " + std::to_string(s.total_batch) + " -s " +
@@ -255,7 +356,8 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         if (s.optimizer_shards > 0) {
             const std::string part_path = optimizer_shard_path(ck_path, dist.rank);
             OptimizerShard part = load_optimizer_shard(part_path);
-            if (part.n_params != layout.total || part.step != s.step || part.world_size != world || part.rank != dist.rank)
+            if (part.n_params != layout.total || part.step != s.step || part.world_size != world || part.rank != dist.rank ||
+                (part.run_id != 0 && part.run_id != s.run_id))
                 throw std::runtime_error("-r: '" + part_path + "' does not belong to '" + ck_path + "'");
             if (part.begin != shard.begin || part.end != shard.end)
                 throw std::runtime_error("-r: the checkpoint keeps Adam's moments split over its ranks (ZeRO-1); resume with -Z 1");
@@ -278,9 +380,15 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         init_parameters(params.data(), cfg, layout, o.seed);
         backend->write_state(params.data(), nullptr, nullptr);
     }
-    ck.reset();  // its arrays are in the backend now
 
-    make_directories(o.out_dir);  // on every rank: each writes its optimizer shard file there
+    // The output directory belongs to this run (core/run_dir.h): rank 0 checks and claims it, and
+    // shares the run id, 32 bits at a time (a double sum carries them exactly).
+    RunIdentity run;
+    run.owns_unknown = ck && !o.resume.empty() && ck->state.run_id == 0;
+    on_all_ranks(*backend, [&] { if (lead) run.id = claim_run_directory(o, ck_path, o.resume.empty() ? nullptr : ck); });
+    run.id = (uint64_t)backend->all_reduce_sum((double)(run.id >> 32)) << 32 | (uint64_t)backend->all_reduce_sum((double)(run.id & 0xFFFFFFFFu));
+    found.reset();  // the checkpoint's arrays are in the backend now
+    on_all_ranks(*backend, [&] { make_directories(o.out_dir); });  // every rank writes its optimizer shard file there
     std::unique_ptr<CsvLog> log, grad_log;  // rank 0's
     if (lead) {
         log.reset(new CsvLog(o.out_dir + "/log.csv", "step,split,loss,lr,grad_norm", start_step));
@@ -303,16 +411,6 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         fflush(stdout);
     }
 
-    // Runs f on every rank, then tells every rank whether it threw anywhere: if so, all of them throw
-    // (a rank that failed with its own message), so that none waits for a failed one at the next
-    // collective.
-    auto on_all_ranks = [&](const std::function<void()>& f) {
-        std::string error;
-        try { f(); } catch (const std::exception& e) { error = e.what(); }
-        const double failed_ranks = backend->all_reduce_sum(error.empty() ? 0 : 1);
-        if (!error.empty()) throw std::runtime_error(error);
-        if (failed_ranks > 0) throw std::runtime_error("stopping: another rank failed (see its message)");
-    };
     auto save = [&](int64_t step) {
         std::vector<float> params(layout.total), m(shard.end - shard.begin), v(shard.end - shard.begin);
         backend->read_state(params.data(), m.data(), v.data());
@@ -320,18 +418,19 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         s.step = step; s.data = train.position(); s.rng_state = rng.state;
         s.micro_batch = B; s.seq_len = T; s.total_batch = o.total_batch; s.world_size = world; s.data_seed = o.seed;
         s.optimizer_shards = sharded_moments ? world : 0;
+        s.run_id = run.id;
         const std::string path = checkpoint_path(o.out_dir, step);
         // The shard files first: ckpt_STEP.bin, written once they all are, completes the checkpoint.
-        on_all_ranks([&] {
+        on_all_ranks(*backend, [&] {
             if (sharded_moments)
                 save_optimizer_shard(optimizer_shard_path(path, dist.rank),
-                                     OptimizerShard{layout.total, step, world, dist.rank, shard.begin, shard.end, m, v});
+                                     OptimizerShard{layout.total, step, world, dist.rank, shard.begin, shard.end, m, v, run.id});
         });
-        on_all_ranks([&] {
+        on_all_ranks(*backend, [&] {
             if (!lead) return;
             save_checkpoint(path, cfg, s, params.data(), sharded_moments ? nullptr : m.data(),
                             sharded_moments ? nullptr : v.data(), layout.total);
-            prune_checkpoints(o.out_dir, o.keep_checkpoints);
+            prune_checkpoints(o.out_dir, o.keep_checkpoints, [&](const std::string& c) { return run.owns(c); }, path);
             printf("saved checkpoint %s\n", path.c_str());
             fflush(stdout);
         });
@@ -364,7 +463,8 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         const bool stop = backend->all_reduce_sum(g_stop_signal != 0) > 0;  // a signal to any rank stops all
         if (!std::isfinite(loss)) {
             if (lead) {
-                std::vector<std::string> saved = list_checkpoints(o.out_dir);
+                std::vector<std::string> saved;
+                for (const std::string& c : list_checkpoints(o.out_dir)) if (run.owns(c)) saved.push_back(c);
                 fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)step + 1,
                         saved.empty() ? "No checkpoint was written yet." : ("The last good checkpoint is " + saved.back() + ".").c_str());
             }
@@ -406,6 +506,6 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         }
     }
     if (o.steps > start_step) validate(o.steps, schedule.lr_at(o.steps - 1));
-    if (lead && o.sample_tokens > 0) print_sample(*backend, o, cfg, rng);  // no collective: the others may finish
+    if (lead && vocab) print_sample(*backend, o, cfg, *vocab, rng);  // no collective: the others may finish
     return 0;
 }

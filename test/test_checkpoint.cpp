@@ -112,7 +112,7 @@ TEST_CASE("pruning keeps the newest checkpoints") {
     const std::vector<float> p = filled(n, 7);
     TrainState st;
     for (int step : {10, 20, 30, 40, 50}) save_checkpoint(checkpoint_path(dir, step), cfg, st, p.data(), nullptr, nullptr, n);
-    prune_checkpoints(dir, 2);
+    prune_checkpoints(dir, 2, [](const std::string&) { return true; });
     const std::vector<std::string> left = list_checkpoints(dir);
     REQUIRE(left.size() == 2);
     CHECK(left[0] == checkpoint_path(dir, 40));
@@ -176,7 +176,7 @@ TEST_CASE("a checkpoint missing a rank's optimizer shard is not offered for resu
     REQUIRE(complete.size() == 2);
     CHECK(complete.back() == checkpoint_path(dir, 20));
 
-    prune_checkpoints(dir, 1);
+    prune_checkpoints(dir, 1, [](const std::string&) { return true; });
     CHECK(list_checkpoints(dir) == std::vector<std::string>{checkpoint_path(dir, 20)});
     CHECK(!exists(checkpoint_path(dir, 10)));
     for (int r = 0; r < 3; r++) {

@@ -31,7 +31,7 @@ TEST_CASE("bad flags give an error naming the flag") {
     CHECK(parse_error({"-i", "x", "-e", "7b"}).find("unknown preset") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-n", "layernorm"}).find("unknown normalization") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-Q", "1"}).find("unknown flag -Q") != std::string::npos);
-    CHECK(parse_error({"-i", "x", "-Z", "2"}).find("-Z: 0 (all-reduce) or 1 (ZeRO-1)") == 0);
+    CHECK(parse_error({"-i", "x", "-Z", "2"}).find("-Z: '2' is outside [0, 1]") == 0);
     CHECK(parse_error({"-i", "x", "-b", "3", "-t", "100", "-d", "1000"}).find("not a multiple") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-C", "100", "-H", "3"}).find("heads") != std::string::npos);
     CHECK(parse_error({"-a", "0.5"}).find("no training shards") != std::string::npos);
