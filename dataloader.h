@@ -74,7 +74,11 @@ inline ShardInfo read_shard_header(const std::string& path) {
     if (version != SHARD_VERSION) throw shard_error(path, "unsupported version " + std::to_string(version) + " (this build reads 1)");
     if (info.token_bytes != 2 && info.token_bytes != 4)
         throw shard_error(path, "bad token width " + std::to_string(info.token_bytes) + " bytes (must be 2 or 4)");
-    const uint64_t expected = SHARD_HEADER_BYTES + info.token_count * info.token_bytes;
+    uint64_t expected;  // a token count near 2^64 must not wrap around to a small size
+    if (__builtin_mul_overflow(info.token_count, (uint64_t)info.token_bytes, &expected) ||
+        __builtin_add_overflow(expected, (uint64_t)SHARD_HEADER_BYTES, &expected))
+        throw shard_error(path, "the header's token count " + std::to_string(info.token_count) + " overflows a 64-bit byte size (corrupt header)");
+    if (file_bytes < 0) throw shard_error(path, std::string("cannot read its size: ") + strerror(errno));
     if ((uint64_t)file_bytes != expected)
         throw shard_error(path, "size mismatch: the header promises " + std::to_string(info.token_count) + " tokens (" +
                                 std::to_string(expected) + " bytes) but the file has " + std::to_string(file_bytes) +
@@ -181,8 +185,10 @@ class DataLoader {
             if (!shards_.empty() && (info.row_tokens != 0) != padded())
                 throw shard_error(path, std::string("is ") + (info.row_tokens ? "padded" : "packed") + " but '" + shards_[0].path +
                                         "' is " + (padded() ? "padded" : "packed") + ": one kind of shard per data set");
-            const uint64_t need = (uint64_t)world_ * B_ * T_ + (info.row_tokens ? 0 : 1);
-            if (info.token_count < need)
+            uint64_t need;  // world x B x T (+ 1): each at most 2^31, but their product can wrap
+            const bool huge = __builtin_mul_overflow((uint64_t)world_ * (uint64_t)B_, (uint64_t)T_, &need) || need == UINT64_MAX;
+            if (!huge && !info.row_tokens) need += 1;
+            if (huge || info.token_count < need)
                 throw shard_error(path, "has " + std::to_string(info.token_count) + " tokens, fewer than one batch needs (" +
                                         std::to_string(need) + " = world " + std::to_string(world_) + " x B " + std::to_string(B_) +
                                         " x T " + std::to_string(T_) + " + 1)");

@@ -214,9 +214,6 @@ inline std::string checkpoint_header_problem(const int64_t* h, ModelConfig* cfg)
     if (h[24] < 0 || h[24] > MAX_WORLD_SIZE) return "world size " + std::to_string(h[24]) + " is outside [0, 2^20]";
     if (h[26] != 0 && (h[26] != h[24] || h[16] != 0))
         return "optimizer shard count " + std::to_string(h[26]) + " must be 0 or the world size, without moments in the file";
-    const bool trained = h[15] > 0 || h[16] != 0 || h[26] != 0;  // else weights only: no train state
-    if (trained && (h[21] < 1 || h[22] < 1 || h[23] < 1 || h[24] < 1))
-        return "a trained checkpoint with micro-batch, sequence length, total batch or world size below 1";
     if (h[1] == 1 && (h[CHECKPOINT_CRC_SLOT] != 0 || h[CHECKPOINT_RUN_ID_SLOT] != 0)) return "version 1 with nonzero slots 27-28";
     if (h[CHECKPOINT_CRC_SLOT] < 0 || h[CHECKPOINT_CRC_SLOT] > 0xFFFFFFFFll) return "CRC slot 27 is not a 32-bit value";
     for (int i = 29; i < CHECKPOINT_HEADER_SLOTS; i++)

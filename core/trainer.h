@@ -219,7 +219,11 @@ inline Evaluation evaluate(TrainerBackend& backend, DataLoader& val, int n_batch
 inline void print_sample(TrainerBackend& backend, const TrainOptions& o, const ModelConfig& cfg, const Tokenizer& tok, Rng& rng) {
     std::vector<int> tokens = tok.encode(o.prompt);
     if (tokens.empty() && tok.eot_id() >= 0) tokens.push_back(tok.eot_id());
-    if (tokens.empty()) tokens.push_back(tok.encode("\n").empty() ? 0 : tok.encode("\n")[0]);
+    if (tokens.empty()) {  // no prompt and no end-of-text token: start from a newline, or else id 0
+        std::vector<int> newline;
+        try { newline = tok.encode("\n"); } catch (const std::exception&) {}
+        tokens.push_back(newline.empty() ? 0 : newline[0]);
+    }
     const size_t prompt_len = tokens.size();
     generate(tokens, o.sample_tokens, cfg.max_seq_len, cfg.vocab_size, o.temperature, rng,
              [&](const int* ctx, int T, float* logits) { backend.next_token_logits(ctx, T, logits); });

@@ -7,6 +7,7 @@
 #include <vector>
 #include "catch_compat.h"
 #include "../core/checkpoint.h"
+#include "../core/crc32.h"
 #include "../core/distributed.h"
 
 static std::string temp_dir() {
@@ -206,4 +207,198 @@ TEST_CASE("the norm scheme round-trips in slot 8, the paper code's DeepNorm as 2
     std::string error = "(no error)";
     try { load_checkpoint(dir + "/n.bin"); } catch (const std::exception& e) { error = e.what(); }
     CHECK(error.find("unknown norm scheme 3 in slot 8") != std::string::npos);
+}
+
+// ---- integrity (format version 2): CRC-32, range-checked header, size checked before allocating ----
+
+static std::string file_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+static std::string load_error(const std::string& path, const std::string& content) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << content;
+    try { load_checkpoint(path); } catch (const std::exception& e) { return e.what(); }
+    return "(no error)";
+}
+
+static std::string with_slot(std::string bytes, int slot, int64_t value) {
+    memcpy(&bytes[slot * 8], &value, 8);
+    return bytes;
+}
+
+static const char* const CRC_OF_123456789 = "cbf43926";  // the standard CRC-32 check value
+
+TEST_CASE("CRC-32 is zlib's: the standard check value, and incremental") {
+    char hex[16];
+    snprintf(hex, sizeof hex, "%08x", crc32_update(0, "123456789", 9));
+    CHECK(std::string(hex) == CRC_OF_123456789);
+    CHECK(crc32_update(crc32_update(0, "12345", 5), "6789", 4) == crc32_update(0, "123456789", 9));
+    const std::string odd(1001, 'q');  // the 8-byte loop and the byte tail agree
+    uint32_t bytewise = 0;
+    for (char c : odd) bytewise = crc32_update(bytewise, &c, 1);
+    CHECK(crc32_update(0, odd.data(), odd.size()) == bytewise);
+}
+
+TEST_CASE("a version 2 checkpoint carries the CRC-32 of the file with slot 27 zeroed, and the run id") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    TrainState st;
+    st.run_id = 1234567;
+    save_checkpoint(dir + "/c.bin", cfg, st, filled(n, 1).data(), filled(n, 2).data(), filled(n, 3).data(), n);
+    std::string bytes = file_bytes(dir + "/c.bin");
+    int64_t h[64];
+    memcpy(h, bytes.data(), 512);
+    CHECK(h[1] == 2);
+    CHECK(h[28] == 1234567);
+    const int64_t stored = h[27];
+    memset(&bytes[27 * 8], 0, 8);
+    CHECK(stored == (int64_t)crc32_update(0, bytes.data(), bytes.size()));
+    CHECK(load_checkpoint(dir + "/c.bin").state.run_id == 1234567);
+}
+
+TEST_CASE("corrupted weights are refused by the checksum, naming the file") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    TrainState st;
+    save_checkpoint(dir + "/c.bin", cfg, st, filled(n, 1).data(), filled(n, 2).data(), filled(n, 3).data(), n);
+    std::string bytes = file_bytes(dir + "/c.bin");
+    Rng rng(3);
+    for (int i = 0; i < 1000; i++) bytes[512 + rng.below(bytes.size() - 512)] ^= (char)(1 + rng.below(255));
+    const std::string e = load_error(dir + "/flipped.bin", bytes);
+    CHECK(e.find("flipped.bin") != std::string::npos);
+    CHECK(e.find("checksum mismatch") != std::string::npos);
+    std::string one = file_bytes(dir + "/c.bin");
+    one[600] ^= 1;  // a single bit
+    CHECK(load_error(dir + "/bit.bin", one).find("checksum mismatch") != std::string::npos);
+}
+
+TEST_CASE("every header field is range-checked before it is used") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();  // d 8, 2 heads
+    const long n = make_param_layout(cfg).total;
+    TrainState st;
+    st.step = 5; st.micro_batch = 2; st.seq_len = 4; st.total_batch = 8; st.world_size = 1;
+    save_checkpoint(dir + "/c.bin", cfg, st, filled(n, 1).data(), filled(n, 2).data(), filled(n, 3).data(), n);
+    const std::string bytes = file_bytes(dir + "/c.bin");
+    const std::string bad = dir + "/bad.bin";
+    CHECK(load_error(bad, with_slot(bytes, 5, 0)).find("n_head 0 is below 1") != std::string::npos);  // was SIGFPE
+    CHECK(load_error(bad, with_slot(bytes, 5, 3)).find("heads of an even size") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 5, 256)).find("heads of an even size") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 8, 7)).find("unknown norm scheme 7") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 9, double_bits(NAN))).find("alpha") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 9, double_bits(1.5))).find("alpha") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 15, -5)).find("step -5") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 4, 1ll << 40)).find("slot 4") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 24, -1)).find("world size") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 16, 2)).find("slot 16") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 40, 1)).find("slot 40") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 1, 3)).find("unsupported version 3") != std::string::npos);
+    // every message names the file
+    CHECK(load_error(bad, with_slot(bytes, 5, 0)).find("checkpoint '" + bad + "'") == 0);
+}
+
+TEST_CASE("a header claiming a huge model is refused by its size before anything is allocated") {
+    const std::string dir = temp_dir();
+    ModelConfig big;  // the 250m preset, 32000 vocab: 1.39 GB of weights and moments
+    apply_model_preset("250m", &big);
+    const long n = make_param_layout(big).total;
+    TrainState st;
+    int64_t h[64] = {0};
+    save_checkpoint(dir + "/tiny.bin", small_config(), st, filled(make_param_layout(small_config()).total, 1).data(), nullptr, nullptr,
+                    make_param_layout(small_config()).total);
+    memcpy(h, file_bytes(dir + "/tiny.bin").data(), 512);
+    h[2] = big.vocab_size; h[4] = big.n_layer; h[5] = big.n_head; h[6] = big.d_model; h[7] = big.d_ffn; h[14] = n; h[16] = 1;
+    const std::string header(reinterpret_cast<const char*>(h), 512);
+    const std::string e = load_error(dir + "/huge.bin", header);  // before: allocated 1.39 GB, then "truncated"
+    CHECK(e.find("truncated: the header promises " + std::to_string(512 + 12 * n) + " bytes but the file has 512") != std::string::npos);
+    // sizes whose product overflows 64 bits
+    h[2] = INT32_MAX; h[6] = INT32_MAX - 1; h[4] = INT32_MAX; h[5] = 1;
+    const std::string overflowing(reinterpret_cast<const char*>(h), 512);
+    CHECK(load_error(dir + "/overflow.bin", overflowing).find("overflows 64 bits") != std::string::npos);
+}
+
+TEST_CASE("version 1 checkpoints still load, without a checksum; weights-only ones load for -f") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    TrainState st;
+    st.step = 3; st.micro_batch = 2; st.seq_len = 4; st.total_batch = 8;
+    save_checkpoint(dir + "/c.bin", cfg, st, filled(n, 1).data(), filled(n, 2).data(), filled(n, 3).data(), n);
+    std::string v1 = with_slot(with_slot(file_bytes(dir + "/c.bin"), 1, 1), 27, 0);
+    std::ofstream(dir + "/v1.bin", std::ios::binary) << v1;
+    const Checkpoint ck = load_checkpoint(dir + "/v1.bin");
+    CHECK(ck.version == 1);
+    CHECK(ck.params == filled(n, 1));
+    CHECK(ck.state.run_id == 0);
+
+    TrainState weights_only;  // as scripts/import_hf.py writes it: slots 15-28 zero but the CRC
+    weights_only.world_size = 0;
+    save_checkpoint(dir + "/w.bin", cfg, weights_only, filled(n, 4).data(), nullptr, nullptr, n);
+    const Checkpoint w = load_checkpoint(dir + "/w.bin");
+    CHECK(w.params == filled(n, 4));
+    CHECK(w.state.step == 0);
+}
+
+TEST_CASE("an optimizer shard file (version 2) is checksummed and range-checked; version 1 still reads") {
+    const std::string dir = temp_dir();
+    const std::vector<float> m = filled(10, 1), v = filled(10, 2);
+    save_optimizer_shard(dir + "/s.bin", OptimizerShard{100, 7, 4, 1, 20, 30, m, v, 99});
+    const std::string bytes = file_bytes(dir + "/s.bin");
+    CHECK(bytes.size() == 128 + 80);
+    CHECK(load_optimizer_shard(dir + "/s.bin").run_id == 99);
+    auto error_for = [&](const std::string& content) {
+        std::ofstream(dir + "/bad.bin", std::ios::binary | std::ios::trunc) << content;
+        try { load_optimizer_shard(dir + "/bad.bin"); } catch (const std::exception& e) { return std::string(e.what()); }
+        return std::string("(no error)");
+    };
+    std::string flipped = bytes;
+    flipped[150] ^= 4;
+    CHECK(error_for(flipped).find("checksum mismatch") != std::string::npos);
+    CHECK(error_for(flipped).find("bad.bin") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 5, 4)).find("rank or world size") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 7, 1ll << 61)).find("bad parameter range") != std::string::npos);
+    CHECK(error_for(with_slot(with_slot(bytes, 2, 1ll << 62), 7, 1ll << 62)).find("sizes overflow 64 bits") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 3, -1)).find("step out of range") != std::string::npos);
+    // version 1: the 64-byte header of slots 0-7, no checksum
+    const std::string v1 = with_slot(bytes.substr(0, 64), 1, 1) + bytes.substr(128);
+    std::ofstream(dir + "/v1.bin", std::ios::binary) << v1;
+    const OptimizerShard s = load_optimizer_shard(dir + "/v1.bin");
+    CHECK(s.m == m);
+    CHECK(s.v == v);
+}
+
+TEST_CASE("pruning keeps only this run's checkpoints and never the one just written") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    const std::vector<float> p = filled(n, 7);
+    TrainState other, mine;
+    other.run_id = 1;
+    mine.run_id = 2;
+    for (int step : {4, 6, 8}) save_checkpoint(checkpoint_path(dir, step), cfg, other, p.data(), nullptr, nullptr, n);
+    save_checkpoint(checkpoint_path(dir, 1), cfg, mine, p.data(), nullptr, nullptr, n);
+    save_checkpoint(checkpoint_path(dir, 2), cfg, mine, p.data(), nullptr, nullptr, n);  // just written
+    prune_checkpoints(dir, 1, [](const std::string& c) { return checkpoint_run_id(c) == 2; }, checkpoint_path(dir, 2));
+    CHECK(list_checkpoints(dir) == std::vector<std::string>{checkpoint_path(dir, 2), checkpoint_path(dir, 4),
+                                                            checkpoint_path(dir, 6), checkpoint_path(dir, 8)});
+}
+
+TEST_CASE("resuming from a directory falls back to the newest checkpoint that verifies") {
+    const std::string dir = temp_dir();
+    const ModelConfig cfg = small_config();
+    const long n = make_param_layout(cfg).total;
+    TrainState st;
+    for (int step : {2, 4, 6}) { st.step = step; save_checkpoint(checkpoint_path(dir, step), cfg, st, filled(n, step).data(), nullptr, nullptr, n); }
+    std::string bytes = file_bytes(checkpoint_path(dir, 6));
+    bytes[700] ^= 1;
+    std::ofstream(checkpoint_path(dir, 6), std::ios::binary | std::ios::trunc) << bytes;
+    const FoundCheckpoint found = find_checkpoint(dir);
+    CHECK(found.path == checkpoint_path(dir, 4));
+    REQUIRE(found.skipped.size() == 1);
+    CHECK(found.skipped[0].find("ckpt_00000006.bin") != std::string::npos);
+    CHECK(found.skipped[0].find("checksum mismatch") != std::string::npos);
+    CHECK(found.ck.params == filled(n, 4));
 }

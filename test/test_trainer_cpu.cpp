@@ -41,6 +41,30 @@ TEST_CASE("bad flags give an error naming the flag") {
     CHECK(parse_error({"-i", "x", "-e", "1b"}) == "(no error)");
 }
 
+TEST_CASE("integer flags are parsed strictly: no fraction, wrap-around or overflow") {
+    CHECK(parse_error({"-i", "x", "-x", "3e9"}) == "-x: '3e9' is outside [0, 2147483647]");  // trained 2000 steps
+    CHECK(parse_error({"-i", "x", "-x", "4294967297"}) == "-x: '4294967297' is outside [0, 2147483647]");  // ran 1 step
+    CHECK(parse_error({"-i", "x", "-b", "4294967300"}) == "-b: '4294967300' is outside [1, 2147483647]");  // used 4
+    CHECK(parse_error({"-i", "x", "-x", "99999999999999999999999"}).find("is outside") != std::string::npos);
+    CHECK(parse_error({"-i", "x", "-x", "2.5e0"}).find("must be an integer") != std::string::npos);
+    CHECK(parse_error({"-i", "x", "-S", "2"}) == "-S: '2' is outside [0, 1]");
+    CHECK(parse_error({"-i", "x", "-v", "-1"}) == "-v: '-1' is outside [0, 2147483647]");
+    CHECK(parse_error({"-i", "x", "-x", "1e3"}) == "(no error)");  // exponent notation of an integer is fine
+    // -d 9e15 printed "4 x 32 x -409602816 accumulation steps" and trained nothing
+    CHECK(parse_error({"-i", "x", "-b", "4", "-t", "32", "-d", "9e15"}) ==
+          "-d 9000000000000000 asks for 70312500000000 accumulation steps of -b x -t = 128 tokens; at most 2147483647");
+}
+
+TEST_CASE("an empty or root output directory is refused; -x 0 must evaluate or sample") {
+    CHECK(parse_error({"-i", "x", "-o", ""}).find("-o: '' is not a usable output directory (empty)") == 0);
+    CHECK(parse_error({"-i", "x", "-o", "/"}).find("(the root)") != std::string::npos);
+    CHECK(parse_error({"-i", "x", "-o", "//"}).find("(the root)") != std::string::npos);
+    CHECK(parse_error({"-i", "x", "-o", "out/"}) == "(no error)");
+    CHECK(parse_error({"-i", "x", "-x", "0", "-f", "c"}).find("-x 0 trains nothing") == 0);
+    CHECK(parse_error({"-i", "x", "-x", "0", "-f", "c", "-j", "v"}) == "(no error)");
+    CHECK(parse_error({"-i", "x", "-W", "1", "-r", "out"}).find("-W 1 starts a new run") == 0);
+}
+
 TEST_CASE("presets set the paper's sizes, learning rates and steps") {
     std::vector<std::string> args = {"train", "-i", "x", "-e", "1b", "-L", "6"};
     std::vector<char*> argv;
@@ -178,6 +202,7 @@ TEST_CASE("SIGTERM saves a checkpoint before exiting, and the run resumes from i
     args.push_back("-r");
     args.push_back(dir + "/run");
     for (size_t i = 0; i + 1 < args.size(); i++) if (args[i] == "-x") args[i + 1] = std::to_string(stopped + 2);
+    args.insert(args.end(), {"-U", "1"});  // a shorter run than the one begun: a change that is meant
     CHECK(wait_exit(spawn(args, dir + "/resume.txt")) == 0);
     CHECK(last_logged_step(dir + "/run/log.csv") == stopped + 2);
 }
@@ -217,4 +242,146 @@ TEST_CASE("-y logs per-layer gradient norms; the analysis tool writes its three 
     CHECK(count_lines(dir + "/an/grad_norms.csv") == 1 + 3);
     CHECK(count_lines(dir + "/an/angular_distance.csv") == 1 + 3 + 2 + 1);
     CHECK(count_lines(dir + "/an/pruning.csv") == 1 + 1 + 3);
+}
+
+// ---- run directories, evaluate-only and sample-only runs, checks before the first step ----
+
+static std::string run_output(const std::vector<std::string>& args, const std::string& log, int* code) {
+    *code = wait_exit(spawn(args, log));
+    return read_file(log);
+}
+
+static std::vector<std::string> with(std::vector<std::string> args, const std::vector<std::string>& more) {
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+}
+
+static std::vector<std::string> set_flag(std::vector<std::string> args, const std::string& flag, const std::string& value) {
+    for (size_t i = 0; i + 1 < args.size(); i++) if (args[i] == flag) { args[i + 1] = value; return args; }
+    return with(args, {flag, value});
+}
+
+TEST_CASE("a new run refuses a directory holding another run, says how to choose, and -W 1 starts over") {
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    const std::string out = dir + "/out";
+    int code = 0;
+    REQUIRE(wait_exit(spawn(tiny_run(data, out, 8), dir + "/a.txt")) == 0);  // checkpoints 3, 6 (-k 2) and 8
+    const std::string before = read_file(out + "/log.csv");
+    // a new 2-step run into the same directory (before: its checkpoint was pruned at once, and -r out
+    // then resumed the other run)
+    std::string e = run_output(set_flag(tiny_run(data, out, 2), "-l", "5e-3"), dir + "/b.txt", &code);
+    CHECK(code == 1);
+    CHECK(e.find("-o " + out + " holds another run's files (2 checkpoint(s) up to " + checkpoint_path(out, 8)) != std::string::npos);
+    CHECK(e.find("resume that run with -r " + out + ", choose another -o, or start over with -W 1") != std::string::npos);
+    CHECK(read_file(out + "/log.csv") == before);
+    CHECK(list_checkpoints(out).size() == 2);
+
+    e = run_output(with(set_flag(tiny_run(data, out, 2), "-l", "5e-3"), {"-W", "1"}), dir + "/c.txt", &code);
+    CHECK(code == 0);
+    CHECK(e.find("-W 1: deleted the previous run's files") != std::string::npos);
+    CHECK(list_checkpoints(out) == std::vector<std::string>{checkpoint_path(out, 2)});
+    CHECK(last_logged_step(out + "/log.csv") == 2);
+}
+
+TEST_CASE("resuming refuses flags that differ from the run's, naming them, unless -U 1") {
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    const std::string out = dir + "/out";
+    int code = 0;
+    REQUIRE(wait_exit(spawn(tiny_run(data, out, 4), dir + "/a.txt")) == 0);
+    // stop at step 4 of a longer run: rewrite the record as if -x 8 had been asked (the resume check then
+    // sees the new -l and -u only)
+    std::string record = read_file(out + "/run.txt");
+    record.replace(record.find("-x 4"), 4, "-x 8");
+    std::ofstream(out + "/run.txt") << record;
+    const std::vector<std::string> changed = with(set_flag(set_flag(tiny_run(data, out, 8), "-l", "2e-2"), "-u", "0.5"), {"-r", out});
+    std::string e = run_output(changed, dir + "/b.txt", &code);
+    CHECK(code == 1);
+    CHECK(e.find("-r: these flags differ from the run's (" + out + "/run.txt): -l '0.01' -> '0.02', -u '0.1' -> '0.5'") != std::string::npos);
+    CHECK(e.find("add -U 1 if the change is meant") != std::string::npos);
+    CHECK(last_logged_step(out + "/log.csv") == 4);
+    e = run_output(with(changed, {"-U", "1"}), dir + "/c.txt", &code);
+    CHECK(code == 0);
+    CHECK(e.find("continuing run") != std::string::npos);
+    CHECK(last_logged_step(out + "/log.csv") == 8);
+    CHECK(read_file(out + "/run.txt").find("-l 0.02\n") != std::string::npos);  // the run's flags from now on
+    // a resumed run keeps its id in every checkpoint
+    for (const std::string& c : list_checkpoints(out)) CHECK(checkpoint_run_id(c) == checkpoint_run_id(checkpoint_path(out, 8)));
+}
+
+TEST_CASE("a diverging run in a directory of another run names no checkpoint of that run") {
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    const std::string out = dir + "/out";
+    REQUIRE(wait_exit(spawn(tiny_run(data, out, 6), dir + "/a.txt")) == 0);
+    int code = 0;
+    const std::vector<std::string> diverging = with(set_flag(tiny_run(data, out, 50), "-l", "1e308"), {"-W", "1"});
+    const std::string e = run_output(diverging, dir + "/b.txt", &code);
+    CHECK(code == 3);
+    const std::string stop = e.substr(e.find("error: the loss is"));
+    CHECK(stop.find("No checkpoint was written yet") != std::string::npos);  // before: named the other run's ckpt_00000006.bin
+    CHECK(stop.find("ckpt_00000006") == std::string::npos);
+}
+
+TEST_CASE("evaluate-only (-f CKPT -x 0 -j VAL) and sample-only (-x 0 -G N) runs write nothing") {
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    const std::string out = dir + "/out";
+    REQUIRE(wait_exit(spawn(tiny_run(data, out, 6), dir + "/a.txt")) == 0);
+    const std::string log = read_file(out + "/log.csv"), ck = read_file(checkpoint_path(out, 6));
+    const std::vector<std::string> before_files = list_checkpoints(out);
+    {   // the byte vocabulary of 64 ids
+        std::ofstream v(dir + "/vocab.bin", std::ios::binary);
+        const uint32_t version = 1, size = 64;
+        const int32_t eot = -1;
+        v.write("MIXLNVOC", 8);
+        v.write((const char*)&version, 4);
+        v.write((const char*)&size, 4);
+        v.write((const char*)&eot, 4);
+        for (uint32_t id = 0; id < size; id++) { const uint32_t one = 1; const char c = (char)('0' + id); v.write((const char*)&one, 4); v.write(&c, 1); }
+    }
+    int code = 0;
+    const std::vector<std::string> eval = {trainer_path(), "-f", out, "-x", "0", "-i", data, "-j", dir + "/val.bin", "-b", "4", "-t", "16",
+                                           "-d", "64", "-m", "3", "-o", out};
+    std::string e = run_output(eval, dir + "/e.txt", &code);
+    CHECK(code == 0);
+    CHECK(e.find("val loss ") != std::string::npos);
+    CHECK(e.find("val ppl ") != std::string::npos);
+    CHECK(e.find("3 batches of 4 x 16 tokens") != std::string::npos);
+    e = run_output({trainer_path(), "-f", out, "-x", "0", "-i", data, "-G", "20", "-o", out}, dir + "/g.txt", &code);
+    CHECK(code == 0);
+    CHECK(e.find("sample (temperature") != std::string::npos);
+    CHECK(read_file(out + "/log.csv") == log);  // before: emptied to its header
+    CHECK(read_file(checkpoint_path(out, 6)) == ck);
+    CHECK(list_checkpoints(out) == before_files);
+    // writes nothing anywhere: not even the -o directory
+    e = run_output(set_flag(eval, "-o", dir + "/never"), dir + "/n.txt", &code);
+    CHECK(code == 0);
+    CHECK(access((dir + "/never").c_str(), F_OK) != 0);
+}
+
+TEST_CASE("what can be checked before the first step is: -G's vocabulary, the memory the flags ask for") {
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    int code = 0;
+    std::string e = run_output(with(tiny_run(data, dir + "/g", 5000), {"-G", "10", "-z", dir + "/missing.bin"}), dir + "/a.txt", &code);
+    CHECK(code == 1);
+    CHECK(e.find("-G needs a vocabulary to decode with (-z FILE): vocab '" + dir + "/missing.bin': cannot open") != std::string::npos);
+    CHECK(e.find("step ") == std::string::npos);  // before: failed after all 5000 steps
+    CHECK(access((dir + "/g/log.csv").c_str(), F_OK) != 0);
+
+    e = run_output(set_flag(tiny_run(data, dir + "/v", 2), "-V", "1e9"), dir + "/b.txt", &code);
+    CHECK(code == 1);
+    CHECK(e.find("error: the flags ask for ") != std::string::npos);  // before: std::bad_alloc
+    CHECK(e.find("logits of 4 x 16 x vocab 1000000000") != std::string::npos);
+
+    std::vector<int> tokens(100001);
+    for (size_t i = 0; i < tokens.size(); i++) tokens[i] = (int)(i % 64);
+    write_shard(dir + "/long.bin", tokens.data(), tokens.size(), 64);
+    e = run_output({trainer_path(), "-e", "tiny", "-i", dir + "/long.bin", "-b", "1", "-t", "100000", "-d", "100000", "-x", "1", "-o", dir + "/t"},
+                   dir + "/c.txt", &code);
+    CHECK(code == 1);
+    CHECK(e.find("error: the flags ask for ") != std::string::npos);
+    CHECK(e.find("activations of -b 1 x -t 100000 tokens") != std::string::npos);
 }
