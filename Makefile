@@ -1,32 +1,49 @@
 # mixln.cu build. CPU targets need only g++ and Catch2; CUDA targets need nvcc (no GPU to build).
 #   make train_mixln_cpu   the CPU reference trainer
 #   make test              builds and runs every test binary, ending with "total: N passed, M failed"
+#                          (installs Catch2 and scripts/requirements.txt first if they are missing)
+#   make test SANITIZE=1   the CPU tests and trainers built with AddressSanitizer and UBSan, under build/sanitize
+#   make fuzz              libFuzzer targets of the file readers (clang), each run FUZZ_SECONDS
 #   make clean
+# Flags given on the command line or in the environment add to the Makefile's: make CXXFLAGS+=-g
+# (or CXXFLAGS=-g) keeps -O2 -fopenmp -std=c++17 ...; a later -O0 still wins over -O2.
 
 CXX ?= g++
-CXXFLAGS ?= -O2 -march=native -fopenmp -std=c++17 -Wall -Wextra -Wno-unused-parameter
+override CXXFLAGS := -O2 -march=native -fopenmp -std=c++17 -Wall -Wextra -Wno-unused-parameter $(CXXFLAGS)
 BUILD := build
+SANITIZE ?= 0
+ifeq ($(SANITIZE),1)
+override CXXFLAGS += -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+BUILD := build/sanitize
+endif
+CPU_TOOLS := $(if $(filter 1,$(SANITIZE)),$(BUILD)/train_mixln_cpu $(BUILD)/analyze_mixln_cpu,train_mixln_cpu analyze_mixln_cpu)
 
-# Catch2 2.x is header-only; Catch2 3.x (the GPU machine) needs its library.
-CATCH_LIBS := $(shell test -e /usr/include/catch2/catch_all.hpp && echo -lCatch2)
+# Catch2 2.x is header-only; Catch2 3.x (the GPU machine) needs its library. Evaluated when linking,
+# after `deps` may have installed it.
+CATCH_LIBS = $(shell test -e /usr/include/catch2/catch_all.hpp && echo -lCatch2)
 
 HEADERS := $(wildcard core/*.h kernels/cpu/*.h tokenizer/*.h dataloader.h)
 TEST_HEADERS := $(wildcard test/*.h)
 
-.PHONY: all test clean demo gpu-check-build gpu-check
+.PHONY: all test clean demo deps-test gpu-check-build gpu-check
 all: train_mixln_cpu analyze_mixln_cpu
 
-train_mixln_cpu: train_mixln_cpu.cpp $(HEADERS)
+train_mixln_cpu analyze_mixln_cpu: %: %.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
 
-analyze_mixln_cpu: analyze_mixln_cpu.cpp $(HEADERS)
+$(BUILD)/train_mixln_cpu $(BUILD)/analyze_mixln_cpu: $(BUILD)/%: %.cpp $(HEADERS)
+	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) $< -o $@
 
-$(BUILD)/test_main.o: test/main.cpp test/summary_listener.h
+# What `make test` needs on a fresh Debian machine (root or sudo): Catch2 and the Python packages.
+deps-test:
+	@scripts/install_deps.sh test
+
+$(BUILD)/test_main.o: test/main.cpp test/summary_listener.h | deps-test
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS)
+$(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS) | deps-test
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
@@ -34,8 +51,15 @@ CPU_TESTS := test_reference_kernels test_tiled_kernels test_grad_accumulation te
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
-test: $(BUILD)/test_cpu train_mixln_cpu analyze_mixln_cpu
+# SANITIZE=1 runs the Catch2 suite with sanitized trainers (test/test_scripts.sh drives ./train_mixln_cpu
+# from Python: the plain build's job).
+ifeq ($(SANITIZE),1)
+test: $(BUILD)/test_cpu $(CPU_TOOLS)
+	MIXLN_CPU_TRAINER=$(BUILD)/train_mixln_cpu MIXLN_CPU_ANALYZER=$(BUILD)/analyze_mixln_cpu test/run_tests.sh $(BUILD)/test_cpu
+else
+test: $(BUILD)/test_cpu $(CPU_TOOLS)
 	test/run_tests.sh $(BUILD)/test_cpu test/test_scripts.sh $(GPU_TESTS)
+endif
 
 # The sweep that calibrates the attention checks (test/attention_checks.h) on the CPU emulation of the
 # kernels' rounding; its table is in README ("GPU tolerances"). CPU only, ~3 CPU-minutes.
@@ -48,10 +72,35 @@ $(BUILD)/calibrate_attention: dev/calibrate_attention.cpp $(HEADERS) $(TEST_HEAD
 	$(CXX) $(CXXFLAGS) $< -o $@
 
 demo: train_mixln_cpu analyze_mixln_cpu
+	scripts/install_deps.sh demo
 	scripts/demo.sh
 
 clean:
 	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu train_mixln
+
+# libFuzzer targets (clang with -fsanitize=fuzzer; Debian: clang-14 libclang-rt-14-dev): the checkpoint
+# and optimizer shard reader, the token shard reader with the data loader, the vocabulary reader.
+# Each runs FUZZ_SECONDS from its committed seeds (fuzz/corpus/NAME, made by fuzz/make_seeds.py);
+# what it finds new goes to build/fuzz/corpus_NAME, a crash to build/fuzz/crash-*.
+FUZZ_CXX ?= $(firstword $(shell command -v clang++-14 clang++ 2>/dev/null))
+FUZZ_FLAGS := -g -O1 -std=c++17 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_TARGETS := checkpoint shard vocab
+FUZZ_SECONDS ?= 25
+.PHONY: fuzz
+fuzz: $(addprefix build/fuzz/fuzz_,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p build/fuzz/corpus_$$t; \
+		build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=build/fuzz/ \
+			build/fuzz/corpus_$$t fuzz/corpus/$$t > build/fuzz/fuzz_$$t.log 2>&1; \
+		rc=$$?; \
+		echo "fuzz_$$t: $(FUZZ_SECONDS) s, $$(grep -oE 'number_of_executed_units: *[0-9]+' build/fuzz/fuzz_$$t.log | grep -oE '[0-9]+') inputs, exit code $$rc"; \
+		if [ $$rc -ne 0 ]; then tail -n 40 build/fuzz/fuzz_$$t.log; exit 1; fi; \
+	done
+
+build/fuzz/fuzz_%: fuzz/fuzz_%.cpp fuzz/fuzz_input.h $(HEADERS)
+	@mkdir -p build/fuzz
+	@test -n "$(FUZZ_CXX)" || { echo "make fuzz needs clang++ (Debian: apt-get install clang-14 libclang-rt-14-dev)"; exit 1; }
+	$(FUZZ_CXX) $(FUZZ_FLAGS) $< -o $@
 
 # ----------------------------------------------------------------------------------------------------
 # CUDA: the GPU kernels (kernels/*.cuh) and their tests. Built wherever nvcc is found; running them
@@ -64,8 +113,8 @@ clean:
 NVCC ?= nvcc
 NVCC_FOUND := $(shell command -v $(NVCC))
 PRECISION ?= BF16
-NVCC_FLAGS ?= -O3 -std=c++17 -Xcompiler -fopenmp \
-	-gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80
+override NVCC_FLAGS := -O3 -std=c++17 -Xcompiler -fopenmp \
+	-gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=compute_80 $(NVCC_FLAGS)
 NVCC_LIBS := -lcublasLt -lcublas
 NCCL_LIBS := -lnccl  # train_mixln and its test: data parallelism
 ifeq ($(PRECISION),FP32)
@@ -128,8 +177,9 @@ $(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh $(CUDA_HEADERS) $(HEADERS) test/att
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
 
 # `make test` builds and runs the GPU tests too where nvcc exists, and checks that their runner skips
-# only where no NVIDIA driver is installed (test/test_gpu_runner.sh).
-GPU_TESTS := $(if $(NVCC_FOUND),$(CUDA_BUILD)/test_gpu_kernels $(CUDA_BUILD)/test_gpu_trainer)
+# only where no NVIDIA driver is installed (test/test_gpu_runner.sh). (Not with SANITIZE=1: the
+# sanitizers instrument the host compiler's code, the CPU suite's.)
+GPU_TESTS := $(if $(NVCC_FOUND),$(if $(filter 1,$(SANITIZE)),,$(CUDA_BUILD)/test_gpu_kernels $(CUDA_BUILD)/test_gpu_trainer))
 test: $(GPU_TESTS)
 test: GPU_TESTS += $(if $(NVCC_FOUND),test/test_gpu_runner.sh)
 test: export GPU_RUNNER := $(CUDA_BUILD)/test_gpu_kernels

@@ -166,10 +166,10 @@ struct InputFile {
     bool read(void* dst, size_t elem, size_t n) { return fread(dst, elem, n, f) == n; }
 };
 
-// header bytes + n_floats * 4, or -1 if it overflows.
-inline int64_t expected_file_bytes(int64_t header_bytes, int64_t n_floats) {
+// header bytes + arrays * n floats, or -1 if it overflows.
+inline int64_t expected_file_bytes(int64_t header_bytes, int64_t arrays, int64_t n) {
     int64_t bytes;
-    if (n_floats < 0 || __builtin_mul_overflow(n_floats, (int64_t)sizeof(float), &bytes) ||
+    if (n < 0 || __builtin_mul_overflow(n, arrays * (int64_t)sizeof(float), &bytes) ||
         __builtin_add_overflow(bytes, header_bytes, &bytes))
         return -1;
     return bytes;
@@ -231,7 +231,7 @@ inline Checkpoint load_checkpoint(const std::string& path) {
     if (!bad.empty()) throw fail(bad);
     const int64_t n = h[14];
     const bool has_opt = h[16] != 0;
-    const std::string size = size_problem(expected_file_bytes(sizeof(h), has_opt ? (n > INT64_MAX / 3 ? -1 : 3 * n) : n), in.bytes);
+    const std::string size = size_problem(expected_file_bytes(sizeof(h), has_opt ? 3 : 1, n), in.bytes);
     if (!size.empty()) throw fail(size);
     ck.version = (int)h[1];
     TrainState& s = ck.state;
@@ -297,7 +297,7 @@ inline OptimizerShard load_optimizer_shard(const std::string& path) {
     if (h[OPTIMIZER_SHARD_CRC_SLOT] < 0 || h[OPTIMIZER_SHARD_CRC_SLOT] > 0xFFFFFFFFll) throw fail("CRC slot 8 is not a 32-bit value");
     for (int i = OPTIMIZER_SHARD_RUN_ID_SLOT + 1; i < slots; i++) if (h[i] != 0) throw fail("slot " + std::to_string(i) + " is not 0");
     const int64_t n = s.end - s.begin;
-    const std::string size = size_problem(expected_file_bytes(slots * sizeof(int64_t), 2 * n), in.bytes);
+    const std::string size = size_problem(expected_file_bytes(slots * sizeof(int64_t), 2, n), in.bytes);
     if (!size.empty()) throw fail(size);
     s.m.resize(n); s.v.resize(n);
     if (!in.read(s.m.data(), sizeof(float), n) || !in.read(s.v.data(), sizeof(float), n))

@@ -182,3 +182,22 @@ TEST_CASE("bad shards give an error naming the file and the problem") {
 
     CHECK(error_of(loader(good)) == "(no error)");
 }
+
+TEST_CASE("a token count near 2^64 cannot wrap the size check; the error names the file") {
+    const std::string dir = temp_dir();
+    // 2^63 + 8 two-byte tokens: 2^64 + 16 bytes wraps to 16, so a 48-byte file looked complete
+    const uint64_t count = (1ull << 63) + 8;
+    const uint32_t version = 1, width = 2, vocab = 50, reserved = 0;
+    std::ofstream f(dir + "/wrap.bin", std::ios::binary);
+    f.write("MIXLNTOK", 8);
+    f.write((const char*)&version, 4);
+    f.write((const char*)&width, 4);
+    f.write((const char*)&count, 8);
+    f.write((const char*)&vocab, 4);
+    f.write((const char*)&reserved, 4);
+    f.write("0123456789abcdef", 16);
+    f.close();
+    const std::string e = error_of([&] { DataLoader(dir + "/wrap.bin", 1, 4, 0, 1, false, 0, 50); });
+    CHECK(e.find("shard '" + dir + "/wrap.bin'") == 0);
+    CHECK(e.find("overflows a 64-bit byte size") != std::string::npos);
+}

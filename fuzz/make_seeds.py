@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Writes the fuzz targets' seed corpora (fuzz/corpus/*), small valid files of each format:
+    python3 fuzz/make_seeds.py
+Checkpoints follow README "File formats" (version 2, with the CRC-32 of slot 27; and version 1)."""
+import os
+import struct
+import sys
+import zlib
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "..", "scripts"))
+from shard_format import write_shard  # noqa: E402
+from vocab_format import write_vocab  # noqa: E402
+
+
+def param_count(V, C, F, L):
+    return V * C + L * (C + 4 * C * C + C + 3 * F * C) + C + V * C
+
+
+def checkpoint(version, V=8, T=4, L=1, H=2, C=4, F=6, alpha=0.5, step=3, moments=True, shards=0, run_id=77):
+    n = param_count(V, C, F, L)
+    h = [0] * 64
+    h[2:9] = [V, T, L, H, C, F, 0]
+    h[9] = struct.unpack("<q", struct.pack("<d", alpha))[0]
+    h[12] = struct.unpack("<q", struct.pack("<d", 10000.0))[0]
+    h[13] = struct.unpack("<q", struct.pack("<d", 1e-6))[0]
+    h[14], h[15], h[16] = n, step, 1 if moments else 0
+    h[17:27] = [0, 0, 2, 12345, 2, T, 2 * T, 1 if not shards else shards, 42, shards]
+    h[1] = version
+    if version >= 2:
+        h[28] = run_id
+    floats = struct.pack("<%df" % (n * (3 if moments else 1)), *[(i % 17) / 17.0 for i in range(n * (3 if moments else 1))])
+    head = b"MIXLNCKP" + struct.pack("<63q", *h[1:])
+    if version >= 2:
+        h[27] = zlib.crc32(head + floats)
+        head = b"MIXLNCKP" + struct.pack("<63q", *h[1:])
+    return head + floats
+
+
+def optimizer_shard(version, n_params=40, begin=10, end=20, step=3, world=2, rank=1):
+    floats = struct.pack("<%df" % (2 * (end - begin)), *[i / 8.0 for i in range(2 * (end - begin))])
+    h = [version, n_params, step, world, rank, begin, end]
+    if version == 1:
+        return b"MIXLNOPT" + struct.pack("<7q", *h) + floats
+    h += [0, 77] + [0] * 6
+    h[7] = zlib.crc32(b"MIXLNOPT" + struct.pack("<15q", *h) + floats)
+    return b"MIXLNOPT" + struct.pack("<15q", *h) + floats
+
+
+def main():
+    corpus = os.path.join(here, "corpus")
+    for d in ("checkpoint", "shard", "vocab"):
+        os.makedirs(os.path.join(corpus, d), exist_ok=True)
+    seeds = {
+        "checkpoint/v2_moments.bin": checkpoint(2),
+        "checkpoint/v2_weights_only.bin": checkpoint(2, step=0, moments=False, run_id=0),
+        "checkpoint/v2_two_layers.bin": checkpoint(2, L=2, alpha=1.0, moments=False),
+        "checkpoint/v1.bin": checkpoint(1),
+        "checkpoint/optimizer_v2.bin": optimizer_shard(2),
+        "checkpoint/optimizer_v1.bin": optimizer_shard(1),
+    }
+    for name, data in seeds.items():
+        with open(os.path.join(corpus, name), "wb") as f:
+            f.write(data)
+    write_shard(os.path.join(corpus, "shard/two_byte.bin"), [(i * 7) % 256 for i in range(40)], 256)
+    write_shard(os.path.join(corpus, "shard/four_byte.bin"), [(i * 11) % 299 for i in range(30)], 70000)
+    write_vocab(os.path.join(corpus, "vocab/bytes.bin"), [bytes([i]) for i in range(256)] + [b"</s>"], 256)
+    write_vocab(os.path.join(corpus, "vocab/pieces.bin"), [b"a", b"b", b"ab", b"\xe2\x96\x81the", b""], -1)
+
+
+if __name__ == "__main__":
+    main()
