@@ -114,7 +114,9 @@ def run_variant(trainer, directory, flags, common):
         return open(os.path.join(directory, "DONE")).read().strip()
     cmd = [trainer] + common + flags + ["-o", directory]
     if glob.glob(os.path.join(directory, "ckpt_*.bin")):
-        cmd += ["-r", directory]
+        cmd += ["-r", directory]  # the trainer refuses it if the flags differ from the run's (its run.txt)
+    elif os.path.exists(directory) and os.listdir(directory):
+        cmd += ["-W", "1"]  # died before its first checkpoint: nothing to resume, so start it over
     print("+ " + " ".join(cmd), flush=True)
     rc = subprocess.call(cmd)
     if rc == 0:

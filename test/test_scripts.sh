@@ -344,6 +344,19 @@ check "reproduce.py's default protocol: padded validation over 10M tokens, DeepN
 check "reproduce.py's default protocol refuses packed validation shards" fails_with "is packed; or use --protocol packed" \
     python3 scripts/reproduce.py table3 --trainer ./train_mixln_cpu --out "$tmp/t3" -- -i "$tmp/c4/train_*.bin" -j "$tmp/c4/val_*.bin"
 
+# An unfinished variant resumes from its checkpoint with -r (the run directory's rules let the same run
+# continue); one that died before its first checkpoint starts over with -W 1.
+resumes_unfinished_runs() {
+    local flags=(-e tiny -L 1 -C 32 -H 2 -F 32 -i "$tmp/c4/train_*.bin" -j "$tmp/c4/val_*.bin" -b 2 -t 32 -d 64 -x 4 -c 2)
+    python3 scripts/reproduce.py table1 --protocol packed --trainer ./train_mixln_cpu --out "$tmp/t1r" -- "${flags[@]}" > "$tmp/t1r.log" 2>&1 || { cat "$tmp/t1r.log"; return 1; }
+    rm "$tmp/t1r/Pre-LN/DONE" "$tmp/t1r/Pre-LN/ckpt_00000004.bin"  # killed after step 3
+    rm "$tmp/t1r/Mix-LN/DONE" "$tmp/t1r/Mix-LN/"ckpt_*.bin           # killed before step 2
+    python3 scripts/reproduce.py table1 --protocol packed --trainer ./train_mixln_cpu --out "$tmp/t1r" -- "${flags[@]}" > "$tmp/t1r_again.log" 2>&1 || { cat "$tmp/t1r_again.log"; return 1; }
+    grep -q "resuming at step 2" "$tmp/t1r_again.log" && grep -q "Mix-LN -W 1" "$tmp/t1r_again.log" &&
+        [ -f "$tmp/t1r/Pre-LN/ckpt_00000004.bin" ] && [ -f "$tmp/t1r/Mix-LN/ckpt_00000004.bin" ] || { cat "$tmp/t1r_again.log"; return 1; }
+}
+check "reproduce.py resumes an unfinished run with -r and restarts one that saved no checkpoint" resumes_unfinished_runs
+
 # The plot scripts turn the analysis tool's CSVs and the trainers' logs into PNG files.
 plots_from_csvs() {
     ./analyze_mixln_cpu -f "$tmp/t1/Mix-LN" -i "$tmp/c4/val_*.bin" -b 2 -t 32 -d 64 -m 2 -o "$tmp/an" > "$tmp/an.log" 2>&1 || { cat "$tmp/an.log"; return 1; }
