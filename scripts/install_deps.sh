@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?usage: scripts/install_deps.sh test|demo}
+catch2=${CATCH2_INCLUDE_DIR:-/usr/include/catch2}  # where Debian's catch2 puts its headers
 packages=()
-if [ "$what" = test ] && [ ! -e /usr/include/catch2/catch.hpp ] && [ ! -e /usr/include/catch2/catch_all.hpp ]; then
+if [ "$what" = test ] && [ ! -e "$catch2/catch.hpp" ] && [ ! -e "$catch2/catch_all.hpp" ]; then
     packages+=(catch2)
 fi
 python3 -c "import numpy, tokenizers, huggingface_hub, tqdm, matplotlib" 2>/dev/null || { command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; } ||

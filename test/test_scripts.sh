@@ -532,6 +532,23 @@ check "analyze_mixln_cpu notes a -t that differs from the checkpoint's" bash -c 
 check "the runs of the Next commands wrote their results" test -s "$tmp/runs/demo/analysis/pruning.csv" -a \
     -s "$tmp/runs/table1/results.md" -a "$(grep -c '^  \$ ' "$tmp/demo.log")" -eq 5
 
+echo "Makefile and scripts/install_deps.sh"
+# Flags on the make command line add to the Makefile's (before: CXXFLAGS+=... dropped -O2 -fopenmp -std=c++17).
+flags_add_up() {
+    make -s -n -B train_mixln_cpu CXXFLAGS+=-DMIXLN_EXTRA | grep -- "-O2 .*-fopenmp -std=c++17 .*-DMIXLN_EXTRA" &&
+        make -s -n -B build/sanitize/test_main.o SANITIZE=1 | grep -- "-std=c++17 .*-fsanitize=address,undefined"
+}
+check "flags given to make add to the Makefile's; SANITIZE=1 adds ASan and UBSan" flags_add_up
+# make test on a fresh machine: Catch2's header missing -> apt-get install catch2 (a stand-in apt-get here).
+installs_catch2() {
+    mkdir -p "$tmp/fakebin" && printf '#!/bin/sh\necho "$@" >> %s/apt.log\n' "$tmp" > "$tmp/fakebin/apt-get" && chmod +x "$tmp/fakebin/apt-get"
+    [ "$(id -u)" -eq 0 ] || { printf '#!/bin/sh\nexec "$@"\n' > "$tmp/fakebin/sudo"; chmod +x "$tmp/fakebin/sudo"; }
+    PATH="$tmp/fakebin:$PATH" CATCH2_INCLUDE_DIR="$tmp/no_catch2" scripts/install_deps.sh test &&
+        grep -q "install -y -qq catch2" "$tmp/apt.log" && rm "$tmp/apt.log" &&
+        PATH="$tmp/fakebin:$PATH" scripts/install_deps.sh test && [ ! -e "$tmp/apt.log" ]  # nothing when it is there
+}
+check "scripts/install_deps.sh installs Catch2 when its header is missing, and nothing when it is there" installs_catch2
+
 if [ "$skipped" -gt 0 ]; then
     echo "test_scripts: $passed passed, $failed failed, $skipped skipped"
 else
