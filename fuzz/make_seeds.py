@@ -9,7 +9,7 @@ import zlib
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "scripts"))
-from shard_format import write_shard  # noqa: E402
+from shard_format import write_padded_shard, write_shard  # noqa: E402
 from vocab_format import write_vocab  # noqa: E402
 
 
@@ -64,6 +64,8 @@ def main():
             f.write(data)
     write_shard(os.path.join(corpus, "shard/two_byte.bin"), [(i * 7) % 256 for i in range(40)], 256)
     write_shard(os.path.join(corpus, "shard/four_byte.bin"), [(i * 11) % 299 for i in range(30)], 70000)
+    # one document per row of 3 (fuzz_shard's T), padded
+    write_padded_shard(os.path.join(corpus, "shard/padded.bin"), [[5, 6], [7, 8, 9], [1], [2, 3, 4], [11, 12]], 3, 300)
     write_vocab(os.path.join(corpus, "vocab/bytes.bin"), [bytes([i]) for i in range(256)] + [b"</s>"], 256)
     write_vocab(os.path.join(corpus, "vocab/pieces.bin"), [b"a", b"b", b"ab", b"\xe2\x96\x81the", b""], -1)
 
