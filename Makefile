@@ -26,9 +26,9 @@ HEADERS := $(wildcard core/*.h kernels/cpu/*.h tokenizer/*.h dataloader.h)
 TEST_HEADERS := $(wildcard test/*.h)
 
 .PHONY: all test clean demo deps-test gpu-check-build gpu-check
-all: train_mixln_cpu analyze_mixln_cpu
+all: train_mixln_cpu analyze_mixln_cpu logits_mixln_cpu
 
-train_mixln_cpu analyze_mixln_cpu: %: %.cpp $(HEADERS)
+train_mixln_cpu analyze_mixln_cpu logits_mixln_cpu: %: %.cpp $(HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
 
 $(BUILD)/train_mixln_cpu $(BUILD)/analyze_mixln_cpu: $(BUILD)/%: %.cpp $(HEADERS)
@@ -76,7 +76,7 @@ demo: train_mixln_cpu analyze_mixln_cpu
 	scripts/demo.sh
 
 clean:
-	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu train_mixln
+	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu logits_mixln_cpu train_mixln
 
 # libFuzzer targets (clang with -fsanitize=fuzzer; Debian: clang-14 libclang-rt-14-dev): the checkpoint
 # and optimizer shard reader, the token shard reader with the data loader, the vocabulary reader.
