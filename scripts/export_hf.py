@@ -141,16 +141,17 @@ def main():
         sys.exit(f"error: {e}")
     config = checkpoint.config
     if config.d_model % config.n_head:
-        sys.exit(f"error: d_model {config.d_model} is not a multiple of n_head {config.n_head}")
+        sys.exit(f"error: checkpoint '{checkpoint.path}': d_model {config.d_model} is not a multiple of n_head {config.n_head}")
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     if checkpoint.version == 1:
         print(f"note: '{checkpoint.path}' is a version 1 checkpoint: it has no checksum to verify")
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
 
+    tensors = hf_tensors(checkpoint)  # refuses non-finite weights before anything is written
     os.makedirs(args.out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(args.out_dir, "model*.safetensors*")) + \
             glob.glob(os.path.join(args.out_dir, "*_mixln.py")):
         os.remove(stale)  # an earlier export's shards or modeling code
-    write_weights(args.out_dir, hf_tensors(checkpoint), args.dtype, args.max_shard_mb * 1e6)
+    write_weights(args.out_dir, tensors, args.dtype, args.max_shard_mb * 1e6)
     eot = write_tokenizer(args.out_dir, tokenizer, config) if tokenizer else None
     hf = hf_config(config, torch_dtype=DTYPES[args.dtype][1])
     hf.update(bos_token_id=None, eos_token_id=eot, pad_token_id=None)
