@@ -75,6 +75,19 @@ demo: train_mixln_cpu analyze_mixln_cpu
 	scripts/install_deps.sh demo
 	scripts/demo.sh
 
+# The exported Hugging Face models in torch and transformers against the CPU model (test/hf_check.py),
+# in a virtual environment of its own from scripts/requirements-hf.txt (PyPI, about 3 GB to download).
+HF_VENV := $(BUILD)/hf-venv
+$(HF_VENV)/installed: scripts/requirements-hf.txt scripts/requirements.txt
+	python3 -m venv $(HF_VENV)
+	$(HF_VENV)/bin/pip install -q -r scripts/requirements-hf.txt
+	touch $@
+
+.PHONY: hf-check
+hf-check: $(HF_VENV)/installed train_mixln_cpu logits_mixln_cpu
+	[ -s data/kjv/val.bin ] || { scripts/get_kjv.sh data/kjv/kjv.txt && $(HF_VENV)/bin/python scripts/prepro_text.py --out data/kjv data/kjv/kjv.txt; }
+	$(HF_VENV)/bin/python test/hf_check.py
+
 clean:
 	rm -rf $(BUILD) train_mixln_cpu analyze_mixln_cpu logits_mixln_cpu train_mixln
 
