@@ -85,8 +85,7 @@ def write_json(path, obj):
 def byte_level_tokenizer():
     """A tokenizer whose id b is byte b (prepro_text.py --tokenizer bytes): byte-level BPE without merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    vocab = {char: byte for char, byte in _byte_level_chars().items()}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer = Tokenizer(models.BPE(vocab=_byte_level_chars(), merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
@@ -113,8 +112,6 @@ def load_tokenizer(path):
 
 def write_tokenizer(out_dir, tokenizer, config):
     """tokenizer.json and tokenizer_config.json; returns the end-of-text id (None if it has none)."""
-    if tokenizer.get_vocab_size() < config.vocab_size and tokenizer.get_vocab_size() != 256:
-        print(f"note: the tokenizer has {tokenizer.get_vocab_size()} ids, the model {config.vocab_size} rows")
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
     eot = next((name for name in EOT_NAMES if tokenizer.token_to_id(name) is not None), None)
     write_json(os.path.join(out_dir, "tokenizer_config.json"), {

@@ -82,7 +82,7 @@ def model_config_from_hf(hf):
     if arch not in ("llama", "mixln"):
         unsupported.append(f"model_type '{arch}' (llama or mixln)")
     heads = hf.get("num_attention_heads")
-    if hf.get("num_key_value_heads", heads) != heads:
+    if (hf.get("num_key_value_heads") or heads) != heads:
         unsupported.append(f"grouped-query attention ({hf['num_key_value_heads']} key/value heads for {heads} heads)")
     if hf.get("tie_word_embeddings", False):
         unsupported.append("tied embeddings (tie_word_embeddings)")
@@ -96,7 +96,7 @@ def model_config_from_hf(hf):
     if hf.get("hidden_act", "silu") != "silu":
         unsupported.append(f"activation '{hf['hidden_act']}' (SwiGLU with silu only)")
     hidden = hf.get("hidden_size", 0)
-    if heads and hf.get("head_dim", hidden // heads) * heads != hidden:
+    if heads and (hf.get("head_dim") or hidden // heads) * heads != hidden:
         unsupported.append(f"head_dim {hf['head_dim']} x {heads} heads != hidden_size {hidden}")
     if unsupported:
         raise ValueError("unsupported: " + "; ".join(unsupported))

@@ -227,6 +227,17 @@ def mix_ln_and_deepnorm_export_with_their_modeling_code():
         assert np.array_equal(tensors["model.layers.0.post_feedforward_layernorm.weight"], ck["norm_b"][0])
 
 
+@test
+def the_paper_codes_deepnorm_exports_with_residual_weight_sqrt_8():
+    config = tiny_config(norm_scheme=2)
+    write_checkpoint(f"{TMP}/scheme2.bin", config, random_tensors(config))
+    python("export_hf.py", f"{TMP}/scheme2.bin", f"{TMP}/scheme2_hf")
+    hf = json.load(open(f"{TMP}/scheme2_hf/config.json"))
+    assert (hf["norm_scheme"], hf["num_post_ln_layers"], hf["residual_scale"]) == ("deepnorm_paper", 2, math.sqrt(8)), hf
+    python("import_hf.py", f"{TMP}/scheme2_hf", f"{TMP}/scheme2_imported.bin")
+    assert_same_weights(f"{TMP}/scheme2.bin", f"{TMP}/scheme2_imported.bin")
+
+
 def assert_same_weights(a, b):
     pa, pb = read_checkpoint(a), read_checkpoint(b)
     assert pa.config == pb.config, (pa.config, pb.config)
