@@ -54,8 +54,9 @@ class ModelConfig:
     norm_eps: float = 1e-6
 
 
-# Norm scheme (slot 8) -> (name, number of Post-LN layers, DeepNorm's residual weight s in
-# x_{l+1} = norm(s*x + f(x))): core/config.h's num_post_ln_layers and residual_scale.
+# Norm scheme (slot 8, core/config.h's NormScheme) -> (name as -n spells it, number of Post-LN layers,
+# DeepNorm's residual weight s in x_{l+1} = norm(s*x + f(x))): core/config.h's num_post_ln_layers and
+# residual_scale.
 NORM_SCHEMES = {
     0: ("mixln", lambda c: math.floor(c.alpha * c.n_layer + 1e-9), lambda c: 1.0),
     1: ("deepnorm", lambda c: c.n_layer, lambda c: (2.0 * c.n_layer) ** 0.25),  # DeepNet's formula

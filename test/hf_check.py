@@ -34,6 +34,7 @@ VARIANTS = {
     "Mix-LN alpha 0.5": TINY + ["-a", "0.5"],
     "Post-LN (alpha 1)": TINY + ["-a", "1"],
     "DeepNorm": TINY + ["-n", "deepnorm"],
+    "DeepNorm of the paper's code": TINY + ["-n", "deepnorm_paper"],
     "scaled embedding, alpha 0.25": TINY + ["-a", "0.25", "-E", "1"],
     "5 layers, d 96, 3 heads, F 200, alpha 0.4": ["-e", "tiny", "-L", "5", "-C", "96", "-H", "3", "-F", "200", "-a", "0.4"],
 }

@@ -34,7 +34,8 @@ from shard_format import read_shard, write_shard
 TMP = tempfile.mkdtemp(prefix="mixln_hf_")
 SHAPE = ["-e", "tiny", "-L", "3", "-C", "48", "-H", "2", "-F", "80"]
 # The variants trained for the checks: name -> the trainer's model flags.
-VARIANTS = {"pre_ln": ["-a", "0"], "mix_ln_scaled_embed": ["-a", "0.34", "-E", "1"], "deepnorm": ["-n", "deepnorm"]}
+VARIANTS = {"pre_ln": ["-a", "0"], "mix_ln_scaled_embed": ["-a", "0.34", "-E", "1"], "deepnorm": ["-n", "deepnorm"],
+            "deepnorm_paper": ["-n", "deepnorm_paper"]}
 TESTS = []
 
 
