@@ -1,12 +1,12 @@
 // logits_mixln_cpu: the CPU reference model's logits for one sequence, so that other implementations
-// of the model (an exported Hugging Face one: scripts/hf_check.py) can be compared with it.
+// of the model (an exported Hugging Face one: test/hf_check.py) can be compared with it.
 //   ./logits_mixln_cpu CKPT TOKENS OUT
-//     CKPT    a checkpoint file, or a run directory (its newest checkpoint)
+//     CKPT    a checkpoint file
 //     TOKENS  a token shard (scripts/shard_format.py): all its n ids are one sequence
 //     OUT     written: the logits, float32 (n, vocab_size) row-major, little-endian, no header
 #include <cstdio>
 #include "core/model_cpu.h"
-#include "core/trainer.h"
+#include "core/checkpoint.h"
 
 static void write_logits(const std::string& path, const std::vector<float>& logits) {
     FILE* f = fopen(path.c_str(), "wb");
@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
         return 2;
     }
     try {
-        const Checkpoint ck = load_checkpoint(resolve_checkpoint_path(argv[1]));
+        const Checkpoint ck = load_checkpoint(argv[1]);
         const std::vector<int> tokens = read_shard_tokens(read_shard_header(argv[2]), ck.cfg.vocab_size);
         if (tokens.empty()) throw std::runtime_error(std::string("shard '") + argv[2] + "' holds no tokens");
         CpuModel<float> model(ck.cfg);

@@ -68,7 +68,7 @@ def compare_logits(name, flags, tokens):
     assert (type(model) is LlamaForCausalLM) == plain, type(model)
     with torch.no_grad():
         hf = model(torch.tensor(tokens.astype(np.int64))[None]).logits[0].numpy()
-    run("./logits_mixln_cpu", run_dir, f"{OUT}/tokens.bin", f"{OUT}/logits.f32")
+    run("./logits_mixln_cpu", f"{run_dir}/ckpt_00000020.bin", f"{OUT}/tokens.bin", f"{OUT}/logits.f32")
     ours = np.fromfile(f"{OUT}/logits.f32", dtype="<f4").reshape(hf.shape)
     diff = np.abs(hf - ours).max()
     rel = diff / np.abs(ours).max()
