@@ -102,7 +102,8 @@ def model_config_from_hf(hf):
         raise ValueError("unsupported: " + "; ".join(unsupported))
     theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
     common = dict(vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
-                  n_layer=hf["num_hidden_layers"], n_head=heads, d_model=hidden, d_ffn=hf["intermediate_size"],
+                  n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], d_model=hf["hidden_size"],
+                  d_ffn=hf["intermediate_size"],
                   rope_theta=float(theta), norm_eps=float(hf.get("rms_norm_eps", 1e-6)))
     if arch == "llama":
         return ModelConfig(**common)
