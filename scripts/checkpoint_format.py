@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from script_errors import BadInput
 
 MAGIC = b"MIXLNCKP"
 VERSION = 2
@@ -33,7 +34,7 @@ CRC_SLOT = 27
 CRC_CHUNK_BYTES = 1 << 26
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A file that is not a readable checkpoint; the message names the file."""
 
 

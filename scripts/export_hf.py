@@ -21,9 +21,10 @@ import shutil
 import sys
 
 import numpy as np
-from checkpoint_format import CheckpointError, read_checkpoint
+from checkpoint_format import read_checkpoint
 from hf_format import hf_config, hf_tensor_names, is_plain_llama
 from safetensors_files import write_safetensors
+from script_errors import run_script
 from vocab_format import EOT_NAMES, _byte_level_chars, read_vocab
 
 MODELING_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_mixln")
@@ -132,10 +133,7 @@ def main():
     args = ap.parse_args()
     if args.max_shard_mb <= 0:
         sys.exit("error: --max-shard-mb must be positive")
-    try:
-        checkpoint = read_checkpoint(newest_checkpoint(args.checkpoint))
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    checkpoint = read_checkpoint(newest_checkpoint(args.checkpoint))
     config = checkpoint.config
     if config.d_model % config.n_head:
         sys.exit(f"error: checkpoint '{checkpoint.path}': d_model {config.d_model} is not a multiple of n_head {config.n_head}")
@@ -164,4 +162,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

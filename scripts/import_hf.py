@@ -19,6 +19,7 @@ import numpy as np
 from checkpoint_format import param_layout, write_checkpoint
 from hf_format import hf_tensor_names, model_config_from_hf
 from safetensors_files import read_safetensors, to_float32
+from script_errors import run_script
 
 # Buffers some LLaMA checkpoints carry that are derived from the config, not weights.
 DERIVED_BUFFERS = (".rotary_emb.inv_freq",)
@@ -37,10 +38,7 @@ def read_hf_tensors(hf_dir):
                  "(PyTorch .bin weights are not read: save the model with safe_serialization=True)")
     tensors = {}
     for file in files:
-        try:
-            tensors.update(read_safetensors(os.path.join(hf_dir, file)))
-        except (OSError, ValueError) as e:
-            sys.exit(f"error: {e}")
+        tensors.update(read_safetensors(os.path.join(hf_dir, file)))
     return {name: t for name, t in tensors.items() if not name.endswith(DERIVED_BUFFERS)}
 
 
@@ -88,4 +86,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

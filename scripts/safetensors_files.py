@@ -12,6 +12,7 @@ import os
 import struct
 
 import numpy as np
+from script_errors import BadInput
 
 # bfloat16 is stored as the top 16 bits of a float32, so it reads as uint16 and widens exactly.
 NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
@@ -54,25 +55,25 @@ def write_safetensors(path, tensors, dtype):
 
 
 def read_safetensors(path):
-    """{name: (dtype, memory-mapped array of NUMPY_DTYPES[dtype] in its shape)}; raises ValueError naming
+    """{name: (dtype, memory-mapped array of NUMPY_DTYPES[dtype] in its shape)}; raises BadInput naming
     the file if it is malformed or holds a dtype other than F32, BF16, F16."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if not 0 < n <= size - 8:
-            raise ValueError(f"{path}: not a safetensors file (bad header length)")
+            raise BadInput(f"{path}: not a safetensors file (bad header length)")
         try:
             header = json.loads(f.read(n))
         except ValueError:
-            raise ValueError(f"{path}: not a safetensors file (header is not JSON)") from None
+            raise BadInput(f"{path}: not a safetensors file (header is not JSON)") from None
     header.pop("__metadata__", None)
     out = {}
     for name, entry in header.items():
         dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         if dtype not in NUMPY_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has dtype {dtype} (supported: {', '.join(NUMPY_DTYPES)})")
+            raise BadInput(f"{path}: tensor {name} has dtype {dtype} (supported: {', '.join(NUMPY_DTYPES)})")
         if end - begin != NUMPY_DTYPES[dtype].itemsize * math.prod(shape) or 8 + n + end > size:
-            raise ValueError(f"{path}: tensor {name}'s offsets do not fit its shape or the file (truncated?)")
+            raise BadInput(f"{path}: tensor {name}'s offsets do not fit its shape or the file (truncated?)")
         out[name] = (dtype, np.memmap(path, dtype=NUMPY_DTYPES[dtype], mode="r", offset=8 + n + begin, shape=shape))
     return out

@@ -305,6 +305,10 @@ def tokenizer_of_byte_data_and_of_a_tokenizer_json():
     assert json.load(open(f"{TMP}/tok_bpe/generation_config.json"))["eos_token_id"] == eot
     refuses("is neither a tokenizer.json nor", "export_hf.py", checkpoint_of("pre_ln"), f"{TMP}/tok_bad",
             "--tokenizer", f"{TMP}/no_such_dir")
+    with open(f"{data}/bytes/vocab.bin", "ab") as f:
+        f.write(b"x")
+    refuses(f"{data}/bytes/vocab.bin: ", "export_hf.py", checkpoint_of("pre_ln"), f"{TMP}/tok_bad",
+            "--tokenizer", f"{data}/bytes")
 
 
 def hf_dir_with(name, config_edit=None, tensors_edit=None):
@@ -352,6 +356,10 @@ def import_refuses_what_this_model_does_not_have():
     refuses("cannot read the config", "import_hf.py", empty, f"{TMP}/refused.bin")
     shutil.copy(f"{TMP}/pre_ln_hf/config.json", empty)
     refuses("has no model.safetensors", "import_hf.py", empty, f"{TMP}/refused.bin")
+    data = open(f"{TMP}/pre_ln_hf/model.safetensors", "rb").read()
+    for name, bad in (("truncated", data[:-4]), ("garbage", b"\xff" * 64)):
+        open(f"{empty}/model.safetensors", "wb").write(bad)
+        refuses(f"{empty}/model.safetensors: ", "import_hf.py", empty, f"{TMP}/refused.bin")
 
 
 # ---- the C++ side ----
