@@ -2,8 +2,8 @@
 """Checks of the Hugging Face bridge without torch: the Python checkpoint reader and writer against
 the trainer's files, export_hf.py and import_hf.py (round trip bit for bit, tensor names, shapes and
 config.json as transformers' LLaMA expects them, read back with the safetensors package, every
-refusal), logits_mixln_cpu against the trainer's loss, and the trainer starting from an imported
-checkpoint. Needs `make train_mixln_cpu logits_mixln_cpu` (`make test` runs it); ends with
+refusal), logits_mixln_cpu against the trainer's loss, and the trainer starting from and evaluating
+an imported checkpoint (version 2: needs the C++ reader of version 2). Needs `make train_mixln_cpu logits_mixln_cpu` (`make test` runs it); ends with
 "test_hf_bridge: N passed, M failed" (", K skipped" without the packages of scripts/requirements.txt).
 """
 import json
@@ -92,7 +92,7 @@ def reads_the_trainers_checkpoint():
     c = ck.config
     assert (c.vocab_size, c.max_seq_len, c.n_layer, c.n_head, c.d_model, c.d_ffn) == (256, 32, 3, 2, 48, 80), c
     assert (c.norm_scheme, c.alpha, c.scaled_embed, c.rope_theta, c.norm_eps) == (0, 0.34, True, 10000.0, 1e-6), c
-    assert ck.step == 2 and ck.has_moments and ck.version in (1, 2)
+    assert ck.step == 2 and ck.has_moments and ck.version == 2
     tensors = ck.tensors()
     assert [(n, t.shape) for n, t in tensors.items()] == param_layout(c)
     assert np.all(tensors["norm_f"] != 1.0), "the final norm's weights were not trained"
@@ -383,8 +383,18 @@ def logits_tool_agrees_with_the_trainers_loss():
     run("./logits_mixln_cpu", checkpoint_of("pre_ln"), f"{TMP}/no_such.bin", f"{TMP}/x.f32", ok=False)
 
 
+def validation_loss(checkpoint, out):
+    """The trainer's evaluate-only run (-f CKPT -x 0 -j VAL): its validation loss line."""
+    printed = run("./train_mixln_cpu", "-f", checkpoint, "-x", "0", "-i", f"{TMP}/random.bin", "-j", f"{TMP}/random.bin",
+                  "-b", "2", "-t", "32", "-m", "3", "-o", out)
+    return re.search(r"val loss [0-9.]+", printed).group(0)
+
+
 @test
-def the_trainer_starts_from_an_imported_checkpoint():
+def the_trainer_starts_from_and_evaluates_an_imported_checkpoint():
+    for variant in VARIANTS:
+        imported = validation_loss(f"{TMP}/{variant}_imported.bin", f"{TMP}/eval_imported")
+        assert imported == validation_loss(checkpoint_of(variant), f"{TMP}/eval_original"), variant
     out = run("./train_mixln_cpu", "-f", f"{TMP}/mix_ln_scaled_embed_imported.bin", "-i", f"{TMP}/random.bin",
               "-b", "2", "-t", "32", "-d", "64", "-x", "2", "-o", f"{TMP}/from_imported")
     assert "step      2/2" in out, out
