@@ -12,6 +12,7 @@ Run by `make hf-check` inside its virtual environment (build/hf-venv), from the 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -49,6 +50,7 @@ def run(*cmd):
 
 def train(name, flags, steps, batch=("-b", "8", "-t", "64", "-d", "512", "-l", "3e-3")):
     out = f"{OUT}/{re.sub(r'[^A-Za-z0-9]+', '_', name)}"
+    shutil.rmtree(out, ignore_errors=True)  # the trainer refuses an -o holding an earlier run's files
     run("./train_mixln_cpu", *flags, "-i", f"{DATA}/train.bin", *batch, "-x", steps, "-o", out)
     return out
 
