@@ -39,7 +39,7 @@ models="tiny wide"
 # tokens/s of train_mixln_cpu over steps 3.., from its "| N ms |" step lines
 run_cpp() {
     OMP_NUM_THREADS=$threads ./train_mixln_cpu ${cpp_flags[$1]} -a 0.25 -i $shard -b 16 -t 128 -d 2048 \
-        -x "$steps" -o build/bench/out_cpp |
+        -x "$steps" -W 1 -o build/bench/out_cpp |
         awk -F'|' '/^step/ { n++; if (n > 2) { split($5, a, " "); ms += a[1]; k++ } }
                    END { if (k == 0) exit 1; printf "%.0f\n", 2048 * k / (ms / 1000) }'
 }
