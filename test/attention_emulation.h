@@ -28,6 +28,7 @@
 #include <cstring>
 #include <vector>
 #include "attention_checks.h"
+#include "bf16_rounding.h"
 #include "../core/rng.h"
 
 // Bugs planted into the emulated kernel, which the checks must catch.
@@ -50,16 +51,7 @@ struct EmulatedKernel {
 
 namespace attention_emulation {
 
-// fp32 -> bf16 -> fp32, round to nearest even (__float2bfloat16_rn); NaN stays NaN.
-inline float round_bf16(float x) {
-    if (std::isnan(x)) return x;
-    uint32_t u;
-    std::memcpy(&u, &x, 4);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    u &= 0xFFFF0000u;
-    std::memcpy(&x, &u, 4);
-    return x;
-}
+using ::round_bf16;  // test/bf16_rounding.h
 
 // acc + a * b as one fp32 operation: an FMA (round to nearest), or a tensor-core add rounding toward
 // zero. The product of two floats is exact in double.

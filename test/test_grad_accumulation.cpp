@@ -9,18 +9,9 @@
 #include <cstdio>
 #include <cstring>
 #include <vector>
+#include "bf16_rounding.h"
 #include "catch_compat.h"
 #include "../core/rng.h"
-
-// Rounds to the nearest bf16 (ties to even), as __float2bfloat16_rn; finite inputs only.
-static float round_to_bf16(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, 4);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    bits &= 0xffff0000u;
-    memcpy(&x, &bits, 4);
-    return x;
-}
 
 struct AccumulationErrors {
     double l2, max;  // ||dW - ref|| / ||ref||,  max |dW - ref| / rms(ref)
@@ -44,8 +35,8 @@ TEST_CASE("gradient accumulation over 32 micro-batches: fp32 dW against bf16 dW 
     std::vector<double> ref((size_t)OC * C, 0.0);
     std::vector<float> inp((size_t)N * C), dout((size_t)N * OC);
     for (int micro = 0; micro < MICRO_BATCHES; micro++) {
-        for (float& x : inp) x = round_to_bf16((float)rng.normal());
-        for (float& x : dout) x = round_to_bf16((float)rng.normal() / MICRO_BATCHES);  // loss scale 1/32
+        for (float& x : inp) x = round_bf16((float)rng.normal());
+        for (float& x : dout) x = round_bf16((float)rng.normal() / MICRO_BATCHES);  // loss scale 1/32
         for (int o = 0; o < OC; o++) {
             for (int c = 0; c < C; c++) {
                 float product = 0.0f;  // the tensor cores' fp32 dot product over the micro-batch's rows
@@ -55,14 +46,14 @@ TEST_CASE("gradient accumulation over 32 micro-batches: fp32 dW against bf16 dW 
                     exact += (double)dout[(size_t)n * OC + o] * inp[(size_t)n * C + c];
                 }
                 const size_t i = (size_t)o * C + c;
-                dW_bf16[i] = round_to_bf16(product + dW_bf16[i]);  // beta = 1 into a bf16 D
+                dW_bf16[i] = round_bf16(product + dW_bf16[i]);  // beta = 1 into a bf16 D
                 dW_fp32[i] = product + dW_fp32[i];                 // beta = 1 into an fp32 D
                 ref[i] += exact;
             }
         }
     }
     std::vector<float> once_rounded(dW_fp32.size());  // the fp32 sum rounded to bf16 once, for scale
-    for (size_t i = 0; i < once_rounded.size(); i++) once_rounded[i] = round_to_bf16(dW_fp32[i]);
+    for (size_t i = 0; i < once_rounded.size(); i++) once_rounded[i] = round_bf16(dW_fp32[i]);
     const AccumulationErrors bf16 = errors_against(dW_bf16, ref), fp32 = errors_against(dW_fp32, ref),
                              once = errors_against(once_rounded, ref);
     std::printf("gradient accumulation, %d micro-batches of %d rows, dW %d x %d, against double:\n", MICRO_BATCHES, N,
