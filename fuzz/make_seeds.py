@@ -9,16 +9,13 @@ import zlib
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "scripts"))
+from checkpoint_format import ModelConfig, num_params  # noqa: E402
 from shard_format import write_padded_shard, write_shard  # noqa: E402
 from vocab_format import write_vocab  # noqa: E402
 
 
-def param_count(V, C, F, L):
-    return V * C + L * (C + 4 * C * C + C + 3 * F * C) + C + V * C
-
-
 def checkpoint(version, V=8, T=4, L=1, H=2, C=4, F=6, alpha=0.5, step=3, moments=True, shards=0, run_id=77):
-    n = param_count(V, C, F, L)
+    n = num_params(ModelConfig(vocab_size=V, max_seq_len=T, n_layer=L, n_head=H, d_model=C, d_ffn=F))
     h = [0] * 64
     h[2:9] = [V, T, L, H, C, F, 0]
     h[9] = struct.unpack("<q", struct.pack("<d", alpha))[0]
