@@ -34,7 +34,7 @@ struct TrainOptions {
     int val_interval = 0;                // -v, 0 = only at the end
     int val_batches = 20;                // -m N
     long val_tokens = 0;                 // -m with a K, M or G suffix: validate over this many input tokens instead
-    int ckpt_interval = 0;               // -c, 0 = only at the end
+    int ckpt_interval = 0;               // -c, 0 = only at the end, -1 = never (benchmarks)
     int keep_checkpoints = 3;            // -k, 0 = keep all
     int grad_norm_interval = 0;          // -y, 0 = off
     int sample_tokens = 0;               // -G, tokens to generate after training, 0 = none
@@ -88,7 +88,8 @@ inline const char* train_usage() {
         "  -m N       validation batches per evaluation (default 20); with a K, M or G suffix\n"
         "             (-m 10M, the paper's) a budget of input tokens, padding not counted: batches\n"
         "             until more than that many were seen, as the official code\n"
-        "  -c N       checkpoint every N steps (default 0 = only at the end)\n"
+        "  -c N       checkpoint every N steps (default 0 = only at the end; -1 = never: a benchmark's\n"
+        "             run, which writes no checkpoint, not even when stopped by a signal)\n"
         "  -k N       keep the newest N checkpoints (default 3, 0 = all)\n"
         "  -y N       every N steps, log per-layer gradient norms to OUT/grad_norms.csv (default 0 = off)\n"
         "  -r PATH    resume from a checkpoint, or from the newest one in a directory that verifies\n"
@@ -222,6 +223,13 @@ inline int warmup_steps(const TrainOptions& o) {
     return steps;
 }
 
+// Whether the step loop saves a checkpoint after step `done`: every -c steps, after the last step and
+// when stopped by a signal; never with -c -1.
+inline bool checkpoint_due(const TrainOptions& o, int64_t done, bool stopping) {
+    if (o.ckpt_interval < 0) return false;
+    return (o.ckpt_interval > 0 && done % o.ckpt_interval == 0) || done == o.steps || stopping;
+}
+
 // -m: N batches, or with a suffix K, M or G (10^3, 10^6, 10^9) a budget of tokens.
 inline void parse_val_budget(const char* text, TrainOptions* o) {
     const std::string s = text;
@@ -288,7 +296,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 's': o.seed = (uint64_t)parse_integer(flag, val, 0, INT64_MAX); break;
             case 'v': o.val_interval = parse_int(flag, val, 0); break;
             case 'm': parse_val_budget(val, &o); break;
-            case 'c': o.ckpt_interval = parse_int(flag, val, 0); break;
+            case 'c': o.ckpt_interval = parse_int(flag, val, -1); break;
             case 'k': o.keep_checkpoints = parse_int(flag, val, 0); break;
             case 'y': o.grad_norm_interval = parse_int(flag, val, 0); break;
             case 'G': o.sample_tokens = parse_int(flag, val, 0); break;
@@ -314,6 +322,10 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
     o.out_dir = checked_output_dir(o.out_dir);
     if (!o.resume.empty() && !o.init_from.empty()) throw std::runtime_error("-r and -f exclude each other");
     if (o.start_over && !o.resume.empty()) throw std::runtime_error("-W 1 starts a new run; -r continues one: give one of them");
+    if (o.ckpt_interval < 0 && !o.resume.empty())
+        throw std::runtime_error("-c -1 saves nothing, so the run continued by -r would lose its progress; "
+                                 "give -c N, or start from the checkpoint's weights with -f");
+    if (o.ckpt_interval < 0 && o.given.count('k')) throw std::runtime_error("-k: -c -1 writes no checkpoint to keep");
     if (o.steps == 0) {  // evaluate-only or sample-only: writes nothing
         if (o.init_from.empty()) throw std::runtime_error("-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
         if (o.val_files.empty() && o.sample_tokens == 0)

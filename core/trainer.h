@@ -500,12 +500,12 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         }
         const int64_t done = step + 1;
         if (o.val_interval > 0 && done % o.val_interval == 0 && done < o.steps) validate(done, lr);
-        if ((o.ckpt_interval > 0 && done % o.ckpt_interval == 0) || done == o.steps || stop) save(done);
+        if (checkpoint_due(o, done, stop)) save(done);
         if (stop) {
             if (lead)
-                printf("stopped by %s after step %lld; resume with -r %s\n",
+                printf("stopped by %s after step %lld; %s\n",
                        g_stop_signal ? ("signal " + std::to_string(g_stop_signal)).c_str() : "a signal to another rank",
-                       (long long)done, o.out_dir.c_str());
+                       (long long)done, o.ckpt_interval < 0 ? "no checkpoint saved (-c -1)" : ("resume with -r " + o.out_dir).c_str());
             return 130;
         }
     }

@@ -1,10 +1,13 @@
 // The command line and the CPU trainer as a user runs it: bad flags, kill -9 and resume
 // bit-identically, SIGTERM saving a checkpoint, and a diverging run stopping on a NaN loss.
+#include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -259,6 +262,48 @@ static std::vector<std::string> with(std::vector<std::string> args, const std::v
 static std::vector<std::string> set_flag(std::vector<std::string> args, const std::string& flag, const std::string& value) {
     for (size_t i = 0; i + 1 < args.size(); i++) if (args[i] == flag) { args[i + 1] = value; return args; }
     return with(args, {flag, value});
+}
+
+// The names in dir, sorted.
+static std::vector<std::string> directory_entries(const std::string& dir) {
+    std::vector<std::string> names;
+    if (DIR* d = opendir(dir.c_str())) {
+        while (const dirent* e = readdir(d))
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) names.push_back(e->d_name);
+        closedir(d);
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+TEST_CASE("-c -1 (benchmarks) writes no checkpoint, at the end or on a signal; -r and -k are refused with it") {
+    CHECK(parse_error({"-i", "x", "-c", "-1", "-r", "out"}).find("-c -1 saves nothing, so the run continued by -r") == 0);
+    CHECK(parse_error({"-i", "x", "-c", "-1", "-k", "2"}) == "-k: -c -1 writes no checkpoint to keep");
+    CHECK(parse_error({"-i", "x", "-c", "-2"}) == "-c: '-2' is outside [-1, 2147483647]");
+    CHECK(parse_error({"-i", "x", "-c", "-1", "-f", "ck"}) == "(no error)");
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    auto bench_run = [&](const std::string& out, int steps) {
+        std::vector<std::string> args = set_flag(tiny_run(data, out, steps), "-c", "-1");
+        const auto k = std::find(args.begin(), args.end(), "-k");
+        args.erase(k, k + 2);
+        return args;
+    };
+    const std::vector<std::string> logs_only = {"log.csv", "run.txt"};
+    int code = 0;
+    run_output(bench_run(dir + "/done", 7), dir + "/done.txt", &code);  // 7: past -c 3's steps 3 and 6
+    CHECK(code == 0);
+    CHECK(last_logged_step(dir + "/done/log.csv") == 7);
+    CHECK(directory_entries(dir + "/done") == logs_only);
+
+    const pid_t pid = spawn(bench_run(dir + "/stopped", 100000), dir + "/stopped.txt");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (last_logged_step(dir + "/stopped/log.csv") < 2 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    kill(pid, SIGTERM);
+    CHECK(wait_exit(pid) == 130);
+    CHECK(read_file(dir + "/stopped.txt").find("; no checkpoint saved (-c -1)") != std::string::npos);
+    CHECK(directory_entries(dir + "/stopped") == logs_only);
 }
 
 TEST_CASE("a new run refuses a directory holding another run, says how to choose, and -W 1 starts over") {
