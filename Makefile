@@ -199,14 +199,20 @@ test: export GPU_RUNNER := $(CUDA_BUILD)/test_gpu_kernels
 
 # ----------------------------------------------------------------------------------------------------
 # The first minutes on a GPU (README "First run on a GPU"). `make gpu-check-build`, on any machine with
-# nvcc, builds what a GPU run needs and copies it into build/gpu_check (about 22 MB, to carry to the GPU
-# machine with the source): both precisions' GPU tests (Catch2 compiled in, so they run wherever the
-# CUDA libraries are, whatever Catch2 that machine has), train_mixln, the dev/ benchmarks, two random
-# shards. `make gpu-check` runs dev/gpu_check.sh on them and builds nothing, so copied timestamps or
+# nvcc, builds what a GPU run needs and copies it into build/gpu_check (to carry to the GPU machine with
+# the source): both precisions' GPU tests (Catch2 compiled in, so they run wherever the CUDA libraries
+# are, whatever Catch2 that machine has), train_mixln, the dev/ benchmarks, two random shards, and
+# train_mixln as it was before issue 12 (before/train_mixln), for the throughput table's before and
+# after. `make gpu-check` runs dev/gpu_check.sh on them and builds nothing, so copied timestamps or
 # another Catch2 there cannot start a rebuild. GPU_CHECK_OUT: the report's directory (default $OUT, else
 # build/gpu_check_report). Without a GPU it says so and succeeds (CI runs it).
 GPU_CHECK := $(BUILD)/gpu_check
-gpu-check-build:
+# The commit of the trainer before issue 12 (main before it). Its source comes out of git (git archive)
+# into build/before/COMMIT and is built there by its own Makefile, with that commit's nvcc flags (sm_90a),
+# once. GPU_CHECK_BEFORE= (empty) leaves it out: the throughput table then has no before rows.
+GPU_CHECK_BEFORE ?= 3882668c8c6ffbc6e9a57d7a9586bd6a4a64e9b7
+BEFORE_TRAINER := $(if $(GPU_CHECK_BEFORE),build/before/$(GPU_CHECK_BEFORE)/build/train_mixln)
+gpu-check-build: $(BEFORE_TRAINER)
 	$(MAKE) PRECISION=BF16 $(BUILD)/test_gpu_kernels $(BUILD)/test_gpu_trainer $(BUILD)/train_mixln dev
 	$(MAKE) PRECISION=FP32 $(BUILD)/fp32/test_gpu_kernels $(BUILD)/fp32/test_gpu_trainer
 	rm -rf $(GPU_CHECK)
@@ -214,9 +220,16 @@ gpu-check-build:
 	cp $(BUILD)/test_gpu_kernels $(BUILD)/test_gpu_trainer $(BUILD)/train_mixln $(GPU_CHECK)/bf16/
 	cp $(addprefix $(BUILD)/dev/,$(DEV_BENCHMARKS)) $(GPU_CHECK)/bf16/dev/
 	cp $(BUILD)/fp32/test_gpu_kernels $(BUILD)/fp32/test_gpu_trainer $(GPU_CHECK)/fp32/
+	$(if $(BEFORE_TRAINER),mkdir -p $(GPU_CHECK)/before && cp $(BEFORE_TRAINER) $(GPU_CHECK)/before/)
 	python3 scripts/make_random_shard.py --out $(GPU_CHECK)/random.bin --tokens 524289 --vocab-size 32000
 	python3 scripts/make_random_shard.py --out $(GPU_CHECK)/random_small.bin --tokens 300000 --vocab-size 256
 	@du -sh $(GPU_CHECK)
+
+build/before/%/build/train_mixln:
+	@git cat-file -e $*^{commit} 2>/dev/null || { echo "gpu-check-build: commit $* (GPU_CHECK_BEFORE, the trainer before issue 12) is not in this clone: git fetch --unshallow, or leave it out with GPU_CHECK_BEFORE="; exit 1; }
+	rm -rf build/before/$* && mkdir -p build/before/$*
+	git archive $* | tar -x -C build/before/$*
+	$(MAKE) -C build/before/$* PRECISION=BF16 build/train_mixln
 
 gpu-check:
 	dev/gpu_check.sh $(GPU_CHECK_OUT)

@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # The first minutes on a GPU (README "First run on a GPU"): runs everything that needs one, from the
 # binaries `make gpu-check-build` left in build/gpu_check (built on a machine without a GPU; nothing is
-# compiled here), each step under its own timeout, so that a hang costs one step and a failure does not
-# stop the next. Writes OUT_DIR/report.md (pass counts, the kernel table, the throughput table, the
-# first lines of each failure) and one log per step group: at most 8 files.
-#   dev/gpu_check.sh [OUT_DIR]        default: $OUT if set, else build/gpu_check_report
+# compiled here), each step under its own time limit, so that a hang costs one step and a failure does
+# not stop the next. Writes OUT_DIR/report.md (each step's result and time, the test runners' pass
+# counts, the kernel table, the trainer's throughput before and after issue 12, the first lines of
+# each failure) and one log per group of steps: 7 files.
+#   dev/gpu_check.sh [OUT_DIR]   default: $OUT if set, else build/gpu_check_report
+#   GPU_CHECK_BIN=DIR            the binaries (default build/gpu_check)
+#   GPU_CHECK_WORK=DIR           the trainer runs' scratch space (default build/gpu_check_work)
 # Where there is no GPU it says so in one line and exits 0; otherwise it exits 1 if any step failed.
 #
-# Steps and their time limits in seconds (530 in all, under 9 minutes):
-#   device and driver (nvidia-smi)                                               10
-#   test_gpu_kernels, test_gpu_trainer, bf16 then fp32                   4 x 40 = 160
-#   compute-sanitizer memcheck, racecheck on a reduced kernel test set   2 x 50 = 100
-#   dev/ benchmarks, every version: validation then timing (DEV_REPEATS=10)      90
-#   trainer throughput, 71m 130m 250m 1b: 4 steps of 65536 tokens each          130
-#   the one-rank NCCL path (ZeRO-1, all-reduce) bitwise against no NCCL, resume  40
+# Phases run one after another. The steps of a phase run side by side: only checks of correctness
+# share the GPU, every timed step has it alone. A phase lasts at most its longest limit plus 5 s (the
+# kill after a time-out). Limits in seconds (525 in all at worst, under 9 minutes):
+#   1. device and driver (nvidia-smi)                                                         10
+#   2. side by side, each under its own limit:                                               120
+#      test_gpu_kernels and test_gpu_trainer in bf16 and fp32 (4 x 120); compute-sanitizer
+#      memcheck and racecheck on a reduced kernel test set (2 x 120); the trainer bitwise:
+#      one-rank NCCL (ZeRO-1, all-reduce, resume) and CUDA graphs off (-D 0) against the plain
+#      run (120)
+#   3. dev/ benchmarks, every version: validation then timing (DEV_REPEATS=10)                120
+#   4. trainer throughput, 71m 130m 250m: before issue 12, after, after with -D 0              110
+#   5. trainer throughput, 1b: before issue 12, after                                         140
+#   the kill margin, 5 x 5                                                                     25
+# (Each trainer run: 5 steps of 65536 tokens, the first 2 not counted. The 1b runs are dominated by
+# the host's initialization of 1.3B weights and, before issue 12, its 16 GB final checkpoint.)
 set -u
 cd "$(dirname "$0")/.."
 if [ ! -e /proc/driver/nvidia/version ] && ! command -v nvidia-smi >/dev/null; then
@@ -25,7 +36,8 @@ if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then  # a driver, but no GPU i
     nvidia-smi -L 2>&1 | head -n 5
     exit 1
 fi
-bin=build/gpu_check
+bin=${GPU_CHECK_BIN:-build/gpu_check}
+work=${GPU_CHECK_WORK:-build/gpu_check_work}
 out=${1:-${OUT:-build/gpu_check_report}}
 mkdir -p "$out"
 report=$out/report.md
@@ -35,114 +47,160 @@ if [ ! -x $bin/bf16/test_gpu_kernels ]; then
     exit 1
 fi
 export MIXLN_REQUIRE_GPU=1  # a GPU test runner that finds no usable device fails instead of skipping
+rm -rf "$work"
+mkdir -p "$work"
+state=$(mktemp -d)  # per step: its log's name, output, result row, test summary, failure
+trap 'rm -rf "$state"' EXIT
 
-results=()    # one "| step | status | seconds |" row per step
-summaries=()  # the test runners' closing lines "NAME: N passed, M failed", by step
-failures=()   # the first lines of each failing step
-# step NAME LOG LIMIT COMMAND...: runs COMMAND under LIMIT seconds, appending its output to LOG.
-step() {
-    local name=$1 log=$out/$2 limit=$3; shift 3
-    local start=$SECONDS status tmp
-    tmp=$(mktemp)
-    echo "=== $name: $*" >>"$log"
-    timeout --kill-after=5 "$limit" "$@" >"$tmp" 2>&1
+steps=0        # steps started
+phase_limit=0  # the longest limit of the phase's steps
+worst_case=0   # seconds, the phases so far at their limits
+# step NAME LOG LIMIT COMMAND...: runs COMMAND under LIMIT seconds, its output going to LOG; waits.
+# step_beside: the same in the background, beside the phase's other steps. end_phase waits for them.
+step() { begin_step "$3"; run_step $steps "$@"; }
+step_beside() { begin_step "$3"; run_step $steps "$@" & }
+begin_step() { steps=$((steps + 1)); [ "$1" -le $phase_limit ] || phase_limit=$1; }
+end_phase() { wait; worst_case=$((worst_case + phase_limit + 5)); phase_limit=0; }
+
+run_step() {
+    local id=$1 name=$2 log=$3 limit=$4; shift 4
+    local start=$SECONDS status output=$state/$id.out
+    echo "$log" >$state/$id.log
+    echo "=== $name: $*" >$output
+    timeout --kill-after=5 "$limit" "$@" >>$output 2>&1
     status=$?
-    cat "$tmp" >>"$log"
     local seconds=$((SECONDS - start)) result=passed
     if [ $status -eq 124 ] || [ $status -eq 137 ]; then result="TIMED OUT after ${limit}s"
     elif [ $status -ne 0 ]; then result="FAILED (exit $status)"; fi
     echo "gpu-check: $name: $result (${seconds}s)"
-    results+=("| $name | $result | $seconds |")
+    echo "| $name | $result | $seconds |" >$state/$id.row
     local summary
-    summary=$(grep -E '^test_gpu_[a-z]+: [0-9]+ passed, [0-9]+ failed' "$tmp" | tail -n 1)
-    [ -z "$summary" ] || summaries+=("- $name: ${summary#*: }")
+    summary=$(grep -E '^test_gpu_[a-z]+: [0-9]+ passed, [0-9]+ failed' $output | tail -n 1)
+    [ -z "$summary" ] || echo "- $name: ${summary#*: }" >$state/$id.summary
     if [ "$result" != passed ]; then
         # The first lines that say what went wrong, else the last lines.
         local lines
-        lines=$(grep -m 12 -E 'FAILED|[Ee]rror|ERROR|failed|VALIDATION|Invalid|Race|out of' "$tmp" || true)
-        [ -n "$lines" ] || lines=$(tail -n 8 "$tmp")
-        failures+=("**$name** ($result, full output in $(basename "$log")):"$'\n```\n'"$lines"$'\n```')
+        lines=$(tail -n +2 $output | grep -m 12 -E 'FAILED|[Ee]rror|ERROR|failed|VALIDATION|Invalid|Race|out of|differ' || true)
+        [ -n "$lines" ] || lines=$(tail -n +2 $output | tail -n 8)
+        [ -n "$lines" ] || lines="(no output)"
+        printf '**%s** (%s, full output in %s):\n```\n%s\n```\n' "$name" "$result" "$log" "$lines" >$state/$id.failure
     fi
-    rm -f "$tmp"
-    return 0
 }
 
 # 1. The device and driver.
 step "device and driver" info.log 10 sh -c 'nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv'
+end_phase
 
-# 2. The GPU tests in both precisions. Their closing lines "NAME: N passed, M failed" go to the report.
+# 2. Correctness, side by side (16 CPU cores: 2 OpenMP threads each).
+export OMP_NUM_THREADS=2
+#  The GPU tests in both precisions. Their closing lines "NAME: N passed, M failed" go to the report.
 for precision in bf16 fp32; do
     for test in test_gpu_kernels test_gpu_trainer; do
-        step "$test $precision" tests.log 40 $bin/$precision/$test
+        step_beside "$test $precision" tests.log 120 $bin/$precision/$test
     done
 done
-
-# 3. compute-sanitizer on the kernel tests with small shapes (Catch2 test names; a trailing * is a
-# wildcard): out-of-bounds and misaligned accesses (memcheck), shared-memory hazards (racecheck: the
-# kernels with shared memory).
+#  compute-sanitizer on the kernel tests with small shapes (Catch2 test names; a trailing * is a
+#  wildcard): out-of-bounds and misaligned accesses (memcheck), shared-memory hazards (racecheck: the
+#  kernels with shared memory).
 sanitized="flash attention forward*,rmsnorm backward*,residual rmsnorm backward*,classifier: losses and*,global gradient norm matches*,embedding backward adds*,swiglu backward*,rope forward*,adamw steps*"
 raced="flash attention forward*,rmsnorm backward*,classifier: losses and*,global gradient norm matches*"
-step "compute-sanitizer memcheck" sanitizer.log 50 compute-sanitizer --tool memcheck --error-exitcode 1 \
+step_beside "compute-sanitizer memcheck" sanitizer.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
     $bin/bf16/test_gpu_kernels "$sanitized"
-step "compute-sanitizer racecheck" sanitizer.log 50 compute-sanitizer --tool racecheck --error-exitcode 1 \
+step_beside "compute-sanitizer racecheck" sanitizer.log 120 compute-sanitizer --tool racecheck --error-exitcode 1 \
     $bin/bf16/test_gpu_kernels "$raced"
-
-# 4. Every dev/ benchmark at every version: each validates against the CPU reference, then times.
-kernel_table=$out/kernel_table.md
-step "dev/ benchmarks (dev/run_all.sh)" dev.log 90 sh -c \
-    "DEV_REPEATS=10 DEV_BIN_DIR=$bin/bf16/dev dev/run_all.sh >$kernel_table"
-
-# 5. Training throughput and peak memory of the Table 4 presets.
-throughput=$out/throughput.txt
-step "trainer throughput (dev/bench_trainer.sh)" bench.log 130 sh -c \
-    "PRESETS='71m 130m 250m 1b' STEPS=4 SKIP=1 TOKENS_PER_STEP=65536 TRAIN_MIXLN=$bin/bf16/train_mixln \
-     SHARD=$bin/random.bin dev/bench_trainer.sh >$throughput"
-
-# 6. The NCCL path with one rank (RANK/WORLD_SIZE make train_mixln a rank of a torchrun-style launch)
-# against the plain path, bitwise: log, gradient norms, checkpoint; then a ZeRO-1 resume.
-step "one-rank NCCL path bitwise (ZeRO-1, all-reduce, resume)" nccl.log 40 bash -c '
+#  The whole trainer, bitwise: the NCCL path with one rank (RANK/WORLD_SIZE make train_mixln a rank of
+#  a torchrun-style launch), ZeRO-1 and all-reduce, and CUDA graphs off (-D 0, where the trainer has
+#  the flag), each against the plain run: log, gradient norms, checkpoint; then a ZeRO-1 resume.
+step_beside "trainer bitwise: one-rank NCCL (ZeRO-1, all-reduce, resume), graphs off" bitwise.log 120 bash -c '
     set -e
-    bin=$1; dir=build/gpu_check_nccl; rm -rf $dir
+    bin=$1; dir=$2/bitwise
     run="-e tiny -H 2 -i $bin/random_small.bin -j $bin/random_small.bin -b 8 -t 128 -d 2048 -x 20 -v 10 -m 4 -y 10 -c 10 -k 0"
     $bin/bf16/train_mixln $run -o $dir/plain
+    variants="zero1 allreduce"
     RANK=0 WORLD_SIZE=1 $bin/bf16/train_mixln $run -o $dir/zero1
     RANK=0 WORLD_SIZE=1 $bin/bf16/train_mixln $run -Z 0 -o $dir/allreduce
-    for d in zero1 allreduce; do for f in log.csv grad_norms.csv ckpt_00000020.bin; do
-        cmp $dir/plain/$f $dir/$d/$f; done; done
+    if $bin/bf16/train_mixln -h | grep -qE "^ +-D "; then
+        $bin/bf16/train_mixln $run -D 0 -o $dir/nographs
+        variants="$variants nographs"
+    else
+        echo "(this train_mixln has no -D: no graphs-off run)"
+    fi
+    for d in $variants; do for f in log.csv grad_norms.csv ckpt_00000020.bin; do
+        cmp $dir/plain/$f $dir/$d/$f || { echo "$d: $f differs from the plain run'"'"'s"; exit 1; }; done; done
     mkdir -p $dir/resumed && cp $dir/zero1/ckpt_00000010.bin $dir/resumed/
     RANK=0 WORLD_SIZE=1 $bin/bf16/train_mixln $run -o $dir/resumed -r $dir/resumed
     cmp $dir/zero1/ckpt_00000020.bin $dir/resumed/ckpt_00000020.bin
-    echo "bitwise the same: plain, ZeRO-1, all-reduce, ZeRO-1 resumed"' _ $bin
+    echo "bitwise the same: plain, $variants, ZeRO-1 resumed"' _ $bin "$work"
+end_phase
+unset OMP_NUM_THREADS
 
-# The report.
+# 3. Every dev/ benchmark at every version: each validates against the CPU reference, then times.
+kernel_table=$state/kernel_table.md
+step "dev/ benchmarks (dev/run_all.sh)" dev.log 120 bash -c \
+    'DEV_REPEATS=10 DEV_BIN_DIR=$1/bf16/dev dev/run_all.sh >$2' _ $bin "$kernel_table"
+end_phase
+
+# 4, 5. Training throughput and peak memory of the Table 4 presets, the trainer before issue 12 (the
+# commit of make gpu-check-build's GPU_CHECK_BEFORE, where it was built) beside this one, with CUDA
+# graphs and, where the trainer has -D, without. 1b without graphs is left out: its steps are long
+# enough for launch gaps not to matter, and its runs are the slowest.
+new=$bin/bf16/train_mixln
+after=("after=$new -c -1")
+if $new -h | grep -qE '^ +-D '; then after=("after=$new -c -1 -D 1" "after-D0=$new -c -1 -D 0"); fi
+before=()
+[ ! -x $bin/before/train_mixln ] || before=("before=$bin/before/train_mixln")
+# env PRESETS=... "${bench[@]}" TABLE VARIANT...: dev/bench_trainer.sh, its table to TABLE
+bench=(STEPS=5 SKIP=2 TOKENS_PER_STEP=65536 SHARD=$bin/random.bin BENCH_DIR="$work/bench"
+       bash -c 'dev/bench_trainer.sh "${@:2}" >"$1"' _)
+step "trainer throughput 71m 130m 250m (dev/bench_trainer.sh)" bench.log 110 env PRESETS="71m 130m 250m" "${bench[@]}" \
+    $state/throughput_small.txt "${before[@]}" "${after[@]}"
+end_phase
+step "trainer throughput 1b (dev/bench_trainer.sh)" bench.log 140 env PRESETS=1b "${bench[@]}" \
+    $state/throughput_1b.txt "${before[@]}" "${after[0]}"
+end_phase
+
+# The logs, in step order, and the report.
+for id in $(seq 1 $steps); do rm -f "$out/$(cat $state/$id.log)"; done  # a previous run's
+for id in $(seq 1 $steps); do cat $state/$id.out >>"$out/$(cat $state/$id.log)"; done
 {
     echo "# gpu-check report"
     echo
     echo "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1); $(date -u '+%Y-%m-%d %H:%M UTC'); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo
+    echo "$steps steps in $SECONDS s (at most $worst_case s if every step had run to its limit)."
+    echo
     echo "| step | result | seconds |"
     echo "|---|---|---|"
-    printf '%s\n' "${results[@]}"
+    for id in $(seq 1 $steps); do cat $state/$id.row; done
     echo
     echo "## GPU tests"
     echo
-    if [ ${#summaries[@]} -gt 0 ]; then printf '%s\n' "${summaries[@]}"; else echo "- no test runner reached its summary line"; fi
+    if ls $state/*.summary >/dev/null 2>&1; then
+        for id in $(seq 1 $steps); do [ ! -e $state/$id.summary ] || cat $state/$id.summary; done
+    else
+        echo "- no test runner reached its summary line"
+    fi
     echo
     echo "## Kernels (dev/run_all.sh, DEV_REPEATS=10)"
     echo
     if [ -s "$kernel_table" ]; then cat "$kernel_table"; else echo "no table (see dev.log)"; fi
     echo
-    echo "## Trainer throughput (dev/bench_trainer.sh, 4 steps of 65536 tokens, the first skipped)"
+    echo "## Trainer throughput (dev/bench_trainer.sh, 5 steps of 65536 tokens at T 256, the first 2 not counted)"
     echo
-    echo '```'
-    if [ -s "$throughput" ]; then cat "$throughput"; else echo "no table (see bench.log)"; fi
-    echo '```'
-    if [ ${#failures[@]} -gt 0 ]; then
+    echo "before: the trainer as it was before issue 12 (built by make gpu-check-build from git); after: this"
+    echo "trainer (-c -1: no checkpoint), with CUDA graphs (-D 1) and without (after-D0, -D 0) where it has -D."
+    echo "The last column is tokens/s over the preset's first row's."
+    for table in $state/throughput_small.txt $state/throughput_1b.txt; do
+        echo
+        echo '```'
+        if [ -s $table ]; then cat $table; else echo "no table (see bench.log)"; fi
+        echo '```'
+    done
+    if ls $state/*.failure >/dev/null 2>&1; then
         echo
         echo "## Failures"
-        for f in "${failures[@]}"; do echo; echo "$f"; done
+        for id in $(seq 1 $steps); do [ ! -e $state/$id.failure ] || { echo; cat $state/$id.failure; }; done
     fi
 } >"$report"
-rm -f "$kernel_table" "$throughput"  # both are in the report
 echo "gpu-check: report in $report"
-[ ${#failures[@]} -eq 0 ]
+! ls $state/*.failure >/dev/null 2>&1

@@ -549,6 +549,88 @@ installs_catch2() {
 }
 check "scripts/install_deps.sh installs Catch2 when its header is missing, and nothing when it is there" installs_catch2
 
+# make gpu-check without a GPU: stand-ins for nvidia-smi, compute-sanitizer, timeout and every binary
+# make gpu-check-build leaves, each printing a known line, so that the script's phases, logs, report
+# and time limits are checked here. The stand-in timeout records each step's limit and makes racecheck
+# time out; the stand-in trainer logs its flags and takes 200 ms a step before issue 12, 100 ms after
+# (125 ms with -D 0).
+stand_in_trainer() {  # FILE MS HAS_D
+    cat > "$1" <<EOF
+#!/bin/sh
+echo "\$*" >> $tmp/gpu/trainer_flags
+ms=$2; steps=1; out=out; checkpoints=yes
+while [ \$# -gt 0 ]; do
+    case \$1 in
+        -h) echo "usage: train_mixln"; [ -z "$3" ] || echo "  -D 0|1     CUDA graphs"; exit 0 ;;
+        -x) steps=\$2 ;;
+        -o) out=\$2 ;;
+        -D) [ "\$2" = 1 ] || ms=\$((ms + 25)) ;;
+        -c) [ "\$2" != -1 ] || checkpoints= ;;
+    esac
+    shift 2
+done
+echo "device: Stand-in H200, 141 GiB"
+mkdir -p \$out && echo loss > \$out/log.csv && echo norms > \$out/grad_norms.csv
+for i in \$(seq 1 \$steps); do echo "step \$i/\$steps | loss 10.0 | lr 1e-03 | norm 1.0 | \$ms.0 ms | 1 tok/s | MFU 40.0% | ETA 0m01s"; done
+[ -z "\$checkpoints" ] || for s in 00000010 00000020; do echo weights > \$out/ckpt_\$s.bin; done
+EOF
+    chmod +x "$1"
+}
+gpu_check_dry_run() {
+    local g=$tmp/gpu
+    local stubs=$g/stubs bin=$g/bin report=$g/report/report.md
+    mkdir -p "$stubs" "$bin/bf16/dev" "$bin/fp32" "$bin/before"
+    cat > "$stubs/nvidia-smi" <<'EOF'
+#!/bin/sh
+case "$*" in
+    -L) echo "GPU 0: Stand-in H200 (UUID: GPU-0)" ;;
+    *memory.used*) echo 2048 ;;
+    *--query-gpu*) echo "Stand-in H200, 0.0, 143771 MiB" ;;
+    *) echo "stand-in nvidia-smi" ;;
+esac
+EOF
+    printf '#!/bin/sh\necho "========= ERROR SUMMARY: 0 errors"\n' > "$stubs/compute-sanitizer"
+    printf '#!/bin/sh\necho "$2" >> %s/limits\ncase "$*" in *racecheck*) exit 124 ;; esac\nshift 2\nexec "$@"\n' "$g" > "$stubs/timeout"
+    for p in bf16 fp32; do for t in test_gpu_kernels test_gpu_trainer; do
+        printf '#!/bin/sh\necho "%s: 7 passed, 0 failed"\n' $t > "$bin/$p/$t"; done; done
+    for k in $(cd dev && ls *.cu | sed 's/\.cu$//'); do
+        printf '#!/bin/sh\n[ "$1" != --num-versions ] || { echo 1; exit 0; }\necho "device: Stand-in H200; 132 SMs"\necho "ceiling copy: 4300.0 GB/s"\necho "ceiling gemm: 790.0 TFLOP/s"\necho "%s 130m:16384x768 v1: 3000.0 GB/s (69.8%% of copy) 18.5 us"\n' $k > "$bin/bf16/dev/$k"
+    done
+    stand_in_trainer "$bin/bf16/train_mixln" 100 yes
+    stand_in_trainer "$bin/before/train_mixln" 200 ""
+    chmod +x "$stubs"/* "$bin"/*/* "$bin"/bf16/dev/*
+    echo tokens > "$bin/random.bin" && echo tokens > "$bin/random_small.bin"
+    local code=0
+    PATH="$stubs:$PATH" GPU_CHECK_BIN=$bin GPU_CHECK_WORK=$g/work dev/gpu_check.sh "$g/report" > "$g/out.txt" 2>&1 || code=$?
+    local fail=0 worst
+    expect() { grep -qE -- "$1" "$2" || { echo "no line /$1/ in $2"; fail=1; }; }
+    [ $code -eq 1 ] || { echo "exit code $code, expected 1 (racecheck timed out)"; fail=1; }
+    [ "$(ls "$g/report")" = "$(printf '%s\n' bench.log bitwise.log dev.log info.log report.md sanitizer.log tests.log)" ] ||
+        { echo "report files: $(ls "$g/report")"; fail=1; }
+    [ "$(grep -c '| passed |' "$report")" -eq 10 ] || { echo "expected 10 steps passed"; fail=1; }
+    expect '^\| compute-sanitizer racecheck \| TIMED OUT after 120s \|' "$report"
+    expect '^\*\*compute-sanitizer racecheck\*\* \(TIMED OUT' "$report"
+    expect '^- test_gpu_trainer fp32: 7 passed, 0 failed$' "$report"
+    expect '^\| attention \| 130m:16384x768 \| 1 \| 18.5 \| 3000.0 GB/s \| 69.8% of copy \|$' "$report"
+    expect '^71m +before +32 +256 +0 +327680 +40.0% +200.0 +3 +2.0 +1.00$' "$report"
+    expect '^250m +after +32 +256 +0 +655360 +40.0% +100.0 +3 +2.0 +2.00$' "$report"
+    expect '^130m +after-D0 .* 524288 .* 1.60$' "$report"
+    expect '^1b +after +32 .* 2.00$' "$report"
+    ! grep -q '^1b +after-D0' "$report" || { echo "1b ran without graphs"; fail=1; }
+    expect 'bitwise the same: plain, zero1 allreduce nographs, ZeRO-1 resumed' "$g/report/bitwise.log"
+    # The benchmark's runs: 4 before issue 12 (no -c -1: that trainer cannot be asked), 7 after with -c -1.
+    [ "$(grep -c -- '-d 65536' "$g/trainer_flags")" -eq 11 ] && [ "$(grep -c -- '^-c -1 -D [01] .*-d 65536' "$g/trainer_flags")" -eq 7 ] ||
+        { echo "the benchmark's trainer flags:"; grep -- '-d 65536' "$g/trainer_flags"; fail=1; }
+    # The time limits: one per step; at worst (every step at its limit) what the script's header and
+    # README say, under 540 s.
+    [ "$(wc -l < "$g/limits")" -eq 11 ] || { echo "$(wc -l < "$g/limits") limits for 11 steps"; fail=1; }
+    worst=$(sed -nE 's/.*at most ([0-9]+) s if every step.*/\1/p' "$report")
+    [ -n "$worst" ] && [ "$worst" -le 540 ] && grep -q "($worst in all at worst" dev/gpu_check.sh && grep -q "$worst s in all at worst" README.md ||
+        { echo "worst case '$worst' s: over 540 s, or not what dev/gpu_check.sh's header and README say"; fail=1; }
+    [ $fail -eq 0 ] || { cat "$g/out.txt" "$report"; return 1; }
+}
+check "make gpu-check with stand-ins for the GPU tools and binaries: its steps, report and time limits" gpu_check_dry_run
+
 if [ "$skipped" -gt 0 ]; then
     echo "test_scripts: $passed passed, $failed failed, $skipped skipped"
 else
