@@ -221,7 +221,7 @@ struct GpuActivations {
     // Points every tensor into base for N rows, and returns the bytes they take. With base null it
     // only counts (the pointers are then meaningless).
     size_t carve(char* base, const ModelConfig& cfg, long N, int num_slots) {
-        const long C = cfg.d_model, F = cfg.d_ffn, V = cfg.vocab_size, L = cfg.n_layer;
+        const long C = cfg.d_model, F = ffn_stored(cfg), V = cfg.vocab_size, L = cfg.n_layer;
         const long heads_rows = N * cfg.n_head;  // B * NH * T
         size_t bytes = 0;
         auto take = [&](auto*& ptr, long count) {
@@ -402,7 +402,7 @@ struct GpuModel {
 
     // SwiGLU MLP: down(silu(gate(x)) * up(x)).
     void mlp_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
-        const int N = B * T, C = cfg.d_model, F = cfg.d_ffn;
+        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);  // the stored width (core/config.h)
         matmul_forward(a.gate, a.mlp_in, param(WGATE, l), N, C, F, stream);
         matmul_forward(a.up, a.mlp_in, param(WUP, l), N, C, F, stream);
         swiglu_forward(a.swiglu, a.gate, a.up, (long)N * F, stream);
@@ -485,7 +485,7 @@ struct GpuModel {
 
     // dout = d mlp_out; adds d mlp_in into dinp.
     void mlp_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
-        const int N = B * T, C = cfg.d_model, F = cfg.d_ffn;
+        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);  // the stored width (core/config.h)
         zero(acts.d_swiglu, (long)N * F);
         matmul_backward(acts.d_swiglu, grad(WDOWN, l), dout, a.swiglu, param(WDOWN, l), N, F, C, stream);
         swiglu_backward(acts.d_gate, acts.d_up, acts.d_swiglu, a.gate, a.up, (long)N * F, stream);

@@ -1,26 +1,27 @@
 // Checkpoints: the only code that reads or writes them, shared by the CPU and GPU trainers.
 //
-// Format version 2 (little-endian): a 512-byte header of 64 int64 slots, then float32 arrays.
-//   slot 0  magic "MIXLNCKP" (8 ASCII bytes)     slot 14  number of parameters P
-//   slot 1  version, 2                           slot 15  optimizer steps completed
+// Format version 3 (little-endian): a 512-byte header of 64 int64 slots, then float32 arrays.
+//   slot 0  magic "MIXLNCKP" (8 ASCII bytes)     slot 14  number of stored parameters P
+//   slot 1  version, 3                           slot 15  optimizer steps completed
 //   slot 2  vocab_size                           slot 16  1 if Adam moments follow, else 0
 //   slot 3  max_seq_len                          slot 17-19  data position: epoch, shard, sample
 //   slot 4  n_layer                              slot 20  trainer RNG state
 //   slot 5  n_head                               slot 21  micro-batch B
 //   slot 6  d_model                              slot 22  sequence length T
-//   slot 7  d_ffn                                slot 23  total batch tokens
+//   slot 7  d_ffn (the model's F)                slot 23  total batch tokens
 //   slot 8  norm scheme (0 Mix-LN, 1 DeepNorm,   slot 24  world size
 //           2 the paper code's DeepNorm)
 //   slot 9  alpha (IEEE double bits)             slot 25  data seed
 //   slot 10 scaled_init   slot 11 scaled_embed   slot 26  optimizer shard files W (0: none)
 //   slot 12 rope_theta (double bits)             slot 27  CRC-32 of the file (below)
 //   slot 13 norm_eps (double bits)               slot 28  run id (run_dir.h); slots 29-63  0
-//   then params[P] (fp32 master weights, in the layout of core/config.h), then, if slot 16 is 1,
-//   Adam's m[P] and v[P].
+//   then params[P] (fp32 master weights, in the v3 layout of core/config.h: layer-major, the MLP
+//   stored ffn_stored(cfg) wide with zero padding, so P = make_param_layout(cfg).total), then, if
+//   slot 16 is 1, Adam's m[P] and v[P] in the same layout.
 // Slot 27 is zlib's CRC-32 (core/crc32.h) of the whole file with slot 27's own 8 bytes taken as zero.
 // A weights-only checkpoint (scripts/import_hf.py) has zeros in slots 15-28 but for the CRC: -f takes
-// it, -r refuses it. Version 1 is the same without the CRC and run id (slots 27, 28 zero): it is
-// still read, unverified.
+// it, -r refuses it. Versions 1 and 2 held the parameters in the layout before v3 (tensor-major,
+// unpadded): they are refused, and scripts/upgrade_checkpoint.py converts them.
 //
 // ZeRO-1 on W > 1 ranks: each rank holds the moments of its slice of the parameters only, so rank r
 // writes them to ckpt_STEP.rankR.bin beside ckpt_STEP.bin (optimizer_shard_path), whose slot 16 is
@@ -37,7 +38,8 @@
 // list_checkpoints (and so resuming from a directory) skips incomplete ones.
 //
 // Readers check every header field's range and the file's size against the header before they
-// allocate anything, then the CRC; each error names the file and what is wrong.
+// allocate anything, then the CRC, then that the MLP's padding is zero; each error names the file and
+// what is wrong.
 //
 // Every file is written to PATH.tmp, flushed and fsync'ed, then renamed over PATH: a crash or a full
 // disk leaves either the old file or the new one, never a torn one.
@@ -61,7 +63,7 @@
 #include "crc32.h"
 #include "../dataloader.h"
 
-constexpr int CHECKPOINT_VERSION = 2;
+constexpr int CHECKPOINT_VERSION = 3;
 constexpr int CHECKPOINT_HEADER_SLOTS = 64;
 constexpr int CHECKPOINT_CRC_SLOT = 27, CHECKPOINT_RUN_ID_SLOT = 28;
 constexpr int OPTIMIZER_SHARD_VERSION = 2;
@@ -77,13 +79,12 @@ struct TrainState {
     int64_t micro_batch = 0, seq_len = 0, total_batch = 0, world_size = 1;
     uint64_t data_seed = 0;
     int64_t optimizer_shards = 0;  // W: Adam's moments are in W optimizer shard files (ZeRO-1), not here
-    uint64_t run_id = 0;           // the run that wrote it (run_dir.h); 0: unknown (version 1, weights only)
+    uint64_t run_id = 0;           // the run that wrote it (run_dir.h); 0: unknown (weights only)
 };
 
 struct Checkpoint {
     ModelConfig cfg;
     TrainState state;
-    int version = CHECKPOINT_VERSION;  // 1: read without a checksum to verify
     std::vector<float> params, m, v;   // m and v empty if the file has no optimizer state
 };
 
@@ -185,11 +186,14 @@ inline std::string size_problem(int64_t expected, int64_t actual) {
     return "";
 }
 
-// What is wrong with a checkpoint header (version 1 or 2), or "" if every field is in range. The model
+// What is wrong with a checkpoint header (version 3), or "" if every field is in range. The model
 // config goes to *cfg.
 inline std::string checkpoint_header_problem(const int64_t* h, ModelConfig* cfg) {
     if (memcmp(&h[0], "MIXLNCKP", 8) != 0) return "bad magic: not a mixln checkpoint";
-    if (h[1] != 1 && h[1] != CHECKPOINT_VERSION) return "unsupported version " + std::to_string(h[1]) + " (this build reads 1 and 2)";
+    if (h[1] == 1 || h[1] == 2)
+        return "version " + std::to_string(h[1]) + ": the parameter layout changed in version 3 (layer-major, padded MLP); "
+               "convert the file with scripts/upgrade_checkpoint.py OLD NEW";
+    if (h[1] != CHECKPOINT_VERSION) return "unsupported version " + std::to_string(h[1]) + " (this build reads 3)";
     for (int i = 2; i <= 7; i++)
         if (h[i] < 0 || h[i] > INT_MAX) return "slot " + std::to_string(i) + " (a model size) is " + std::to_string(h[i]) + ", outside [0, 2^31)";
     if (!norm_scheme_name(h[8])) return "unknown norm scheme " + std::to_string(h[8]) + " in slot 8 (0, 1 or 2)";
@@ -214,7 +218,6 @@ inline std::string checkpoint_header_problem(const int64_t* h, ModelConfig* cfg)
     if (h[24] < 0 || h[24] > MAX_WORLD_SIZE) return "world size " + std::to_string(h[24]) + " is outside [0, 2^20]";
     if (h[26] != 0 && (h[26] != h[24] || h[16] != 0))
         return "optimizer shard count " + std::to_string(h[26]) + " must be 0 or the world size, without moments in the file";
-    if (h[1] == 1 && (h[CHECKPOINT_CRC_SLOT] != 0 || h[CHECKPOINT_RUN_ID_SLOT] != 0)) return "version 1 with nonzero slots 27-28";
     if (h[CHECKPOINT_CRC_SLOT] < 0 || h[CHECKPOINT_CRC_SLOT] > 0xFFFFFFFFll) return "CRC slot 27 is not a 32-bit value";
     for (int i = 29; i < CHECKPOINT_HEADER_SLOTS; i++)
         if (h[i] != 0) return "slot " + std::to_string(i) + " is not 0 (written by a newer version, or corrupt)";
@@ -233,7 +236,6 @@ inline Checkpoint load_checkpoint(const std::string& path) {
     const bool has_opt = h[16] != 0;
     const std::string size = size_problem(expected_file_bytes(sizeof(h), has_opt ? 3 : 1, n), in.bytes);
     if (!size.empty()) throw fail(size);
-    ck.version = (int)h[1];
     TrainState& s = ck.state;
     s.step = h[15]; s.data = DataPosition{(uint64_t)h[17], (uint64_t)h[18], (uint64_t)h[19]};
     s.rng_state = (uint64_t)h[20]; s.micro_batch = h[21]; s.seq_len = h[22]; s.total_batch = h[23];
@@ -245,15 +247,20 @@ inline Checkpoint load_checkpoint(const std::string& path) {
         ok = in.read(ck.m.data(), sizeof(float), n) && in.read(ck.v.data(), sizeof(float), n);
     }
     if (!ok) throw fail("read failed (file changed or truncated while reading)");
-    if (ck.version >= 2) {
-        const uint32_t crc = file_crc(h, CHECKPOINT_HEADER_SLOTS, CHECKPOINT_CRC_SLOT,
-                                      {{ck.params.data(), n}, {has_opt ? ck.m.data() : nullptr, n}, {has_opt ? ck.v.data() : nullptr, n}});
-        if (crc != (uint64_t)h[CHECKPOINT_CRC_SLOT]) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "checksum mismatch (CRC-32 stored %08llx, computed %08x): the file is corrupt",
-                     (unsigned long long)h[CHECKPOINT_CRC_SLOT], crc);
-            throw fail(msg);
-        }
+    const uint32_t crc = file_crc(h, CHECKPOINT_HEADER_SLOTS, CHECKPOINT_CRC_SLOT,
+                                  {{ck.params.data(), n}, {has_opt ? ck.m.data() : nullptr, n}, {has_opt ? ck.v.data() : nullptr, n}});
+    if (crc != (uint64_t)h[CHECKPOINT_CRC_SLOT]) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "checksum mismatch (CRC-32 stored %08llx, computed %08x): the file is corrupt",
+                 (unsigned long long)h[CHECKPOINT_CRC_SLOT], crc);
+        throw fail(msg);
+    }
+    const ParamLayout layout = make_param_layout(ck.cfg);
+    for (const std::vector<float>* x : {&ck.params, &ck.m, &ck.v}) {
+        const int l = x->empty() ? -1 : first_layer_with_nonzero_ffn_padding(x->data(), ck.cfg, layout);
+        if (l >= 0)
+            throw fail("layer " + std::to_string(l) + "'s MLP padding (units " + std::to_string(ck.cfg.d_ffn) + ".." +
+                       std::to_string(ffn_stored(ck.cfg) - 1) + " of gate, up and down) is not zero (corrupt file)");
     }
     return ck;
 }
@@ -332,7 +339,7 @@ inline int64_t optimizer_shard_count(const std::string& path) {
     return read_checkpoint_header(path, h) ? h[26] : 0;
 }
 
-// The run id in a checkpoint's header (slot 28); 0 if unknown (version 1, weights only) or unreadable.
+// The run id in a checkpoint's header (slot 28); 0 if unknown (weights only) or unreadable.
 inline uint64_t checkpoint_run_id(const std::string& path) {
     int64_t h[CHECKPOINT_HEADER_SLOTS];
     return read_checkpoint_header(path, h) ? (uint64_t)h[CHECKPOINT_RUN_ID_SLOT] : 0;

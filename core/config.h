@@ -116,20 +116,35 @@ inline double embedding_scale(const ModelConfig& cfg) {
 }
 
 // ----------------------------------------------------------------------------
-// Parameter layout: all parameters live in one flat array; each tensor kind holds all L layers
-// back to back (llm.c's layout), so layer l of kind k starts at offset[k] + l * layer_size(k).
+// Parameter layout (checkpoint format v3): all parameters live in one flat array, layer-major:
+//
+//   WTE (V, C) | layer 0's block | ... | layer L-1's block | NORM_F (C) | LM_HEAD (V, C)
+//   a layer's block:  WQ WK WV (3C, C) | WO (C, C) | WGATE WUP (2Fs, C) | WDOWN (C, Fs) | NORM_A (C) | NORM_B (C)
+//
+// Why this order: q, k and v are adjacent rows, so at(WQ, l) starts one (3C, C) matrix [q; k; v] and the
+// GPU computes all three in one GEMM (and d attn_in from d(q|k|v) in one); gate and up likewise form one
+// (2Fs, C) matrix [gate; up]. Each layer's weights (and gradients) are one contiguous range, so ZeRO-1
+// can reduce-scatter a layer's gradients as one bucket as soon as its backward is done. The matrices
+// come first in the block and the norms last, so every matrix starts at a multiple of C in its block.
+//
+// Fs = ffn_stored(cfg) is the model's F (cfg.d_ffn) rounded up to a multiple of FFN_ALIGN, so that
+// every MLP GEMM's leading dimension is aligned (the 1B preset's F = 5461 is odd). Rows F..Fs-1 of
+// gate and up and columns F..Fs-1 of down hold zeros and stay zero: there gate = up = 0, so
+// swiglu = silu(0) * 0 = 0 and every gradient reaching those weights is exactly 0 (test/
+// test_padded_ffn.cpp proves it), and AdamW's weight decay keeps 0 at 0. The model's math, its
+// parameter count (num_model_parameters), its FLOPs and its exported weights are those of F.
 
 enum ParamTensor {
     WTE,      // (V, C) token embedding
-    NORM_A,   // (L, C) RMSNorm weight: before attention (Pre-LN) or after the attention residual (Post-LN)
-    WQ,       // (L, C, C) query projection, torch.nn.Linear layout (out, in)
-    WK,       // (L, C, C)
-    WV,       // (L, C, C)
-    WO,       // (L, C, C) attention output projection
-    NORM_B,   // (L, C) RMSNorm weight: before the MLP (Pre-LN) or after the MLP residual (Post-LN)
-    WGATE,    // (L, F, C) SwiGLU gate projection
-    WUP,      // (L, F, C) SwiGLU up projection
-    WDOWN,    // (L, C, F) MLP down projection
+    NORM_A,   // (C) per layer: RMSNorm weight before attention (Pre-LN) or after the attention residual (Post-LN)
+    WQ,       // (C, C) per layer: query projection, torch.nn.Linear layout (out, in)
+    WK,       // (C, C) per layer, right after WQ
+    WV,       // (C, C) per layer, right after WK
+    WO,       // (C, C) per layer: attention output projection
+    NORM_B,   // (C) per layer: RMSNorm weight before the MLP (Pre-LN) or after the MLP residual (Post-LN)
+    WGATE,    // (Fs, C) per layer: SwiGLU gate projection, rows F..Fs-1 zero
+    WUP,      // (Fs, C) per layer, right after WGATE, rows F..Fs-1 zero
+    WDOWN,    // (C, Fs) per layer: MLP down projection, columns F..Fs-1 zero
     NORM_F,   // (C) final RMSNorm, always applied
     LM_HEAD,  // (V, C) untied output projection
     NUM_PARAM_TENSORS
@@ -141,34 +156,88 @@ inline const char* param_tensor_name(int t) {
     return names[t];
 }
 
-struct ParamLayout {
-    long layer_size[NUM_PARAM_TENSORS];  // elements of one layer's slice (the whole tensor if not per layer)
-    long size[NUM_PARAM_TENSORS];        // elements of the whole tensor
-    long offset[NUM_PARAM_TENSORS];
-    long total;
-
-    long at(int tensor, int layer = 0) const { return offset[tensor] + layer * layer_size[tensor]; }
-};
-
 inline bool param_is_per_layer(int t) { return t != WTE && t != NORM_F && t != LM_HEAD; }
 
-// Throws if the parameter count of a config does not fit in 64 bits (each size is an int, so only
-// products with the layer count can overflow).
-inline ParamLayout make_param_layout(const ModelConfig& cfg) {
-    const long V = cfg.vocab_size, C = cfg.d_model, F = cfg.d_ffn, L = cfg.n_layer;
-    const long layer_sizes[NUM_PARAM_TENSORS] = {V * C, C, C * C, C * C, C * C, C * C, C,
-                                                 F * C, F * C, C * F, C, V * C};
-    ParamLayout layout;
-    layout.total = 0;
-    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        layout.layer_size[t] = layer_sizes[t];
-        layout.offset[t] = layout.total;
-        if (__builtin_mul_overflow(layer_sizes[t], param_is_per_layer(t) ? L : 1, &layout.size[t]) ||
-            __builtin_add_overflow(layout.total, layout.size[t], &layout.total))
-            throw std::runtime_error("the model's parameter count overflows 64 bits (vocab " + std::to_string(V) + ", d " +
-                                     std::to_string(C) + ", ffn " + std::to_string(F) + ", " + std::to_string(L) + " layers)");
+constexpr long FFN_ALIGN = 64;
+
+// The stored MLP width Fs: d_ffn rounded up to a multiple of FFN_ALIGN (1b: 5461 -> 5504).
+inline long ffn_stored(const ModelConfig& cfg) { return (cfg.d_ffn + FFN_ALIGN - 1) / FFN_ALIGN * FFN_ALIGN; }
+
+// One layer's tensor t (or the whole tensor, if not per layer) as the model sees it, a rows x cols
+// matrix (a norm weight is 1 x C), stored row-major with row stride ld (> cols only for WDOWN's padding).
+struct TensorShape {
+    long rows, cols, ld;
+};
+
+inline TensorShape param_shape(const ModelConfig& cfg, int t) {
+    const long V = cfg.vocab_size, C = cfg.d_model, F = cfg.d_ffn;
+    switch (t) {
+        case WTE: case LM_HEAD: return {V, C, C};
+        case NORM_A: case NORM_B: case NORM_F: return {1, C, C};
+        case WGATE: case WUP: return {F, C, C};
+        case WDOWN: return {C, F, ffn_stored(cfg)};
+        default: return {C, C, C};  // WQ, WK, WV, WO
     }
+}
+
+struct ParamLayout {
+    long layer_size[NUM_PARAM_TENSORS];  // stored elements of one layer's tensor t (the whole tensor if not per layer)
+    long base[NUM_PARAM_TENSORS];        // where tensor t starts: of layer 0, if it is per layer
+    long layer_stride;                   // elements of one layer's block
+    long total;                          // stored elements, padding included
+
+    long layer_begin(int layer) const { return base[WQ] + layer * layer_stride; }
+    long at(int tensor, int layer = 0) const { return base[tensor] + (param_is_per_layer(tensor) ? layer * layer_stride : 0); }
+};
+
+// V*C + L * (4C^2 + 3FC + 2C) + C + V*C for an MLP width F; throws if it overflows 64 bits.
+inline long parameter_count(const ModelConfig& cfg, long F) {
+    const long V = cfg.vocab_size, C = cfg.d_model, L = cfg.n_layer;
+    long block, layers, total;
+    // C, F <= 2^31 after model_config_problem, so 4C^2 + 3FC + 2C < 2^65 needs its own checks too.
+    if (__builtin_mul_overflow(4 * C + 3 * F + 2, C, &block) || __builtin_mul_overflow(block, L, &layers) ||
+        __builtin_add_overflow(layers, 2 * V * C + C, &total))
+        throw std::runtime_error("the model's parameter count overflows 64 bits (vocab " + std::to_string(V) + ", d " +
+                                 std::to_string(C) + ", ffn " + std::to_string(F) + ", " + std::to_string(L) + " layers)");
+    return total;
+}
+
+// The model's parameter count N, without the padding: what the README's tables and MFU count.
+inline long num_model_parameters(const ModelConfig& cfg) { return parameter_count(cfg, cfg.d_ffn); }
+
+// Throws if the stored parameter count of a config does not fit in 64 bits.
+inline ParamLayout make_param_layout(const ModelConfig& cfg) {
+    const long V = cfg.vocab_size, C = cfg.d_model, Fs = ffn_stored(cfg);
+    ParamLayout layout;
+    layout.total = parameter_count(cfg, Fs);
+    const int block_order[] = {WQ, WK, WV, WO, WGATE, WUP, WDOWN, NORM_A, NORM_B};
+    for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
+        const TensorShape s = param_shape(cfg, t);
+        layout.layer_size[t] = (t == WGATE || t == WUP ? Fs : s.rows) * s.ld;
+    }
+    long at = V * C;  // after WTE
+    layout.base[WTE] = 0;
+    for (int t : block_order) { layout.base[t] = at; at += layout.layer_size[t]; }
+    layout.layer_stride = at - layout.base[WQ];
+    layout.base[NORM_F] = V * C + cfg.n_layer * layout.layer_stride;
+    layout.base[LM_HEAD] = layout.base[NORM_F] + C;
     return layout;
+}
+
+// The first layer whose MLP padding in x (parameters, gradients or moments in the layout) holds a
+// nonzero: rows F..Fs-1 of gate and up, columns F..Fs-1 of down; -1 if every one is zero.
+template <typename real>
+inline int first_layer_with_nonzero_ffn_padding(const real* x, const ModelConfig& cfg, const ParamLayout& layout) {
+    const long C = cfg.d_model, F = cfg.d_ffn, Fs = ffn_stored(cfg);
+    for (int l = 0; l < cfg.n_layer; l++) {
+        for (int t : {WGATE, WUP})
+            for (long i = F * C; i < Fs * C; i++)
+                if (x[layout.at(t, l) + i] != 0) return l;
+        for (long r = 0; r < C; r++)
+            for (long c = F; c < Fs; c++)
+                if (x[layout.at(WDOWN, l) + r * Fs + c] != 0) return l;
+    }
+    return -1;
 }
 
 // Standard deviation of the normal init of a weight tensor; 0 marks RMSNorm weights, set to 1.
@@ -199,18 +268,26 @@ inline double param_init_std(const ModelConfig& cfg, int t) {
     return std;
 }
 
-// Fills params (layout.total floats) deterministically from seed, tensor by tensor in layout order.
+// Fills params (layout.total floats) deterministically from seed. The draws go in the order of the
+// layout before v3 (tensor by tensor, each over all layers, each matrix row by row over the model's
+// F), so a seed gives the same weights as before; the padding is zero.
 inline void init_parameters(float* params, const ModelConfig& cfg, const ParamLayout& layout, uint64_t seed) {
     Rng rng(seed);
+    std::fill(params, params + layout.total, 0.0f);
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         const double std = param_init_std(cfg, t);
-        float* p = params + layout.offset[t];
-        for (long i = 0; i < layout.size[t]; i++) p[i] = std == 0.0 ? 1.0f : (float)(std * rng.normal());
+        const TensorShape s = param_shape(cfg, t);
+        for (int l = 0; l < (param_is_per_layer(t) ? cfg.n_layer : 1); l++) {
+            float* p = params + layout.at(t, l);
+            for (long r = 0; r < s.rows; r++)
+                for (long c = 0; c < s.cols; c++) p[r * s.ld + c] = std == 0.0 ? 1.0f : (float)(std * rng.normal());
+        }
     }
 }
 
 // Training FLOPs per token as in the brief: 6 * (N - V*d) + 6 * L * T * d (the embedding lookup is not
-// a matmul; the second term is causal attention's QK^T and PV, counted over the full T x T).
-inline double flops_per_token(const ModelConfig& cfg, const ParamLayout& layout, int T) {
-    return 6.0 * (double)(layout.total - layout.size[WTE]) + 6.0 * cfg.n_layer * (double)T * cfg.d_model;
+// a matmul; the second term is causal attention's QK^T and PV, counted over the full T x T). N is the
+// model's parameter count: the padding's multiplications by zero are not the model's work.
+inline double flops_per_token(const ModelConfig& cfg, int T) {
+    return 6.0 * (double)(num_model_parameters(cfg) - (long)cfg.vocab_size * cfg.d_model) + 6.0 * cfg.n_layer * (double)T * cfg.d_model;
 }

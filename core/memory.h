@@ -11,13 +11,13 @@
 
 struct CpuMemoryEstimate {
     double weights;      // bytes: parameters, gradients, Adam's m and v: 4 P
-    double activations;  // per layer 13 N C + 3 N F + 2 N + B H T T (attention probabilities), backward scratch
+    double activations;  // per layer 13 N C + 3 N Fs (the stored MLP width) + 2 N + B H T T (attention probabilities), backward scratch
     double logits;       // logits and their gradient: 2 N V
     double total() const { return weights + activations + logits; }
 };
 
 inline CpuMemoryEstimate estimate_cpu_memory(const ModelConfig& cfg, int B, int T, size_t real_bytes = sizeof(float)) {
-    const double N = (double)B * T, C = cfg.d_model, F = cfg.d_ffn, V = cfg.vocab_size, L = cfg.n_layer, H = cfg.n_head;
+    const double N = (double)B * T, C = cfg.d_model, F = (double)ffn_stored(cfg), V = cfg.vocab_size, L = cfg.n_layer, H = cfg.n_head;
     const double P = (double)make_param_layout(cfg).total;
     CpuMemoryEstimate e;
     e.weights = 4 * P * real_bytes;

@@ -26,7 +26,7 @@ struct LayerActivations {
     std::vector<real> norm_a_in, rstd_a; // (N, C), (N) input of norm_a and its 1/rms
     std::vector<real> h;                 // (N, C) residual stream between the two sublayers
     std::vector<real> mlp_in;            // (N, C) MLP input: h (Post-LN) or norm_b(h) (Pre-LN)
-    std::vector<real> gate, up, swiglu;  // (N, F)
+    std::vector<real> gate, up, swiglu;  // (N, Fs): the stored MLP width, columns F..Fs-1 zero
     std::vector<real> mlp_out;           // (N, C) MLP sublayer output F(h)
     std::vector<real> norm_b_in, rstd_b; // (N, C), (N)
     std::vector<real> out;               // (N, C) layer output
@@ -67,7 +67,7 @@ struct CpuModel {
     void ensure_activations(int b, int t) {
         if (b == B && t == T) return;
         B = b; T = t;
-        const long N = (long)B * T, C = cfg.d_model, F = cfg.d_ffn, V = cfg.vocab_size;
+        const long N = (long)B * T, C = cfg.d_model, F = ffn_stored(cfg), V = cfg.vocab_size;
         acts.resize(cfg.n_layer);
         for (auto& a : acts) a.resize(N, C, F, (long)B * cfg.n_head * T * T);
         for (std::vector<real>* a : {&final_in, &final_norm, &dx, &dh, &dres, &dsub_out, &dsub_in, &dq, &dk, &dv,
@@ -111,8 +111,10 @@ struct CpuModel {
         matmul_backward_weight(grad(WV, l), dv.data(), a.attn_in.data(), N, C, C);
     }
 
+    // Over the stored width Fs (core/config.h): the padded rows of gate and up are zero, so are the
+    // columns F..Fs-1 of gate, up and swiglu, which meet down's zero columns.
     void mlp_sublayer_forward(LayerActivations<real>& a, int l) {
-        const int N = B * T, C = cfg.d_model, F = cfg.d_ffn;
+        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);
         matmul_forward(a.gate.data(), a.mlp_in.data(), param(WGATE, l), N, C, F);
         matmul_forward(a.up.data(), a.mlp_in.data(), param(WUP, l), N, C, F);
         swiglu_forward(a.swiglu.data(), a.gate.data(), a.up.data(), (long)N * F);
@@ -121,7 +123,7 @@ struct CpuModel {
 
     // dout = d mlp_out; writes d mlp_in into dsub_in.
     void mlp_sublayer_backward(LayerActivations<real>& a, int l, const real* dout) {
-        const int N = B * T, C = cfg.d_model, F = cfg.d_ffn;
+        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);
         matmul_backward_input(dswiglu.data(), dout, param(WDOWN, l), N, F, C, /*accumulate=*/false);
         matmul_backward_weight(grad(WDOWN, l), dout, a.swiglu.data(), N, F, C);
         for (std::vector<real>* d : {&dgate, &dup}) std::fill(d->begin(), d->end(), real(0));

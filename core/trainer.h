@@ -121,7 +121,6 @@ inline std::unique_ptr<FoundCheckpoint> load_start_checkpoint(const TrainOptions
     if (lead) {
         for (const std::string& why : found->skipped) fprintf(stderr, "warning: %s: skipping %s\n", flag, why.c_str());
         if (!found->skipped.empty()) fprintf(stderr, "%s: falling back to %s, the newest checkpoint that verifies\n", flag, found->path.c_str());
-        if (found->ck.version == 1) fprintf(stderr, "note: %s is a version 1 checkpoint: no checksum to verify\n", found->path.c_str());
     }
     return found;
 }
@@ -400,13 +399,13 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     }
     std::vector<float> grads_host(o.grad_norm_interval > 0 ? layout.total : 0);
     const LrSchedule schedule = make_schedule(o.lr, o.steps, warmup_steps(o), o.final_lr_fraction);
-    const double flops_per_step = flops_per_token(cfg, layout, T) * tokens_per_step;
+    const double flops_per_step = flops_per_token(cfg, T) * tokens_per_step;
 
     if (lead) {
         printf("%s\n", backend->description().c_str());
         printf("model: %d layers (%d Post-LN then %d Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
                cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm != NormScheme::MixLN ? (std::string("; -n ") + norm_scheme_name((int)cfg.norm)).c_str() : "",
-               cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, layout.total / 1e6);
+               cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, num_model_parameters(cfg) / 1e6);
         printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps%s\n",
                train.shards().size(), train.total_tokens() / 1e6, tokens_per_step, B, T, accum_steps,
                world > 1 ? (" x " + std::to_string(world) + " ranks").c_str() : "");

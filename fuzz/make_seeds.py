@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the fuzz targets' seed corpora (fuzz/corpus/*), small valid files of each format:
     python3 fuzz/make_seeds.py
-Checkpoints follow README "File formats" (version 2, with the CRC-32 of slot 27; and version 1)."""
+Checkpoints follow README "File formats" (version 3, with the CRC-32 of slot 27 and the MLP's padding zero;
+and a version 2 file, which the reader refuses)."""
 import os
 import struct
 import sys
@@ -9,13 +10,15 @@ import zlib
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "scripts"))
-from checkpoint_format import ModelConfig, num_params  # noqa: E402
+import numpy as np  # noqa: E402
+from checkpoint_format import ModelConfig, num_params, param_views  # noqa: E402
 from shard_format import write_padded_shard, write_shard  # noqa: E402
 from vocab_format import write_vocab  # noqa: E402
 
 
 def checkpoint(version, V=8, T=4, L=1, H=2, C=4, F=6, alpha=0.5, step=3, moments=True, shards=0, run_id=77):
-    n = num_params(ModelConfig(vocab_size=V, max_seq_len=T, n_layer=L, n_head=H, d_model=C, d_ffn=F))
+    config = ModelConfig(vocab_size=V, max_seq_len=T, n_layer=L, n_head=H, d_model=C, d_ffn=F)
+    n = num_params(config)
     h = [0] * 64
     h[2:9] = [V, T, L, H, C, F, 0]
     h[9] = struct.unpack("<q", struct.pack("<d", alpha))[0]
@@ -26,7 +29,13 @@ def checkpoint(version, V=8, T=4, L=1, H=2, C=4, F=6, alpha=0.5, step=3, moments
     h[1] = version
     if version >= 2:
         h[28] = run_id
-    floats = struct.pack("<%df" % (n * (3 if moments else 1)), *[(i % 17) / 17.0 for i in range(n * (3 if moments else 1))])
+    arrays = []
+    for a in range(3 if moments else 1):  # the model's elements count up in 17ths; the padding is zero
+        flat = np.zeros(n, dtype="<f4")
+        for view in param_views(flat, config).values():
+            view[...] = (a + np.arange(view.size).reshape(view.shape) % 17) / 17.0
+        arrays.append(flat.tobytes())
+    floats = b"".join(arrays)
     head = b"MIXLNCKP" + struct.pack("<63q", *h[1:])
     if version >= 2:
         h[27] = zlib.crc32(head + floats)
@@ -49,10 +58,10 @@ def main():
     for d in ("checkpoint", "shard", "vocab"):
         os.makedirs(os.path.join(corpus, d), exist_ok=True)
     seeds = {
-        "checkpoint/v2_moments.bin": checkpoint(2),
-        "checkpoint/v2_weights_only.bin": checkpoint(2, step=0, moments=False, run_id=0),
-        "checkpoint/v2_two_layers.bin": checkpoint(2, L=2, alpha=1.0, moments=False),
-        "checkpoint/v1.bin": checkpoint(1),
+        "checkpoint/v3_moments.bin": checkpoint(3),
+        "checkpoint/v3_weights_only.bin": checkpoint(3, step=0, moments=False, run_id=0),
+        "checkpoint/v3_two_layers.bin": checkpoint(3, L=2, alpha=1.0, moments=False),
+        "checkpoint/v2_refused.bin": checkpoint(2),
         "checkpoint/optimizer_v2.bin": optimizer_shard(2),
         "checkpoint/optimizer_v1.bin": optimizer_shard(1),
     }

@@ -11,7 +11,9 @@ writes to OUT_DIR:
     LlamaForCausalLM;
   - with --tokenizer: tokenizer.json and tokenizer_config.json, so AutoTokenizer loads it.
 
-CKPT is a checkpoint file or a run directory (its newest ckpt_*.bin); version 1 and 2 files are read.
+CKPT is a checkpoint file or a run directory (its newest ckpt_*.bin), version 3 (older files: convert them
+with scripts/upgrade_checkpoint.py). The weights are the model's: the checkpoint's zero padding of the
+MLP (core/config.h's ffn_stored) is left out, so the Hugging Face model has intermediate_size d_ffn.
 """
 import argparse
 import glob
@@ -138,8 +140,6 @@ def main():
     if config.d_model % config.n_head:
         sys.exit(f"error: checkpoint '{checkpoint.path}': d_model {config.d_model} is not a multiple of n_head {config.n_head}")
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    if checkpoint.version == 1:
-        print(f"note: '{checkpoint.path}' is a version 1 checkpoint: it has no checksum to verify")
 
     tensors = hf_tensors(checkpoint)  # refuses non-finite weights before anything is written
     os.makedirs(args.out_dir, exist_ok=True)

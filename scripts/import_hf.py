@@ -8,7 +8,8 @@ float32, bfloat16 or float16; the weights are widened to float32 exactly. The mo
 project computes: LLaMA without biases, one key/value head per head, untied embeddings, plain RoPE,
 SwiGLU with silu; anything else is refused, naming it. A Mix-LN directory of export_hf.py gives back
 its norm scheme, alpha and scaled embedding (scaled initialization, an option of the first
-initialization only, comes back as 0). The checkpoint is version 2, step 0, with no optimizer state.
+initialization only, comes back as 0). The checkpoint is version 3, step 0, with no optimizer state; its MLP is stored padded with zeros
+(core/config.h's ffn_stored).
 """
 import argparse
 import json
@@ -16,7 +17,7 @@ import os
 import sys
 
 import numpy as np
-from checkpoint_format import param_layout, write_checkpoint
+from checkpoint_format import param_shapes, write_checkpoint
 from hf_format import hf_tensor_names, model_config_from_hf
 from safetensors_files import read_safetensors, to_float32
 from script_errors import run_script
@@ -43,7 +44,7 @@ def read_hf_tensors(hf_dir):
 
 
 def checkpoint_tensors(config, hf):
-    """The checkpoint's tensors (param_layout names and shapes, float32) from the Hugging Face ones."""
+    """The model's tensors (param_shapes names and shapes, float32) from the Hugging Face ones."""
     expected = hf_tensor_names(config)
     names = {name for _, _, name in expected}
     unexpected = sorted(set(hf) - names)
@@ -54,7 +55,7 @@ def checkpoint_tensors(config, hf):
     missing = sorted(names - set(hf))
     if missing:
         sys.exit(f"error: tensors missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-    out = {name: np.empty(shape, dtype=np.float32) for name, shape in param_layout(config)}
+    out = {name: np.empty(shape, dtype=np.float32) for name, shape in param_shapes(config)}
     for t, layer, name in expected:
         dtype, raw = hf[name]
         target = out[t] if layer is None else out[t][layer]

@@ -34,7 +34,7 @@ static ModelConfig small(int L, double alpha) {
 static void copy_without_layer(CpuModel<double>& to, CpuModel<double>& from, int skip) {
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
         if (!param_is_per_layer(t)) {
-            std::copy(from.param(t), from.param(t) + from.layout.size[t], to.param(t));
+            std::copy(from.param(t), from.param(t) + from.layout.layer_size[t], to.param(t));
             continue;
         }
         for (int l = 0, k = 0; l < from.cfg.n_layer; l++) {
@@ -84,7 +84,7 @@ TEST_CASE("per-layer gradient norms add up to the global gradient norm") {
         CHECK(n.total >= std::sqrt(n.attention * n.attention + n.mlp * n.mlp) - 1e-12);
     }
     for (int t : {WTE, NORM_F, LM_HEAD}) {
-        const double norm = global_grad_norm(model.grad(t), model.layout.size[t]);
+        const double norm = global_grad_norm(model.grad(t), model.layout.layer_size[t]);
         sum_sq += norm * norm;
     }
     CHECK(std::sqrt(sum_sq) == Approx(global_grad_norm(model.grads.data(), model.layout.total)).epsilon(1e-9));

@@ -15,9 +15,10 @@ static std::string temp_dir() {
     return mkdtemp(tmpl);
 }
 
+// d_ffn a multiple of FFN_ALIGN: no MLP padding, so any floats (filled below) are a valid payload.
 static ModelConfig small_config() {
     ModelConfig cfg;
-    cfg.vocab_size = 50; cfg.n_layer = 3; cfg.n_head = 2; cfg.d_model = 8; cfg.d_ffn = 12; cfg.max_seq_len = 16;
+    cfg.vocab_size = 50; cfg.n_layer = 3; cfg.n_head = 2; cfg.d_model = 8; cfg.d_ffn = 64; cfg.max_seq_len = 16;
     cfg.alpha = 0.33; cfg.scaled_embed = true;
     return cfg;
 }
@@ -47,7 +48,7 @@ TEST_CASE("a checkpoint round-trips the model, optimizer and training state exac
     CHECK(ck.cfg.scaled_embed);
     CHECK(!ck.cfg.scaled_init);
     CHECK(ck.cfg.n_layer == 3);
-    CHECK(ck.cfg.d_ffn == 12);
+    CHECK(ck.cfg.d_ffn == 64);
     CHECK(ck.state.step == 1234);
     CHECK(ck.state.data.epoch == 2);
     CHECK(ck.state.data.sample == 96);
@@ -209,7 +210,7 @@ TEST_CASE("the norm scheme round-trips in slot 8, the paper code's DeepNorm as 2
     CHECK(error.find("unknown norm scheme 3 in slot 8") != std::string::npos);
 }
 
-// ---- integrity (format version 2): CRC-32, range-checked header, size checked before allocating ----
+// ---- integrity (format version 3): CRC-32, range-checked header, size checked before allocating ----
 
 static std::string file_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
@@ -240,7 +241,7 @@ TEST_CASE("CRC-32 is zlib's: the standard check value, and incremental") {
     CHECK(crc32_update(0, odd.data(), odd.size()) == bytewise);
 }
 
-TEST_CASE("a version 2 checkpoint carries the CRC-32 of the file with slot 27 zeroed, and the run id") {
+TEST_CASE("a version 3 checkpoint carries the CRC-32 of the file with slot 27 zeroed, and the run id") {
     const std::string dir = temp_dir();
     const ModelConfig cfg = small_config();
     const long n = make_param_layout(cfg).total;
@@ -250,7 +251,7 @@ TEST_CASE("a version 2 checkpoint carries the CRC-32 of the file with slot 27 ze
     std::string bytes = file_bytes(dir + "/c.bin");
     int64_t h[64];
     memcpy(h, bytes.data(), 512);
-    CHECK(h[1] == 2);
+    CHECK(h[1] == 3);
     CHECK(h[28] == 1234567);
     const int64_t stored = h[27];
     memset(&bytes[27 * 8], 0, 8);
@@ -295,7 +296,7 @@ TEST_CASE("every header field is range-checked before it is used") {
     CHECK(load_error(bad, with_slot(bytes, 24, -1)).find("world size") != std::string::npos);
     CHECK(load_error(bad, with_slot(bytes, 16, 2)).find("slot 16") != std::string::npos);
     CHECK(load_error(bad, with_slot(bytes, 40, 1)).find("slot 40") != std::string::npos);
-    CHECK(load_error(bad, with_slot(bytes, 1, 3)).find("unsupported version 3") != std::string::npos);
+    CHECK(load_error(bad, with_slot(bytes, 1, 4)).find("unsupported version 4") != std::string::npos);
     // every message names the file
     CHECK(load_error(bad, with_slot(bytes, 5, 0)).find("checkpoint '" + bad + "'") == 0);
 }
@@ -320,19 +321,20 @@ TEST_CASE("a header claiming a huge model is refused by its size before anything
     CHECK(load_error(dir + "/overflow.bin", overflowing).find("overflows 64 bits") != std::string::npos);
 }
 
-TEST_CASE("version 1 checkpoints still load, without a checksum; weights-only ones load for -f") {
+TEST_CASE("version 1 and 2 checkpoints (the layout before v3) are refused, naming the converter; weights-only ones load for -f") {
     const std::string dir = temp_dir();
     const ModelConfig cfg = small_config();
     const long n = make_param_layout(cfg).total;
     TrainState st;
     st.step = 3; st.micro_batch = 2; st.seq_len = 4; st.total_batch = 8;
     save_checkpoint(dir + "/c.bin", cfg, st, filled(n, 1).data(), filled(n, 2).data(), filled(n, 3).data(), n);
-    std::string v1 = with_slot(with_slot(file_bytes(dir + "/c.bin"), 1, 1), 27, 0);
-    std::ofstream(dir + "/v1.bin", std::ios::binary) << v1;
-    const Checkpoint ck = load_checkpoint(dir + "/v1.bin");
-    CHECK(ck.version == 1);
-    CHECK(ck.params == filled(n, 1));
-    CHECK(ck.state.run_id == 0);
+    for (int version : {1, 2}) {
+        const std::string old = dir + "/v" + std::to_string(version) + ".bin";
+        const std::string e = load_error(old, with_slot(file_bytes(dir + "/c.bin"), 1, version));
+        INFO(e);
+        CHECK(e.find("checkpoint '" + old + "': version " + std::to_string(version) + ": the parameter layout changed in version 3") == 0);
+        CHECK(e.find("scripts/upgrade_checkpoint.py") != std::string::npos);
+    }
 
     TrainState weights_only;  // as scripts/import_hf.py writes it: slots 15-28 zero but the CRC
     weights_only.world_size = 0;
@@ -401,4 +403,24 @@ TEST_CASE("resuming from a directory falls back to the newest checkpoint that ve
     CHECK(found.skipped[0].find("ckpt_00000006.bin") != std::string::npos);
     CHECK(found.skipped[0].find("checksum mismatch") != std::string::npos);
     CHECK(found.ck.params == filled(n, 4));
+}
+
+TEST_CASE("the MLP's padding round-trips as zeros; a file with a nonzero there is refused, naming the layer") {
+    const std::string dir = temp_dir();
+    ModelConfig cfg = small_config();
+    cfg.d_ffn = 12;  // stored 64 wide
+    const ParamLayout layout = make_param_layout(cfg);
+    std::vector<float> p(layout.total);
+    init_parameters(p.data(), cfg, layout, 5);
+    TrainState st;
+    save_checkpoint(dir + "/c.bin", cfg, st, p.data(), nullptr, nullptr, layout.total);
+    CHECK(load_checkpoint(dir + "/c.bin").params == p);
+    // each padded part of layer 2: a row of up, a column of down
+    for (long index : {layout.at(WUP, 2) + 12 * cfg.d_model + 3, layout.at(WDOWN, 2) + 5 * ffn_stored(cfg) + 63}) {
+        std::vector<float> bad = p;
+        bad[index] = 1e-30f;
+        save_checkpoint(dir + "/bad.bin", cfg, st, bad.data(), nullptr, nullptr, layout.total);
+        CHECK(load_error(dir + "/bad.bin", file_bytes(dir + "/bad.bin")) ==
+              "checkpoint '" + dir + "/bad.bin': layer 2's MLP padding (units 12..63 of gate, up and down) is not zero (corrupt file)");
+    }
 }

@@ -3,7 +3,7 @@
 the trainer's files, export_hf.py and import_hf.py (round trip bit for bit, tensor names, shapes and
 config.json as transformers' LLaMA expects them, read back with the safetensors package, every
 refusal), logits_mixln_cpu against the trainer's loss, and the trainer starting from and evaluating
-an imported checkpoint (version 2: needs the C++ reader of version 2). Needs `make train_mixln_cpu logits_mixln_cpu` (`make test` runs it); ends with
+an imported checkpoint (version 3: needs the C++ reader of version 3). Needs `make train_mixln_cpu logits_mixln_cpu` (`make test` runs it); ends with
 "test_hf_bridge: N passed, M failed" (", K skipped" without the packages of scripts/requirements.txt).
 """
 import json
@@ -28,7 +28,8 @@ except ImportError as e:
     print(f"test_hf_bridge: {e.name} missing, skipping: pip install -r scripts/requirements.txt")
     print("test_hf_bridge: 0 passed, 0 failed, 1 skipped")
     sys.exit(0)
-from checkpoint_format import HEADER_BYTES, ModelConfig, param_layout, read_checkpoint, write_checkpoint
+from checkpoint_format import (HEADER_BYTES, ModelConfig, checkpoint_header, num_model_parameters, num_params, param_layout, param_shapes,
+                               read_checkpoint, write_checkpoint)
 from shard_format import read_shard, write_shard
 
 TMP = tempfile.mkdtemp(prefix="mixln_hf_")
@@ -81,7 +82,7 @@ def tiny_config(**kw):
 
 def random_tensors(config, seed=0):
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in param_layout(config)}
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in param_shapes(config)}
 
 
 # ---- the checkpoint format ----
@@ -92,32 +93,32 @@ def reads_the_trainers_checkpoint():
     c = ck.config
     assert (c.vocab_size, c.max_seq_len, c.n_layer, c.n_head, c.d_model, c.d_ffn) == (256, 32, 3, 2, 48, 80), c
     assert (c.norm_scheme, c.alpha, c.scaled_embed, c.rope_theta, c.norm_eps) == (0, 0.34, True, 10000.0, 1e-6), c
-    assert ck.step == 2 and ck.has_moments and ck.version == 2
+    assert ck.step == 2 and ck.has_moments and ck.version == 3
     tensors = ck.tensors()
-    assert [(n, t.shape) for n, t in tensors.items()] == param_layout(c)
+    assert [(n, t.shape) for n, t in tensors.items()] == param_shapes(c)
     assert np.all(tensors["norm_f"] != 1.0), "the final norm's weights were not trained"
 
 
 @test
-def writes_version_2_with_the_crc_of_the_file_with_slot_27_zero():
+def writes_version_3_with_the_crc_of_the_file_with_slot_27_zero():
     path = f"{TMP}/written.bin"
     config = tiny_config(norm_scheme=1, alpha=0.5, scaled_init=True, rope_theta=500000.0)
     tensors = random_tensors(config)
     write_checkpoint(path, config, tensors)
     data = bytearray(open(path, "rb").read())
     h = np.frombuffer(bytes(data[:HEADER_BYTES]), dtype="<i8")
-    assert bytes(data[:8]) == b"MIXLNCKP" and h[1] == 2 and h[14] == sum(t.size for t in tensors.values())
+    assert bytes(data[:8]) == b"MIXLNCKP" and h[1] == 3 and h[14] == num_params(config)
     assert list(h[15:27]) == [0] * 12 and list(h[28:]) == [0] * 36, "train-state slots must be zero"
     crc = int(h[27])
     data[27 * 8:28 * 8] = bytes(8)
     assert crc == zlib.crc32(bytes(data)), (crc, zlib.crc32(bytes(data)))
     ck = read_checkpoint(path)
-    assert ck.version == 2 and ck.config == config and ck.step == 0 and not ck.has_moments
+    assert ck.version == 3 and ck.config == config and ck.step == 0 and not ck.has_moments
     assert all(np.array_equal(ck.tensors()[n], t) for n, t in tensors.items())
 
 
 def corrupt(name, edit):
-    """A copy of a written version-2 checkpoint changed by edit(bytearray)."""
+    """A copy of a written version-3 checkpoint changed by edit(bytearray)."""
     write_checkpoint(f"{TMP}/good.bin", tiny_config(), random_tensors(tiny_config()))
     data = bytearray(open(f"{TMP}/good.bin", "rb").read())
     edit(data)
@@ -136,16 +137,26 @@ def set_slot(slot, value):
 def refuses_bad_checkpoints_naming_the_file():
     def flip_payload_bit(data):
         data[HEADER_BYTES + 5] ^= 1
+
+    def nonzero_padding(data):  # gate's first padded row (6 of 64) in layer 1, with a CRC that matches
+        C, layout = 4, param_layout(tiny_config())
+        at = HEADER_BYTES + 4 * (layout.layers_begin + layout.layer_stride + 4 * C * C + 6 * C + 1)
+        data[at:at + 4] = np.float32(1e-30).tobytes()
+        set_slot(27, 0)(data)
+        set_slot(27, zlib.crc32(bytes(data)))(data)
     cases = [
         ("missing", "cannot open", None),
         ("short", "truncated header", lambda d: d.__delitem__(slice(100, None))),
         ("magic", "bad magic", lambda d: d.__setitem__(slice(0, 8), b"NOTMIXLN")),
-        ("version", "unsupported version 3", set_slot(1, 3)),
+        ("version", "unsupported version 4", set_slot(1, 4)),
+        ("version_2", "version 2: the parameter layout changed in version 3", set_slot(1, 2)),
+        ("version_1", "scripts/upgrade_checkpoint.py OLD NEW", set_slot(1, 1)),
         ("scheme", "unknown norm scheme 7", set_slot(8, 7)),
         ("count", "parameter count 5 does not match", set_slot(14, 5)),
         ("truncated", "(truncated)", lambda d: d.__delitem__(slice(-4, None))),
         ("trailing", "size mismatch", lambda d: d.extend(b"xxxx")),
         ("crc", "CRC-32 mismatch", flip_payload_bit),
+        ("padding", "layer 1's MLP padding (units 6..63 of gate, up and down) is not zero", nonzero_padding),
     ]
     for name, pattern, edit in cases:
         path = f"{TMP}/{name}.bin" if edit is None else corrupt(name, edit)
@@ -239,6 +250,42 @@ def the_paper_codes_deepnorm_exports_with_residual_weight_sqrt_8():
     assert_same_weights(f"{TMP}/scheme2.bin", f"{TMP}/scheme2_imported.bin")
 
 
+@test
+def upgrade_converts_a_version_2_file_of_the_old_layout_keeping_moments_and_train_state():
+    config = tiny_config()  # d_ffn 6, stored 64 wide
+    arrays = [random_tensors(config, seed) for seed in (1, 2, 3)]  # params, m, v in the model's shapes
+    # the old layout, written independently: each tensor's layers back to back, in ParamTensor order, unpadded
+    payload = b"".join(np.concatenate([a[name].ravel() for name, _ in param_shapes(config)]).astype("<f4").tobytes()
+                       for a in arrays)
+    h = checkpoint_header(config, has_moments=True)
+    h[1], h[14] = 2, sum(math.prod(shape) for _, shape in param_shapes(config))
+    h[15], h[17:26], h[28] = 7, [1, 2, 3, 99, 2, 8, 16, 1, 5], 4242
+    h[27] = zlib.crc32(h.tobytes() + payload)
+    old, new = f"{TMP}/old_v2.bin", f"{TMP}/upgraded.bin"
+    open(old, "wb").write(h.tobytes() + payload)
+    refuses(f"checkpoint '{old}': version 2: the parameter layout changed in version 3", "export_hf.py", old, f"{TMP}/refused_hf")
+    python("upgrade_checkpoint.py", old, new)
+    ck = read_checkpoint(new)
+    assert ck.version == 3 and ck.has_moments and ck.header[14] == num_params(config)
+    assert list(ck.header[15:27]) == list(h[15:27]) and ck.header[28] == 4242, "train state or run id changed"
+    for array, expected in zip(ck.arrays, arrays):
+        assert all(np.array_equal(ck.tensors(array)[name], t) for name, t in expected.items())
+        assert np.count_nonzero(array) == num_model_parameters(config), "the padding is not zero"
+    # moments in ZeRO-1 optimizer shard files: refused, unless only the weights are wanted
+    sharded = bytearray(open(old, "rb").read())
+    set_slot(26, 2)(sharded)
+    set_slot(16, 0)(sharded)
+    set_slot(27, 0)(sharded)
+    del sharded[HEADER_BYTES + 4 * int(h[14]):]
+    set_slot(27, zlib.crc32(bytes(sharded)))(sharded)
+    open(old, "wb").write(bytes(sharded))
+    refuses("its Adam moments are in 2 optimizer shard files", "upgrade_checkpoint.py", old, new)
+    python("upgrade_checkpoint.py", old, new, "--weights-only")
+    ck = read_checkpoint(new)
+    assert not ck.has_moments and ck.step == 0 and ck.header[28] == 0
+    assert all(np.array_equal(ck.tensors()[name], t) for name, t in arrays[0].items())
+
+
 def assert_same_weights(a, b):
     pa, pb = read_checkpoint(a), read_checkpoint(b)
     assert pa.config == pb.config, (pa.config, pb.config)
@@ -252,7 +299,7 @@ def export_then_import_gives_the_same_weights_bit_for_bit():
         python("import_hf.py", f"{TMP}/{variant}_rt", f"{TMP}/{variant}_imported.bin")
         assert_same_weights(checkpoint_of(variant), f"{TMP}/{variant}_imported.bin")
         ck = read_checkpoint(f"{TMP}/{variant}_imported.bin")
-        assert ck.version == 2 and ck.step == 0 and not ck.has_moments
+        assert ck.version == 3 and ck.step == 0 and not ck.has_moments
 
 
 @test
@@ -280,7 +327,11 @@ def bf16_export_rounds_to_nearest_even_and_imports():
     exact = read_checkpoint(checkpoint_of("pre_ln")).params.astype(np.float64)
     rounded = read_checkpoint(f"{TMP}/bf16.bin").params
     assert np.all(rounded.view(np.uint32) & 0xFFFF == 0), "imported values are not bfloat16"
-    # nearest: within half a bfloat16 ulp (2^-8 relative to the power of two below |x|)
+    # the MLP's zero padding stays zero; the rest rounds to nearest: within half a bfloat16 ulp (2^-8
+    # relative to the power of two below |x|)
+    zero = exact == 0
+    assert np.all(rounded[zero] == 0)
+    exact, rounded = exact[~zero], rounded[~zero]
     half_ulp = 2.0 ** (np.floor(np.log2(np.abs(exact))) - 8)
     assert np.all(np.abs(rounded - exact) <= half_ulp), np.max(np.abs(rounded - exact) / half_ulp)
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 #include "gradcheck.h"
+#include "param_elements.h"
 #include "../core/model_cpu.h"
 
 static ModelConfig tiny_config(double alpha, NormScheme norm = NormScheme::MixLN) {
@@ -19,7 +20,7 @@ static void init_model(CpuModel<real>& model, uint64_t seed) {
     // randomize the norm weights too, so their gradients are not checked only at 1
     Rng rng(seed + 1);
     for (int t : {NORM_A, NORM_B, NORM_F})
-        for (long i = 0; i < model.layout.size[t]; i++) p[model.layout.offset[t] + i] = (float)(1.0 + 0.3 * rng.normal());
+        for (long i : param_elements_all_layers(model.cfg, model.layout, t)) p[i] = (float)(1.0 + 0.3 * rng.normal());
     model.params.assign(p.begin(), p.end());
 }
 
@@ -80,19 +81,19 @@ static void check_model_gradients(const ModelConfig& cfg) {
     model.backward();
     const std::vector<double> analytic = model.grads;
     auto loss = [&] { return model.forward(tokens.data(), targets.data(), B, T); };
-    // per tensor, so a failure names the tensor
+    // per tensor, so a failure names the tensor; over the model's elements (the MLP's zero padding
+    // has its own test, test/test_padded_ffn.cpp)
     for (int t = 0; t < NUM_PARAM_TENSORS; t++) {
-        std::vector<double> x(model.params.begin() + model.layout.offset[t],
-                              model.params.begin() + model.layout.offset[t] + model.layout.size[t]);
-        std::vector<double> g(analytic.begin() + model.layout.offset[t],
-                              analytic.begin() + model.layout.offset[t] + model.layout.size[t]);
+        const std::vector<long> idx = param_elements_all_layers(cfg, model.layout, t);
+        std::vector<double> x, g;
+        for (long i : idx) { x.push_back(model.params[i]); g.push_back(analytic[i]); }
         auto loss_of_tensor = [&] {
-            std::copy(x.begin(), x.end(), model.params.begin() + model.layout.offset[t]);
+            for (size_t k = 0; k < idx.size(); k++) model.params[idx[k]] = x[k];
             return loss();
         };
         INFO("tensor " << param_tensor_name(t));
         CHECK(gradcheck_worst(loss_of_tensor, x, g) <= 1.0);
-        std::copy(x.begin(), x.end(), model.params.begin() + model.layout.offset[t]);
+        loss_of_tensor();
     }
 }
 
@@ -164,16 +165,17 @@ TEST_CASE("the paper code's DeepNorm: initialization statistics and residual wei
                                {WDOWN, 0.1699044244847122}, {WTE, std::sqrt(0.4)}, {LM_HEAD, 0.02}};
     for (const Expect& e : expected) {
         INFO("tensor " << param_tensor_name(e.tensor));
-        const long n = layout.size[e.tensor];
+        const std::vector<long> idx = param_elements_all_layers(cfg, layout, e.tensor);
+        const long n = (long)idx.size();
         double sum = 0, sum_sq = 0;
-        for (long i = 0; i < n; i++) { const double x = p[layout.offset[e.tensor] + i]; sum += x; sum_sq += x * x; }
+        for (long i : idx) { const double x = p[i]; sum += x; sum_sq += x * x; }
         const double mean = sum / n, std = std::sqrt(sum_sq / n - mean * mean);
         // n >= 6400 samples: the sample std is within 1/sqrt(2n) <= 0.9% of the true one (1 sigma)
         CHECK(std == Approx(e.std).epsilon(0.04));
         CHECK(std::fabs(mean) < 5 * e.std / std::sqrt((double)n));
     }
     for (int t : {NORM_A, NORM_B, NORM_F})
-        for (long i = 0; i < layout.size[t]; i++) CHECK(p[layout.offset[t] + i] == 1.0f);
+        for (long i : param_elements_all_layers(cfg, layout, t)) CHECK(p[i] == 1.0f);
     // The residual weight is sqrt(8) for any depth; DeepNet's formula stays (2L)^(1/4).
     CHECK(residual_scale(cfg) == 2.8284271247461903);
     cfg.n_layer = 24;
