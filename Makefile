@@ -47,7 +47,7 @@ $(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS) | deps-test
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-CPU_TESTS := test_reference_kernels test_tiled_kernels test_grad_accumulation test_attention_numerics test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_trainer_ranks test_tokenizer test_rendezvous test_presets test_padded_eval
+CPU_TESTS := test_reference_kernels test_tiled_kernels test_grad_accumulation test_attention_numerics test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_trainer_ranks test_tokenizer test_rendezvous test_presets test_padded_eval test_padded_ffn
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
