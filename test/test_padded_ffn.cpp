@@ -20,7 +20,7 @@
 #include <cmath>
 #include <vector>
 #include "catch_compat.h"
-#include "param_elements.h"
+#include "model_params.h"
 #include "../core/model_cpu.h"
 
 static ModelConfig small_config(int d_ffn) {
@@ -28,16 +28,6 @@ static ModelConfig small_config(int d_ffn) {
     cfg.vocab_size = 11; cfg.d_model = 12; cfg.n_head = 3; cfg.d_ffn = d_ffn; cfg.n_layer = 3; cfg.max_seq_len = 16;
     cfg.alpha = 0.34;  // layer 0 Post-LN, layers 1 and 2 Pre-LN
     return cfg;
-}
-
-// init_parameters' weights with the norm weights drawn around 1 too (not only 1), for a model in double.
-static void init_random(CpuModel<double>& model, uint64_t seed) {
-    std::vector<float> p(model.layout.total);
-    init_parameters(p.data(), model.cfg, model.layout, seed);
-    Rng rng(seed + 1);
-    for (int t : {NORM_A, NORM_B, NORM_F})
-        for (long i : param_elements_all_layers(model.cfg, model.layout, t)) p[i] = (float)(1.0 + 0.3 * rng.normal());
-    model.params.assign(p.begin(), p.end());
 }
 
 struct Batch {
@@ -108,7 +98,7 @@ TEST_CASE("init_parameters leaves the MLP's padding zero") {
 TEST_CASE("the padding's gradients are exactly zero, and after AdamW steps with weight decay it is still zero") {
     const ModelConfig cfg = small_config(10);
     CpuModel<double> model(cfg);
-    init_random(model, 5);
+    init_with_random_norms(model, 5);
     std::vector<double> m(model.layout.total, 0.0), v(model.layout.total, 0.0);
     const std::vector<double> start = model.params;
     const int B = 2, T = 7;
@@ -151,7 +141,7 @@ TEST_CASE("the padding changes nothing: the same weights at another padding give
     CpuModel<double> narrow(small_config(60)), wide(small_config(128));
     REQUIRE(ffn_stored(narrow.cfg) == 64);
     REQUIRE(ffn_stored(wide.cfg) == 128);
-    init_random(narrow, 9);
+    init_with_random_norms(narrow, 9);
     copy_into_wider(wide, narrow);
     const int B = 2, T = 6;
     const Batch batch = random_batch(B * T, narrow.cfg.vocab_size, 4);
@@ -180,7 +170,7 @@ TEST_CASE("the padding changes nothing: the same weights at another padding give
 TEST_CASE("a padded unit with nonzero weights is seen by the padding check") {
     const ModelConfig cfg = small_config(10);
     CpuModel<double> model(cfg);
-    init_random(model, 5);
+    init_with_random_norms(model, 5);
     const long C = cfg.d_model, Fs = ffn_stored(cfg), j = 40;  // a padded unit
     for (long c = 0; c < C; c++) model.params[model.layout.at(WUP, 1) + j * C + c] = 0.1;
     for (long r = 0; r < C; r++) model.params[model.layout.at(WDOWN, 1) + r * Fs + j] = 0.1;

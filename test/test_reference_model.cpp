@@ -3,7 +3,7 @@
 #include <cmath>
 #include <vector>
 #include "gradcheck.h"
-#include "param_elements.h"
+#include "model_params.h"
 #include "../core/model_cpu.h"
 
 static ModelConfig tiny_config(double alpha, NormScheme norm = NormScheme::MixLN) {
@@ -11,17 +11,6 @@ static ModelConfig tiny_config(double alpha, NormScheme norm = NormScheme::MixLN
     cfg.vocab_size = 11; cfg.d_model = 12; cfg.n_head = 3; cfg.d_ffn = 10; cfg.n_layer = 2;
     cfg.max_seq_len = 16; cfg.alpha = alpha; cfg.norm = norm;
     return cfg;
-}
-
-template <typename real>
-static void init_model(CpuModel<real>& model, uint64_t seed) {
-    std::vector<float> p(model.layout.total);
-    init_parameters(p.data(), model.cfg, model.layout, seed);
-    // randomize the norm weights too, so their gradients are not checked only at 1
-    Rng rng(seed + 1);
-    for (int t : {NORM_A, NORM_B, NORM_F})
-        for (long i : param_elements_all_layers(model.cfg, model.layout, t)) p[i] = (float)(1.0 + 0.3 * rng.normal());
-    model.params.assign(p.begin(), p.end());
 }
 
 TEST_CASE("alpha selects exactly floor(alpha * L) Post-LN layers, the first ones") {
@@ -70,7 +59,7 @@ TEST_CASE("Post-LN layers normalize their output (eq. 1); Pre-LN layers add to t
 
 static void check_model_gradients(const ModelConfig& cfg) {
     CpuModel<double> model(cfg);
-    init_model(model, 7);
+    init_with_random_norms(model, 7);
     const int B = 2, T = 7, N = B * T;
     std::vector<int> tokens(N), targets(N);
     Rng rng(5);
@@ -113,7 +102,7 @@ TEST_CASE("whole-model gradients match finite differences: Mix-LN with scaled in
 TEST_CASE("gradient accumulation: two half-weighted backwards equal one full backward") {
     const ModelConfig cfg = tiny_config(0.5);
     CpuModel<double> model(cfg);
-    init_model(model, 11);
+    init_with_random_norms(model, 11);
     const int B = 2, T = 6, N = B * T;
     std::vector<int> tokens(N), targets(N);
     Rng rng(9);
@@ -130,7 +119,7 @@ TEST_CASE("gradient accumulation: two half-weighted backwards equal one full bac
 TEST_CASE("the float model agrees with the double model") {
     const ModelConfig cfg = tiny_config(0.5);
     CpuModel<double> md(cfg);
-    init_model(md, 13);
+    init_with_random_norms(md, 13);
     CpuModel<float> mf(cfg);
     mf.params.assign(md.params.begin(), md.params.end());
     const int B = 2, T = 7, N = B * T;
@@ -186,7 +175,7 @@ TEST_CASE("the paper code's DeepNorm: initialization statistics and residual wei
     // and the model applies it: each Post-LN residual sum is sqrt(8) x + F(x)
     ModelConfig tiny = tiny_config(0.0, NormScheme::DeepNormPaper);
     CpuModel<double> model(tiny);
-    init_model(model, 3);
+    init_with_random_norms(model, 3);
     const int B = 2, T = 5, NC = B * T * tiny.d_model;
     std::vector<int> tokens(B * T);
     Rng rng(4);

@@ -1,8 +1,8 @@
-// The flat indices of the model's own elements of one stored tensor (core/config.h's layout), the
-// padding of the MLP's stored width left out: for tests that look at weights tensor by tensor.
+// Test helpers for the model's parameters: the flat indices of the model's own elements of a stored
+// tensor (core/config.h's layout, the MLP's padding left out), and a random initialization.
 #pragma once
 #include <vector>
-#include "../core/config.h"
+#include "../core/model_cpu.h"
 
 // Layer l's tensor t (l ignored for a tensor that is not per layer), row by row.
 inline std::vector<long> param_elements(const ModelConfig& cfg, const ParamLayout& layout, int t, int l = 0) {
@@ -22,4 +22,16 @@ inline std::vector<long> param_elements_all_layers(const ModelConfig& cfg, const
         idx.insert(idx.end(), layer.begin(), layer.end());
     }
     return idx;
+}
+
+// init_parameters' weights with the norm weights drawn around 1 too, so that their gradients are not
+// checked only at 1.
+template <typename real>
+inline void init_with_random_norms(CpuModel<real>& model, uint64_t seed) {
+    std::vector<float> p(model.layout.total);
+    init_parameters(p.data(), model.cfg, model.layout, seed);
+    Rng rng(seed + 1);
+    for (int t : {NORM_A, NORM_B, NORM_F})
+        for (long i : param_elements_all_layers(model.cfg, model.layout, t)) p[i] = (float)(1.0 + 0.3 * rng.normal());
+    model.params.assign(p.begin(), p.end());
 }
