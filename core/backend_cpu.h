@@ -12,6 +12,7 @@ template <typename real>
 struct CpuBackend : TrainerBackend {
     CpuModel<real> model;
     std::vector<real> m, v;  // Adam moments
+    StepResult step{0, 0};   // the step so far: its loss, summed over the micro-batches, and norm
 
     explicit CpuBackend(const ModelConfig& cfg) : model(cfg), m(model.layout.total, real(0)), v(model.layout.total, real(0)) {}
 
@@ -20,11 +21,14 @@ struct CpuBackend : TrainerBackend {
                std::to_string(std::thread::hardware_concurrency()) + " hardware threads)";
     }
     double peak_flops() const override { return 0; }
-    void zero_grad() override { model.zero_grad(); }
-    float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) override {
-        const real loss = model.forward(inputs, targets, B, T);
+    void zero_grad() override {
+        model.zero_grad();
+        step = StepResult{0, 0};
+    }
+    void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool) override {
+        const float loss = (float)model.forward(inputs, targets, B, T);
         model.backward((real)loss_scale);
-        return (float)loss;
+        step.loss += (double)loss * loss_scale;
     }
     float forward_loss(const int* inputs, const int* targets, int B, int T) override {
         return (float)model.forward(inputs, targets, B, T);
@@ -33,11 +37,13 @@ struct CpuBackend : TrainerBackend {
         model.forward(tokens, nullptr, 1, T);
         std::copy(model.logits.end() - model.cfg.vocab_size, model.logits.end(), logits);
     }
-    double grad_norm() override { return global_grad_norm(model.grads.data(), model.layout.total); }
-    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
+    void optimizer_step(double lr, int t, const TrainOptions& o) override {
+        step.grad_norm = global_grad_norm(model.grads.data(), model.layout.total);
         adamw_update(model.params.data(), model.grads.data(), m.data(), v.data(), model.layout.total, t, (real)lr,
-                     (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay, (real)grad_scale);
+                     (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay,
+                     (real)grad_clip_scale(step.grad_norm, o.grad_clip));
     }
+    StepResult step_result() override { return step; }
     void read_state(float* params, float* m_out, float* v_out) override {
         std::copy(model.params.begin(), model.params.end(), params);
         std::copy(m.begin(), m.end(), m_out);

@@ -25,34 +25,51 @@
 #include "schedule.h"
 #include "../tokenizer/tokenizer.h"
 #include "../dataloader.h"
-#include "../kernels/cpu/adamw.h"  // grad_clip_scale
+
+// What a step reports: StepResult, read once per step by step_result().
+struct StepResult {
+    double loss;       // the whole batch's mean loss (all micro-batches of all ranks)
+    double grad_norm;  // the global L2 norm of the summed gradients, before clipping
+};
 
 // What a trainer's model must do. Weights and Adam moments cross this interface as fp32 arrays in
 // the layout of core/config.h, whatever precision the backend computes in. With several ranks, the
 // calls marked "collective" must be made by every rank, in the same order; a backend of one process
 // keeps the defaults of the data-parallel hooks.
+//
+// A training step is zero_grad, forward_backward per micro-batch, reduce_gradients, optimizer_step,
+// then step_result: only step_result waits for the backend's work (a GPU's stream); the calls before
+// it may return as soon as their work is queued, so that the host prepares the next batches while
+// the device computes.
 struct TrainerBackend {
     virtual ~TrainerBackend() = default;
     virtual std::string description() const = 0;
     virtual double peak_flops() const = 0;  // per second, for MFU; 0 if unknown (MFU not printed)
-    virtual void zero_grad() = 0;
-    // Forward and backward on one micro-batch (B, T); accumulates the gradient of loss_scale * mean
-    // loss. Returns the mean loss.
-    virtual float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) = 0;
-    virtual float forward_loss(const int* inputs, const int* targets, int B, int T) = 0;
+    virtual void zero_grad() = 0;  // the gradients and the step's loss
+    // Forward and backward on one micro-batch (B, T): accumulates the gradient of loss_scale * mean
+    // loss, and adds loss_scale * mean loss into the step's loss, both kept in the backend (no wait).
+    // last_micro marks the step's last micro-batch: a data-parallel backend may start summing each
+    // layer's gradients over the ranks during its backward.
+    virtual void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale,
+                                  bool last_micro) = 0;
+    virtual float forward_loss(const int* inputs, const int* targets, int B, int T) = 0;  // the mean loss
     // The V logits after the last of T tokens (batch of one).
     virtual void next_token_logits(const int* tokens, int T, float* logits) = 0;
-    // After a step's micro-batches: sums the gradients of all ranks (each rank's already carry the
-    // factor 1/world of the loss scale), so that grad_norm, read_grads and adamw_step see the mean
-    // gradient of the whole batch. Collective.
+    // After a step's micro-batches: sums the gradients and the step's loss over the ranks (each rank's
+    // already carry the factor 1/world of the loss scale), so that optimizer_step, read_grads and
+    // step_result see the mean gradient and loss of the whole batch. Collective.
     virtual void reduce_gradients() {}
     virtual double all_reduce_sum(double x) { return x; }  // x summed over the ranks. Collective.
     // The parameters [begin, end) whose Adam moments this rank holds: all n_params, unless the
     // backend splits them over the ranks (ZeRO-1).
     virtual ZeroShard optimizer_shard(long n_params) const { return zero_shard(n_params, 0, 1); }
-    virtual double grad_norm() = 0;  // collective
-    // One AdamW step t (1-based), the gradients multiplied by grad_scale (clipping) first. Collective.
-    virtual void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) = 0;
+    // The gradient norm, the clipping factor grad_clip_scale(norm, o.grad_clip) of
+    // kernels/cpu/adamw.h, and AdamW step t (1-based) at learning rate lr on the clipped gradients;
+    // the gradients themselves stay as they are. Collective.
+    virtual void optimizer_step(double lr, int t, const TrainOptions& o) = 0;
+    // The step's loss (after reduce_gradients) and the norm of its optimizer_step (0 before one):
+    // waits for the step's work, the one wait of a step.
+    virtual StepResult step_result() = 0;
     // params: all P weights, complete on rank 0 at least (gathered from the ranks' slices); m, v: the
     // optimizer shard's moments, end - begin each. Collective.
     virtual void read_state(float* params, float* m, float* v) = 0;
@@ -456,13 +473,15 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         const auto t0 = std::chrono::steady_clock::now();
         const double lr = schedule.lr_at((int)step);
         backend->zero_grad();
-        double loss = 0;  // this rank's mean
         for (int micro = 0; micro < accum_steps; micro++) {
             train.next_batch(inputs.data(), targets.data());
-            loss += backend->forward_backward(inputs.data(), targets.data(), B, T, loss_scale) / accum_steps;
+            backend->forward_backward(inputs.data(), targets.data(), B, T, loss_scale, micro == accum_steps - 1);
         }
         backend->reduce_gradients();
-        loss = backend->all_reduce_sum(loss) / world;  // the whole batch's mean
+        // A non-finite loss stops the run below without saving, so this step's update is never kept.
+        backend->optimizer_step(lr, (int)step + 1, o);
+        const StepResult result = backend->step_result();  // the step's one wait
+        const double loss = result.loss, norm = result.grad_norm;
         const bool stop = backend->all_reduce_sum(g_stop_signal != 0) > 0;  // a signal to any rank stops all
         if (!std::isfinite(loss)) {
             if (lead) {
@@ -473,7 +492,6 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
             }
             return 3;
         }
-        const double norm = backend->grad_norm();
         if (o.grad_norm_interval > 0 && (step + 1) % o.grad_norm_interval == 0) {  // paper Fig. 3e / 6, before clipping
             backend->read_grads(grads_host.data());
             if (lead) {
@@ -483,7 +501,6 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
                                   norms[l].attention, norms[l].mlp, norms[l].total);
             }
         }
-        backend->adamw_step(lr, grad_clip_scale(norm, o.grad_clip), (int)step + 1, o);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (step > start_step) elapsed_total += seconds;  // the first step pays warm-up costs
         const double avg = step > start_step ? elapsed_total / (step - start_step) : seconds;

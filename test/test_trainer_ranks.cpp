@@ -82,16 +82,21 @@ struct RankBackend : CpuBackend<real> {
     RankBackend(const ModelConfig& cfg, ThreadCollectives& net_, int rank_, int world)
         : CpuBackend<real>(cfg), net(net_), rank(rank_), shard(zero_shard(model.layout.total, rank_, world)) {}
 
-    void reduce_gradients() override { net.all_reduce_sum(rank, model.grads.data(), model.layout.total); }
+    void reduce_gradients() override {
+        net.all_reduce_sum(rank, model.grads.data(), model.layout.total);
+        net.all_reduce_sum(rank, &this->step.loss, 1);
+    }
     double all_reduce_sum(double x) override {
         net.all_reduce_sum(rank, &x, 1);
         return x;
     }
     ZeroShard optimizer_shard(long) const override { return shard; }
-    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
+    void optimizer_step(double lr, int t, const TrainOptions& o) override {
         const long b = shard.begin;
+        this->step.grad_norm = global_grad_norm(model.grads.data(), model.layout.total);
         adamw_update(model.params.data() + b, model.grads.data() + b, m.data() + b, v.data() + b, shard.end - b, t,
-                     (real)lr, (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay, (real)grad_scale);
+                     (real)lr, (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay,
+                     (real)grad_clip_scale(this->step.grad_norm, o.grad_clip));
         net.all_gather(rank, model.params.data(), model.layout.total);
     }
     void read_state(float* params, float* m_out, float* v_out) override {
