@@ -5,13 +5,15 @@
 // master weights and Adam moments are fp32; `make PRECISION=FP32` stores everything in fp32.
 //   make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
 //   -R 1 recomputes each layer's forward in the backward instead of storing it (less memory).
+//   -D 0 runs every kernel from the host instead of replaying CUDA graphs (see "CUDA graphs" below).
 //   mpirun -np 4 ./train_mixln ... (or torchrun, srun: see README) trains data-parallel over NCCL, with
 //   ZeRO-1 (-Z 1, the default) or all-reduce (-Z 0).
 //
-// Reading order: device helpers; NCCL (checked calls, the communicator); the activation
-// layout (one allocation); the model: parameters, gradients and optimizer state (one allocation each,
-// in the layout of core/config.h), the forward layer by layer as eq. 1 and 2, the backward as its
-// mirror image, the gradients' sum over the ranks, the update; the backend the driver calls; main.
+// Reading order: device helpers; NCCL (checked calls, the communicator); what crosses between the
+// host and the device in a step; the activation layout (one allocation); the model: parameters,
+// gradients and optimizer state (one allocation each, in the layout of core/config.h), the forward
+// layer by layer as eq. 1 and 2, the backward as its mirror image, the gradients' sum over the ranks,
+// the update, CUDA graphs; the backend the driver calls; main.
 // test/test_gpu_trainer.cu includes this file with TESTING defined (no main) and checks it against
 // the CPU reference model.
 #include <algorithm>
@@ -19,9 +21,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 #include <nccl.h>
 #include "core/rendezvous.h"
@@ -168,6 +172,117 @@ struct DataParallel {
 };
 
 // ----------------------------------------------------------------------------
+// What crosses between the host and the device during a step, and CUDA graphs. A step queues its
+// work without waiting: the batches and the AdamW scalars go to the device from pinned host memory
+// (asynchronous copies), the losses, the norm and the clipping factor stay on the device, and
+// step_result reads the step's loss and norm back: the step's one wait.
+
+// What a step computes and its kernels read on the device (one allocation).
+struct StepScalars {
+    double loss;         // loss_scale * mean loss, summed over the step's micro-batches (and ranks)
+    LossScalars micro;   // the last micro-batch's rows with a target, dloss and mean loss
+    AdamWScalars adamw;  // the update's learning rate, bias corrections and clipping factor
+};
+
+struct StepReadback {
+    double loss;
+    float grad_norm;
+};
+
+// Pinned host memory for the copies: a copy from pageable memory may wait for the stream's earlier
+// work, one from pinned memory is only queued. A buffer is refilled only once the copy from it is
+// done (an event per buffer); batches alternate between two, so that the host fills one while the
+// copy from the other may still be pending.
+class HostStaging {
+  public:
+    HostStaging() {
+        cudaCheck(cudaMallocHost(&scalars_, sizeof(Scalars)));
+        for (Batch& b : batches_) cudaCheck(cudaEventCreateWithFlags(&b.copied, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&adamw_copied_, cudaEventDisableTiming));
+    }
+    ~HostStaging() {
+        for (Batch& b : batches_) {
+            cudaCheck(cudaEventSynchronize(b.copied));
+            cudaCheck(cudaEventDestroy(b.copied));
+            cudaCheck(cudaFreeHost(b.ids));
+        }
+        cudaCheck(cudaEventSynchronize(adamw_copied_));
+        cudaCheck(cudaEventDestroy(adamw_copied_));
+        cudaCheck(cudaFreeHost(scalars_));
+    }
+    HostStaging(const HostStaging&) = delete;
+    HostStaging& operator=(const HostStaging&) = delete;
+
+    // Room for batches of up to n positions.
+    void reserve(long n) {
+        for (Batch& b : batches_) {
+            if (b.capacity >= n) continue;
+            cudaCheck(cudaEventSynchronize(b.copied));
+            cudaCheck(cudaFreeHost(b.ids));
+            cudaCheck(cudaMallocHost(&b.ids, 2 * n * sizeof(int)));
+            b.capacity = n;
+        }
+    }
+
+    // Queues the copies of n tokens and targets (null: none) into device memory.
+    void copy_batch(int* tokens_dst, int* targets_dst, const int* tokens, const int* targets, long n, cudaStream_t stream) {
+        Batch& b = batches_[next_batch_];
+        next_batch_ = (next_batch_ + 1) % 2;
+        cudaCheck(cudaEventSynchronize(b.copied));
+        memcpy(b.ids, tokens, n * sizeof(int));
+        cudaCheck(cudaMemcpyAsync(tokens_dst, b.ids, n * sizeof(int), cudaMemcpyHostToDevice, stream));
+        if (targets) {
+            memcpy(b.ids + n, targets, n * sizeof(int));
+            cudaCheck(cudaMemcpyAsync(targets_dst, b.ids + n, n * sizeof(int), cudaMemcpyHostToDevice, stream));
+        }
+        cudaCheck(cudaEventRecord(b.copied, stream));
+    }
+
+    // Queues the copy of an update's scalars to dst (device memory).
+    void copy_adamw_scalars(AdamWScalars* dst, const AdamWScalars& s, cudaStream_t stream) {
+        cudaCheck(cudaEventSynchronize(adamw_copied_));
+        scalars_->adamw = s;
+        cudaCheck(cudaMemcpyAsync(dst, &scalars_->adamw, sizeof(s), cudaMemcpyHostToDevice, stream));
+        cudaCheck(cudaEventRecord(adamw_copied_, stream));
+    }
+
+    // The step's loss and norm (device memory), once the stream's work so far is done.
+    StepReadback read_step(const double* loss, const float* grad_norm, cudaStream_t stream) {
+        StepReadback* r = &scalars_->readback;
+        cudaCheck(cudaMemcpyAsync(&r->loss, loss, sizeof(double), cudaMemcpyDeviceToHost, stream));
+        cudaCheck(cudaMemcpyAsync(&r->grad_norm, grad_norm, sizeof(float), cudaMemcpyDeviceToHost, stream));
+        wait_for_stream(stream);
+        return *r;
+    }
+
+  private:
+    struct Batch {
+        int* ids = nullptr;  // capacity tokens, then capacity targets
+        long capacity = 0;
+        cudaEvent_t copied;
+    };
+    struct Scalars {
+        AdamWScalars adamw;
+        StepReadback readback;
+    };
+    Batch batches_[2];
+    int next_batch_ = 0;
+    Scalars* scalars_ = nullptr;
+    cudaEvent_t adamw_copied_;
+};
+
+// A CUDA graph of work the model runs again and again (GpuModel::run_captured).
+struct CapturedWork {
+    cudaGraphExec_t graph = nullptr;
+    long calls = 0;
+    void release() {
+        if (graph) cudaCheck(cudaGraphExecDestroy(graph));
+        graph = nullptr;
+    }
+};
+using MicroBatchKey = std::tuple<int, int, float>;  // B, T, loss scale
+
+// ----------------------------------------------------------------------------
 // Activations: for a micro-batch of N = B*T rows, everything the forward keeps for the backward and
 // the backward's scratch, carved from one allocation. Each tensor starts on a 256-byte boundary.
 
@@ -276,6 +391,7 @@ struct GpuModel {
                                  // in the FP32 build the slice of params itself (see kernels/adamw.cuh)
     float* adam_m, *adam_v;      // Adam's first and second moments
     float* grad_norm_scratch;    // 1 + GRAD_NORM_BLOCKS floats: the norm, then its partial sums
+    StepScalars* step_scalars;   // the step's loss and the scalars its kernels read (device memory)
     double* reduced_scalar;      // all_reduce_sum's value
     float2* rope_table;          // (max_seq_len, head_dim/2) RoPE's (cos, sin)
 
@@ -284,11 +400,13 @@ struct GpuModel {
     size_t activation_bytes = 0;
     long activation_rows = 0;    // the N the activations are carved for
     int B = 0, T = 0;            // the current micro-batch; B*T <= activation_rows
-    std::vector<int> tokens_host;  // its tokens, for the embedding backward (which groups them on the host)
-    int n_valid = 0;             // its positions that carry a loss
+    HostStaging staging;         // pinned host memory for the copies to and from the device
+    CapturedWork optimizer_work; // CUDA graphs: the optimizer step, and one micro-batch's forward and
+    std::map<MicroBatchKey, CapturedWork> micro_batch_work;  // backward per shape and loss scale
+    bool use_graphs;             // -D 1, on one process (see "CUDA graphs")
 
     // Allocates everything, activations for micro-batches of B x T.
-    GpuModel(const ModelConfig& c, int b, int t, bool recompute_, const DataParallel& dp_)
+    GpuModel(const ModelConfig& c, int b, int t, bool recompute_, const DataParallel& dp_, bool cuda_graphs)
         : cfg(c), layout(make_param_layout(c)), recompute(recompute_), dp(dp_),
           shard(dp.zero1 ? zero_shard(layout.total, dp.rank, dp.world_size) : zero_shard(layout.total, 0, 1)),
           slice_offset(dp.zero1 ? dp.rank * shard.shard_size : 0) {
@@ -312,6 +430,8 @@ struct GpuModel {
         adam_m = device_alloc<float>(slice, "Adam's first moments");
         adam_v = device_alloc<float>(slice, "Adam's second moments");
         grad_norm_scratch = device_alloc<float>(1 + GRAD_NORM_BLOCKS, "the gradient norm's scratch");
+        step_scalars = device_alloc<StepScalars>(1, "the step's scalars");
+        use_graphs = cuda_graphs && !dp.comm;
         reduced_scalar = device_alloc<double>(1, "a value summed over the ranks");
         rope_table = device_alloc<float2>((size_t)cfg.max_seq_len * (hd / 2), "the RoPE table");
         rope_table_init(rope_table, cfg.max_seq_len, hd, cfg.rope_theta, stream);
@@ -319,8 +439,10 @@ struct GpuModel {
     }
 
     ~GpuModel() {
+        release_micro_batch_graphs();
+        optimizer_work.release();
         for (void* p : {(void*)params, (void*)grads, (void*)adam_m, (void*)adam_v, (void*)grad_norm_scratch,
-                        (void*)reduced_scalar, (void*)rope_table, (void*)activation_memory})
+                        (void*)step_scalars, (void*)reduced_scalar, (void*)rope_table, (void*)activation_memory})
             cudaCheck(cudaFree(p));
         if (!FLOATX_IS_FP32) cudaCheck(cudaFree(master));
         cudaCheck(cudaStreamDestroy(stream));
@@ -341,6 +463,7 @@ struct GpuModel {
     }
 
     void allocate_activations(long N) {
+        release_micro_batch_graphs();  // they point into the old activations
         cudaCheck(cudaFree(activation_memory));
         activation_memory = nullptr;
         const int num_slots = recompute ? 1 : cfg.n_layer;
@@ -350,6 +473,7 @@ struct GpuModel {
                                                                      (recompute ? "" : ", or recompute them with -R 1"));
         acts.carve(activation_memory, cfg, N, num_slots);
         activation_rows = N;
+        staging.reserve(N);
     }
 
     // Sets the micro-batch shape for the next forward, growing the activations if they are too small
@@ -433,13 +557,17 @@ struct GpuModel {
         }
     }
 
-    // tokens: (B, T) on the host. Embedding, the L layers, the final norm (for every alpha) and the
-    // LM head, up to the logits (N, V).
-    void forward(const int* tokens, int b, int t) {
+    // A micro-batch (b, t) for the next forward: sets the shape, and queues the copies of its tokens
+    // and targets (null: none, for sampling) from the host into acts.tokens and acts.targets.
+    void load_batch(const int* tokens, const int* targets, int b, int t) {
         set_shape(b, t);
+        staging.copy_batch(acts.tokens, acts.targets, tokens, targets, B * T, stream);
+    }
+
+    // Embedding of acts.tokens, the L layers, the final norm (for every alpha) and the LM head, up to
+    // the logits (N, V).
+    void forward() {
         const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
-        tokens_host.assign(tokens, tokens + N);
-        to_device(acts.tokens, tokens, N, stream);
         embedding_forward(layer(0).x, acts.tokens, param(WTE), N, C, (float)embedding_scale(cfg), stream);
         for (int l = 0; l < cfg.n_layer; l++) layer_forward(l);
         rmsnorm_forward(acts.final_norm, acts.rstd_f, layer(cfg.n_layer - 1).out, param(NORM_F), N, C,
@@ -447,24 +575,20 @@ struct GpuModel {
         matmul_forward(acts.logits, acts.final_norm, param(LM_HEAD), N, C, V, stream);
     }
 
-    // Cross-entropy of the last forward's logits against targets (B, T) on the host; with
-    // write_dlogits the logits are replaced by the gradient of loss_scale * (mean loss).
-    void classifier(const int* targets, float loss_scale, bool write_dlogits) {
-        const int N = B * T;
-        n_valid = (int)std::count_if(targets, targets + N, [](int target) { return target != IGNORE_INDEX; });
-        to_device(acts.targets, targets, N, stream);
-        const float dloss = n_valid ? loss_scale / n_valid : 0.0f;
-        crossentropy_forward_backward(acts.logits, acts.losses, acts.targets, N, cfg.vocab_size, dloss, write_dlogits,
-                                      stream);
+    // Cross-entropy of the last forward's logits against acts.targets, on the device: the mean loss
+    // into step_scalars->micro; with write_dlogits the logits are replaced by the gradient of
+    // loss_scale * mean loss, and loss_scale * mean loss is added to the step's loss.
+    void classifier(float loss_scale, bool write_dlogits) {
+        StepScalars* s = step_scalars;
+        crossentropy_forward_backward(acts.logits, acts.losses, &s->micro, write_dlogits ? &s->loss : nullptr, acts.targets,
+                                      B * T, cfg.vocab_size, loss_scale, write_dlogits, stream);
     }
 
-    // The mean loss over the positions with a target (waits for the device).
+    // The last classifier()'s mean loss (waits for the device).
     float mean_loss() {
-        std::vector<float> losses(B * T);
-        to_host(losses.data(), acts.losses, losses.size(), stream);
-        double total = 0;
-        for (float loss : losses) total += loss;  // ignored positions hold 0
-        return n_valid ? (float)(total / n_valid) : 0.0f;
+        float loss = 0;
+        to_host(&loss, &step_scalars->micro.mean_loss, 1, stream);
+        return loss;
     }
 
     // ---- backward: the mirror image of the forward ----
@@ -536,24 +660,31 @@ struct GpuModel {
             if (recompute && l < cfg.n_layer - 1) layer_forward(l);
             layer_backward(l);
         }
-        embedding_backward(grad(WTE), acts.d_stream, tokens_host.data(), acts.embedding_workspace, N, C,
+        embedding_backward(grad(WTE), acts.d_stream, acts.tokens, acts.embedding_workspace, N, C, V,
                            (float)embedding_scale(cfg), stream);
     }
 
     // ---- the sum over the ranks, and the update ----
 
-    void zero_grad() { zero(grads, shard.padded_total); }
+    // The gradients, the step's loss and its norm (0 until the step's update).
+    void zero_grad() {
+        zero(grads, shard.padded_total);
+        zero(&step_scalars->loss, 1);
+        zero(grad_norm_scratch, 1);
+    }
 
     // Sums the gradients over the ranks, in place: all-reduced, or under ZeRO-1 reduce-scattered, which
     // leaves each rank the sum over its own slice only (at slice_offset of the padded buffer).
     // Communication is not overlapped with the backward: a layer's gradients are spread over nine
     // tensors of the layout, and the ZeRO-1 slices cut across tensors, so per-layer buckets do not fit.
+    // The step's loss is summed too.
     void reduce_gradients() {
         if (!dp.comm) return;
         if (dp.zero1)
             ncclCheck(ncclReduceScatter(grads, grads + slice_offset, shard.shard_size, ncclFloat, ncclSum, dp.comm, stream));
         else
             ncclCheck(ncclAllReduce(grads, grads, layout.total, ncclFloat, ncclSum, dp.comm, stream));
+        ncclCheck(ncclAllReduce(&step_scalars->loss, &step_scalars->loss, 1, ncclDouble, ncclSum, dp.comm, stream));
     }
 
     double all_reduce_sum(double x) {
@@ -564,29 +695,87 @@ struct GpuModel {
         return x;
     }
 
-    // The global L2 norm of the gradients, computed on the device in a fixed order (deterministic).
-    // Under ZeRO-1 each rank adds up the squares over its slice, and the partial sums (as many on
-    // every rank: the slices are equally long) are summed over the ranks before the square root.
-    double grad_norm() {
+    // The optimizer step t (1-based) at learning rate lr, with no wait: lr and Adam's bias
+    // corrections reach the kernels through step_scalars->adamw (copied from pinned memory), the
+    // norm and the clipping factor are computed on the device.
+    void optimizer_step(double lr, int t, const TrainOptions& o) {
+        staging.copy_adamw_scalars(&step_scalars->adamw,
+                                   adamw_step_scalars(lr, t, o.beta1, o.beta2, o.adam_eps, o.weight_decay, o.grad_clip), stream);
+        run_captured(optimizer_work, [&] {
+            grad_norm();
+            grad_clip(&step_scalars->adamw, grad_norm_scratch, stream);
+            adamw_step();
+        });
+    }
+
+    // The global L2 norm of the gradients into grad_norm_scratch[0], computed on the device in a fixed
+    // order (deterministic). Under ZeRO-1 each rank adds up the squares over its slice, and the partial
+    // sums (as many on every rank: the slices are equally long) are summed over the ranks before the
+    // square root.
+    void grad_norm() {
         float* partials = grad_norm_scratch + 1;
         const int num_partials = grad_norm_partials(partials, grads + slice_offset, shard.shard_size, stream);
         if (dp.comm && dp.zero1)
             ncclCheck(ncclAllReduce(partials, partials, num_partials, ncclFloat, ncclSum, dp.comm, stream));
         grad_norm_from_partials(grad_norm_scratch, partials, num_partials, stream);
-        float norm = 0;
-        to_host(&norm, grad_norm_scratch, 1, stream);
-        return norm;
     }
 
-    // AdamW step t (1-based) on the fp32 master weights of this rank's slice (all of them without
-    // ZeRO-1), gradients multiplied by grad_scale (clipping); ZeRO-1 then all-gathers the updated
-    // floatX weights, so that every rank has all of them for the next forward.
-    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) {
+    // AdamW on the fp32 master weights of this rank's slice (all of them without ZeRO-1), with the
+    // scalars of step_scalars->adamw; ZeRO-1 then all-gathers the updated floatX weights, so that
+    // every rank has all of them for the next forward.
+    void adamw_step() {
         adamw_update(params + slice_offset, FLOATX_IS_FP32 ? nullptr : master, grads + slice_offset, adam_m, adam_v,
-                     shard.end - shard.begin, t, (float)lr, (float)o.beta1, (float)o.beta2, (float)o.adam_eps,
-                     (float)o.weight_decay, (float)grad_scale, stream);
+                     shard.end - shard.begin, &step_scalars->adamw, stream);
         if (dp.comm && dp.zero1)
             ncclCheck(ncclAllGather(params + slice_offset, params, shard.shard_size, NCCL_FLOATX, dp.comm, stream));
+    }
+
+    // The step's loss and gradient norm: the step's one wait for the device.
+    StepResult step_result() {
+        const StepReadback r = staging.read_step(&step_scalars->loss, grad_norm_scratch, stream);
+        return StepResult{r.loss, r.grad_norm};
+    }
+
+    // ---- CUDA graphs ----
+
+    // One micro-batch's forward, loss and backward, or the optimizer step (`work`), as a CUDA graph
+    // with use_graphs: the first call runs work directly (which warms up what must not happen during a
+    // capture: loading kernels, setting the attention kernels' shared memory limits), the second
+    // captures it into a graph and launches that, later calls launch the graph again. What a graph
+    // holds is kernel launches and memsets on device buffers that stay put (weights, gradients,
+    // activations, the step's scalars, cuBLASLt's workspace) with the shapes, algorithms and loss scale
+    // of its capture; every copy from or to the host (the batch, the AdamW scalars, step_result) is
+    // queued outside it, and activations are only reallocated outside it (which releases the graphs).
+    template <typename Work>
+    void run_captured(CapturedWork& captured, Work&& work) {
+        if (!use_graphs || captured.calls++ == 0) {
+            work();
+            return;
+        }
+        if (!captured.graph) {
+            cudaGraph_t graph;
+            cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+            work();
+            cudaCheck(cudaStreamEndCapture(stream, &graph));
+            cudaCheck(cudaGraphInstantiate(&captured.graph, graph, 0));
+            cudaCheck(cudaGraphDestroy(graph));
+        }
+        cudaCheck(cudaGraphLaunch(captured.graph, stream));
+    }
+
+    void release_micro_batch_graphs() {
+        for (auto& entry : micro_batch_work) entry.second.release();
+        micro_batch_work.clear();
+    }
+
+    // Forward and backward of the micro-batch load_batch queued, adding the gradient of loss_scale *
+    // mean loss into grads and loss_scale * mean loss into the step's loss.
+    void forward_backward(float loss_scale) {
+        run_captured(micro_batch_work[MicroBatchKey{B, T, loss_scale}], [&] {
+            forward();
+            classifier(loss_scale, /*write_dlogits=*/true);
+            backward();
+        });
     }
 
     // ---- state in and out, fp32 on the host in the layout of core/config.h ----
@@ -660,8 +849,9 @@ struct GpuModel {
 struct GpuBackend : TrainerBackend {
     GpuModel model;
 
-    GpuBackend(const ModelConfig& cfg, int B, int T, bool recompute, const DataParallel& dp = DataParallel())
-        : model(cfg, B, T, recompute, dp) {}
+    GpuBackend(const ModelConfig& cfg, int B, int T, bool recompute, const DataParallel& dp = DataParallel(),
+               bool cuda_graphs = true)
+        : model(cfg, B, T, recompute, dp, cuda_graphs) {}
 
     std::string description() const override {
         char text[768];
@@ -670,46 +860,46 @@ struct GpuBackend : TrainerBackend {
         if (peak > 0) snprintf(mfu, sizeof(mfu), "MFU against %.1f TFLOP/s dense bf16", peak / 1e12);
         else strcat(mfu, FLOATX_IS_FP32 ? "the FP32 build" : "dense bf16 peak unknown for this GPU");
         char ranks[160] = "one process, no NCCL";
+        const char* graphs = model.use_graphs ? "on" : model.dp.comm ? "off (with NCCL)" : "off (-D 0)";
         const DataParallel& dp = model.dp;
         if (dp.comm)
             snprintf(ranks, sizeof(ranks), "%d rank(s) over NCCL, %s", dp.world_size,
                      dp.zero1 ? "ZeRO-1: each keeps and updates 1/N of the fp32 master weights and Adam moments"
                               : "all-reduce: each keeps and updates all of them");
         snprintf(text, sizeof(text),
-                 "device: %s, %s\ndata parallel: %s\nmemory per GPU: %.2f GiB weights, fp32 gradients and optimizer state; %.2f GiB "
+                 "device: %s, %s\ndata parallel: %s; CUDA graphs %s\nmemory per GPU: %.2f GiB weights, fp32 gradients and optimizer state; %.2f GiB "
                  "activations for %ld tokens per micro-batch, %s; %s",
                  model.device_name.c_str(),
                  FLOATX_IS_FP32 ? "fp32 storage"
                                 : "bf16 weights and activations, fp32 weight gradients, master weights and Adam moments",
-                 ranks, model.parameter_bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
+                 ranks, graphs, model.parameter_bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
                  model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored", mfu);
         return text;
     }
     // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.
     double peak_flops() const override { return FLOATX_IS_FP32 ? 0 : peak_bf16_flops(model.device_name); }
     void zero_grad() override { model.zero_grad(); }
-    float forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale) override {
-        model.forward(inputs, B, T);
-        model.classifier(targets, loss_scale, /*write_dlogits=*/true);
-        model.backward();
-        return model.mean_loss();
+    // With one process, last_micro changes nothing: the gradients are summed in reduce_gradients.
+    void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool) override {
+        model.load_batch(inputs, targets, B, T);
+        model.forward_backward(loss_scale);
     }
     float forward_loss(const int* inputs, const int* targets, int B, int T) override {
-        model.forward(inputs, B, T);
-        model.classifier(targets, 1.0f, /*write_dlogits=*/false);
+        model.load_batch(inputs, targets, B, T);
+        model.forward();
+        model.classifier(1.0f, /*write_dlogits=*/false);
         return model.mean_loss();
     }
     void next_token_logits(const int* tokens, int T, float* logits) override {
-        model.forward(tokens, 1, T);
+        model.load_batch(tokens, nullptr, 1, T);
+        model.forward();
         model.last_logits(logits);
     }
     void reduce_gradients() override { model.reduce_gradients(); }
     double all_reduce_sum(double x) override { return model.all_reduce_sum(x); }
     ZeroShard optimizer_shard(long) const override { return model.shard; }
-    double grad_norm() override { return model.grad_norm(); }
-    void adamw_step(double lr, double grad_scale, int t, const TrainOptions& o) override {
-        model.adamw_step(lr, grad_scale, t, o);
-    }
+    void optimizer_step(double lr, int t, const TrainOptions& o) override { model.optimizer_step(lr, t, o); }
+    StepResult step_result() override { return model.step_result(); }
     void read_state(float* params, float* m, float* v) override { model.read_state(params, m, v); }
     void read_grads(float* grads) override { model.read_grads(grads); }
     void write_state(const float* params, const float* m, const float* v) override { model.write_state(params, m, v); }
@@ -752,7 +942,8 @@ int main(int argc, char** argv) {
         DataParallel dp;
         if (launched) dp = DataParallel{open_communicator(env), env.rank, env.world_size, opts.zero1};
         const int status = run_training(opts, [&](const ModelConfig& cfg) {
-            return std::unique_ptr<TrainerBackend>(new GpuBackend(cfg, opts.micro_batch, opts.seq_len, opts.recompute, dp));
+            return std::unique_ptr<TrainerBackend>(
+                new GpuBackend(cfg, opts.micro_batch, opts.seq_len, opts.recompute, dp, opts.cuda_graphs));
         }, env);
         if (dp.comm) close_communicator(dp.comm);
         return status;

@@ -28,6 +28,7 @@ struct TrainOptions {
     double grad_clip = 0.0;              // -g, 0 = off
     bool recompute = false;              // -R, rerun each layer's forward in the backward (train_mixln only)
     bool zero1 = true;                   // -Z, on several ranks: 1 = ZeRO-1, 0 = all-reduce (train_mixln only)
+    bool cuda_graphs = true;             // -D, replay each micro-batch and update as a CUDA graph (train_mixln only)
     double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
     int steps = -1;                      // -x, < 0: the preset's
     uint64_t seed = 42;                  // -s
@@ -79,6 +80,9 @@ inline const char* train_usage() {
         "  -s SEED    seed for the initialization and the data order (default 42)\n"
         "  -R 0|1     recompute each layer's activations in the backward instead of storing them all:\n"
         "             less GPU memory for a larger -b, about a third more compute (train_mixln only; default 0)\n"
+        "  -D 0|1     1: capture a micro-batch's forward and backward, and the update, as CUDA graphs and\n"
+        "             replay them; 0: launch every kernel from the host (train_mixln only; default 1,\n"
+        "             off on several ranks)\n"
         "several GPUs (train_mixln launched by mpirun, torchrun or srun; see README)\n"
         "  -Z 0|1     1: ZeRO-1, each rank keeps and updates 1/N of the fp32 master weights and Adam\n"
         "             moments (reduce-scatter of the gradients, all-gather of the weights); 0: all-reduce\n"
@@ -155,6 +159,7 @@ inline double parse_in_range(char flag, const char* text, double lo, double hi) 
 inline void reject_gpu_only_options(const TrainOptions& o) {
     if (o.recompute) throw std::runtime_error("-R: only train_mixln recomputes activations");
     if (o.given.count('Z')) throw std::runtime_error("-Z: only train_mixln trains on several ranks");
+    if (o.given.count('D')) throw std::runtime_error("-D: only train_mixln runs CUDA graphs");
 }
 
 // Micro-batches per optimizer step on each of world_size ranks: every step is -d tokens in all, so
@@ -291,6 +296,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'g': o.grad_clip = parse_in_range(flag, val, 0.0, 1e9); break;
             case 'R': o.recompute = parse_bool(flag, val); break;
             case 'Z': o.zero1 = parse_bool(flag, val); break;
+            case 'D': o.cuda_graphs = parse_bool(flag, val); break;
             case 'W': o.start_over = parse_bool(flag, val); break;
             case 'U': o.accept_changes = parse_bool(flag, val); break;
             case 's': o.seed = (uint64_t)parse_integer(flag, val, 0, INT64_MAX); break;

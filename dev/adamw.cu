@@ -188,8 +188,12 @@ int main(int argc, char** argv) {
 
         // AdamW, checked on the first, middle and last 2^20 parameters: m, v, master FP32_TOL (a few fp32
         // operations per element), the floatX weights STORE_TOL.
+        AdamWScalars scalars = adamw_step_scalars(lr, t, beta1, beta2, eps, wd, 0.0);
+        scalars.grad_scale = grad_scale;  // version 1 reads the step's scalars from device memory
+        DeviceBuffer<AdamWScalars> d_scalars(1);
+        d_scalars.upload_raw({scalars});
         auto run_adamw = [&] {
-            if (version == 1) adamw_update(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, t, lr, beta1, beta2, eps, wd, grad_scale, 0);
+            if (version == 1) adamw_update(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, d_scalars.ptr, 0);
             else adamw_update_v2(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, t, lr, beta1, beta2, eps, wd, grad_scale);
         };
         const long chunk = 1 << 20;

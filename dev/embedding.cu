@@ -2,13 +2,14 @@
 // CPU reference kernels/cpu/embedding.h).
 //   forward:  out (N, C) = wte[tokens[n]];   backward: dwte[v] += sum of dout[n] over tokens[n] = v
 // (dwte, a weight gradient, is fp32 in both builds)
-// The backward groups the positions by token on the host (the production launcher's stable sort); that
-// host step is the same for every version and is not timed: each version times its device kernels on
-// groups built before the timing.
+// The production backward groups the positions by token on the device (CUB's radix sort), timed with
+// it; versions 2 and 3 group them on the host (a stable sort), before the timing, and time their
+// device kernels only.
 //
 // Versions:
-//   1  production, kernels/embedding.cuh. Forward: one thread per element. Backward: one block per
-//      (distinct token, 256 columns), each thread adding its column over the token's positions in order.
+//   1  production, kernels/embedding.cuh. Forward: one thread per element. Backward: a radix sort of
+//      the token ids with their positions, then one block per (distinct token, 256 columns), each
+//      thread adding its column over the token's positions in order.
 //   2  forward: one thread per 128-bit vector (8 bf16). Backward: one block per distinct token, each
 //      thread one 128-bit vector of columns, four positions' loads in flight per step.
 //   3  forward as 2. Backward: version 2's kernel on pieces of at most 32 positions. Token frequencies
@@ -24,7 +25,7 @@
 // Shapes: N = 16384 tokens drawn from a Zipf distribution (exponent 1, as natural text) over V = 32000,
 // C = 768 and 2048. Bytes counted (X = sizeof(floatX)): forward reads N rows of wte and writes N rows:
 // 2 N C X (+ 4 N for the tokens); backward reads dout and reads and writes the K fp32 rows of the
-// distinct tokens: (N X + 8 K) C. Scratch partial rows and the position lists are not counted.
+// distinct tokens: (N X + 8 K) C. Scratch partial rows, the position lists and version 1's sort are not counted.
 #include <algorithm>
 #include <numeric>
 #include <vector>
@@ -91,7 +92,28 @@ __device__ inline void add_to_row(float* row, const float* acc, float scale) {
     }
 }
 
-// groups as version 1's (token[K], start[K + 1], positions[N]); block k owns token k's row, thread
+// groups (token[K], start[K + 1], positions[N]): K distinct tokens, token[k]'s positions are
+// positions[start[k] .. start[k + 1]) in increasing order.
+static std::vector<int> token_groups(const std::vector<int>& tokens) {
+    const int N = (int)tokens.size();
+    std::vector<int> order(N);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return tokens[a] < tokens[b]; });
+    std::vector<int> token, start;
+    for (int i = 0; i < N; i++) {
+        if (i == 0 || tokens[order[i]] != tokens[order[i - 1]]) {
+            token.push_back(tokens[order[i]]);
+            start.push_back(i);
+        }
+    }
+    start.push_back(N);
+    std::vector<int> groups = token;
+    groups.insert(groups.end(), start.begin(), start.end());
+    groups.insert(groups.end(), order.begin(), order.end());
+    return groups;
+}
+
+// groups of token_groups; block k owns token k's row, thread
 // threadIdx.x + j * blockDim.x its vectors of columns.
 __global__ void embedding_backward_v2_kernel(float* dwte, const floatX* dout, const int* groups, int K, int C, float scale) {
     const int k = blockIdx.x;
@@ -214,8 +236,9 @@ int main(int argc, char** argv) {
         most = std::max(most, j - i);
     }
     printf("N %d tokens, Zipf(1) over V %d: %d distinct, the most frequent %d times\n", N, V, K, most);
-    DeviceBuffer<int> tokens(N), groups(embedding_backward_workspace_ints(N));
+    DeviceBuffer<int> tokens(N), workspace(embedding_backward_workspace_ints(N)), groups(2 * K + 1 + N);
     tokens.upload_raw(tokens_h);
+    groups.upload_raw(token_groups(tokens_h));
 
     for (const ModelShape& m : MODEL_SHAPES) {
         const int C = m.C;
@@ -246,11 +269,11 @@ int main(int argc, char** argv) {
         if (forward_checks.passed)
             report_bandwidth("embedding_forward", shape, version, 2.0 * N * C * X + 4.0 * N, benchmark_kernel(forward));
 
-        // backward. The production launcher, called once, leaves its groups in `groups`; the timed runs
-        // launch the kernels on them (versions 1, 2) or on version 3's pieces.
+        // backward: the production launcher (version 1, sort included), or the kernels of versions 2
+        // and 3 on the host's groups and pieces.
         dwte.fill_normal(64);
         std::vector<double> dwte_ref = to_double(dwte.download());
-        embedding_backward(dwte.ptr, dout.ptr, tokens_h.data(), groups.ptr, N, C, scale, 0);
+        embedding_backward(dwte.ptr, dout.ptr, tokens.ptr, workspace.ptr, N, C, V, scale, 0);
         cudaCheck(cudaDeviceSynchronize());
         PieceWork pieces(tokens_h, C);
         if (version == 3)
@@ -258,7 +281,7 @@ int main(int argc, char** argv) {
                    pieces.num_slots);
         auto backward = [&] {
             if (version == 1) {
-                embedding_backward_kernel<<<dim3(K, ceil_div(C, 256)), 256>>>(dwte.ptr, dout.ptr, groups.ptr, K, C, scale);
+                embedding_backward(dwte.ptr, dout.ptr, tokens.ptr, workspace.ptr, N, C, V, scale, 0);
             } else if (version == 2) {
                 embedding_backward_v2_kernel<<<K, backward_v2_threads(C)>>>(dwte.ptr, dout.ptr, groups.ptr, K, C, scale);
             } else {

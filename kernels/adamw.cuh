@@ -3,20 +3,55 @@
 // The update works on fp32 weights: in BF16 mode an fp32 master copy, from which the bf16 weights
 // are rounded after every step; in FP32 mode the weights themselves, and there is no master copy.
 // The gradients are fp32 in both builds.
+// The step's scalars (learning rate, bias corrections, the clipping factor) are read from device
+// memory (AdamWScalars), not passed by value: the host hands them over without waiting, and a CUDA
+// graph that holds the step reads each step's values.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include "common.cuh"
+#include "cpu/adamw.h"  // grad_clip_scale
+
+// One step's scalars, in device memory. The host sets all but grad_scale (adamw_step_scalars) before
+// the step; grad_clip_kernel sets grad_scale from the gradient norm, on the device.
+struct AdamWScalars {
+    float lr, beta1, beta2, eps, weight_decay;
+    float bias_correction1, bias_correction2;  // 1 - beta1^t, 1 - beta2^t
+    float grad_scale;                          // the clipping factor every gradient is multiplied by
+    double max_norm;                           // clip the norm to this (-g); <= 0: no clipping
+};
+
+// The host's part of step t's (1-based) scalars; grad_scale 1 until grad_clip_kernel sets it.
+inline AdamWScalars adamw_step_scalars(double lr, int t, double beta1, double beta2, double eps, double weight_decay,
+                                       double max_norm) {
+    AdamWScalars s;
+    s.lr = (float)lr;
+    s.beta1 = (float)beta1;
+    s.beta2 = (float)beta2;
+    s.eps = (float)eps;
+    s.weight_decay = (float)weight_decay;
+    s.bias_correction1 = (float)(1.0 - std::pow((double)s.beta1, t));
+    s.bias_correction2 = (float)(1.0 - std::pow((double)s.beta2, t));
+    s.grad_scale = 1.0f;
+    s.max_norm = max_norm;
+    return s;
+}
+
+// One thread: s->grad_scale = grad_clip_scale(*norm, s->max_norm), the CPU's formula, in double.
+__global__ void grad_clip_kernel(AdamWScalars* s, const float* norm) {
+    s->grad_scale = (float)grad_clip_scale((double)*norm, s->max_norm);
+}
 
 // One thread per parameter i, with p the fp32 weight (master_params[i], or params[i] when null):
 //   g = grad_scale * grad;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps)),   bc1 = 1 - b1^t,  bc2 = 1 - b2^t
 __global__ void adamw_kernel(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
-                             float lr, float beta1, float beta2, float bc1, float bc2, float eps,
-                             float weight_decay, float grad_scale) {
+                             const AdamWScalars* s) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const float g = grad_scale * grads[i];
+    const float lr = s->lr, beta1 = s->beta1, beta2 = s->beta2, bc1 = s->bias_correction1,
+                bc2 = s->bias_correction2, eps = s->eps, weight_decay = s->weight_decay;
+    const float g = s->grad_scale * grads[i];
     const float mi = beta1 * m[i] + (1.0f - beta1) * g;
     const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
     m[i] = mi;
@@ -76,20 +111,22 @@ inline void global_grad_norm(float* norm, float* scratch, const float* grads, lo
     grad_norm_from_partials(norm, scratch, grad_norm_partials(scratch, grads, n, stream), stream);
 }
 
-// One AdamW step t (1-based) on n parameters. master_params: the fp32 master weights in BF16 mode;
-// must be null in FP32 mode, where params are updated in place. grad_scale multiplies every gradient,
-// e.g. grad_clip_scale(norm, max_norm) from kernels/cpu/adamw.h.
+// The clipping factor of the norm (device fp32, e.g. from global_grad_norm) into scalars->grad_scale.
+inline void grad_clip(AdamWScalars* scalars, const float* norm, cudaStream_t stream) {
+    grad_clip_kernel<<<1, 1, 0, stream>>>(scalars, norm);
+    cudaCheck(cudaGetLastError());
+}
+
+// One AdamW step on n parameters, with the scalars (device memory) of adamw_step_scalars and
+// grad_clip. master_params: the fp32 master weights in BF16 mode; must be null in FP32 mode, where
+// params are updated in place.
 inline void adamw_update(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
-                         int t, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-                         cudaStream_t stream) {
+                         const AdamWScalars* scalars, cudaStream_t stream) {
     if ((master_params == nullptr) != FLOATX_IS_FP32) {
         fprintf(stderr, "adamw_update: master weights are required in BF16 mode and unused in FP32 mode\n");
         exit(EXIT_FAILURE);
     }
-    const float bc1 = (float)(1.0 - std::pow((double)beta1, t));
-    const float bc2 = (float)(1.0 - std::pow((double)beta2, t));
     const int block = 256;
-    adamw_kernel<<<ceil_div(n, block), block, 0, stream>>>(params, master_params, grads, m, v, n, lr, beta1, beta2,
-                                                           bc1, bc2, eps, weight_decay, grad_scale);
+    adamw_kernel<<<ceil_div(n, block), block, 0, stream>>>(params, master_params, grads, m, v, n, scalars);
     cudaCheck(cudaGetLastError());
 }

@@ -56,6 +56,7 @@ inline __host__ __device__ long ceil_div(long a, long b) { return (a + b - 1) / 
 constexpr unsigned FULL_WARP_MASK = 0xffffffffu;
 
 __device__ inline float shfl_xor(float v, int offset) { return __shfl_xor_sync(FULL_WARP_MASK, v, offset); }
+__device__ inline double shfl_xor(double v, int offset) { return __shfl_xor_sync(FULL_WARP_MASK, v, offset); }
 __device__ inline float2 shfl_xor(float2 v, int offset) {
     return make_float2(shfl_xor(v.x, offset), shfl_xor(v.y, offset));
 }
@@ -80,7 +81,8 @@ __device__ T block_reduce(T v, Combine combine, T identity) {
 }
 
 struct AddOp {
-    __device__ float operator()(float a, float b) const { return a + b; }
+    template <typename T>
+    __device__ T operator()(T a, T b) const { return a + b; }
 };
 
 __device__ inline float warp_reduce_sum(float v) { return warp_reduce(v, AddOp()); }

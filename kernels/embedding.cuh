@@ -1,13 +1,12 @@
 // Token embedding on the GPU. CPU reference: kernels/cpu/embedding.h.
 //   forward:  out (N, C) = scale * wte[tokens[n]],  wte (V, C)
 //   backward: dwte[v] += scale * sum of dout[n] over the positions n with tokens[n] = v, dwte in fp32
-// The backward is deterministic: instead of atomically adding each position's row into dwte (whose
-// order would vary run to run), the positions are grouped by token on the host, and each group's
-// dwte row is owned by one block that sums its positions in increasing order.
+// The backward is deterministic and stays on the device: instead of atomically adding each
+// position's row into dwte (whose order would vary run to run), a radix sort of the token ids (CUB's,
+// stable) lists each token's positions in increasing order, and each token's dwte row is owned by
+// one block that sums its positions in that order.
 #pragma once
-#include <algorithm>
-#include <numeric>
-#include <vector>
+#include <cub/device/device_radix_sort.cuh>
 #include "common.cuh"
 
 // One thread per output element.
@@ -19,18 +18,25 @@ __global__ void embedding_forward_kernel(floatX* out, const int* tokens, const f
     out[idx] = (floatX)(scale * (float)wte[(long)tokens[n] * C + c]);
 }
 
-// groups describes K distinct tokens: token[k] = groups[k], and the positions holding token[k] are
-// positions[start[k] .. start[k+1]) in increasing order, with start = groups + K (K + 1 entries) and
-// positions = groups + 2K + 1. Block (k, j) handles row token[k], columns j*blockDim.x + threadIdx.x.
-__global__ void embedding_backward_kernel(float* dwte, const floatX* dout, const int* groups, int K, int C, float scale) {
-    const int k = blockIdx.x;
+__global__ void iota_kernel(int* out, int N) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N) out[i] = i;
+}
+
+// sorted_tokens (N): the token ids in increasing order; positions (N): where each stood, a token's
+// positions in increasing order. Block (i, j) returns unless i starts a run of equal tokens; if it
+// does, it sums the run's rows of dout in order for columns j*blockDim.x + threadIdx.x, and adds
+// scale * sum into that token's row of dwte.
+__global__ void embedding_backward_kernel(float* dwte, const floatX* dout, const int* sorted_tokens,
+                                          const int* positions, int N, int C, float scale) {
+    const int i = blockIdx.x;
+    const int token = sorted_tokens[i];
+    if (i > 0 && sorted_tokens[i - 1] == token) return;
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= C) return;
-    const int* start = groups + K;
-    const int* positions = groups + 2 * K + 1;
     float sum = 0.0f;
-    for (int i = start[k]; i < start[k + 1]; i++) sum += (float)dout[(long)positions[i] * C + c];
-    dwte[(long)groups[k] * C + c] += scale * sum;
+    for (int k = i; k < N && sorted_tokens[k] == token; k++) sum += (float)dout[(long)positions[k] * C + c];
+    dwte[(long)token * C + c] += scale * sum;
 }
 
 inline void embedding_forward(floatX* out, const int* tokens, const floatX* wte, int N, int C, float scale,
@@ -40,33 +46,40 @@ inline void embedding_forward(floatX* out, const int* tokens, const floatX* wte,
     cudaCheck(cudaGetLastError());
 }
 
-// The device workspace embedding_backward needs, in ints: K + (K + 1) + N with K <= N distinct tokens.
-inline long embedding_backward_workspace_ints(int N) { return 3L * N + 1; }
+// The backward's device workspace: the sorted tokens, the positions before and after the sort (N
+// ints each, each array padded to 256 bytes), then CUB's scratch, which it sizes from N and the key
+// bits (at most 32). Sizes only: nothing is launched. Grows with N, so a workspace made for N rows
+// serves any fewer.
+constexpr long EMBEDDING_ARRAY_ALIGN = 64;  // ints: 256 bytes
+inline size_t embedding_sort_scratch_bytes(int N, int key_bits) {
+    size_t bytes = 0;
+    cudaCheck(cub::DeviceRadixSort::SortPairs(nullptr, bytes, (const unsigned*)nullptr, (unsigned*)nullptr,
+                                              (const int*)nullptr, (int*)nullptr, N, 0, key_bits));
+    return bytes;
+}
+inline long embedding_backward_workspace_ints(int N) {
+    return 3 * ceil_div(N, EMBEDDING_ARRAY_ALIGN) * EMBEDDING_ARRAY_ALIGN + ceil_div(embedding_sort_scratch_bytes(N, 32), 4);
+}
 
-// tokens_host: the N tokens of the forward, on the host (where the data loader produced them).
-// workspace: embedding_backward_workspace_ints(N) ints of device memory.
-inline void embedding_backward(float* dwte, const floatX* dout, const int* tokens_host, int* workspace,
-                               int N, int C, float scale, cudaStream_t stream) {
-    // A stable sort by token keeps each token's positions in increasing order.
-    std::vector<int> order(N);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return tokens_host[a] < tokens_host[b]; });
-    std::vector<int> token, start;
-    for (int i = 0; i < N; i++) {
-        if (i == 0 || tokens_host[order[i]] != tokens_host[order[i - 1]]) {
-            token.push_back(tokens_host[order[i]]);
-            start.push_back(i);
-        }
-    }
-    start.push_back(N);
-    const int K = (int)token.size();
-    std::vector<int> groups = token;
-    groups.insert(groups.end(), start.begin(), start.end());
-    groups.insert(groups.end(), order.begin(), order.end());
-    // From pageable memory the copy returns once groups is staged, so groups may go out of scope.
-    cudaCheck(cudaMemcpyAsync(workspace, groups.data(), groups.size() * sizeof(int), cudaMemcpyHostToDevice, stream));
+// tokens: the N tokens of the forward, in device memory. V: the vocabulary (the sort reads only the
+// bits of ids below V). workspace: embedding_backward_workspace_ints(n) ints of device memory, n >= N.
+// Launches only device work: no host copy, no wait, no allocation (a CUDA graph can hold it).
+inline void embedding_backward(float* dwte, const floatX* dout, const int* tokens, int* workspace, int N, int C, int V,
+                               float scale, cudaStream_t stream) {
+    const long array = ceil_div(N, EMBEDDING_ARRAY_ALIGN) * EMBEDDING_ARRAY_ALIGN;
+    int* sorted_tokens = workspace, *positions_in = workspace + array, *positions = workspace + 2 * array;
+    void* scratch = workspace + 3 * array;
+    int key_bits = 1;
+    while (key_bits < 31 && (1L << key_bits) < V) key_bits++;
+    size_t scratch_bytes = embedding_sort_scratch_bytes(N, key_bits);
     const int block = 256;
-    const dim3 grid(K, ceil_div(C, block));
-    embedding_backward_kernel<<<grid, block, 0, stream>>>(dwte, dout, workspace, K, C, scale);
+    iota_kernel<<<ceil_div(N, block), block, 0, stream>>>(positions_in, N);
+    cudaCheck(cudaGetLastError());
+    // Token ids are >= 0: sorted as unsigned, their low key_bits bits are the whole id.
+    cudaCheck(cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, reinterpret_cast<const unsigned*>(tokens),
+                                              reinterpret_cast<unsigned*>(sorted_tokens), positions_in, positions, N, 0,
+                                              key_bits, stream));
+    const dim3 grid(N, ceil_div(C, block));
+    embedding_backward_kernel<<<grid, block, 0, stream>>>(dwte, dout, sorted_tokens, positions, N, C, scale);
     cudaCheck(cudaGetLastError());
 }

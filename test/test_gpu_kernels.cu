@@ -49,19 +49,23 @@ TEST_CASE("embedding forward gathers scaled rows") {
 }
 
 TEST_CASE("embedding backward adds scaled rows into each token's row") {
-    // FP32_TOL: each dwte element (fp32 in both builds) is one fp32 sum of at most N = 257 terms, added
-    // once. Small vocabularies make tokens repeat; rows of absent tokens must stay as they were.
+    // FP32_TOL: each dwte element (fp32 in both builds) is one fp32 sum of at most N = 4099 terms in
+    // position order, added once. Small vocabularies make tokens repeat; rows of absent tokens must
+    // stay as they were. The device sort reads only the bits of ids below V: the largest id, V - 1,
+    // is always present (V = 65536 and 50: exactly 16 bits, and 6 bits of which the top one is set).
     Rng rng(102);
     struct Size { int N, C, V; };
-    for (const Size& s : {Size{21, 12, 5}, Size{21, 768, 1000}, Size{257, 1000, 50}}) {
+    for (const Size& s : {Size{21, 12, 5}, Size{21, 768, 1000}, Size{257, 1000, 50}, Size{4099, 64, 65536}}) {
         INFO("N=" << s.N << " C=" << s.C << " V=" << s.V);
         const float scale = std::sqrt((float)s.C);
         const std::vector<float> dwte = random_fp32((size_t)s.V * s.C, rng), dout = random_floatX((size_t)s.N * s.C, rng);
-        const std::vector<int> tokens = random_tokens(s.N, rng, s.V);
+        std::vector<int> tokens = random_tokens(s.N, rng, s.V);
+        tokens[s.N / 2] = s.V - 1;
         DeviceBuffer<float> d_dwte(dwte);
         DeviceBuffer<floatX> d_dout(dout);
-        DeviceBuffer<int> d_workspace(embedding_backward_workspace_ints(s.N));
-        embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, s.N, s.C, scale, STREAM);
+        DeviceBuffer<int> d_tokens(tokens), d_workspace(embedding_backward_workspace_ints(s.N));
+        d_workspace.poison();
+        embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, s.N, s.C, s.V, scale, STREAM);
         std::vector<double> ref = to_double(dwte);
         embedding_backward(ref.data(), to_double(dout).data(), tokens.data(), s.N, s.C, (double)scale);
         CHECK(relative_error(d_dwte.download(), ref) <= FP32_TOL);
@@ -70,17 +74,19 @@ TEST_CASE("embedding backward adds scaled rows into each token's row") {
 
 TEST_CASE("embedding backward is deterministic") {
     // 4096 positions over 64 tokens: each row sums ~64 positions, where atomics would vary the order.
+    // A workspace made for more positions serves a smaller batch.
     Rng rng(103);
     const int N = 4096, C = 768, V = 64;
     const std::vector<float> dwte = random_fp32((size_t)V * C, rng), dout = random_floatX((size_t)N * C, rng);
     const std::vector<int> tokens = random_tokens(N, rng, V);
     DeviceBuffer<float> d_dwte(dwte);
     DeviceBuffer<floatX> d_dout(dout);
-    DeviceBuffer<int> d_workspace(embedding_backward_workspace_ints(N));
-    embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, N, C, 1.0f, STREAM);
+    DeviceBuffer<int> d_tokens(tokens), d_workspace(embedding_backward_workspace_ints(2 * N));
+    embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, N, C, V, 1.0f, STREAM);
     const std::vector<float> first = d_dwte.raw();
     d_dwte.upload(dwte);
-    embedding_backward(d_dwte.ptr, d_dout.ptr, tokens.data(), d_workspace.ptr, N, C, 1.0f, STREAM);
+    d_workspace.poison();
+    embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, N, C, V, 1.0f, STREAM);
     CHECK(bitwise_equal(first, d_dwte.raw()));
 }
 
@@ -318,30 +324,50 @@ struct ClassifierCase {
     }
 };
 
-TEST_CASE("classifier: losses and in-place dlogits, ignored rows zero") {
-    // losses: FP32_TOL (a thread's online sum of V/512 <= 98 exps, a tree over the block, a logf).
-    // dlogits: STORE_TOL (an expf and two products in fp32 per element, stored).
+// The reference's mean loss over the rows with a target.
+static double reference_mean_loss(const std::vector<double>& losses, int n_valid) {
+    double sum = 0;
+    for (double l : losses) sum += l;  // ignored rows hold 0
+    return sum / n_valid;
+}
+
+TEST_CASE("classifier: losses, mean and in-place dlogits, ignored rows zero; the step's loss accumulates") {
+    // losses: FP32_TOL (a thread's online sum of V/512 <= 98 exps, a tree over the block, a logf); the
+    // mean: FP32_TOL (a double sum of them, rounded to fp32). dlogits: STORE_TOL (an expf and two
+    // products in fp32 per element, stored), with dloss = loss_scale / n_valid counted on the device.
+    // The step's loss (double) starts at 1.5 and gets loss_scale * mean added.
     Rng rng(501);
+    const float loss_scale = 0.25f;
     for (const int V : {11, 32000, 50001}) {
         INFO("V=" << V);
         ClassifierCase c(V, rng);
         DeviceBuffer<floatX> d_logits(c.logits);
         DeviceBuffer<int> d_targets(c.targets);
         DeviceBuffer<float> d_losses(c.N);
+        DeviceBuffer<LossScalars> d_scalars(1);
+        DeviceBuffer<double> d_step_loss(std::vector<double>{1.5});
         d_losses.poison();
+        d_scalars.poison();
         std::vector<double> losses(c.N), dlogits((size_t)c.N * V);
         int n_valid = 0;
         crossentropy_forward(losses.data(), to_double(c.logits).data(), c.targets.data(), c.N, V, &n_valid);
-        const float dloss = 1.0f / n_valid;
+        const float dloss = loss_scale / n_valid;
         crossentropy_backward(dlogits.data(), to_double(c.logits).data(), c.targets.data(), c.N, V, (double)dloss);
-        crossentropy_forward_backward(d_logits.ptr, d_losses.ptr, d_targets.ptr, c.N, V, dloss, true, STREAM);
+        crossentropy_forward_backward(d_logits.ptr, d_losses.ptr, d_scalars.ptr, d_step_loss.ptr, d_targets.ptr, c.N, V,
+                                      loss_scale, true, STREAM);
         CHECK(relative_error(d_losses.download(), losses) <= FP32_TOL);
         CHECK(relative_error(d_logits.download(), dlogits) <= STORE_TOL);
+        const LossScalars scalars = d_scalars.raw()[0];
+        CHECK(scalars.n_valid == n_valid);
+        CHECK(scalars.dloss == dloss);
+        const double mean = reference_mean_loss(losses, n_valid);
+        CHECK(std::fabs(scalars.mean_loss - mean) <= FP32_TOL * mean);
+        CHECK(d_step_loss.raw()[0] == 1.5 + (double)scalars.mean_loss * loss_scale);
     }
 }
 
-TEST_CASE("classifier: losses alone leave the logits untouched") {
-    // FP32_TOL for the losses as above; the logits must come back bitwise unchanged.
+TEST_CASE("classifier: losses alone leave the logits and the step's loss untouched") {
+    // FP32_TOL for the losses and the mean as above; the logits must come back bitwise unchanged.
     Rng rng(502);
     for (const int V : {11, 50001}) {
         INFO("V=" << V);
@@ -349,13 +375,18 @@ TEST_CASE("classifier: losses alone leave the logits untouched") {
         DeviceBuffer<floatX> d_logits(c.logits);
         DeviceBuffer<int> d_targets(c.targets);
         DeviceBuffer<float> d_losses(c.N);
+        DeviceBuffer<LossScalars> d_scalars(1);
         d_losses.poison();
+        d_scalars.poison();
         const std::vector<floatX> before = d_logits.raw();
-        crossentropy_forward_backward(d_logits.ptr, d_losses.ptr, d_targets.ptr, c.N, V, 1.0f, false, STREAM);
+        crossentropy_forward_backward(d_logits.ptr, d_losses.ptr, d_scalars.ptr, nullptr, d_targets.ptr, c.N, V, 1.0f,
+                                      false, STREAM);
         std::vector<double> losses(c.N);
         int n_valid = 0;
         crossentropy_forward(losses.data(), to_double(c.logits).data(), c.targets.data(), c.N, V, &n_valid);
         CHECK(relative_error(d_losses.download(), losses) <= FP32_TOL);
+        const double mean = reference_mean_loss(losses, n_valid);
+        CHECK(std::fabs(d_scalars.raw()[0].mean_loss - mean) <= FP32_TOL * mean);
         CHECK(bitwise_equal(before, d_logits.raw()));
     }
 }
@@ -382,8 +413,10 @@ TEST_CASE("adamw steps match the reference, on master weights in BF16 mode and i
             const std::vector<float> grads = random_fp32(n, rng, 1e-2);
             DeviceBuffer<float> d_grads(grads);
             if (master) d_params.poison();  // written from the master weights; in FP32 mode they are the input
-            adamw_update(d_params.ptr, master, d_grads.ptr, d_m.ptr, d_v.ptr, n, t, lr, beta1, beta2, eps, weight_decay,
-                         grad_scale, STREAM);
+            AdamWScalars scalars = adamw_step_scalars(lr, t, beta1, beta2, eps, weight_decay, 0.0);
+            scalars.grad_scale = grad_scale;  // as if grad_clip had set it
+            DeviceBuffer<AdamWScalars> d_scalars(std::vector<AdamWScalars>{scalars});
+            adamw_update(d_params.ptr, master, d_grads.ptr, d_m.ptr, d_v.ptr, n, d_scalars.ptr, STREAM);
             adamw_update(p_ref.data(), to_double(grads).data(), m_ref.data(), v_ref.data(), n, t, (double)lr,
                          (double)beta1, (double)beta2, (double)eps, (double)weight_decay, (double)grad_scale);
             if (!FLOATX_IS_FP32) CHECK(relative_error(d_master.download(), p_ref) <= FP32_TOL);
@@ -419,6 +452,23 @@ TEST_CASE("global gradient norm is deterministic") {
     d_norm.poison();
     global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
     CHECK(bitwise_equal(first, d_norm.raw()));
+}
+
+TEST_CASE("the clipping factor computed on the device from the norm is the CPU's, bitwise") {
+    // grad_clip_kernel evaluates kernels/cpu/adamw.h's grad_clip_scale in double, as the CPU does.
+    for (const double max_norm : {0.0, 0.5, 1.0}) {
+        for (const float norm : {0.1f, 0.4999999f, 0.7f, 3.0f}) {
+            INFO("max_norm " << max_norm << ", norm " << norm);
+            const AdamWScalars host = adamw_step_scalars(1e-3, 3, 0.9, 0.95, 1e-8, 0.1, max_norm);
+            DeviceBuffer<AdamWScalars> d_scalars(std::vector<AdamWScalars>{host});
+            DeviceBuffer<float> d_norm(std::vector<float>{norm});
+            grad_clip(d_scalars.ptr, d_norm.ptr, STREAM);
+            const AdamWScalars device = d_scalars.raw()[0];
+            CHECK(device.grad_scale == (float)grad_clip_scale(norm, max_norm));
+            CHECK(device.lr == host.lr);
+            CHECK(device.bias_correction2 == host.bias_correction2);
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------

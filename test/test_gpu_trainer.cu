@@ -1,5 +1,5 @@
-// The GPU trainer against the CPU reference model, and against itself (recomputation, resume, the
-// NCCL path with one rank). This file includes train_mixln.cu with TESTING defined, which compiles
+// The GPU trainer against the CPU reference model, and against itself (recomputation, CUDA graphs,
+// resume, the NCCL path with one rank). This file includes train_mixln.cu with TESTING defined, which compiles
 // its main out (llm.c's trick in test_gpt2.cu), so what runs is the trainer's own model, layer loop
 // and backend. Needs a GPU; without one test/gpu_main.cpp reports every case skipped.
 //
@@ -72,8 +72,8 @@ static std::vector<float> initial_weights(const ModelConfig& cfg) {
 }
 
 static std::unique_ptr<GpuBackend> gpu_backend(const ModelConfig& cfg, int B, int T, bool recompute,
-                                               const std::vector<float>& weights) {
-    std::unique_ptr<GpuBackend> gpu(new GpuBackend(cfg, B, T, recompute));
+                                               const std::vector<float>& weights, bool cuda_graphs = true) {
+    std::unique_ptr<GpuBackend> gpu(new GpuBackend(cfg, B, T, recompute, DataParallel(), cuda_graphs));
     gpu->write_state(weights.data(), nullptr, nullptr);
     return gpu;
 }
@@ -111,6 +111,10 @@ static SliceError compare(const float* gpu, const double* ref, long n) {
 
 static double relative_difference(double a, double b) { return std::fabs(a - b) / std::fabs(b); }
 
+static bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
 TEST_CASE("one forward and backward: loss, every gradient and the sampling logits match the reference") {
     struct Variant { const char* name; NormScheme norm; double alpha; bool scaled; };
     const Variant variants[] = {{"Pre-LN (alpha 0)", NormScheme::MixLN, 0.0, false},
@@ -135,7 +139,8 @@ TEST_CASE("one forward and backward: loss, every gradient and the sampling logit
 
             std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, batch.B, T, false, weights);
             gpu->zero_grad();
-            const float loss = gpu->forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, T, 1.0f);
+            gpu->forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, T, 1.0f, true);
+            const float loss = (float)gpu->step_result().loss;  // the mean loss: scale 1, one micro-batch
             std::vector<float> grads(layout.total);
             gpu->read_grads(grads.data());
 
@@ -183,11 +188,12 @@ TEST_CASE("recomputation (-R 1) gives bitwise the loss and gradients of stored a
         for (const bool recompute : {false, true}) {
             std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, batch.B, T, recompute, weights);
             gpu->zero_grad();
-            loss[recompute] = gpu->forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, T, 1.0f);
+            gpu->forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, T, 1.0f, true);
+            loss[recompute] = (float)gpu->step_result().loss;
             gpu->read_grads(grads[recompute].data());
         }
         CHECK(loss[0] == loss[1]);
-        CHECK(std::memcmp(grads[0].data(), grads[1].data(), grads[0].size() * sizeof(float)) == 0);
+        CHECK(same_bits(grads[0], grads[1]));
     }
 }
 
@@ -237,7 +243,8 @@ struct StepRecord {
 };
 
 // Optimizer steps [first, last) as run_training's loop body (of one rank): zero the gradients,
-// accumulate the micro-batches, sum them over the ranks, take the norm, clip, update.
+// accumulate the micro-batches, sum them over the ranks, update (norm, clipping, AdamW), read the
+// step's loss and norm.
 static void train_steps(TrainerBackend& backend, DataLoader& data, const TrainOptions& o, int first, int last,
                         StepRecord* record) {
     const LrSchedule schedule = make_schedule(o.lr, o.steps, warmup_steps(o), o.final_lr_fraction);
@@ -245,18 +252,16 @@ static void train_steps(TrainerBackend& backend, DataLoader& data, const TrainOp
     std::vector<int> inputs((size_t)o.micro_batch * o.seq_len), targets(inputs.size());
     for (int step = first; step < last; step++) {
         backend.zero_grad();
-        double loss = 0;
         for (int micro = 0; micro < accum_steps; micro++) {
             data.next_batch(inputs.data(), targets.data());
-            const float micro_loss =
-                backend.forward_backward(inputs.data(), targets.data(), o.micro_batch, o.seq_len, 1.0f / accum_steps);
-            loss += micro_loss / accum_steps;
+            backend.forward_backward(inputs.data(), targets.data(), o.micro_batch, o.seq_len, 1.0f / accum_steps,
+                                     micro == accum_steps - 1);
         }
         backend.reduce_gradients();
-        const double norm = backend.grad_norm();
-        backend.adamw_step(schedule.lr_at(step), grad_clip_scale(norm, o.grad_clip), step + 1, o);
-        record->losses.push_back(loss);
-        record->norms.push_back(norm);
+        backend.optimizer_step(schedule.lr_at(step), step + 1, o);
+        const StepResult result = backend.step_result();
+        record->losses.push_back(result.loss);
+        record->norms.push_back(result.grad_norm);
     }
 }
 
@@ -295,6 +300,47 @@ TEST_CASE("ten AdamW steps follow the reference's losses and gradient norms") {
         CHECK(ref_steps.losses.back() < ref_steps.losses.front() - 0.5);  // the steps do learn
         printf("gpu trainer, 10 steps, alpha %.2f: loss %.4f -> %.4f, worst relative difference: loss %.2e, norm %.2e\n",
                alpha, gpu_steps.losses.front(), gpu_steps.losses.back(), worst_loss, worst_norm);
+    }
+}
+
+TEST_CASE("CUDA graphs on and off give bitwise the same losses, norms and weights") {
+    // With graphs, each micro-batch shape runs directly once, is captured the second time and replayed
+    // after; the update likewise. Between the steps: an evaluation, a sample (other shapes, never
+    // captured), and a micro-batch twice the size, which reallocates the activations, so that the
+    // graphs of the training shape must be captured again (a stale graph would read freed memory).
+    const TrainingShard shard(300);
+    const TrainOptions o = training_options(shard.path);
+    for (const bool recompute : {false, true}) {
+        INFO("recompute " << recompute);
+        const ModelConfig cfg = small_model(NormScheme::MixLN, 0.25, o.seq_len);
+        const std::vector<float> weights = initial_weights(cfg);
+        const Batch big = random_batch(2 * o.micro_batch, o.seq_len, cfg.vocab_size, 13);
+        StepRecord steps[2];
+        std::vector<float> final_weights[2], logits[2];
+        std::vector<double> extra_losses[2];
+        for (const bool graphs : {false, true}) {
+            std::unique_ptr<GpuBackend> gpu = gpu_backend(cfg, o.micro_batch, o.seq_len, recompute, weights, graphs);
+            DataLoader data = training_data(o, cfg.vocab_size);
+            train_steps(*gpu, data, o, 0, 4, &steps[graphs]);
+            extra_losses[graphs].push_back(gpu->forward_loss(big.inputs.data(), big.targets.data(), o.micro_batch, o.seq_len));
+            logits[graphs].resize(cfg.vocab_size);
+            gpu->next_token_logits(big.inputs.data(), o.seq_len - 5, logits[graphs].data());
+            gpu->zero_grad();
+            gpu->forward_backward(big.inputs.data(), big.targets.data(), big.B, big.T, 1.0f, true);
+            extra_losses[graphs].push_back(gpu->step_result().loss);
+            train_steps(*gpu, data, o, 4, o.steps, &steps[graphs]);
+            std::vector<float> m(weights.size()), v(weights.size());
+            final_weights[graphs].resize(weights.size());
+            gpu->read_state(final_weights[graphs].data(), m.data(), v.data());
+        }
+        for (int step = 0; step < o.steps; step++) {
+            INFO("step " << step + 1);
+            CHECK(steps[true].losses[step] == steps[false].losses[step]);
+            CHECK(steps[true].norms[step] == steps[false].norms[step]);
+        }
+        CHECK(extra_losses[true] == extra_losses[false]);
+        CHECK(same_bits(logits[true], logits[false]));
+        CHECK(same_bits(final_weights[true], final_weights[false]));
     }
 }
 
@@ -345,7 +391,7 @@ TEST_CASE("resume: 6 steps, a checkpoint, a fresh backend and 4 more steps give 
         CHECK(resumed.norms[step] == straight.norms[step]);
     }
     const std::vector<float> resumed_weights = final_weights(*gpu);
-    CHECK(std::memcmp(resumed_weights.data(), straight_weights.data(), layout.total * sizeof(float)) == 0);
+    CHECK(same_bits(resumed_weights, straight_weights));
 }
 
 // ----------------------------------------------------------------------------
@@ -370,7 +416,8 @@ TEST_CASE("the NCCL path with one rank, ZeRO-1 or all-reduce, trains bitwise as 
     // run_training itself, as under `mpirun -np 1`: every collective (the gradients' reduce-scatter or
     // all-reduce, the norm's partial sums, the all-gather of the weights and of the gradients for -y,
     // the summed loss, stop flag and validation loss) runs through NCCL, and with one rank must change
-    // no bit of log.csv, grad_norms.csv or the checkpoint (weights, moments, data position).
+    // no bit of log.csv, grad_norms.csv or the checkpoint (weights, moments, data position). The
+    // process without NCCL replays CUDA graphs, the NCCL runs do not: this compares those too.
     const TrainingShard shard(300);
     TrainOptions o = training_options(shard.path);
     o.model = small_model(NormScheme::MixLN, 0.25, o.seq_len);

@@ -35,6 +35,7 @@ TEST_CASE("bad flags give an error naming the flag") {
     CHECK(parse_error({"-i", "x", "-n", "layernorm"}).find("unknown normalization") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-Q", "1"}).find("unknown flag -Q") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-Z", "2"}).find("-Z: '2' is outside [0, 1]") == 0);
+    CHECK(parse_error({"-i", "x", "-D", "2"}).find("-D: '2' is outside [0, 1]") == 0);
     CHECK(parse_error({"-i", "x", "-b", "3", "-t", "100", "-d", "1000"}).find("not a multiple") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-C", "100", "-H", "3"}).find("heads") != std::string::npos);
     CHECK(parse_error({"-a", "0.5"}).find("no training shards") != std::string::npos);
@@ -159,6 +160,8 @@ TEST_CASE("the trainer rejects a bad flag and missing data with exit code and me
     CHECK(read_file(dir + "/c.txt").find("-R: only train_mixln") != std::string::npos);
     CHECK(wait_exit(spawn({trainer_path(), "-i", "x", "-Z", "0"}, dir + "/d.txt")) == 2);
     CHECK(read_file(dir + "/d.txt").find("-Z: only train_mixln") != std::string::npos);
+    CHECK(wait_exit(spawn({trainer_path(), "-i", "x", "-D", "0"}, dir + "/e.txt")) == 2);
+    CHECK(read_file(dir + "/e.txt").find("-D: only train_mixln") != std::string::npos);
 }
 
 TEST_CASE("a run killed with SIGKILL resumes from its checkpoint bit-identically") {

@@ -3,6 +3,13 @@
 #pragma once
 #include <cmath>
 
+// grad_clip_scale is also the GPU's (kernels/adamw.cuh computes it on the device from the norm).
+#ifdef __CUDACC__
+#define HOST_AND_DEVICE __host__ __device__
+#else
+#define HOST_AND_DEVICE
+#endif
+
 // sqrt(sum g^2) over all gradients, accumulated in double.
 template <typename real>
 double global_grad_norm(const real* grads, long n) {
@@ -13,7 +20,7 @@ double global_grad_norm(const real* grads, long n) {
 
 // The factor torch.nn.utils.clip_grad_norm_ applies: min(1, max_norm / (norm + 1e-6)); 1 when
 // clipping is off (max_norm <= 0). The update multiplies each gradient by it.
-inline double grad_clip_scale(double norm, double max_norm) {
+HOST_AND_DEVICE inline double grad_clip_scale(double norm, double max_norm) {
     if (max_norm <= 0) return 1.0;
     const double s = max_norm / (norm + 1e-6);
     return s < 1.0 ? s : 1.0;
