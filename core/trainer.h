@@ -492,7 +492,8 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
             }
             return 3;
         }
-        if (o.grad_norm_interval > 0 && (step + 1) % o.grad_norm_interval == 0) {  // paper Fig. 3e / 6, before clipping
+        // Paper Fig. 3e / 6: the step's gradients, before clipping (the update leaves them as they are).
+        if (o.grad_norm_interval > 0 && (step + 1) % o.grad_norm_interval == 0) {
             backend->read_grads(grads_host.data());
             if (lead) {
                 const std::vector<LayerGradNorm> norms = layer_grad_norms(cfg, layout, grads_host.data());
