@@ -879,7 +879,7 @@ struct GpuBackend : TrainerBackend {
     // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.
     double peak_flops() const override { return FLOATX_IS_FP32 ? 0 : peak_bf16_flops(model.device_name); }
     void zero_grad() override { model.zero_grad(); }
-    // With one process, last_micro changes nothing: the gradients are summed in reduce_gradients.
+    // last_micro is not used: the gradients are summed over the ranks after the step's last backward.
     void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool) override {
         model.load_batch(inputs, targets, B, T);
         model.forward_backward(loss_scale);
