@@ -18,9 +18,10 @@ __global__ void embedding_forward_kernel(floatX* out, const int* tokens, const f
     out[idx] = (floatX)(scale * (float)wte[(long)tokens[n] * C + c]);
 }
 
-__global__ void iota_kernel(int* out, int N) {
+// positions[i] = i: the values the sort carries along with the token ids.
+__global__ void embedding_positions_kernel(int* positions, int N) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < N) out[i] = i;
+    if (i < N) positions[i] = i;
 }
 
 // sorted_tokens (N): the token ids in increasing order; positions (N): where each stood, a token's
@@ -73,7 +74,7 @@ inline void embedding_backward(float* dwte, const floatX* dout, const int* token
     while (key_bits < 31 && (1L << key_bits) < V) key_bits++;
     size_t scratch_bytes = embedding_sort_scratch_bytes(N, key_bits);
     const int block = 256;
-    iota_kernel<<<ceil_div(N, block), block, 0, stream>>>(positions_in, N);
+    embedding_positions_kernel<<<ceil_div(N, block), block, 0, stream>>>(positions_in, N);
     cudaCheck(cudaGetLastError());
     // Token ids are >= 0: sorted as unsigned, their low key_bits bits are the whole id.
     cudaCheck(cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, reinterpret_cast<const unsigned*>(tokens),
