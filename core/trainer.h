@@ -283,7 +283,7 @@ inline int evaluate_or_sample(const TrainOptions& o, const ModelConfig& cfg, con
 // claims the directory (the rules of core/run_dir.h) on rank 0; every rank gets the id.
 struct RunIdentity {
     uint64_t id = 0;
-    bool owns_unknown = false;  // resuming a checkpoint without a run id (version 1): the directory's
+    bool owns_unknown = false;  // resuming a checkpoint without a run id (converted from version 1): the directory's
                                 // other checkpoints without one count as this run's
     bool owns(const std::string& checkpoint) const {
         const uint64_t c = checkpoint_run_id(checkpoint);
