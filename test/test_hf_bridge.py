@@ -100,6 +100,25 @@ def reads_the_trainers_checkpoint():
 
 
 @test
+def the_python_layout_finds_each_tensor_where_the_trainer_put_it():
+    # One step that moves nothing (lr 1e-30) leaves the trainer's initialization, whose statistics tell
+    # the tensors apart: the paper code's DeepNorm draws Xavier-normal with gain (8L)^(1/4) for v, o
+    # and the MLP, 1 for q and k, over fans 2C (attention) and C + F (MLP); the norm weights are 1.
+    run("./train_mixln_cpu", *SHAPE, "-n", "deepnorm_paper", "-i", f"{TMP}/random.bin", "-b", "2", "-t", "32",
+        "-x", "1", "-l", "1e-30", "-o", f"{TMP}/init")
+    ck = read_checkpoint(f"{TMP}/init/ckpt_00000001.bin")  # also checks that the padding is zero
+    C, F, L = ck.config.d_model, ck.config.d_ffn, ck.config.n_layer
+    gain, attention, mlp = (8 * L) ** 0.25, math.sqrt(2 / (2 * C)), math.sqrt(2 / (C + F))
+    expected_std = {"wte": math.sqrt(0.4), "wq": attention, "wk": attention, "wv": gain * attention, "wo": gain * attention,
+                    "wgate": gain * mlp, "wup": gain * mlp, "wdown": gain * mlp, "lm_head": 0.02}
+    for name, t in ck.tensors().items():
+        if name.startswith("norm"):
+            assert np.all(t == 1.0), f"{name} is not the trainer's norm weights"
+        else:  # >= 6912 samples: the sample std is within 1% of the true one (1 sigma); 5% tells them apart
+            assert abs(t.std() / expected_std[name] - 1) < 0.05, (name, t.std(), expected_std[name])
+
+
+@test
 def writes_version_3_with_the_crc_of_the_file_with_slot_27_zero():
     path = f"{TMP}/written.bin"
     config = tiny_config(norm_scheme=1, alpha=0.5, scaled_init=True, rope_theta=500000.0)
