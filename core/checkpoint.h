@@ -23,17 +23,21 @@
 // it, -r refuses it. Versions 1 and 2 held the parameters in the layout before v3 (tensor-major,
 // unpadded): they are refused, and scripts/upgrade_checkpoint.py converts them.
 //
-// ZeRO-1 on W > 1 ranks: each rank holds the moments of its slice of the parameters only, so rank r
-// writes them to ckpt_STEP.rankR.bin beside ckpt_STEP.bin (optimizer_shard_path), whose slot 16 is
-// then 0 and slot 26 is W. An optimizer shard file, version 2 (little-endian):
+// ZeRO-1 on W > 1 ranks: each rank holds the moments of its slices of the parameters only (one slice
+// of every gradient bucket, core/distributed.h), so rank r writes them to ckpt_STEP.rankR.bin beside
+// ckpt_STEP.bin (optimizer_shard_path), whose slot 16 is then 0 and slot 26 is W. An optimizer shard
+// file, version 3 (little-endian):
 //   a 128-byte header of 16 int64 slots
 //   slot 0  magic "MIXLNOPT"                     slot 5  rank r
-//   slot 1  version, 2                           slot 6  begin: the first parameter of the slice
-//   slot 2  parameter count P                    slot 7  end: one past its last
+//   slot 1  version, 3                           slot 6  K: the number of parameter ranges
+//   slot 2  parameter count P                    slot 7  n: the parameters in them
 //   slot 3  optimizer steps completed            slot 8  CRC-32 of the file, slot 8 taken as zero
 //   slot 4  world size W                         slot 9  run id; slots 10-15  0
-//   then Adam's m[end - begin] and v[end - begin] (fp32) for parameters [begin, end).
-// (Version 1 had a 64-byte header of slots 0-7 and no CRC; it is still read, unverified.)
+//   then K ranges, each two int64: begin, end (parameters [begin, end) of the layout; ascending, not
+//   empty, not overlapping, inside [0, P), n parameters in all), then Adam's m[n] and v[n] (fp32):
+//   the moments of those parameters in layout order.
+// Versions 1 and 2 (one range per rank, of the parameter layout before checkpoint version 3) are
+// refused with a message.
 // A checkpoint is complete when ckpt_STEP.bin and the W shard files its slot 26 promises all exist;
 // list_checkpoints (and so resuming from a directory) skips incomplete ones.
 //
@@ -61,13 +65,14 @@
 #include <vector>
 #include "config.h"
 #include "crc32.h"
+#include "distributed.h"
 #include "../dataloader.h"
 
 constexpr int CHECKPOINT_VERSION = 3;
 constexpr int CHECKPOINT_HEADER_SLOTS = 64;
 constexpr int CHECKPOINT_CRC_SLOT = 27, CHECKPOINT_RUN_ID_SLOT = 28;
-constexpr int OPTIMIZER_SHARD_VERSION = 2;
-constexpr int OPTIMIZER_SHARD_HEADER_SLOTS = 16, OPTIMIZER_SHARD_V1_HEADER_SLOTS = 8;
+constexpr int OPTIMIZER_SHARD_VERSION = 3;
+constexpr int OPTIMIZER_SHARD_HEADER_SLOTS = 16;
 constexpr int OPTIMIZER_SHARD_CRC_SLOT = 8, OPTIMIZER_SHARD_RUN_ID_SLOT = 9;
 constexpr int64_t MAX_WORLD_SIZE = 1 << 20;
 
@@ -88,10 +93,11 @@ struct Checkpoint {
     std::vector<float> params, m, v;   // m and v empty if the file has no optimizer state
 };
 
-// One rank's part of Adam's moments under ZeRO-1: parameters [begin, end) of n_params.
+// One rank's part of Adam's moments under ZeRO-1: the parameters in ranges, of n_params.
 struct OptimizerShard {
-    int64_t n_params = 0, step = 0, world_size = 1, rank = 0, begin = 0, end = 0;
-    std::vector<float> m, v;  // end - begin each
+    int64_t n_params = 0, step = 0, world_size = 1, rank = 0;
+    std::vector<ParamRange> ranges;  // ascending
+    std::vector<float> m, v;         // the moments of the parameters in ranges, in order
     uint64_t run_id = 0;
 };
 
@@ -272,17 +278,28 @@ inline std::string optimizer_shard_path(const std::string& checkpoint, int64_t r
     return stem + ".rank" + std::to_string(rank) + ".bin";
 }
 
+// The CRC-32 of an optimizer shard file: its header (the CRC slot read as zero), ranges, m and v.
+inline uint32_t optimizer_shard_crc(const int64_t* h, const std::vector<int64_t>& ranges, const OptimizerShard& s) {
+    uint32_t crc = file_crc(h, OPTIMIZER_SHARD_HEADER_SLOTS, OPTIMIZER_SHARD_CRC_SLOT, {});
+    crc = crc32_update(crc, ranges.data(), ranges.size() * sizeof(int64_t));
+    crc = crc32_update(crc, s.m.data(), s.m.size() * sizeof(float));
+    return crc32_update(crc, s.v.data(), s.v.size() * sizeof(float));
+}
+
 inline void save_optimizer_shard(const std::string& path, const OptimizerShard& s) {
-    const int64_t n = s.end - s.begin;
+    std::vector<int64_t> ranges;
+    for (const ParamRange& r : s.ranges) ranges.insert(ranges.end(), {r.begin, r.end});
+    const int64_t n = range_total(s.ranges);
     if ((int64_t)s.m.size() != n || (int64_t)s.v.size() != n)
-        throw std::runtime_error("checkpoint '" + path + "': the moments do not cover parameters [begin, end)");
+        throw std::runtime_error("checkpoint '" + path + "': the moments do not cover the shard's parameter ranges");
     int64_t h[OPTIMIZER_SHARD_HEADER_SLOTS] = {0};
     memcpy(&h[0], "MIXLNOPT", 8);
     h[1] = OPTIMIZER_SHARD_VERSION; h[2] = s.n_params; h[3] = s.step; h[4] = s.world_size; h[5] = s.rank;
-    h[6] = s.begin; h[7] = s.end; h[OPTIMIZER_SHARD_RUN_ID_SLOT] = (int64_t)s.run_id;
-    h[OPTIMIZER_SHARD_CRC_SLOT] = file_crc(h, OPTIMIZER_SHARD_HEADER_SLOTS, OPTIMIZER_SHARD_CRC_SLOT, {{s.m.data(), n}, {s.v.data(), n}});
+    h[6] = (int64_t)s.ranges.size(); h[7] = n; h[OPTIMIZER_SHARD_RUN_ID_SLOT] = (int64_t)s.run_id;
+    h[OPTIMIZER_SHARD_CRC_SLOT] = optimizer_shard_crc(h, ranges, s);
     write_file_atomically(path, [&](FILE* f) {
-        return fwrite(h, sizeof(h), 1, f) == 1 && write_floats(f, s.m.data(), n) && write_floats(f, s.v.data(), n);
+        return fwrite(h, sizeof(h), 1, f) == 1 && fwrite(ranges.data(), sizeof(int64_t), ranges.size(), f) == ranges.size() &&
+               write_floats(f, s.m.data(), n) && write_floats(f, s.v.data(), n);
     });
 }
 
@@ -290,29 +307,41 @@ inline OptimizerShard load_optimizer_shard(const std::string& path) {
     auto fail = [&](const std::string& what) { return std::runtime_error("checkpoint '" + path + "': " + what); };
     InputFile in(path, fail);
     int64_t h[OPTIMIZER_SHARD_HEADER_SLOTS] = {0};
-    if (!in.read(h, sizeof(int64_t), OPTIMIZER_SHARD_V1_HEADER_SLOTS)) throw fail("truncated header");
+    if (in.bytes < (int64_t)sizeof(h) || !in.read(h, sizeof(h), 1)) throw fail("truncated header");
     if (memcmp(&h[0], "MIXLNOPT", 8) != 0) throw fail("bad magic: not a mixln optimizer shard");
-    if (h[1] != 1 && h[1] != OPTIMIZER_SHARD_VERSION) throw fail("unsupported version " + std::to_string(h[1]) + " (this build reads 1 and 2)");
-    const int slots = h[1] == 1 ? OPTIMIZER_SHARD_V1_HEADER_SLOTS : OPTIMIZER_SHARD_HEADER_SLOTS;
-    if (!in.read(h + OPTIMIZER_SHARD_V1_HEADER_SLOTS, sizeof(int64_t), slots - OPTIMIZER_SHARD_V1_HEADER_SLOTS)) throw fail("truncated header");
+    if (h[1] == 1 || h[1] == 2)
+        throw fail("optimizer shard version " + std::to_string(h[1]) + " (one slice of the whole parameter array per rank, in the "
+                   "layout before checkpoint version 3) is no longer read: this build's ZeRO-1 owns a slice of every layer's "
+                   "bucket (version 3); scripts/upgrade_checkpoint.py --weights-only converts its checkpoint's weights, for -f");
+    if (h[1] != OPTIMIZER_SHARD_VERSION) throw fail("unsupported version " + std::to_string(h[1]) + " (this build reads 3)");
     OptimizerShard s;
-    s.n_params = h[2]; s.step = h[3]; s.world_size = h[4]; s.rank = h[5]; s.begin = h[6]; s.end = h[7];
+    s.n_params = h[2]; s.step = h[3]; s.world_size = h[4]; s.rank = h[5];
     s.run_id = (uint64_t)h[OPTIMIZER_SHARD_RUN_ID_SLOT];
+    const int64_t num_ranges = h[6], n = h[7];
     if (s.n_params < 1 || s.step < 0 || s.step > INT_MAX) throw fail("parameter count or step out of range (corrupt header)");
     if (s.world_size < 1 || s.world_size > MAX_WORLD_SIZE || s.rank < 0 || s.rank >= s.world_size) throw fail("rank or world size out of range (corrupt header)");
-    if (s.begin < 0 || s.begin > s.end || s.end > s.n_params) throw fail("bad parameter range (corrupt header)");
+    if (num_ranges < 0 || num_ranges > INT_MAX || n < 0 || n > s.n_params) throw fail("range count or parameter count out of range (corrupt header)");
     if (h[OPTIMIZER_SHARD_CRC_SLOT] < 0 || h[OPTIMIZER_SHARD_CRC_SLOT] > 0xFFFFFFFFll) throw fail("CRC slot 8 is not a 32-bit value");
-    for (int i = OPTIMIZER_SHARD_RUN_ID_SLOT + 1; i < slots; i++) if (h[i] != 0) throw fail("slot " + std::to_string(i) + " is not 0");
-    const int64_t n = s.end - s.begin;
-    const std::string size = size_problem(expected_file_bytes(slots * sizeof(int64_t), 2, n), in.bytes);
+    for (int i = OPTIMIZER_SHARD_RUN_ID_SLOT + 1; i < OPTIMIZER_SHARD_HEADER_SLOTS; i++)
+        if (h[i] != 0) throw fail("slot " + std::to_string(i) + " is not 0");
+    const std::string size = size_problem(expected_file_bytes(sizeof(h) + 2 * sizeof(int64_t) * num_ranges, 2, n), in.bytes);
     if (!size.empty()) throw fail(size);
+    std::vector<int64_t> ranges(2 * num_ranges);
+    if (!in.read(ranges.data(), sizeof(int64_t), ranges.size())) throw fail("read failed (file changed or truncated while reading)");
+    int64_t covered = 0;
+    for (int64_t i = 0; i < num_ranges; i++) {
+        const int64_t begin = ranges[2 * i], end = ranges[2 * i + 1];
+        if (begin < (i ? ranges[2 * i - 1] : 0) || begin >= end || end > s.n_params)
+            throw fail("parameter range " + std::to_string(i) + " [" + std::to_string(begin) + ", " + std::to_string(end) +
+                       ") is empty, out of order or outside [0, P) (corrupt file)");
+        covered += end - begin;
+        s.ranges.push_back(ParamRange{begin, end});
+    }
+    if (covered != n) throw fail("the ranges hold " + std::to_string(covered) + " parameters, the header says " + std::to_string(n) + " (corrupt file)");
     s.m.resize(n); s.v.resize(n);
     if (!in.read(s.m.data(), sizeof(float), n) || !in.read(s.v.data(), sizeof(float), n))
         throw fail("read failed (file changed or truncated while reading)");
-    if (h[1] >= 2) {
-        const uint32_t crc = file_crc(h, OPTIMIZER_SHARD_HEADER_SLOTS, OPTIMIZER_SHARD_CRC_SLOT, {{s.m.data(), n}, {s.v.data(), n}});
-        if (crc != (uint64_t)h[OPTIMIZER_SHARD_CRC_SLOT]) throw fail("checksum mismatch: the file is corrupt");
-    }
+    if (optimizer_shard_crc(h, ranges, s) != (uint64_t)h[OPTIMIZER_SHARD_CRC_SLOT]) throw fail("checksum mismatch: the file is corrupt");
     return s;
 }
 

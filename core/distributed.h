@@ -1,10 +1,13 @@
 // Data-parallel bookkeeping that needs no GPU: who this process is (from the launcher's
-// environment), which slice of the optimizer state it owns under ZeRO-1, and the arithmetic of
-// gradient averaging. The NCCL calls live in the GPU trainer; this file is what they rely on.
+// environment), the gradient buckets and which slice of each this rank owns under ZeRO-1, and the
+// arithmetic of gradient averaging. The NCCL calls live in the GPU trainer; this file is what they rely on.
 #pragma once
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <vector>
+#include "config.h"
 
 struct DistributedEnv {
     int rank = 0, world_size = 1, local_rank = 0;
@@ -52,26 +55,139 @@ inline DistributedEnv detect_distributed_env() {
     return e;
 }
 
-// ZeRO-1: the n parameters' fp32 master weights and Adam moments are split into world_size equal
-// slices of shard_size elements, as NCCL's reduce-scatter and all-gather need equal counts: on several
-// ranks ceil(n / world_size) rounded up to a multiple of ZERO_SHARD_ALIGN, so that every slice of a
-// flat buffer starts 16-byte aligned (64 elements: 128 bytes in bf16, 256 in fp32) for vector loads and
-// NCCL; on one rank, n. The flat buffers are padded to world_size * shard_size with zeros. Rank r owns
-// [begin, end), which is shorter (possibly empty) for the last ranks when n does not divide evenly.
+// ZeRO-1 with gradient buckets. The parameters (the layout of core/config.h) are cut into buckets,
+// each one contiguous block that the backward finishes at one moment, so that its gradients can be
+// summed over the ranks while the backward goes on: the embedding, each layer's block, and the final
+// norm with the LM head. The backward finishes them last to first (LM head, layer L-1, ..., layer 0,
+// embedding).
+//
+// On W ranks each bucket of n elements is cut into W equal slices (NCCL's reduce-scatter and
+// all-gather need equal counts) of `slice` elements: ceil(n / W) rounded up to a multiple of
+// ZERO_SHARD_ALIGN, so that every slice starts 16-byte aligned (64 elements: 128 bytes in bf16, 256
+// in fp32) for vector loads and NCCL. Rank r owns slice r of every bucket, the parameters
+// [begin + r*slice, min(end, begin + (r+1)*slice)): shorter, or empty, for the last ranks. Three
+// arrangements of the numbers follow from that:
+//   padded: the device's weights and gradients, every bucket padded with zeros to W * slice
+//           elements, in layout order; bucket b starts at padded_offset.
+//   owned:  one rank's master weights, Adam moments and summed gradients: its slice of every bucket,
+//           each padded to `slice`, in layout order; bucket b's at owned_offset = padded_offset / W.
+//   packed: the rank's owned parameters without the padding, in layout order: Adam's moments as the
+//           driver and the optimizer shard files hold them.
+// On one rank nothing is padded: slice = n, padded = the plain layout, and the rank owns all of it.
 constexpr long ZERO_SHARD_ALIGN = 64;
 
-struct ZeroShard {
-    long shard_size, begin, end, padded_total;
+struct GradientBucket {
+    long begin, end;       // parameters [begin, end) of the layout
+    long slice;            // elements of each rank's slice
+    long padded_offset;    // the bucket's first element in the padded buffers (W * slice elements)
+    long owned_offset;     // its slice's first element in each rank's owned buffers
 };
 
-inline ZeroShard zero_shard(long n, int rank, int world_size) {
-    ZeroShard s;
-    s.shard_size = (n + world_size - 1) / world_size;
-    if (world_size > 1) s.shard_size = (s.shard_size + ZERO_SHARD_ALIGN - 1) / ZERO_SHARD_ALIGN * ZERO_SHARD_ALIGN;
-    s.padded_total = s.shard_size * world_size;
-    s.begin = std::min(n, (long)rank * s.shard_size);
-    s.end = std::min(n, s.begin + s.shard_size);
-    return s;
+struct ParamRange {
+    long begin, end;  // parameters [begin, end) of the layout
+    bool operator==(const ParamRange& o) const { return begin == o.begin && end == o.end; }
+};
+
+// A run of one rank's owned parameters, where it sits in the layout (plain), in the packed moments and
+// in the owned buffers: count elements from each.
+struct OwnedPiece {
+    long plain, packed, owned, count;
+};
+
+struct BucketPlan {
+    int world_size = 1;
+    std::vector<GradientBucket> buckets;  // in layout order: embedding, layers 0..L-1, final norm + LM head
+    long padded_total = 0;                // elements of the padded buffers
+    long owned_total = 0;                 // elements of each rank's owned buffers: padded_total / world_size
+
+    // The bucket that holds parameter i.
+    int bucket_of(long i) const {
+        const auto after = std::upper_bound(buckets.begin(), buckets.end(), i,
+                                            [](long x, const GradientBucket& b) { return x < b.begin; });
+        return (int)(after - buckets.begin()) - 1;
+    }
+    // Where parameter i sits in the padded buffers.
+    long padded_index(long i) const {
+        const GradientBucket& b = buckets[bucket_of(i)];
+        return b.padded_offset + (i - b.begin);
+    }
+    // Rank r's parameters, a piece per bucket where its slice is not empty, in layout order.
+    std::vector<OwnedPiece> owned_pieces(int rank) const {
+        std::vector<OwnedPiece> pieces;
+        long packed = 0;
+        for (const GradientBucket& b : buckets) {
+            const long first = b.begin + rank * b.slice, count = std::min(b.end, first + b.slice) - first;
+            if (count <= 0) continue;
+            pieces.push_back(OwnedPiece{first, packed, b.owned_offset, count});
+            packed += count;
+        }
+        return pieces;
+    }
+    // The same as ranges of the layout, adjacent ones merged (on one rank: [0, P)).
+    std::vector<ParamRange> owned_ranges(int rank) const {
+        std::vector<ParamRange> ranges;
+        for (const OwnedPiece& p : owned_pieces(rank)) {
+            if (!ranges.empty() && ranges.back().end == p.plain) ranges.back().end += p.count;
+            else ranges.push_back(ParamRange{p.plain, p.plain + p.count});
+        }
+        return ranges;
+    }
+};
+
+// The plan for buckets of the given sizes (layout order, each at least 1) on world_size ranks.
+inline BucketPlan make_bucket_plan(const std::vector<long>& sizes, int world_size) {
+    BucketPlan plan;
+    plan.world_size = world_size;
+    long begin = 0;
+    for (const long n : sizes) {
+        long slice = (n + world_size - 1) / world_size;
+        if (world_size > 1) slice = (slice + ZERO_SHARD_ALIGN - 1) / ZERO_SHARD_ALIGN * ZERO_SHARD_ALIGN;
+        plan.buckets.push_back(GradientBucket{begin, begin + n, slice, plan.padded_total, plan.owned_total});
+        begin += n;
+        plan.padded_total += slice * world_size;
+        plan.owned_total += slice;
+    }
+    return plan;
+}
+
+// The model's buckets: the embedding, one per layer block, the final norm with the LM head.
+inline BucketPlan gradient_bucket_plan(const ParamLayout& layout, int n_layer, int world_size) {
+    std::vector<long> sizes = {layout.layer_begin(0)};
+    for (int l = 0; l < n_layer; l++) sizes.push_back(layout.layer_stride);
+    sizes.push_back(layout.total - layout.layer_begin(n_layer));
+    return make_bucket_plan(sizes, world_size);
+}
+
+// The buckets of gradient_bucket_plan, in layout order; the backward finishes them last to first.
+inline int embedding_bucket() { return 0; }
+inline int layer_bucket(int l) { return 1 + l; }
+inline int head_bucket(int n_layer) { return 1 + n_layer; }  // the final norm with the LM head
+
+// The number of parameters in ranges.
+inline long range_total(const std::vector<ParamRange>& ranges) {
+    long n = 0;
+    for (const ParamRange& r : ranges) n += r.end - r.begin;
+    return n;
+}
+
+// Copies every piece's count elements from src at piece.*from to dst at piece.*to: between the
+// layout (&OwnedPiece::plain), the packed moments (&OwnedPiece::packed) and the owned buffers
+// (&OwnedPiece::owned).
+template <typename T>
+void copy_pieces(const std::vector<OwnedPiece>& pieces, long OwnedPiece::*from, const T* src, long OwnedPiece::*to, T* dst) {
+    for (const OwnedPiece& p : pieces) std::copy(src + p.*from, src + p.*from + p.count, dst + p.*to);
+}
+
+// All P parameters between the plain layout and the padded buffers (whose padding is left as it is),
+// converted from From to To on the way.
+template <typename From, typename To>
+void plain_to_padded(const BucketPlan& plan, const From* plain, To* padded) {
+    for (const GradientBucket& b : plan.buckets) std::copy(plain + b.begin, plain + b.end, padded + b.padded_offset);
+}
+template <typename T>
+void padded_to_plain(const BucketPlan& plan, const T* padded, T* plain) {
+    for (const GradientBucket& b : plan.buckets)
+        std::copy(padded + b.padded_offset, padded + b.padded_offset + (b.end - b.begin), plain + b.begin);
 }
 
 // Each rank's gradient is the mean over its own tokens (loss scale 1 / accumulation steps). With

@@ -60,9 +60,10 @@ struct TrainerBackend {
     // step_result see the mean gradient and loss of the whole batch. Collective.
     virtual void reduce_gradients() {}
     virtual double all_reduce_sum(double x) { return x; }  // x summed over the ranks. Collective.
-    // The parameters [begin, end) whose Adam moments this rank holds: all n_params, unless the
-    // backend splits them over the ranks (ZeRO-1).
-    virtual ZeroShard optimizer_shard(long n_params) const { return zero_shard(n_params, 0, 1); }
+    // The parameters whose Adam moments this rank holds, as ascending ranges of the layout: all
+    // n_params, unless the backend splits them over the ranks (ZeRO-1: its slice of every gradient
+    // bucket, BucketPlan::owned_ranges).
+    virtual std::vector<ParamRange> optimizer_ranges(long n_params) const { return {ParamRange{0, n_params}}; }
     // The gradient norm, the clipping factor grad_clip_scale(norm, o.grad_clip) of
     // kernels/cpu/adamw.h, and AdamW step t (1-based) at learning rate lr on the clipped gradients;
     // the gradients themselves stay as they are. Collective.
@@ -71,10 +72,10 @@ struct TrainerBackend {
     // waits for the step's work, the one wait of a step.
     virtual StepResult step_result() = 0;
     // params: all P weights, complete on rank 0 at least (gathered from the ranks' slices); m, v: the
-    // optimizer shard's moments, end - begin each. Collective.
+    // moments of the optimizer ranges' parameters, in order. Collective.
     virtual void read_state(float* params, float* m, float* v) = 0;
     virtual void read_grads(float* grads) = 0;  // the reduced gradients, all P, fp32. Collective.
-    // params: all P weights; m, v: the optimizer shard's moments, or null for zeros.
+    // params: all P weights; m, v: the moments of the optimizer ranges' parameters, or null for zeros.
     virtual void write_state(const float* params, const float* m, const float* v) = 0;
 };
 
@@ -358,8 +359,9 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     if (!o.val_files.empty()) val.reset(new DataLoader(o.val_files, B, T, 0, 1, /*shuffle=*/false, 0, cfg.vocab_size));
 
     std::unique_ptr<TrainerBackend> backend = make_backend(cfg);
-    const ZeroShard shard = backend->optimizer_shard(layout.total);
-    const bool sharded_moments = shard.shard_size != layout.total;  // ZeRO-1 on several ranks
+    const std::vector<ParamRange> owned = backend->optimizer_ranges(layout.total);
+    const long owned_count = range_total(owned);
+    const bool sharded_moments = owned_count != layout.total;  // ZeRO-1 on several ranks
     int64_t start_step = 0;
     Rng rng(o.seed ^ 0x5EEDull);
     if (ck && !o.resume.empty()) {
@@ -379,13 +381,17 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
             if (part.n_params != layout.total || part.step != s.step || part.world_size != world || part.rank != dist.rank ||
                 (part.run_id != 0 && part.run_id != s.run_id))
                 throw std::runtime_error("-r: '" + part_path + "' does not belong to '" + ck_path + "'");
-            if (part.begin != shard.begin || part.end != shard.end)
+            if (!sharded_moments)
                 throw std::runtime_error("-r: the checkpoint keeps Adam's moments split over its ranks (ZeRO-1); resume with -Z 1");
+            if (part.ranges != owned)
+                throw std::runtime_error("-r: '" + part_path + "' holds the moments of other parameters than this rank's ZeRO-1 slices");
             m = std::move(part.m);
             v = std::move(part.v);
         } else if (!ck->m.empty()) {
-            m.assign(ck->m.begin() + shard.begin, ck->m.begin() + shard.end);
-            v.assign(ck->v.begin() + shard.begin, ck->v.begin() + shard.end);
+            for (const ParamRange& r : owned) {
+                m.insert(m.end(), ck->m.begin() + r.begin, ck->m.begin() + r.end);
+                v.insert(v.end(), ck->v.begin() + r.begin, ck->v.begin() + r.end);
+            }
         } else {
             throw std::runtime_error("-r: the checkpoint has no optimizer state; use -f to start from its weights");
         }
@@ -432,7 +438,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     }
 
     auto save = [&](int64_t step) {
-        std::vector<float> params(layout.total), m(shard.end - shard.begin), v(shard.end - shard.begin);
+        std::vector<float> params(layout.total), m(owned_count), v(owned_count);
         backend->read_state(params.data(), m.data(), v.data());
         TrainState s;
         s.step = step; s.data = train.position(); s.rng_state = rng.state;
@@ -444,7 +450,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         on_all_ranks(*backend, [&] {
             if (sharded_moments)
                 save_optimizer_shard(optimizer_shard_path(path, dist.rank),
-                                     OptimizerShard{layout.total, step, world, dist.rank, shard.begin, shard.end, m, v, run.id});
+                                     OptimizerShard{layout.total, step, world, dist.rank, owned, m, v, run.id});
         });
         on_all_ranks(*backend, [&] {
             if (!lead) return;

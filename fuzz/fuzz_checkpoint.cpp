@@ -16,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     try {
         const OptimizerShard s = load_optimizer_shard(path);
-        if ((int64_t)s.m.size() != s.end - s.begin) abort();
+        if ((int64_t)s.m.size() != range_total(s.ranges) || s.v.size() != s.m.size()) abort();
     } catch (const std::exception& e) {
         require_names(e.what(), path);
     }

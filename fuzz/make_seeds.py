@@ -2,7 +2,7 @@
 """Writes the fuzz targets' seed corpora (fuzz/corpus/*), small valid files of each format:
     python3 fuzz/make_seeds.py
 Checkpoints follow README "File formats" (version 3, with the CRC-32 of slot 27 and the MLP's padding zero;
-and a version 2 file, which the reader refuses)."""
+and a version 2 file, which the reader refuses); optimizer shards version 3."""
 import os
 import struct
 import sys
@@ -43,14 +43,14 @@ def checkpoint(version, V=8, T=4, L=1, H=2, C=4, F=6, alpha=0.5, step=3, moments
     return head + floats
 
 
-def optimizer_shard(version, n_params=40, begin=10, end=20, step=3, world=2, rank=1):
-    floats = struct.pack("<%df" % (2 * (end - begin)), *[i / 8.0 for i in range(2 * (end - begin))])
-    h = [version, n_params, step, world, rank, begin, end]
-    if version == 1:
-        return b"MIXLNOPT" + struct.pack("<7q", *h) + floats
-    h += [0, 77] + [0] * 6
-    h[7] = zlib.crc32(b"MIXLNOPT" + struct.pack("<15q", *h) + floats)
-    return b"MIXLNOPT" + struct.pack("<15q", *h) + floats
+def optimizer_shard(n_params=40, ranges=((10, 20), (30, 33)), step=3, world=2, rank=1):
+    """Version 3: the header, the (begin, end) ranges, then m and v of their parameters."""
+    n = sum(end - begin for begin, end in ranges)
+    body = struct.pack("<%dq" % (2 * len(ranges)), *[x for r in ranges for x in r])
+    body += struct.pack("<%df" % (2 * n), *[i / 8.0 for i in range(2 * n)])
+    h = [3, n_params, step, world, rank, len(ranges), n, 0, 77] + [0] * 6
+    h[7] = zlib.crc32(b"MIXLNOPT" + struct.pack("<15q", *h) + body)
+    return b"MIXLNOPT" + struct.pack("<15q", *h) + body
 
 
 def main():
@@ -62,8 +62,7 @@ def main():
         "checkpoint/v3_weights_only.bin": checkpoint(3, step=0, moments=False, run_id=0),
         "checkpoint/v3_two_layers.bin": checkpoint(3, L=2, alpha=1.0, moments=False),
         "checkpoint/v2_refused.bin": checkpoint(2),
-        "checkpoint/optimizer_v2.bin": optimizer_shard(2),
-        "checkpoint/optimizer_v1.bin": optimizer_shard(1),
+        "checkpoint/optimizer_v3.bin": optimizer_shard(),
     }
     for name, data in seeds.items():
         with open(os.path.join(corpus, name), "wb") as f:

@@ -132,10 +132,11 @@ static void save_sharded_checkpoint(const std::string& dir, int64_t step, int ra
     st.world_size = ranks;
     st.optimizer_shards = ranks;
     const std::string path = checkpoint_path(dir, step);
+    const BucketPlan plan = gradient_bucket_plan(make_param_layout(cfg), cfg.n_layer, ranks);
     for (int r = 0; r < ranks; r++) {
-        const ZeroShard s = zero_shard(n, r, ranks);
-        save_optimizer_shard(optimizer_shard_path(path, r), OptimizerShard{n, step, ranks, r, s.begin, s.end,
-                                                                         filled(s.end - s.begin, 10 + r), filled(s.end - s.begin, 20 + r)});
+        const long owned = range_total(plan.owned_ranges(r));
+        save_optimizer_shard(optimizer_shard_path(path, r), OptimizerShard{n, step, ranks, r, plan.owned_ranges(r),
+                                                                         filled(owned, 10 + r), filled(owned, 20 + r)});
     }
     save_checkpoint(path, cfg, st, filled(n, 8).data(), nullptr, nullptr, n);
 }
@@ -150,17 +151,16 @@ TEST_CASE("an optimizer shard file round-trips; its checkpoint records how many 
     const Checkpoint ck = load_checkpoint(path);
     CHECK(ck.state.optimizer_shards == 3);
     CHECK(ck.m.empty());
-    const long n = make_param_layout(small_config()).total;
-    const ZeroShard expected = zero_shard(n, 1, 3);
+    const ParamLayout layout = make_param_layout(small_config());
+    const std::vector<ParamRange> expected = gradient_bucket_plan(layout, small_config().n_layer, 3).owned_ranges(1);
     const OptimizerShard s = load_optimizer_shard(optimizer_shard_path(path, 1));
-    CHECK(s.n_params == n);
+    CHECK(s.n_params == layout.total);
     CHECK(s.step == 70);
     CHECK(s.world_size == 3);
     CHECK(s.rank == 1);
-    CHECK(s.begin == expected.begin);
-    CHECK(s.end == expected.end);
-    CHECK(s.m == filled(s.end - s.begin, 11));
-    CHECK(s.v == filled(s.end - s.begin, 21));
+    CHECK(s.ranges == expected);
+    CHECK(s.m == filled(range_total(expected), 11));
+    CHECK(s.v == filled(range_total(expected), 21));
 
     std::ifstream in(optimizer_shard_path(path, 1), std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -344,32 +344,40 @@ TEST_CASE("version 1 and 2 checkpoints (the layout before v3) are refused, namin
     CHECK(w.state.step == 0);
 }
 
-TEST_CASE("an optimizer shard file (version 2) is checksummed and range-checked; version 1 still reads") {
+TEST_CASE("an optimizer shard file (version 3) is checksummed and range-checked; versions 1 and 2 are refused") {
     const std::string dir = temp_dir();
-    const std::vector<float> m = filled(10, 1), v = filled(10, 2);
-    save_optimizer_shard(dir + "/s.bin", OptimizerShard{100, 7, 4, 1, 20, 30, m, v, 99});
+    const std::vector<float> m = filled(15, 1), v = filled(15, 2);
+    save_optimizer_shard(dir + "/s.bin", OptimizerShard{100, 7, 4, 1, {{20, 30}, {64, 69}}, m, v, 99});
     const std::string bytes = file_bytes(dir + "/s.bin");
-    CHECK(bytes.size() == 128 + 80);
-    CHECK(load_optimizer_shard(dir + "/s.bin").run_id == 99);
+    CHECK(bytes.size() == 128 + 2 * 16 + 2 * 15 * 4);
+    const OptimizerShard s = load_optimizer_shard(dir + "/s.bin");
+    CHECK(s.run_id == 99);
+    CHECK(s.ranges == std::vector<ParamRange>{{20, 30}, {64, 69}});
+    CHECK(s.m == m);
+    CHECK(s.v == v);
     auto error_for = [&](const std::string& content) {
         std::ofstream(dir + "/bad.bin", std::ios::binary | std::ios::trunc) << content;
         try { load_optimizer_shard(dir + "/bad.bin"); } catch (const std::exception& e) { return std::string(e.what()); }
         return std::string("(no error)");
     };
-    std::string flipped = bytes;
-    flipped[150] ^= 4;
-    CHECK(error_for(flipped).find("checksum mismatch") != std::string::npos);
-    CHECK(error_for(flipped).find("bad.bin") != std::string::npos);
+    for (size_t at : {170u, 250u}) {  // a flipped bit in m, then in v
+        std::string flipped = bytes;
+        flipped[at] ^= 4;
+        CHECK(error_for(flipped).find("checksum mismatch") != std::string::npos);
+        CHECK(error_for(flipped).find("bad.bin") != std::string::npos);
+    }
     CHECK(error_for(with_slot(bytes, 5, 4)).find("rank or world size") != std::string::npos);
-    CHECK(error_for(with_slot(bytes, 7, 1ll << 61)).find("bad parameter range") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 7, 101)).find("parameter count out of range") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 6, 3)).find("truncated") != std::string::npos);
     CHECK(error_for(with_slot(with_slot(bytes, 2, 1ll << 62), 7, 1ll << 62)).find("sizes overflow 64 bits") != std::string::npos);
     CHECK(error_for(with_slot(bytes, 3, -1)).find("step out of range") != std::string::npos);
-    // version 1: the 64-byte header of slots 0-7, no checksum
-    const std::string v1 = with_slot(bytes.substr(0, 64), 1, 1) + bytes.substr(128);
-    std::ofstream(dir + "/v1.bin", std::ios::binary) << v1;
-    const OptimizerShard s = load_optimizer_shard(dir + "/v1.bin");
-    CHECK(s.m == m);
-    CHECK(s.v == v);
+    // The ranges (slots 16-19): out of order, empty, past P; or covering other than n parameters.
+    CHECK(error_for(with_slot(bytes, 18, 25)).find("range 1 [25, 69) is empty, out of order") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 17, 20)).find("range 0 [20, 20) is empty") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 19, 101)).find("outside [0, P)") != std::string::npos);
+    CHECK(error_for(with_slot(bytes, 19, 70)).find("the ranges hold 16 parameters, the header says 15") != std::string::npos);
+    for (int old : {1, 2})
+        CHECK(error_for(with_slot(bytes, 1, old)).find("optimizer shard version " + std::to_string(old) + " (one slice") != std::string::npos);
 }
 
 TEST_CASE("pruning keeps only this run's checkpoints and never the one just written") {

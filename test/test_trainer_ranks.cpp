@@ -26,23 +26,29 @@ class ThreadCollectives {
     void all_reduce_sum(int rank, real* x, long n) {
         slots_[rank].assign(x, x + n);
         barrier();
-        for (long i = 0; i < n; i++) {
-            real sum = 0;
-            for (int r = 0; r < world_; r++) sum += (real)slots_[r][i];
-            x[i] = sum;
-        }
+        for (long i = 0; i < n; i++) x[i] = sum_of_slots<real>(i);
         barrier();  // no rank refills its slot before all have read it
     }
 
-    // Each rank's ZeRO-1 slice of x[0, n) from that rank, in place.
+    // x[0, n) summed over the ranks in this rank's ZeRO-1 slices (one per bucket of plan) only, in
+    // place; the rest keeps this rank's own values.
     template <typename real>
-    void all_gather(int rank, real* x, long n) {
+    void reduce_scatter(int rank, real* x, long n, const BucketPlan& plan) {
         slots_[rank].assign(x, x + n);
         barrier();
-        for (int r = 0; r < world_; r++) {
-            const ZeroShard s = zero_shard(n, r, world_);
-            std::copy(slots_[r].begin() + s.begin, slots_[r].begin() + s.end, x + s.begin);
-        }
+        for (const ParamRange& s : plan.owned_ranges(rank))
+            for (long i = s.begin; i < s.end; i++) x[i] = sum_of_slots<real>(i);
+        barrier();
+    }
+
+    // Each rank's ZeRO-1 slices of x[0, n) (one per bucket of plan) from that rank, in place.
+    template <typename real>
+    void all_gather(int rank, real* x, long n, const BucketPlan& plan) {
+        slots_[rank].assign(x, x + n);
+        barrier();
+        for (int r = 0; r < world_; r++)
+            for (const ParamRange& s : plan.owned_ranges(r))
+                std::copy(slots_[r].begin() + s.begin, slots_[r].begin() + s.end, x + s.begin);
         barrier();
     }
 
@@ -52,6 +58,13 @@ class ThreadCollectives {
     std::vector<std::vector<double>> slots_;
     std::mutex mutex_;
     std::condition_variable all_arrived_;
+
+    template <typename real>
+    real sum_of_slots(long i) const {
+        real sum = 0;
+        for (int r = 0; r < world_; r++) sum += (real)slots_[r][i];
+        return sum;
+    }
 
     void barrier() {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -66,10 +79,13 @@ class ThreadCollectives {
     }
 };
 
-// One rank: the reference model with ZeRO-1. Every rank holds all weights and, after
-// reduce_gradients, all summed gradients; Adam's moments and the update are its slice's only, and
-// an all-gather then gives every rank the updated slices of the others. In double the ranks match
-// one rank tightly; in float (train_mixln_cpu's type) a checkpoint, fp32, holds the state exactly.
+// One rank: the reference model with ZeRO-1 over the GPU trainer's gradient buckets (the embedding,
+// each layer, the final norm with the LM head), as train_mixln does it: every rank holds all
+// weights; reduce_gradients leaves it the summed gradients of its slices (one per bucket) only; the
+// gradient norm adds the squares over its slices and sums that over the ranks; Adam's moments and the
+// update are its slices' only, and an all-gather then gives every rank the updated slices of the
+// others (and, for -y, all summed gradients). In double the ranks match one
+// rank tightly; in float (train_mixln_cpu's type) a checkpoint, fp32, holds the state exactly.
 template <typename real>
 struct RankBackend : CpuBackend<real> {
     using CpuBackend<real>::model;
@@ -77,38 +93,60 @@ struct RankBackend : CpuBackend<real> {
     using CpuBackend<real>::v;
     ThreadCollectives& net;
     int rank;
-    ZeroShard shard;
+    BucketPlan plan;
+    std::vector<ParamRange> owned;  // this rank's slices
 
     RankBackend(const ModelConfig& cfg, ThreadCollectives& net_, int rank_, int world)
-        : CpuBackend<real>(cfg), net(net_), rank(rank_), shard(zero_shard(model.layout.total, rank_, world)) {}
+        : CpuBackend<real>(cfg), net(net_), rank(rank_), plan(gradient_bucket_plan(model.layout, cfg.n_layer, world)),
+          owned(plan.owned_ranges(rank_)) {}
 
     void reduce_gradients() override {
-        net.all_reduce_sum(rank, model.grads.data(), model.layout.total);
+        net.reduce_scatter(rank, model.grads.data(), model.layout.total, plan);
         net.all_reduce_sum(rank, &this->step.loss, 1);
+    }
+    void read_grads(float* grads) override {
+        net.all_gather(rank, model.grads.data(), model.layout.total, plan);
+        CpuBackend<real>::read_grads(grads);
     }
     double all_reduce_sum(double x) override {
         net.all_reduce_sum(rank, &x, 1);
         return x;
     }
-    ZeroShard optimizer_shard(long) const override { return shard; }
+    std::vector<ParamRange> optimizer_ranges(long) const override { return owned; }
+    // The norm adds the squares over this rank's slices and sums that over the ranks; AdamW updates
+    // its slices; the all-gather brings the others'.
     void optimizer_step(double lr, int t, const TrainOptions& o) override {
-        const long b = shard.begin;
-        this->step.grad_norm = global_grad_norm(model.grads.data(), model.layout.total);
-        adamw_update(model.params.data() + b, model.grads.data() + b, m.data() + b, v.data() + b, shard.end - b, t,
-                     (real)lr, (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay,
-                     (real)grad_clip_scale(this->step.grad_norm, o.grad_clip));
-        net.all_gather(rank, model.params.data(), model.layout.total);
+        double squares = 0;
+        for (const ParamRange& s : owned)
+            for (long i = s.begin; i < s.end; i++) squares += (double)model.grads[i] * model.grads[i];
+        net.all_reduce_sum(rank, &squares, 1);
+        this->step.grad_norm = std::sqrt(squares);
+        const real clip = (real)grad_clip_scale(this->step.grad_norm, o.grad_clip);
+        for (const ParamRange& s : owned) {
+            const long b = s.begin;
+            adamw_update(model.params.data() + b, model.grads.data() + b, m.data() + b, v.data() + b, s.end - b, t,
+                         (real)lr, (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay, clip);
+        }
+        net.all_gather(rank, model.params.data(), model.layout.total, plan);
     }
+    // The moments cross the interface packed: the owned ranges' back to back.
     void read_state(float* params, float* m_out, float* v_out) override {
         std::copy(model.params.begin(), model.params.end(), params);
-        std::copy(m.begin() + shard.begin, m.begin() + shard.end, m_out);
-        std::copy(v.begin() + shard.begin, v.begin() + shard.end, v_out);
+        for (const ParamRange& s : owned) {
+            m_out = std::copy(m.begin() + s.begin, m.begin() + s.end, m_out);
+            v_out = std::copy(v.begin() + s.begin, v.begin() + s.end, v_out);
+        }
     }
     void write_state(const float* params, const float* m_in, const float* v_in) override {
         CpuBackend<real>::write_state(params, nullptr, nullptr);
-        const long n = shard.end - shard.begin;
-        if (m_in) std::copy(m_in, m_in + n, m.begin() + shard.begin);
-        if (v_in) std::copy(v_in, v_in + n, v.begin() + shard.begin);
+        if (!m_in || !v_in) return;  // a fresh optimizer
+        for (const ParamRange& s : owned) {
+            const long n = s.end - s.begin;
+            std::copy(m_in, m_in + n, m.begin() + s.begin);
+            std::copy(v_in, v_in + n, v.begin() + s.begin);
+            m_in += n;
+            v_in += n;
+        }
     }
 };
 
@@ -153,13 +191,15 @@ static std::string read_file(const std::string& path) {
     return ss.str();
 }
 
-// The rows of a log.csv for split ("train" or "val"): step, loss, lr, grad norm.
-static std::vector<std::vector<double>> log_rows(const std::string& csv, const std::string& split) {
+// The rows of a CSV file as numbers: log.csv's for split ("train" or "val": step, loss, lr, grad
+// norm), or with split "" all but the header (grad_norms.csv).
+static std::vector<std::vector<double>> csv_rows(const std::string& csv, const std::string& split) {
     std::istringstream in(read_file(csv));
     std::string line;
+    std::getline(in, line);  // the header
     std::vector<std::vector<double>> rows;
     while (std::getline(in, line)) {
-        if (line.find("," + split + ",") == std::string::npos) continue;
+        if (!split.empty() && line.find("," + split + ",") == std::string::npos) continue;
         std::vector<double> row;
         std::istringstream fields(line);
         std::string field;
@@ -171,7 +211,8 @@ static std::vector<std::vector<double>> log_rows(const std::string& csv, const s
 }
 
 // A small model on a noisy repeating pattern over 64 ids, micro-batches of b x 16 tokens, 2
-// accumulation steps of `world` ranks per step, 6 steps, a checkpoint every 3.
+// accumulation steps of `world` ranks per step, 6 steps, a checkpoint and the layers' gradient norms
+// every 3.
 static TrainOptions options(const std::string& dir, const std::string& out, int b, int world, int val_batches) {
     if (!std::filesystem::exists(dir + "/train.bin")) {
         Rng rng(5);
@@ -182,7 +223,7 @@ static TrainOptions options(const std::string& dir, const std::string& out, int 
     std::vector<std::string> args = {"train", "-e", "tiny", "-L", "3", "-C", "32", "-H", "2", "-F", "48", "-a", "0.34",
                                      "-i", dir + "/train.bin", "-j", dir + "/train.bin", "-m", std::to_string(val_batches),
                                      "-v", "3", "-b", std::to_string(b), "-t", "16", "-d", std::to_string(2 * 16 * b * world),
-                                     "-x", "6", "-c", "3", "-k", "0", "-l", "1e-2", "-w", "0.1", "-o", dir + "/" + out};
+                                     "-x", "6", "-c", "3", "-y", "3", "-k", "0", "-l", "1e-2", "-w", "0.1", "-o", dir + "/" + out};
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(&a[0]);
     return parse_train_options((int)argv.size(), argv.data());
@@ -208,10 +249,11 @@ TEST_CASE("N ranks train as one rank with the whole batch; rank 0 writes the log
         REQUIRE(train_on_ranks<double>(options(dir, many, b, world, 2 * world), world) == 0);
 
         // Rows written once, by rank 0; the numbers (9 digits) those of one rank, up to summation order.
-        for (const char* split : {"train", "val"}) {
-            const std::vector<std::vector<double>> expected = log_rows(dir + "/" + one + "/log.csv", split);
-            const std::vector<std::vector<double>> got = log_rows(dir + "/" + many + "/log.csv", split);
-            REQUIRE(got.size() == (split == std::string("train") ? 6 : 2));
+        for (const char* split : {"train", "val", ""}) {
+            const std::string csv = split[0] ? "/log.csv" : "/grad_norms.csv";
+            const std::vector<std::vector<double>> expected = csv_rows(dir + "/" + one + csv, split);
+            const std::vector<std::vector<double>> got = csv_rows(dir + "/" + many + csv, split);
+            REQUIRE(got.size() == (split == std::string("val") ? 2 : 6));  // 2 x 3 layers of gradient norms
             REQUIRE(expected.size() == got.size());
             for (size_t i = 0; i < got.size(); i++)
                 for (size_t j = 0; j < got[i].size(); j++) CHECK(got[i][j] == Approx(expected[i][j]).epsilon(1e-7));
@@ -226,13 +268,19 @@ TEST_CASE("N ranks train as one rank with the whole batch; rank 0 writes the log
         CHECK(sharded.m.empty());
         double worst = 0;
         for (size_t i = 0; i < single.params.size(); i++) worst = std::max(worst, (double)std::fabs(single.params[i] - sharded.params[i]));
+        std::vector<int> holders(single.params.size(), 0);  // the shard files that hold each parameter's moments
         for (int r = 0; r < world; r++) {
             const OptimizerShard part = load_optimizer_shard(optimizer_shard_path(path, r));
             CHECK(part.rank == r);
-            for (long i = part.begin; i < part.end; i++)
-                worst = std::max({worst, (double)std::fabs(part.m[i - part.begin] - single.m[i]),
-                                  (double)std::fabs(part.v[i - part.begin] - single.v[i])});
+            CHECK(part.ranges.size() > 1);  // a slice of several buckets
+            long k = 0;  // the moments follow the ranges in order
+            for (const ParamRange& s : part.ranges)
+                for (long i = s.begin; i < s.end; i++, k++) {
+                    holders[i]++;
+                    worst = std::max({worst, (double)std::fabs(part.m[k] - single.m[i]), (double)std::fabs(part.v[k] - single.v[i])});
+                }
         }
+        CHECK(std::count(holders.begin(), holders.end(), 1) == (long)holders.size());
         CHECK(worst < 1e-6);  // fp32 files of a double model: only the last bits of the summation order differ
         CHECK(!std::filesystem::exists(optimizer_shard_path(path, world)));
     }
@@ -255,8 +303,8 @@ TEST_CASE("resuming with the same number of ranks continues bitwise; another num
     CHECK((read_file(resumed) == read_file(straight)));
     for (int r = 0; r < world; r++)
         CHECK((read_file(optimizer_shard_path(resumed, r)) == read_file(optimizer_shard_path(straight, r))));
-    const std::vector<std::vector<double>> all = log_rows(dir + "/straight/log.csv", "train");
-    CHECK(log_rows(dir + "/resumed/log.csv", "train") == std::vector<std::vector<double>>(all.begin() + 3, all.end()));
+    const std::vector<std::vector<double>> all = csv_rows(dir + "/straight/log.csv", "train");
+    CHECK(csv_rows(dir + "/resumed/log.csv", "train") == std::vector<std::vector<double>>(all.begin() + 3, all.end()));
 
     TrainOptions three = options(dir, "resumed", 2, 3, 2);
     three.resume = dir + "/resumed";
