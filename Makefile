@@ -158,7 +158,7 @@ $(CUDA_BUILD)/test_gpu_kernels: $(CUDA_BUILD)/gpu_main.o $(CUDA_BUILD)/test_gpu_
 	$(NVCC) $(NVCC_FLAGS) $^ -o $@ $(NVCC_LIBS) $(CATCH_LIBS)
 
 # The GPU trainer, built per precision under $(CUDA_BUILD); ./train_mixln links to the one built last.
-$(CUDA_BUILD)/train_mixln: train_mixln.cu $(CUDA_HEADERS) $(HEADERS)
+$(CUDA_BUILD)/train_mixln: train_mixln.cu data_parallel.cuh $(CUDA_HEADERS) $(HEADERS)
 	@mkdir -p $(CUDA_BUILD)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS) $(NCCL_LIBS)
 
@@ -167,7 +167,7 @@ train_mixln: $(CUDA_BUILD)/train_mixln
 	ln -sf $< $@
 
 # test_gpu_trainer.cu includes train_mixln.cu (with TESTING: no main).
-$(CUDA_BUILD)/test_gpu_trainer.o: test/test_gpu_trainer.cu train_mixln.cu $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h
+$(CUDA_BUILD)/test_gpu_trainer.o: test/test_gpu_trainer.cu train_mixln.cu data_parallel.cuh $(CUDA_HEADERS) $(HEADERS) test/catch_compat.h
 	@mkdir -p $(CUDA_BUILD)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) -c $< -o $@
 

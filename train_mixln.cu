@@ -9,27 +9,24 @@
 //   mpirun -np 4 ./train_mixln ... (or torchrun, srun: see README) trains data-parallel over NCCL, with
 //   ZeRO-1 (-Z 1, the default) or all-reduce (-Z 0).
 //
-// Reading order: device helpers; NCCL (checked calls, the communicator); what crosses between the
-// host and the device in a step; the activation layout (one allocation); the model: parameters,
-// gradients and optimizer state (one allocation each, in the layout of core/config.h), the forward
-// layer by layer as eq. 1 and 2, the backward as its mirror image, the gradients' sum over the ranks,
-// the update, CUDA graphs; the backend the driver calls; main.
+// Reading order: the device; what crosses between the host and the device in a step; the activation
+// layout (one allocation); the model: parameters, gradients and optimizer state (data_parallel.cuh's
+// ParameterMemory, which also holds every NCCL call), the forward layer by layer as eq. 1 and 2, the
+// backward as its mirror image, the gradients' sum over the ranks, the update, CUDA graphs; the
+// backend the driver calls; main.
 // test/test_gpu_trainer.cu includes this file with TESTING defined (no main) and checks it against
 // the CPU reference model.
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <string>
-#include <thread>
 #include <tuple>
 #include <vector>
-#include <nccl.h>
-#include "core/rendezvous.h"
 #include "core/trainer.h"
+#include "data_parallel.cuh"
 #include "kernels/adamw.cuh"
 #include "kernels/attention.cuh"
 #include "kernels/classifier.cuh"
@@ -41,29 +38,7 @@
 #include "kernels/swiglu.cuh"
 
 // ----------------------------------------------------------------------------
-// Device memory and the device
-
-// cudaMalloc that reports running out of memory as an error naming the allocation (and what to do
-// about it), which the driver prints; any other failure exits through cudaCheck.
-template <typename T>
-T* device_alloc(size_t count, const std::string& what) {
-    void* ptr = nullptr;
-    const cudaError_t error = cudaMalloc(&ptr, count * sizeof(T));
-    if (error == cudaErrorMemoryAllocation) {
-        cudaGetLastError();  // clear it
-        char size[32];
-        snprintf(size, sizeof(size), "%.2f GiB", count * sizeof(T) / 1073741824.0);
-        throw std::runtime_error("out of GPU memory allocating " + what + " (" + size + ")");
-    }
-    cudaCheck(error);
-    return (T*)ptr;
-}
-
-// From pageable host memory: returns once src is staged, so the caller may reuse it at once.
-template <typename T>
-void to_device(T* dst, const T* src, size_t count, cudaStream_t stream) {
-    cudaCheck(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyHostToDevice, stream));
-}
+// The device
 
 // Dense bf16 tensor-core peak of the GPUs known by name (cudaDeviceProp::name), in FLOP/s, for MFU;
 // 0 for any other GPU.
@@ -76,100 +51,6 @@ inline double peak_bf16_flops(const std::string& name) {
     if (has("A100")) return 312e12;
     return 0;
 }
-
-// ----------------------------------------------------------------------------
-// NCCL: checked calls, and the communicator of the ranks (data parallelism)
-
-constexpr ncclDataType_t NCCL_FLOATX = FLOATX_IS_FP32 ? ncclFloat : ncclBfloat16;
-
-// The open communicator, which an error must abort, and this process's rank, for messages.
-static ncclComm_t g_open_comm = nullptr;
-static int g_rank = 0;
-
-// Prints where and why, naming the rank, then exits (and the exit handler aborts the communicator).
-inline void nccl_check(ncclResult_t result, const char* file, int line) {
-    if (result == ncclSuccess) return;
-    fprintf(stderr, "rank %d: NCCL error at %s:%d: %s (%s)\n", g_rank, file, line, ncclGetErrorString(result),
-            ncclGetLastError(g_open_comm));
-    exit(EXIT_FAILURE);
-}
-#define ncclCheck(call) nccl_check((call), __FILE__, __LINE__)
-
-// Waits for the stream's work so far. With a communicator open that work may include collectives,
-// which wait for the other ranks: a rank that died leaves them waiting forever, so instead of blocking
-// in cudaStreamSynchronize this polls the stream and NCCL's asynchronous error (which NCCL sets when
-// a connection to a peer breaks, or a collective times out), and on an error exits with a message
-// naming it (the exit handler then aborts the communicator, which ends its kernels).
-inline void wait_for_stream(cudaStream_t stream) {
-    if (!g_open_comm) {
-        cudaCheck(cudaStreamSynchronize(stream));
-        return;
-    }
-    for (;;) {
-        const cudaError_t state = cudaStreamQuery(stream);
-        if (state == cudaSuccess) return;
-        if (state != cudaErrorNotReady) cudaCheck(state);
-        ncclResult_t async_error = ncclSuccess;
-        ncclCheck(ncclCommGetAsyncError(g_open_comm, &async_error));
-        if (async_error != ncclSuccess && async_error != ncclInProgress) {
-            fprintf(stderr, "rank %d: NCCL error while waiting for the other ranks: %s (%s)\n", g_rank,
-                    ncclGetErrorString(async_error), ncclGetLastError(g_open_comm));
-            exit(EXIT_FAILURE);
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(20));
-    }
-}
-
-// Waits for the stream's work so far (polling, as above), then copies: a copy into pageable host
-// memory would itself block until the stream's earlier work is done.
-template <typename T>
-void to_host(T* dst, const T* src, size_t count, cudaStream_t stream) {
-    wait_for_stream(stream);
-    cudaCheck(cudaMemcpyAsync(dst, src, count * sizeof(T), cudaMemcpyDeviceToHost, stream));
-    cudaCheck(cudaStreamSynchronize(stream));
-}
-
-// main's exit handler: whatever ends the process while a communicator is open (cudaCheck or ncclCheck
-// exiting, an error reaching main) aborts it, so that this rank stops at once instead of hanging in
-// ncclCommDestroy, which waits for the other ranks. The launcher then stops them: mpirun and torchrun
-// do when a rank exits with an error, srun with --kill-on-bad-exit=1.
-static void abort_open_communicator() {
-    if (!g_open_comm) return;
-    fprintf(stderr, "rank %d: aborting the NCCL communicator\n", g_rank);
-    ncclCommAbort(g_open_comm);
-    g_open_comm = nullptr;
-}
-
-// The communicator of all ranks, on the current device: rank 0 makes NCCL's unique id, the rendezvous
-// of core/rendezvous.h hands it to the others, and every rank joins (ncclCommInitRank waits for all).
-inline ncclComm_t open_communicator(const DistributedEnv& env) {
-    g_rank = env.rank;
-    ncclUniqueId id;
-    Blob blob;
-    if (env.rank == 0) {
-        ncclCheck(ncclGetUniqueId(&id));
-        blob.assign((const unsigned char*)&id, (const unsigned char*)&id + sizeof(id));
-    }
-    blob = share_from_rank0(env.rank, env.world_size, blob, sizeof(id));
-    memcpy(&id, blob.data(), sizeof(id));
-    ncclComm_t comm;
-    ncclCheck(ncclCommInitRank(&comm, env.world_size, id, env.rank));
-    g_open_comm = comm;
-    return comm;
-}
-
-// After a run that ended well on every rank.
-inline void close_communicator(ncclComm_t comm) {
-    g_open_comm = nullptr;
-    ncclCheck(ncclCommDestroy(comm));
-}
-
-// How a model's process works with the others.
-struct DataParallel {
-    ncclComm_t comm = nullptr;  // null: one process, no NCCL
-    int rank = 0, world_size = 1;
-    bool zero1 = false;         // -Z 1: each rank keeps and updates 1/world_size of the optimizer state
-};
 
 // ----------------------------------------------------------------------------
 // What crosses between the host and the device during a step, and CUDA graphs. A step queues its
@@ -374,25 +255,13 @@ struct GpuModel {
     bool recompute;              // -R 1: keep only the residual stream, rerun each layer before its backward
     cudaStream_t stream;
     std::string device_name;
-    DataParallel dp;
-    // The parameters whose fp32 master weights and Adam moments this rank keeps and updates: all of
-    // them, or under ZeRO-1 its slice [begin, end) of shard_size (core/distributed.h), which starts at
-    // slice_offset in the flat buffers (slice_offset = begin unless the slice is empty).
-    ZeroShard shard;
-    long slice_offset;
-
-    // Parameters and gradients: layout.total elements each in the layout of core/config.h (tensor t
-    // of layer l at layout.at(t, l)), one allocation each, padded with zeros to shard.padded_total
-    // for NCCL. The optimizer state: shard.shard_size elements each.
-    floatX* params;              // the weights the forward and backward read
-    float* grads;                // fp32: accumulated over a step's micro-batches (in fp32, not bf16:
-                                 // README "Gradient accumulation"), then summed over the ranks
-    float* master;               // the fp32 weights AdamW updates, rounded into params after each step;
-                                 // in the FP32 build the slice of params itself (see kernels/adamw.cuh)
-    float* adam_m, *adam_v;      // Adam's first and second moments
-    float* grad_norm_scratch;    // 1 + GRAD_NORM_BLOCKS floats: the norm, then its partial sums
+    // Weights, gradients and optimizer state: in the layout of core/config.h, each gradient bucket
+    // (the embedding, a layer's block, the final norm with the LM head) padded for NCCL under ZeRO-1;
+    // their sums over the ranks and every other NCCL call (data_parallel.cuh).
+    ParameterMemory mem;
+    float* grad_norm_scratch;    // the norm, then its GRAD_NORM_BLOCKS partial sums, then room for all
+                                 // ranks' (ZeRO-1)
     StepScalars* step_scalars;   // the step's loss and the scalars its kernels read (device memory)
-    double* reduced_scalar;      // all_reduce_sum's value
     float2* rope_table;          // (max_seq_len, head_dim/2) RoPE's (cos, sin)
 
     GpuActivations acts;
@@ -400,16 +269,22 @@ struct GpuModel {
     size_t activation_bytes = 0;
     long activation_rows = 0;    // the N the activations are carved for
     int B = 0, T = 0;            // the current micro-batch; B*T <= activation_rows
+    bool last_micro = false;     // it is the step's last: its backward starts the gradients' sum over the ranks
     HostStaging staging;         // pinned host memory for the copies to and from the device
     CapturedWork optimizer_work; // CUDA graphs: the optimizer step, and one micro-batch's forward and
     std::map<MicroBatchKey, CapturedWork> micro_batch_work;  // backward per shape and loss scale
     bool use_graphs;             // -D 1, on one process (see "CUDA graphs")
 
+    static cudaStream_t create_stream() {
+        cudaStream_t s;
+        cudaCheck(cudaStreamCreate(&s));
+        return s;
+    }
+
     // Allocates everything, activations for micro-batches of B x T.
     GpuModel(const ModelConfig& c, int b, int t, bool recompute_, const DataParallel& dp_, bool cuda_graphs)
-        : cfg(c), layout(make_param_layout(c)), recompute(recompute_), dp(dp_),
-          shard(dp.zero1 ? zero_shard(layout.total, dp.rank, dp.world_size) : zero_shard(layout.total, 0, 1)),
-          slice_offset(dp.zero1 ? dp.rank * shard.shard_size : 0) {
+        : cfg(c), layout(make_param_layout(c)), recompute(recompute_), stream(create_stream()),
+          mem(dp_, layout, cfg.n_layer, stream) {
         const int hd = cfg.head_dim();
         if (!attention_head_dim_supported(hd))
             throw std::runtime_error("the attention kernel supports heads of 16, 32, ..., 128 dimensions (multiples of 16); d " +
@@ -420,19 +295,10 @@ struct GpuModel {
         cudaDeviceProp prop;
         cudaCheck(cudaGetDeviceProperties(&prop, device));
         device_name = prop.name;
-        cudaCheck(cudaStreamCreate(&stream));
         matmul_setup();  // the process-wide cuBLASLt handle, kept until exit
-        const size_t padded = shard.padded_total, slice = shard.shard_size;
-        params = device_alloc<floatX>(padded, "the parameters");
-        grads = device_alloc<float>(padded, "the gradients");
-        zero(params, padded);  // the padding stays zero: NCCL moves it, nothing reads it
-        master = FLOATX_IS_FP32 ? reinterpret_cast<float*>(params) + slice_offset : device_alloc<float>(slice, "the fp32 master weights");
-        adam_m = device_alloc<float>(slice, "Adam's first moments");
-        adam_v = device_alloc<float>(slice, "Adam's second moments");
-        grad_norm_scratch = device_alloc<float>(1 + GRAD_NORM_BLOCKS, "the gradient norm's scratch");
+        grad_norm_scratch = device_alloc<float>(1 + (1 + mem.plan.world_size) * GRAD_NORM_BLOCKS, "the gradient norm's scratch");
         step_scalars = device_alloc<StepScalars>(1, "the step's scalars");
-        use_graphs = cuda_graphs && !dp.comm;
-        reduced_scalar = device_alloc<double>(1, "a value summed over the ranks");
+        use_graphs = cuda_graphs && !mem.dp.comm;
         rope_table = device_alloc<float2>((size_t)cfg.max_seq_len * (hd / 2), "the RoPE table");
         rope_table_init(rope_table, cfg.max_seq_len, hd, cfg.rope_theta, stream);
         allocate_activations((long)b * t);
@@ -441,26 +307,17 @@ struct GpuModel {
     ~GpuModel() {
         release_micro_batch_graphs();
         optimizer_work.release();
-        for (void* p : {(void*)params, (void*)grads, (void*)adam_m, (void*)adam_v, (void*)grad_norm_scratch,
-                        (void*)step_scalars, (void*)reduced_scalar, (void*)rope_table, (void*)activation_memory})
+        for (void* p : {(void*)grad_norm_scratch, (void*)step_scalars, (void*)rope_table, (void*)activation_memory})
             cudaCheck(cudaFree(p));
-        if (!FLOATX_IS_FP32) cudaCheck(cudaFree(master));
         cudaCheck(cudaStreamDestroy(stream));
     }
     GpuModel(const GpuModel&) = delete;
     GpuModel& operator=(const GpuModel&) = delete;
 
-    floatX* param(int tensor, int layer = 0) { return params + layout.at(tensor, layer); }
-    float* grad(int tensor, int layer = 0) { return grads + layout.at(tensor, layer); }
+    floatX* param(int tensor, int layer = 0) { return mem.params + mem.plan.padded_index(layout.at(tensor, layer)); }
+    float* grad(int tensor, int layer = 0) { return mem.grads + mem.plan.padded_index(layout.at(tensor, layer)); }
     template <typename T>
     void zero(T* ptr, long count) { cudaCheck(cudaMemsetAsync(ptr, 0, count * sizeof(T), stream)); }
-
-    // Weights (floatX) and fp32 gradients for all parameters; master weights (bf16 build) and the two
-    // Adam moments (fp32) for this rank's slice.
-    size_t parameter_bytes() const {
-        return shard.padded_total * (sizeof(floatX) + sizeof(float)) +
-               shard.shard_size * (FLOATX_IS_FP32 ? 2 : 3) * sizeof(float);
-    }
 
     void allocate_activations(long N) {
         release_micro_batch_graphs();  // they point into the old activations
@@ -654,46 +511,45 @@ struct GpuModel {
         matmul_backward(acts.d_final_norm, grad(LM_HEAD), acts.logits, acts.final_norm, param(LM_HEAD), N, C, V, stream);
         rmsnorm_backward(acts.d_stream, grad(NORM_F), acts.rmsnorm_scratch, acts.d_final_norm, layer(cfg.n_layer - 1).out,
                          param(NORM_F), acts.rstd_f, /*accumulate=*/false, N, C, stream);
+        gradients_done(head_bucket(cfg.n_layer));
         for (int l = cfg.n_layer - 1; l >= 0; l--) {
             // With recomputation the one slot holds the last layer's activations from the forward;
             // every other layer's are rebuilt from its input, which the residual stream kept.
             if (recompute && l < cfg.n_layer - 1) layer_forward(l);
             layer_backward(l);
+            gradients_done(layer_bucket(l));
         }
         embedding_backward(grad(WTE), acts.d_stream, acts.tokens, acts.embedding_workspace, N, C, V,
                            (float)embedding_scale(cfg), stream);
+        gradients_done(embedding_bucket());
     }
 
     // ---- the sum over the ranks, and the update ----
 
+    // The backward has written bucket b's gradients (core/distributed.h: the embedding, a layer, the
+    // final norm with the LM head): in the step's last micro-batch their sum over the ranks starts
+    // now, overlapping the rest of the backward.
+    void gradients_done(int bucket) {
+        if (last_micro) mem.bucket_ready(bucket, stream);
+    }
+
     // The gradients, the step's loss and its norm (0 until the step's update).
     void zero_grad() {
-        zero(grads, shard.padded_total);
+        zero(mem.grads, mem.plan.padded_total);
         zero(&step_scalars->loss, 1);
         zero(grad_norm_scratch, 1);
     }
 
-    // Sums the gradients over the ranks, in place: all-reduced, or under ZeRO-1 reduce-scattered, which
-    // leaves each rank the sum over its own slice only (at slice_offset of the padded buffer).
-    // Communication is not overlapped with the backward: a layer's gradients are spread over nine
-    // tensors of the layout, and the ZeRO-1 slices cut across tensors, so per-layer buckets do not fit.
+    // Completes the gradients' sum over the ranks, whose buckets the last micro-batch's backward
+    // started: under ZeRO-1 each rank then has the sums of its slices (owned_grads), under -Z 0 all.
     // The step's loss is summed too.
     void reduce_gradients() {
-        if (!dp.comm) return;
-        if (dp.zero1)
-            ncclCheck(ncclReduceScatter(grads, grads + slice_offset, shard.shard_size, ncclFloat, ncclSum, dp.comm, stream));
-        else
-            ncclCheck(ncclAllReduce(grads, grads, layout.total, ncclFloat, ncclSum, dp.comm, stream));
-        ncclCheck(ncclAllReduce(&step_scalars->loss, &step_scalars->loss, 1, ncclDouble, ncclSum, dp.comm, stream));
+        mem.finish_sums(/*backward_started_them=*/last_micro, stream);
+        last_micro = false;
+        mem.sum_in_place(&step_scalars->loss, 1, stream);
     }
 
-    double all_reduce_sum(double x) {
-        if (!dp.comm) return x;
-        to_device(reduced_scalar, &x, 1, stream);
-        ncclCheck(ncclAllReduce(reduced_scalar, reduced_scalar, 1, ncclDouble, ncclSum, dp.comm, stream));
-        to_host(&x, reduced_scalar, 1, stream);
-        return x;
-    }
+    double all_reduce_sum(double x) { return mem.all_reduce_sum(x, stream); }
 
     // The optimizer step t (1-based) at learning rate lr, with no wait: lr and Adam's bias
     // corrections reach the kernels through step_scalars->adamw (copied from pinned memory), the
@@ -709,25 +565,23 @@ struct GpuModel {
     }
 
     // The global L2 norm of the gradients into grad_norm_scratch[0], computed on the device in a fixed
-    // order (deterministic). Under ZeRO-1 each rank adds up the squares over its slice, and the partial
-    // sums (as many on every rank: the slices are equally long) are summed over the ranks before the
-    // square root.
+    // order (deterministic). Under ZeRO-1 each rank adds up the squares over its owned gradients, and
+    // the partial sums of all ranks (as many on each: the owned buffers are equally long) are added
+    // before the square root.
     void grad_norm() {
         float* partials = grad_norm_scratch + 1;
-        const int num_partials = grad_norm_partials(partials, grads + slice_offset, shard.shard_size, stream);
-        if (dp.comm && dp.zero1)
-            ncclCheck(ncclAllReduce(partials, partials, num_partials, ncclFloat, ncclSum, dp.comm, stream));
-        grad_norm_from_partials(grad_norm_scratch, partials, num_partials, stream);
+        int num_partials = grad_norm_partials(partials, mem.owned_grads, mem.plan.owned_total, stream);
+        const float* all = mem.all_norm_partials(partials, &num_partials, partials + GRAD_NORM_BLOCKS, stream);
+        grad_norm_from_partials(grad_norm_scratch, all, num_partials, stream);
     }
 
-    // AdamW on the fp32 master weights of this rank's slice (all of them without ZeRO-1), with the
-    // scalars of step_scalars->adamw; ZeRO-1 then all-gathers the updated floatX weights, so that
-    // every rank has all of them for the next forward.
+    // AdamW on the fp32 master weights of this rank's slice of every bucket (all of them without
+    // ZeRO-1), with the scalars of step_scalars->adamw; ZeRO-1 then all-gathers the updated floatX
+    // weights, so that every rank has all of them for the next forward.
     void adamw_step() {
-        adamw_update(params + slice_offset, FLOATX_IS_FP32 ? nullptr : master, grads + slice_offset, adam_m, adam_v,
-                     shard.end - shard.begin, &step_scalars->adamw, stream);
-        if (dp.comm && dp.zero1)
-            ncclCheck(ncclAllGather(params + slice_offset, params, shard.shard_size, NCCL_FLOATX, dp.comm, stream));
+        adamw_update(mem.owned_params, FLOATX_IS_FP32 ? nullptr : mem.master, mem.owned_grads, mem.adam_m, mem.adam_v,
+                     mem.plan.owned_total, &step_scalars->adamw, stream);
+        mem.all_gather_weights(stream);
     }
 
     // The step's loss and gradient norm: the step's one wait for the device.
@@ -778,63 +632,6 @@ struct GpuModel {
         });
     }
 
-    // ---- state in and out, fp32 on the host in the layout of core/config.h ----
-
-    // p: all weights; m, v: the moments of this rank's slice, or null for zeros (a fresh optimizer).
-    void write_state(const float* p, const float* m, const float* v) {
-        const size_t P = layout.total, count = shard.end - shard.begin;
-        if (FLOATX_IS_FP32) {
-            to_device(reinterpret_cast<float*>(params), p, P, stream);  // master is a slice of them
-        } else {  // the slice's master weights, and all the weights the model reads, rounded to floatX
-            to_device(master, p + shard.begin, count, stream);
-            std::vector<floatX> rounded(P);
-            for (size_t i = 0; i < P; i++) rounded[i] = (floatX)p[i];
-            to_device(params, rounded.data(), P, stream);
-        }
-        auto moments_to_device = [&](float* dst, const float* src) {
-            if (src) to_device(dst, src, count, stream);
-            else cudaCheck(cudaMemsetAsync(dst, 0, shard.shard_size * sizeof(float), stream));
-        };
-        moments_to_device(adam_m, m);
-        moments_to_device(adam_v, v);
-    }
-
-    // p: all fp32 weights, on rank 0 (see gather_master); m, v: the moments of this rank's slice.
-    void read_state(float* p, float* m, float* v) {
-        const size_t count = shard.end - shard.begin;
-        gather_master(p);
-        to_host(m, adam_m, count, stream);
-        to_host(v, adam_v, count, stream);
-    }
-
-    // This rank's fp32 master weights into p; under ZeRO-1 on several ranks, rank 0 also receives
-    // every other rank's slice, one rank after the other, through a buffer of one slice (NCCL
-    // send/receive), so that p holds all weights there; on other ranks p stays incomplete.
-    void gather_master(float* p) {
-        to_host(p + shard.begin, master, shard.end - shard.begin, stream);
-        if (shard.shard_size == (long)layout.total) return;  // one slice: all of them
-        if (dp.rank != 0) {
-            ncclCheck(ncclSend(master, shard.shard_size, ncclFloat, 0, dp.comm, stream));
-            wait_for_stream(stream);
-            return;
-        }
-        float* received = device_alloc<float>(shard.shard_size, "a slice of the master weights, to save them");
-        for (int r = 1; r < dp.world_size; r++) {
-            const ZeroShard theirs = zero_shard(layout.total, r, dp.world_size);
-            ncclCheck(ncclRecv(received, shard.shard_size, ncclFloat, r, dp.comm, stream));
-            to_host(p + theirs.begin, received, theirs.end - theirs.begin, stream);
-        }
-        cudaCheck(cudaFree(received));
-    }
-
-    // All the gradients summed over the ranks; under ZeRO-1 each rank has its slice only, so the
-    // slices are all-gathered first.
-    void read_grads(float* out) {
-        if (dp.comm && dp.zero1)
-            ncclCheck(ncclAllGather(grads + slice_offset, grads, shard.shard_size, ncclFloat, dp.comm, stream));
-        to_host(out, grads, layout.total, stream);
-    }
-
     // The V logits after the last of the T tokens of the last forward (batch of one).
     void last_logits(float* out) {
         std::vector<floatX> row(cfg.vocab_size);
@@ -859,28 +656,28 @@ struct GpuBackend : TrainerBackend {
         char mfu[128] = "MFU not reported: ";
         if (peak > 0) snprintf(mfu, sizeof(mfu), "MFU against %.1f TFLOP/s dense bf16", peak / 1e12);
         else strcat(mfu, FLOATX_IS_FP32 ? "the FP32 build" : "dense bf16 peak unknown for this GPU");
-        char ranks[160] = "one process, no NCCL";
-        const char* graphs = model.use_graphs ? "on" : model.dp.comm ? "off (with NCCL)" : "off (-D 0)";
-        const DataParallel& dp = model.dp;
+        char ranks[224] = "one process, no NCCL";
+        const DataParallel& dp = model.mem.dp;
+        const char* graphs = model.use_graphs ? "on" : dp.comm ? "off (with NCCL)" : "off (-D 0)";
         if (dp.comm)
-            snprintf(ranks, sizeof(ranks), "%d rank(s) over NCCL, %s", dp.world_size,
-                     dp.zero1 ? "ZeRO-1: each keeps and updates 1/N of the fp32 master weights and Adam moments"
-                              : "all-reduce: each keeps and updates all of them");
+            snprintf(ranks, sizeof(ranks), "%d rank(s) over NCCL, gradients summed layer by layer during the backward; %s",
+                     dp.world_size, dp.zero1 ? "ZeRO-1: each keeps and updates 1/N of the fp32 master weights and Adam moments"
+                                             : "all-reduce: each keeps and updates all of them");
         snprintf(text, sizeof(text),
                  "device: %s, %s\ndata parallel: %s; CUDA graphs %s\nmemory per GPU: %.2f GiB weights, fp32 gradients and optimizer state; %.2f GiB "
                  "activations for %ld tokens per micro-batch, %s; %s",
                  model.device_name.c_str(),
                  FLOATX_IS_FP32 ? "fp32 storage"
                                 : "bf16 weights and activations, fp32 weight gradients, master weights and Adam moments",
-                 ranks, graphs, model.parameter_bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
+                 ranks, graphs, model.mem.bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
                  model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored", mfu);
         return text;
     }
     // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.
     double peak_flops() const override { return FLOATX_IS_FP32 ? 0 : peak_bf16_flops(model.device_name); }
     void zero_grad() override { model.zero_grad(); }
-    // last_micro is not used: the gradients are summed over the ranks after the step's last backward.
-    void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool) override {
+    void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool last_micro) override {
+        model.last_micro = last_micro;
         model.load_batch(inputs, targets, B, T);
         model.forward_backward(loss_scale);
     }
@@ -897,12 +694,14 @@ struct GpuBackend : TrainerBackend {
     }
     void reduce_gradients() override { model.reduce_gradients(); }
     double all_reduce_sum(double x) override { return model.all_reduce_sum(x); }
-    ZeroShard optimizer_shard(long) const override { return model.shard; }
+    std::vector<ParamRange> optimizer_ranges(long) const override { return model.mem.owned_ranges(); }
     void optimizer_step(double lr, int t, const TrainOptions& o) override { model.optimizer_step(lr, t, o); }
     StepResult step_result() override { return model.step_result(); }
-    void read_state(float* params, float* m, float* v) override { model.read_state(params, m, v); }
-    void read_grads(float* grads) override { model.read_grads(grads); }
-    void write_state(const float* params, const float* m, const float* v) override { model.write_state(params, m, v); }
+    void read_state(float* params, float* m, float* v) override { model.mem.read_state(params, m, v, model.stream); }
+    void read_grads(float* grads) override { model.mem.read_grads(grads, model.stream); }
+    void write_state(const float* params, const float* m, const float* v) override {
+        model.mem.write_state(params, m, v, model.stream);
+    }
 };
 
 #ifndef TESTING

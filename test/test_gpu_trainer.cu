@@ -445,3 +445,47 @@ TEST_CASE("the NCCL path with one rank, ZeRO-1 or all-reduce, trains bitwise as 
         CHECK(without_run_id(file_contents(checkpoint_path(nccl, o.steps))) == without_run_id(file_contents(checkpoint_path(single, o.steps))));
     }
 }
+
+TEST_CASE("ZeRO-1's buckets padded for 3 ranks compute as the plain layout; each rank's state goes in and out through its slices") {
+    // One rank of 3 standing alone (a DataParallel without a communicator): the weights and gradients
+    // in buckets padded for 3 ranks, the master weights and moments of this rank's slices only.
+    // Nothing moves between the ranks, so its gradients are its own: for the same batch, the plain
+    // run's, bit for bit. Under -Z 0 each of the 3 ranks keeps all of the state.
+    const ModelConfig cfg = small_model(NormScheme::MixLN, 0.25, 64);
+    const ParamLayout layout = make_param_layout(cfg);
+    const std::vector<float> weights = initial_weights(cfg);
+    const Batch batch = random_batch(2, 64, cfg.vocab_size, 14);
+    auto loss_and_gradients = [&](GpuBackend& gpu) {
+        gpu.write_state(weights.data(), nullptr, nullptr);
+        gpu.zero_grad();
+        gpu.forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T, 1.0f, true);
+        gpu.reduce_gradients();
+        std::vector<float> out(layout.total);
+        gpu.read_grads(out.data());
+        out.push_back((float)gpu.step_result().loss);
+        return out;
+    };
+    GpuBackend plain(cfg, batch.B, batch.T, false);
+    const std::vector<float> expected = loss_and_gradients(plain);
+    for (const bool zero1 : {true, false})
+        for (int rank = 0; rank < 3; rank++) {
+            INFO((zero1 ? "ZeRO-1" : "all-reduce") << ", rank " << rank << " of 3");
+            GpuBackend gpu(cfg, batch.B, batch.T, false, DataParallel{nullptr, rank, 3, zero1});
+            const std::vector<ParamRange> owned = gpu.optimizer_ranges(layout.total);
+            CHECK(owned == (zero1 ? gradient_bucket_plan(layout, cfg.n_layer, 3).owned_ranges(rank)
+                                  : std::vector<ParamRange>{{0, layout.total}}));
+            CHECK(loss_and_gradients(gpu) == expected);
+            // The moments in and out, packed; the master weights out, in this rank's ranges.
+            const long n = range_total(owned);
+            std::vector<float> m(n), v(n), m_out(n), v_out(n), p(layout.total, NAN);
+            for (long i = 0; i < n; i++) m[i] = 1.0f + i % 1000, v[i] = 0.5f * (i % 999);
+            gpu.write_state(weights.data(), m.data(), v.data());
+            gpu.read_state(p.data(), m_out.data(), v_out.data());
+            CHECK(m_out == m);
+            CHECK(v_out == v);
+            long wrong = 0;
+            for (const ParamRange& r : owned)
+                for (long i = r.begin; i < r.end; i++) wrong += p[i] != weights[i];
+            CHECK(wrong == 0);
+        }
+}
