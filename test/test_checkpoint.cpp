@@ -378,6 +378,10 @@ TEST_CASE("an optimizer shard file (version 3) is checksummed and range-checked;
     CHECK(error_for(with_slot(bytes, 19, 70)).find("the ranges hold 16 parameters, the header says 15") != std::string::npos);
     for (int old : {1, 2})
         CHECK(error_for(with_slot(bytes, 1, old)).find("optimizer shard version " + std::to_string(old) + " (one slice") != std::string::npos);
+    // A rank whose slices all lie in the buckets' padding (many ranks, a small model) owns nothing.
+    save_optimizer_shard(dir + "/empty.bin", OptimizerShard{100, 7, 64, 63, {}, {}, {}, 99});
+    const OptimizerShard empty = load_optimizer_shard(dir + "/empty.bin");
+    CHECK((empty.ranges.empty() && empty.m.empty() && empty.v.empty() && empty.rank == 63));
 }
 
 TEST_CASE("pruning keeps only this run's checkpoints and never the one just written") {
