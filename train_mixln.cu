@@ -176,10 +176,12 @@ struct GpuLayerActivations {
     floatX* norm_b_buffer;       // (N, C) norm_b's input s*h + mlp_out (Post-LN) or its output, the MLP input (Pre-LN)
     float* rstd_a;               // (N) 1/rms of norm_a's input
     float* rstd_b;               // (N)
-    floatX* q, *k, *v;           // (N, C) each; q and k after RoPE
+    floatX* qkv;                 // (N, 3C) q|k|v, one product with the layer's (3C, C) weight; q and k after RoPE
     float* lse;                  // (B, NH, T) attention's logsumexp per query, for its backward
     floatX* attn_y;              // (N, C) attention output before the o projection
-    floatX* gate, *up, *swiglu;  // (N, F)
+    floatX* gate_up;             // (N, 2Fs) gate|up, one product with the layer's (2Fs, C) weight (Fs:
+                                 //          ffn_stored); the backward overwrites it with d gate|up
+    floatX* swiglu;              // (N, Fs) the backward overwrites it with d swiglu
 
     // The tensors under the names of eq. 1 and 2, set for layer l by GpuModel::layer(l). One tensor
     // can have two names: in Post-LN attn_in is x and mlp_in is h, in Pre-LN norm_a_in is x and
@@ -201,14 +203,15 @@ struct GpuActivations {
     float* losses;               // (N) per-position loss, 0 where the target is IGNORE_INDEX
     int* tokens, *targets;       // (N)
 
-    // The backward's scratch, reused by every layer.
-    floatX* d_stream;            // (N, C) the gradient of the residual stream where the backward is:
-                                 //        d out on entering a layer, d x on leaving it
-    floatX* d_sublayer_out;      // (N, C) d attn_out or d mlp_out
-    floatX* d_sublayer_in;       // (N, C) d attn_in or d mlp_in (in Post-LN mlp_in is h: d h)
+    // The backward's scratch, reused by every layer (d swiglu and d gate|up reuse the layer's own
+    // swiglu and gate_up, see GpuModel::mlp_sublayer_backward).
+    floatX* d_stream;            // (N, C) the gradient of the residual stream where the backward is, when
+                                 //        it is one tensor: d out on entering a layer, d x on leaving it
+                                 //        (between Post-LN layers it is two, see GpuModel::layer_backward)
+    floatX* d_sublayer_out;      // (N, C) Post-LN: a norm's d sum, which is d attn_out or d mlp_out
+    floatX* d_sublayer_in;       // (N, C) d attn_in or d mlp_in, written by the sublayer's input product
     floatX* d_attn_y;            // (N, C)
-    floatX* d_q, *d_k, *d_v;     // (N, C) each
-    floatX* d_swiglu, *d_gate, *d_up;  // (N, F)
+    floatX* d_qkv;               // (N, 3C) d q|k|v
     floatX* d_final_norm;        // (N, C)
     float* attn_delta;           // (B, NH, T) attention backward's row terms
     float* rmsnorm_scratch;      // rmsnorm_backward_scratch_floats(C): the norm weights' partial sums
@@ -227,15 +230,17 @@ struct GpuActivations {
         take(stream, (L + 1) * N * C);
         slots.resize(num_slots);
         for (GpuLayerActivations& a : slots) {
-            for (floatX** p : {&a.norm_a_buffer, &a.h, &a.norm_b_buffer, &a.q, &a.k, &a.v, &a.attn_y}) take(*p, N * C);
-            for (floatX** p : {&a.gate, &a.up, &a.swiglu}) take(*p, N * F);
+            for (floatX** p : {&a.norm_a_buffer, &a.h, &a.norm_b_buffer, &a.attn_y}) take(*p, N * C);
+            take(a.qkv, N * 3 * C);
+            take(a.gate_up, N * 2 * F);
+            take(a.swiglu, N * F);
             for (float** p : {&a.rstd_a, &a.rstd_b}) take(*p, N);
             take(a.lse, heads_rows);
         }
         for (floatX** p : {&sublayer_out, &final_norm, &d_stream, &d_sublayer_out, &d_sublayer_in, &d_attn_y,
-                           &d_q, &d_k, &d_v, &d_final_norm})
+                           &d_final_norm})
             take(*p, N * C);
-        for (floatX** p : {&d_swiglu, &d_gate, &d_up}) take(*p, N * F);
+        take(d_qkv, N * 3 * C);
         take(logits, N * V);
         for (float** p : {&rstd_f, &losses}) take(*p, N);
         for (int** p : {&tokens, &targets}) take(*p, N);
@@ -367,26 +372,22 @@ struct GpuModel {
     // ---- forward ----
 
     // The sublayers: the F(x) of eq. 1 and 2, written to f.
-    // Attention: q, k, v projections, RoPE on q and k, causal flash attention, o projection.
+    // Attention: one q|k|v projection with the layer's (3C, C) weight (wq, wk, wv stacked), RoPE on q
+    // and k (the first 2 NH heads of each 3C row), causal flash attention reading q, k, v from those
+    // rows, o projection.
     void attention_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
         const int N = B * T, C = cfg.d_model, NH = cfg.n_head, hd = cfg.head_dim();
-        // Three matmuls: wq, wk, wv of one layer are not adjacent in the layout (each tensor holds all
-        // L layers), so there is no (3C, C) weight for one fused qkv product.
-        matmul_forward(a.q, a.attn_in, param(WQ, l), N, C, C, stream);
-        matmul_forward(a.k, a.attn_in, param(WK, l), N, C, C, stream);
-        matmul_forward(a.v, a.attn_in, param(WV, l), N, C, C, stream);
-        rope_forward(a.q, a.q, rope_table, B, T, NH, hd, stream);
-        rope_forward(a.k, a.k, rope_table, B, T, NH, hd, stream);
-        attention_forward(a.attn_y, a.lse, a.q, a.k, a.v, /*stride=*/C, B, T, C, NH, stream);
+        matmul_forward(a.qkv, a.attn_in, param(WQ, l), N, C, 3 * C, stream);
+        rope_forward(a.qkv, a.qkv, rope_table, B, T, 2 * NH, hd, /*stride=*/3 * C, stream);
+        attention_forward(a.attn_y, a.lse, a.qkv, a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, B, T, C, NH, stream);
         matmul_forward(f, a.attn_y, param(WO, l), N, C, C, stream);
     }
 
-    // SwiGLU MLP: down(silu(gate(x)) * up(x)).
+    // SwiGLU MLP: down(silu(gate(x)) * up(x)), gate|up one projection with the layer's (2Fs, C) weight.
     void mlp_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
-        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);  // the stored width (core/config.h)
-        matmul_forward(a.gate, a.mlp_in, param(WGATE, l), N, C, F, stream);
-        matmul_forward(a.up, a.mlp_in, param(WUP, l), N, C, F, stream);
-        swiglu_forward(a.swiglu, a.gate, a.up, (long)N * F, stream);
+        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);
+        matmul_forward(a.gate_up, a.mlp_in, param(WGATE, l), N, C, 2 * F, stream);
+        swiglu_forward(a.swiglu, a.gate_up, a.gate_up + F, /*stride=*/2 * F, N, F, stream);
         matmul_forward(f, a.swiglu, param(WDOWN, l), N, F, C, stream);
     }
 
@@ -410,7 +411,7 @@ struct GpuModel {
             attention_sublayer_forward(a, l, f);
             residual_rmsnorm_forward(a.h, a.mlp_in, a.rstd_b, a.x, f, param(NORM_B, l), 1.0f, N, C, eps, stream);
             mlp_sublayer_forward(a, l, f);
-            residual_forward(a.out, a.h, f, (long)N * C, stream);
+            residual_forward(a.out, a.h, f, (long)N * C, 1.0f, stream);
         }
     }
 
@@ -450,54 +451,64 @@ struct GpuModel {
 
     // ---- backward: the mirror image of the forward ----
 
-    // dout = d attn_out; adds d attn_in into dinp.
+    // dout = d attn_out; writes d attn_in into dinp: one product from d q|k|v, laid out as q|k|v.
     void attention_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
         const int N = B * T, C = cfg.d_model, NH = cfg.n_head, hd = cfg.head_dim();
-        zero(acts.d_attn_y, (long)N * C);
+        floatX* d_qkv = acts.d_qkv;
         matmul_backward(acts.d_attn_y, grad(WO, l), dout, a.attn_y, param(WO, l), N, C, C, stream);
-        attention_backward(acts.d_q, acts.d_k, acts.d_v, acts.attn_delta, acts.d_attn_y, a.attn_y, a.lse, a.q, a.k, a.v,
-                           /*stride=*/C, /*dstride=*/C, B, T, C, NH, stream);
-        rope_backward(acts.d_q, acts.d_q, rope_table, B, T, NH, hd, stream);
-        rope_backward(acts.d_k, acts.d_k, rope_table, B, T, NH, hd, stream);
-        matmul_backward(dinp, grad(WQ, l), acts.d_q, a.attn_in, param(WQ, l), N, C, C, stream);
-        matmul_backward(dinp, grad(WK, l), acts.d_k, a.attn_in, param(WK, l), N, C, C, stream);
-        matmul_backward(dinp, grad(WV, l), acts.d_v, a.attn_in, param(WV, l), N, C, C, stream);
+        attention_backward(d_qkv, d_qkv + C, d_qkv + 2 * C, acts.attn_delta, acts.d_attn_y, a.attn_y, a.lse, a.qkv,
+                           a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, /*dstride=*/3 * C, B, T, C, NH, stream);
+        rope_backward(d_qkv, d_qkv, rope_table, B, T, 2 * NH, hd, /*stride=*/3 * C, stream);
+        matmul_backward(dinp, grad(WQ, l), d_qkv, a.attn_in, param(WQ, l), N, C, 3 * C, stream);
     }
 
-    // dout = d mlp_out; adds d mlp_in into dinp.
+    // dout = d mlp_out; writes d mlp_in into dinp: one product from d gate|up. Nothing reads the
+    // layer's swiglu and gate|up after this, so d swiglu and d gate|up are written over them
+    // (matmul_backward reads swiglu for d wdown before it writes d swiglu).
     void mlp_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
-        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);  // the stored width (core/config.h)
-        zero(acts.d_swiglu, (long)N * F);
-        matmul_backward(acts.d_swiglu, grad(WDOWN, l), dout, a.swiglu, param(WDOWN, l), N, F, C, stream);
-        swiglu_backward(acts.d_gate, acts.d_up, acts.d_swiglu, a.gate, a.up, (long)N * F, stream);
-        matmul_backward(dinp, grad(WGATE, l), acts.d_gate, a.mlp_in, param(WGATE, l), N, C, F, stream);
-        matmul_backward(dinp, grad(WUP, l), acts.d_up, a.mlp_in, param(WUP, l), N, C, F, stream);
+        const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);
+        floatX* d_swiglu = a.swiglu, *d_gate_up = a.gate_up;
+        matmul_backward(d_swiglu, grad(WDOWN, l), dout, a.swiglu, param(WDOWN, l), N, F, C, stream);
+        swiglu_backward(d_gate_up, d_gate_up + F, d_swiglu, a.gate_up, a.gate_up + F, /*stride=*/2 * F, N, F, stream);
+        matmul_backward(dinp, grad(WGATE, l), d_gate_up, a.mlp_in, param(WGATE, l), N, C, 2 * F, stream);
     }
 
-    // The mirror image of layer_forward: d out is in acts.d_stream on entry, d x on exit.
+    // Whether layer l's d out arrives in two parts (below): from a Post-LN layer above it.
+    bool d_out_in_two_parts(int l) const { return l + 1 < cfg.n_layer && layer_is_post_ln(cfg, l + 1); }
+
+    // The mirror image of layer_forward. The products that give d attn_in and d mlp_in write them
+    // (beta = 0) into acts.d_sublayer_in, and the norm backward after them adds them in:
+    //   Pre-LN:  d h = d out + LN_b'(d mlp_in), d x = d h + LN_a'(d attn_in), accumulated in d_stream.
+    //   Post-LN: d h = d mlp_in + s * dsum_b is read as its two parts by norm_a's backward; d x = d
+    //            attn_in + s * dsum_a stays in two parts (d_sublayer_in, d_sublayer_out) for the
+    //            Post-LN layer below, whose norm_b backward reads them so, and is added into d_stream
+    //            only where no Post-LN layer is below (the embedding's backward needs one tensor).
+    // d out is in acts.d_stream on entry, or in two parts (d_out_in_two_parts).
     void layer_backward(int l) {
         const GpuLayerActivations a = layer(l);
         const int N = B * T, C = cfg.d_model;
-        floatX* d_stream = acts.d_stream, *d_in = acts.d_sublayer_in, *d_f = acts.d_sublayer_out;
+        floatX* d_stream = acts.d_stream, *d_in = acts.d_sublayer_in, *d_sum = acts.d_sublayer_out;
         float* scratch = acts.rmsnorm_scratch;
         if (layer_is_post_ln(cfg, l)) {
             const float s = (float)residual_scale(cfg);
-            // out = LN_b(s*h + mlp_out):  d mlp_out = d sum,  d h = s * d sum + d mlp_in (mlp_in = h)
-            residual_rmsnorm_backward(d_in, d_f, grad(NORM_B, l), scratch, d_stream, a.norm_b_in, param(NORM_B, l),
-                                      a.rstd_b, s, N, C, stream);
-            mlp_sublayer_backward(a, l, d_f, d_in);
-            // h = LN_a(s*x + attn_out):  d attn_out = d sum,  d x = s * d sum + d attn_in (attn_in = x)
-            residual_rmsnorm_backward(d_stream, d_f, grad(NORM_A, l), scratch, d_in, a.norm_a_in, param(NORM_A, l),
-                                      a.rstd_a, s, N, C, stream);
-            attention_sublayer_backward(a, l, d_f, d_stream);
+            const bool two_parts = d_out_in_two_parts(l);
+            // out = LN_b(s*h + mlp_out):  d mlp_out = dsum_b
+            residual_rmsnorm_backward(d_sum, grad(NORM_B, l), scratch, two_parts ? d_in : d_stream,
+                                      two_parts ? d_sum : nullptr, s, a.norm_b_in, param(NORM_B, l), a.rstd_b, N, C,
+                                      stream);
+            mlp_sublayer_backward(a, l, d_sum, d_in);
+            // h = LN_a(s*x + attn_out), mlp_in = h:  d h = d mlp_in + s * dsum_b,  d attn_out = dsum_a
+            residual_rmsnorm_backward(d_sum, grad(NORM_A, l), scratch, d_in, d_sum, s, a.norm_a_in, param(NORM_A, l),
+                                      a.rstd_a, N, C, stream);
+            attention_sublayer_backward(a, l, d_sum, d_in);
+            // attn_in = x:  d x = d attn_in + s * dsum_a
+            if (l == 0 || !layer_is_post_ln(cfg, l - 1)) residual_forward(d_stream, d_sum, d_in, (long)N * C, s, stream);
         } else {
             // out = h + mlp_out, mlp_in = LN_b(h):  d mlp_out = d out,  d h = d out + LN_b'(d mlp_in)
-            zero(d_in, (long)N * C);
             mlp_sublayer_backward(a, l, d_stream, d_in);
             rmsnorm_backward(d_stream, grad(NORM_B, l), scratch, d_in, a.norm_b_in, param(NORM_B, l), a.rstd_b,
                              /*accumulate=*/true, N, C, stream);
             // h = x + attn_out, attn_in = LN_a(x):  d attn_out = d h,  d x = d h + LN_a'(d attn_in)
-            zero(d_in, (long)N * C);
             attention_sublayer_backward(a, l, d_stream, d_in);
             rmsnorm_backward(d_stream, grad(NORM_A, l), scratch, d_in, a.norm_a_in, param(NORM_A, l), a.rstd_a,
                              /*accumulate=*/true, N, C, stream);
@@ -507,7 +518,6 @@ struct GpuModel {
     // Adds to grads the gradient whose d logits classifier() left in place of the logits.
     void backward() {
         const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
-        zero(acts.d_final_norm, (long)N * C);
         matmul_backward(acts.d_final_norm, grad(LM_HEAD), acts.logits, acts.final_norm, param(LM_HEAD), N, C, V, stream);
         rmsnorm_backward(acts.d_stream, grad(NORM_F), acts.rmsnorm_scratch, acts.d_final_norm, layer(cfg.n_layer - 1).out,
                          param(NORM_F), acts.rstd_f, /*accumulate=*/false, N, C, stream);

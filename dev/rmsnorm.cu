@@ -24,7 +24,7 @@
 //   forward            reads x, writes out and rstd:                 2 N C X + 4 N
 //   residual forward   reads x, f, writes sum, out, rstd:            4 N C X + 4 N
 //   backward           reads dout, inp, dinp, rstd, writes dinp:     4 N C X + 4 N   (Pre-LN, accumulating)
-//   residual backward  reads dout, sum, rstd, writes df, dx:         4 N C X + 4 N   (Post-LN, s = 1.7)
+//   residual backward  reads dout, dres, sum, rstd, writes dsum:     4 N C X + 4 N   (Post-LN, s = 1.7)
 // The weight (C values) and the fp32 dweight partial rows (a few MB at most) are not counted.
 #include <vector>
 #include "common.cuh"
@@ -81,15 +81,16 @@ __global__ void __launch_bounds__(256) rmsnorm_forward_v2_kernel(floatX* out, fl
     }
 }
 
-// Warp `gw` of the grid handles rows gw, gw + (warps in the grid), ...; per row, as version 1:
-//   d = rstd * (dy * w - xhat * mean(dy * w * xhat)),  dinp = d (+ dinp),  dscaled = s * d
+// Warp `gw` of the grid handles rows gw, gw + (warps in the grid), ...; per row, as version 1, with
+// dy = dout + s * dres (dres null: dy = dout):
+//   d = rstd * (dy * w - xhat * mean(dy * w * xhat)),  dinp = d (+ dinp)
 // and dweight += dy * xhat for the lane's own columns, in registers. The second pass rereads dy and x:
 // the warp read them a moment ago, so they come from L1, and not holding them leaves room for the
 // dweight registers (238 registers per thread at C = 2048 when held, 1 block per SM). At the end the
 // block's warps add their registers into a shared row in warp order, written as dw_partial[blockIdx.x].
 template <int VPL>
-__global__ void __launch_bounds__(256) rmsnorm_backward_v2_kernel(floatX* dinp, floatX* dscaled, float* dw_partial,
-                                                                  const floatX* dout, const floatX* inp, const floatX* w,
+__global__ void __launch_bounds__(256) rmsnorm_backward_v2_kernel(floatX* dinp, float* dw_partial, const floatX* dout,
+                                                                  const floatX* dres, const floatX* inp, const floatX* w,
                                                                   const float* rstd, float s, bool accumulate, int N,
                                                                   int C) {
     extern __shared__ float dw_row[];  // C floats
@@ -101,6 +102,16 @@ __global__ void __launch_bounds__(256) rmsnorm_backward_v2_kernel(floatX* dinp, 
 #pragma unroll
         for (int e = 0; e < VEC; e++) dw_acc[k][e] = 0.0f;
 
+    // dy of the VEC elements at i: dout + s * dres
+    auto load_dy = [&](float* dy, long i) {
+        const PackedX a = load128(dout + i);
+#pragma unroll
+        for (int e = 0; e < VEC; e++) dy[e] = (float)a[e];
+        if (!dres) return;
+        const PackedX b = load128(dres + i);
+#pragma unroll
+        for (int e = 0; e < VEC; e++) dy[e] += s * (float)b[e];
+    };
     for (int n = blockIdx.x * warps + warp; n < N; n += gridDim.x * warps) {
         const long row = (long)n * C;
         const float r = rstd[n];
@@ -109,32 +120,32 @@ __global__ void __launch_bounds__(256) rmsnorm_backward_v2_kernel(floatX* dinp, 
         for (int k = 0; k < VPL; k++) {
             const int j = lane + 32 * k;
             if (j >= nvec) continue;
-            const PackedX dyv = load128(dout + row + j * VEC), xv = load128(inp + row + j * VEC);
-            const PackedX wv = load128(w + j * VEC);
+            float dy[VEC];
+            load_dy(dy, row + j * VEC);
+            const PackedX xv = load128(inp + row + j * VEC), wv = load128(w + j * VEC);
 #pragma unroll
-            for (int e = 0; e < VEC; e++) dot += (float)dyv[e] * (float)wv[e] * (float)xv[e];
+            for (int e = 0; e < VEC; e++) dot += dy[e] * (float)wv[e] * (float)xv[e];
         }
         const float mean_dot = warp_reduce_sum(dot) * r / C;
 #pragma unroll
         for (int k = 0; k < VPL; k++) {
             const int j = lane + 32 * k;
             if (j >= nvec) continue;
-            const PackedX dyv = load128(dout + row + j * VEC), xv = load128(inp + row + j * VEC);
-            const PackedX wv = load128(w + j * VEC);
+            float dy[VEC];
+            load_dy(dy, row + j * VEC);
+            const PackedX xv = load128(inp + row + j * VEC), wv = load128(w + j * VEC);
             PackedX prev;
             if (accumulate) prev = load128(dinp + row + j * VEC);
-            PackedX dv, sv;
+            PackedX dv;
 #pragma unroll
             for (int e = 0; e < VEC; e++) {
-                const float dy = (float)dyv[e], xhat = (float)xv[e] * r;
-                float d = r * (dy * (float)wv[e] - xhat * mean_dot);
+                const float xhat = (float)xv[e] * r;
+                float d = r * (dy[e] * (float)wv[e] - xhat * mean_dot);
                 if (accumulate) d += (float)prev[e];
                 dv[e] = (floatX)d;
-                sv[e] = (floatX)(s * d);
-                dw_acc[k][e] += dy * xhat;
+                dw_acc[k][e] += dy[e] * xhat;
             }
             store128(dinp + row + j * VEC, dv);
-            if (dscaled) store128(dscaled + row + j * VEC, sv);
         }
     }
 
@@ -196,14 +207,14 @@ static int rmsnorm_backward_v2_blocks(int N, int C) {
 }
 
 // scratch: rmsnorm_backward_v2_blocks(N, C) * C floats.
-static void rmsnorm_backward_v2(floatX* dinp, floatX* dscaled, float* dw, float* scratch, const floatX* dout,
+static void rmsnorm_backward_v2(floatX* dinp, float* dw, float* scratch, const floatX* dout, const floatX* dres,
                                 const floatX* inp, const floatX* w, const float* rstd, float s, bool accumulate, int N,
                                 int C) {
     if (C % VEC) unsupported("rmsnorm v2: C must be a multiple of 8 (bf16) or 4 (fp32)");
     const int grid = rmsnorm_backward_v2_blocks(N, C);
     const bool ok = dispatch_pow2((int)ceil_div(C / VEC, 32), [&](auto vpl) {
         rmsnorm_backward_v2_kernel<decltype(vpl)::value><<<grid, 256, C * sizeof(float)>>>(
-            dinp, dscaled, scratch, dout, inp, w, rstd, s, accumulate, N, C);
+            dinp, scratch, dout, dres, inp, w, rstd, s, accumulate, N, C);
     });
     if (!ok) unsupported("rmsnorm v2: C too large");
     cudaCheck(cudaGetLastError());
@@ -224,7 +235,7 @@ int main(int argc, char** argv) {
         const std::string shape = shape_name(m.name, N, C);
         const double X = sizeof(floatX);
         printf("%s: N %d, C %d\n", m.name, N, C);
-        DeviceBuffer<floatX> x(NC), f(NC), w(C), sum(NC), out(NC), dout(NC), dinp(NC), dx(NC);
+        DeviceBuffer<floatX> x(NC), f(NC), w(C), sum(NC), out(NC), dout(NC), dinp(NC);
         DeviceBuffer<float> dw(C), rstd(N);  // dw: a weight gradient, fp32 in both builds
         DeviceBuffer<float> scratch(std::max<long>(rmsnorm_backward_scratch_floats(C),
                                                    (long)rmsnorm_backward_v2_blocks(N, C) * C));
@@ -283,7 +294,7 @@ int main(int argc, char** argv) {
         // sqrt(16384) ~ 1e-5 at worst relative to the sum of magnitudes).
         auto backward = [&] {
             if (version == 1) rmsnorm_backward(dinp.ptr, dw.ptr, scratch.ptr, dout.ptr, x.ptr, w.ptr, rstd.ptr, true, N, C, 0);
-            else rmsnorm_backward_v2(dinp.ptr, nullptr, dw.ptr, scratch.ptr, dout.ptr, x.ptr, w.ptr, rstd.ptr, 1.0f, true, N, C);
+            else rmsnorm_backward_v2(dinp.ptr, dw.ptr, scratch.ptr, dout.ptr, nullptr, x.ptr, w.ptr, rstd.ptr, 1.0f, true, N, C);
         };
         dinp.fill_normal(15);
         dw.fill_normal(16);
@@ -296,23 +307,21 @@ int main(int argc, char** argv) {
         if (backward_checks.passed)
             report_bandwidth("rmsnorm_backward", shape, version, 4 * NC * X + 4.0 * N, benchmark_kernel(backward));
 
-        // residual backward (Post-LN, DeepNorm's s): df = dsum, dx = s * dsum
+        // residual backward (Post-LN, DeepNorm's s): dsum from dy = dout + s * dres (dres: f's values)
         auto residual_backward_run = [&] {
             if (version == 1)
-                residual_rmsnorm_backward(dx.ptr, dinp.ptr, dw.ptr, scratch.ptr, dout.ptr, x.ptr, w.ptr, rstd.ptr, s_post, N, C, 0);
-            else rmsnorm_backward_v2(dinp.ptr, dx.ptr, dw.ptr, scratch.ptr, dout.ptr, x.ptr, w.ptr, rstd.ptr, s_post, false, N, C);
+                residual_rmsnorm_backward(dinp.ptr, dw.ptr, scratch.ptr, dout.ptr, f.ptr, s_post, x.ptr, w.ptr, rstd.ptr, N, C, 0);
+            else rmsnorm_backward_v2(dinp.ptr, dw.ptr, scratch.ptr, dout.ptr, f.ptr, x.ptr, w.ptr, rstd.ptr, s_post, false, N, C);
         };
         dinp.poison();
-        dx.poison();
         dw.fill_normal(17);
-        std::vector<double> dsum(NC, 0.0), dx_ref(NC, 0.0), df_ref(NC, 0.0);
+        std::vector<double> dy = dout_h, dsum(NC, 0.0);
+        for (long i = 0; i < NC; i++) dy[i] += s_post * f_h[i];
         dw_ref = to_double(dw.download());
         residual_backward_run();
-        rmsnorm_backward(dsum.data(), dw_ref.data(), dout_h.data(), x_h.data(), w_h.data(), rstd_h.data(), N, C);
-        residual_backward(dx_ref.data(), df_ref.data(), dsum.data(), NC, (double)s_post);
+        rmsnorm_backward(dsum.data(), dw_ref.data(), dy.data(), x_h.data(), w_h.data(), rstd_h.data(), N, C);
         Validation residual_backward_checks;
-        residual_backward_checks.check("df", dinp.download(), df_ref, STORE_TOL);
-        residual_backward_checks.check("dx", dx.download(), dx_ref, STORE_TOL);
+        residual_backward_checks.check("dsum", dinp.download(), dsum, STORE_TOL);
         residual_backward_checks.check("dw", dw.download(), dw_ref, 2 * FP32_TOL);
         if (residual_backward_checks.passed)
             report_bandwidth("residual_rmsnorm_backward", shape, version, 4 * NC * X + 4.0 * N,

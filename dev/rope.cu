@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
         const std::vector<double> x_h = to_double(x.download());
 
         auto run = [&](int direction) {
-            if (version == 1) launch_rope(out.ptr, x.ptr, table.ptr, B, T, NH, hd, direction, 0);
+            if (version == 1) launch_rope(out.ptr, x.ptr, table.ptr, B, T, NH, hd, /*stride=*/C, direction, 0);
             else rope_v2(out.ptr, x.ptr, table.ptr, B, T, NH, hd, direction);
         };
         // STORE_TOL: cos and sin rounded to fp32, two products and a sum in fp32, stored once.

@@ -2,7 +2,8 @@
 //   out = silu(gate) * up;  dgate = dout * up * s * (1 + g (1 - s)),  dup = dout * silu(g),  s = sigmoid(g)
 //
 // Versions:
-//   1  production, kernels/swiglu.cuh: one element per thread, 2-byte loads and stores in bf16.
+//   1  production, kernels/swiglu.cuh: one element per thread per row (a grid of columns by rows, gate
+//      and up read by row stride), 2-byte loads and stores in bf16. Timed here on separate gate and up.
 //   2  one 128-bit vector (8 bf16) per thread for every load and store: an eighth of version 1's memory
 //      instructions (and threads) for the same bytes, each warp request a full 512-byte line set, so
 //      fewer warps in flight keep the same bytes in flight.
@@ -106,7 +107,7 @@ int main(int argc, char** argv) {
 
         // STORE_TOL: an expf, a division and a few products in fp32 per element, stored once.
         auto forward = [&] {
-            if (version == 1) swiglu_forward(out.ptr, gate.ptr, up.ptr, n, 0);
+            if (version == 1) swiglu_forward(out.ptr, gate.ptr, up.ptr, /*stride=*/m.F, TOKENS, m.F, 0);
             else swiglu_forward_v2(out.ptr, gate.ptr, up.ptr, n);
         };
         out.poison();
@@ -119,7 +120,7 @@ int main(int argc, char** argv) {
             report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
 
         auto backward = [&] {
-            if (version == 1) swiglu_backward(dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr, n, 0);
+            if (version == 1) swiglu_backward(dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr, /*stride=*/m.F, TOKENS, m.F, 0);
             else swiglu_backward_v2(dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr, n);
         };
         dgate.poison();

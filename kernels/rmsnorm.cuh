@@ -4,10 +4,12 @@
 // The two orderings (the paper's eq. 1 and 2) need the same fused pair with different bookkeeping:
 //   Pre-LN   h = x + f;  n = rmsnorm(h)        forward writes h (the residual stream) and n
 //            backward: dh = dh_residual + rmsnorm_backward(dn)          (rmsnorm_backward, accumulating)
-//   Post-LN  y = rmsnorm(s*x + f)              forward keeps the sum s*x + f for the backward
-//            backward: dsum = rmsnorm_backward(dy); df = dsum, dx = s*dsum (residual_rmsnorm_backward)
-// so one forward kernel (optional residual) and one backward kernel pair (optional accumulation and
-// scaled copy) serve both. dweight is fp32 (the weight gradients are, in both builds) and
+//   Post-LN  y = rmsnorm(s*x + f(x))           forward keeps the sum s*x + f for the backward
+//            backward: dsum = rmsnorm_backward(dy) = df; dx = s*dsum + f'(x)^T dsum is not formed
+//            here: the layer's GEMM writes the second term, and the next norm backward adds s*dsum
+//            to it as it reads it, dy = dout + s*dres (residual_rmsnorm_backward)
+// so one forward kernel (optional residual) and one backward kernel (optional accumulation and second
+// incoming gradient) serve both. dweight is fp32 (the weight gradients are, in both builds) and
 // deterministic: each block sums its rows into an fp32 partial row, and a second kernel adds the
 // partial rows in block order; no atomics.
 #pragma once
@@ -38,30 +40,32 @@ __global__ void rmsnorm_forward_kernel(floatX* out, float* rstd, floatX* sum, co
     for (int c = lane; c < C; c += 32) out[row + c] = (floatX)((float)in[row + c] * r * (float)w[c]);
 }
 
-// Block b handles rows b, b + gridDim.x, ... For each row, with xhat = in * rstd and g = dout * w:
+// Block b handles rows b, b + gridDim.x, ... For each row, with dy = dout + s * dres (dres null: dy =
+// dout), xhat = in * rstd and g = dy * w:
 //   d = rstd * (g - xhat * mean(g * xhat))           (as kernels/cpu/rmsnorm.h)
-//   dinp = d + (accumulate ? dinp : 0);   dscaled = s * d when dscaled is given
-// and each thread adds dout * xhat of its own columns into the block's shared fp32 dweight row
+//   dinp = d + (accumulate ? dinp : 0)
+// and each thread adds dy * xhat of its own columns into the block's shared fp32 dweight row
 // (blockDim.x * k + threadIdx.x: no two threads share a slot), written out as dw_partial[b] at the end.
-__global__ void rmsnorm_backward_kernel(floatX* dinp, floatX* dscaled, float* dw_partial, const floatX* dout,
-                                        const floatX* inp, const floatX* w, const float* rstd, float s,
+// dinp may alias dout or dres: a thread writes only the elements it has read, after the row's
+// reduction (a barrier) ends every read of the first pass.
+__global__ void rmsnorm_backward_kernel(floatX* dinp, float* dw_partial, const floatX* dout, const floatX* dres,
+                                        float s, const floatX* inp, const floatX* w, const float* rstd,
                                         bool accumulate, int N, int C) {
     extern __shared__ float dw_row[];  // C floats
     for (int c = threadIdx.x; c < C; c += blockDim.x) dw_row[c] = 0.0f;
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
         const long row = (long)n * C;
         const float r = rstd[n];
+        auto dy_at = [&](int c) { return (float)dout[row + c] + (dres ? s * (float)dres[row + c] : 0.0f); };
         float dot = 0.0f;  // sum_c g_c * xhat_c, without the common factor r
-        for (int c = threadIdx.x; c < C; c += blockDim.x)
-            dot += (float)dout[row + c] * (float)w[c] * (float)inp[row + c];
+        for (int c = threadIdx.x; c < C; c += blockDim.x) dot += dy_at(c) * (float)w[c] * (float)inp[row + c];
         const float mean_dot = block_reduce_sum(dot) * r / C;
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            const float dy = (float)dout[row + c];
+            const float dy = dy_at(c);
             const float xhat = (float)inp[row + c] * r;
             float d = r * (dy * (float)w[c] - xhat * mean_dot);
             if (accumulate) d += (float)dinp[row + c];
             dinp[row + c] = (floatX)d;
-            if (dscaled) dscaled[row + c] = (floatX)(s * d);
             dw_row[c] += dy * xhat;
         }
     }
@@ -104,13 +108,13 @@ inline long rmsnorm_backward_scratch_floats(int C) { return (long)RMSNORM_BACKWA
 
 // Both backward launchers: the kernel, then the dweight reduction over its blocks. The grid depends
 // only on N, so two runs on the same inputs add the same partials in the same order.
-inline void launch_rmsnorm_backward(floatX* dinp, floatX* dscaled, float* dw, float* scratch, const floatX* dout,
-                                    const floatX* inp, const floatX* w, const float* rstd, float s, bool accumulate,
+inline void launch_rmsnorm_backward(floatX* dinp, float* dw, float* scratch, const floatX* dout, const floatX* dres,
+                                    float s, const floatX* inp, const floatX* w, const float* rstd, bool accumulate,
                                     int N, int C, cudaStream_t stream) {
     const int block = 256;
     const int grid = N < RMSNORM_BACKWARD_BLOCKS ? N : RMSNORM_BACKWARD_BLOCKS;
-    rmsnorm_backward_kernel<<<grid, block, C * sizeof(float), stream>>>(dinp, dscaled, scratch, dout, inp, w, rstd,
-                                                                         s, accumulate, N, C);
+    rmsnorm_backward_kernel<<<grid, block, C * sizeof(float), stream>>>(dinp, scratch, dout, dres, s, inp, w, rstd,
+                                                                         accumulate, N, C);
     cudaCheck(cudaGetLastError());
     rmsnorm_dweight_kernel<<<ceil_div(C, block), block, 0, stream>>>(dw, scratch, grid, C);
     cudaCheck(cudaGetLastError());
@@ -121,13 +125,15 @@ inline void launch_rmsnorm_backward(floatX* dinp, floatX* dscaled, float* dw, fl
 // scratch: rmsnorm_backward_scratch_floats(C) floats.
 inline void rmsnorm_backward(floatX* dinp, float* dw, float* scratch, const floatX* dout, const floatX* inp,
                              const floatX* w, const float* rstd, bool accumulate, int N, int C, cudaStream_t stream) {
-    launch_rmsnorm_backward(dinp, nullptr, dw, scratch, dout, inp, w, rstd, 1.0f, accumulate, N, C, stream);
+    launch_rmsnorm_backward(dinp, dw, scratch, dout, nullptr, 1.0f, inp, w, rstd, accumulate, N, C, stream);
 }
 
-// Post-LN, the backward of out = rmsnorm(sum), sum = s * x + f: writes df = dsum and dx = s * dsum,
-// dw (fp32) += dweight. With s = 1 the caller may pass dx == df (one buffer holding dsum).
-inline void residual_rmsnorm_backward(floatX* dx, floatX* df, float* dw, float* scratch, const floatX* dout,
-                                      const floatX* sum, const floatX* w, const float* rstd, float s, int N, int C,
+// Post-LN, the backward of y = rmsnorm(sum), sum = s * x + f: writes dsum (= df), dw (fp32) += dweight.
+// y feeds the next sublayer and, scaled by s, the next Post-LN norm's sum, so its gradient arrives in
+// two parts, dy = dout + s * dres: dout through the sublayer's input product, dres the next norm's
+// dsum (null where y has no such second use: dy = dout). dsum may be dres's buffer (in place).
+inline void residual_rmsnorm_backward(floatX* dsum, float* dw, float* scratch, const floatX* dout, const floatX* dres,
+                                      float s, const floatX* sum, const floatX* w, const float* rstd, int N, int C,
                                       cudaStream_t stream) {
-    launch_rmsnorm_backward(df, dx, dw, scratch, dout, sum, w, rstd, s, false, N, C, stream);
+    launch_rmsnorm_backward(dsum, dw, scratch, dout, dres, s, sum, w, rstd, false, N, C, stream);
 }

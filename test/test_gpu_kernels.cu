@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 #include "gpu_test_utils.cuh"
 #include "../core/rng.h"
@@ -176,32 +177,35 @@ TEST_CASE("rmsnorm backward, writing (final norm) and accumulating (Pre-LN)") {
     }
 }
 
-TEST_CASE("residual rmsnorm backward for Post-LN writes df = dsum and dx = s * dsum") {
-    // STORE_TOL for dx, df and FP32_TOL for dw, as in the plain backward (dx is s times the fp32 dsum,
-    // stored once).
-    // s = 1 also checks the single-buffer use, dx == df.
+TEST_CASE("residual rmsnorm backward for Post-LN: dsum from dy = dout + s * dres, in place over dres") {
+    // STORE_TOL for dsum and FP32_TOL for dw, as in the plain backward: dy = dout + s * dres is one more
+    // fp32 multiply-add per element (2^-24), before the same arithmetic. Without dres, dy = dout. With
+    // it, dsum is written over dres, as the trainer does (and dres's values differ from dout's, so
+    // reading either in place of the other, or dropping s, misses the bound).
     Rng rng(204);
     for (const float s_res : {1.0f, 1.7f}) {
-        for (const NormSize& s : NORM_SIZES) {
-            INFO("N=" << s.N << " C=" << s.C << " s=" << s_res);
-            const long NC = (long)s.N * s.C;
-            const std::vector<float> sum = random_floatX(NC, rng, 3.0), w = random_floatX(s.C, rng);
-            const std::vector<float> dout = random_floatX(NC, rng), dw = random_fp32(s.C, rng);
-            const std::vector<float> rstd = reference_rstd(sum, w, s.N, s.C);
-            DeviceBuffer<floatX> d_sum(sum), d_w(w), d_dout(dout), d_dx(NC), d_df(NC);
-            DeviceBuffer<float> d_dw(dw), d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
-            d_dx.poison();
-            d_df.poison();
-            floatX* dx = s_res == 1.0f ? d_df.ptr : d_dx.ptr;
-            residual_rmsnorm_backward(dx, d_df.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_sum.ptr, d_w.ptr, d_rstd.ptr,
-                                      s_res, s.N, s.C, STREAM);
-            std::vector<double> dsum(NC, 0.0), dx_ref(NC, 0.0), df_ref(NC, 0.0), dw_ref = to_double(dw);
-            rmsnorm_backward(dsum.data(), dw_ref.data(), to_double(dout).data(), to_double(sum).data(),
-                             to_double(w).data(), to_double(rstd).data(), s.N, s.C);
-            residual_backward(dx_ref.data(), df_ref.data(), dsum.data(), NC, (double)s_res);
-            CHECK(relative_error(d_df.download(), df_ref) <= STORE_TOL);
-            if (s_res != 1.0f) CHECK(relative_error(d_dx.download(), dx_ref) <= STORE_TOL);
-            CHECK(relative_error(d_dw.download(), dw_ref) <= FP32_TOL);
+        for (const bool with_dres : {false, true}) {
+            for (const NormSize& s : NORM_SIZES) {
+                INFO("N=" << s.N << " C=" << s.C << " s=" << s_res << " dres=" << with_dres);
+                const long NC = (long)s.N * s.C;
+                const std::vector<float> sum = random_floatX(NC, rng, 3.0), w = random_floatX(s.C, rng);
+                const std::vector<float> dout = random_floatX(NC, rng), dres = random_floatX(NC, rng, 0.5);
+                const std::vector<float> dw = random_fp32(s.C, rng);
+                const std::vector<float> rstd = reference_rstd(sum, w, s.N, s.C);
+                DeviceBuffer<floatX> d_sum(sum), d_w(w), d_dout(dout), d_dsum(dres);
+                DeviceBuffer<float> d_dw(dw), d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
+                if (!with_dres) d_dsum.poison();
+                residual_rmsnorm_backward(d_dsum.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, with_dres ? d_dsum.ptr : nullptr,
+                                          s_res, d_sum.ptr, d_w.ptr, d_rstd.ptr, s.N, s.C, STREAM);
+                std::vector<double> dy = to_double(dout);
+                if (with_dres)
+                    for (long i = 0; i < NC; i++) dy[i] += (double)s_res * dres[i];
+                std::vector<double> dsum(NC, 0.0), dw_ref = to_double(dw);
+                rmsnorm_backward(dsum.data(), dw_ref.data(), dy.data(), to_double(sum).data(), to_double(w).data(),
+                                 to_double(rstd).data(), s.N, s.C);
+                CHECK(relative_error(d_dsum.download(), dsum) <= STORE_TOL);
+                CHECK(relative_error(d_dw.download(), dw_ref) <= FP32_TOL);
+            }
         }
     }
 }
@@ -221,92 +225,175 @@ TEST_CASE("rmsnorm backward dweight is deterministic") {
     CHECK(bitwise_equal(first, d_dw.raw()));
 }
 
+TEST_CASE("residual forward adds the sublayer output to the scaled stream") {
+    // STORE_TOL: one fp32 multiply-add, stored. s = 1: Pre-LN's residual; s = 1.7: as DeepNorm's,
+    // where the Post-LN backward adds d x = s * dsum + d attn_in.
+    Rng rng(311);
+    for (const float s_res : {1.0f, 1.7f}) {
+        for (const long n : {21L * 12, 21L * 1000, 257L * 1368}) {
+            INFO("n=" << n << " s=" << s_res);
+            const std::vector<float> x = random_floatX(n, rng), f = random_floatX(n, rng, 0.1);
+            DeviceBuffer<floatX> d_x(x), d_f(f), d_out(n);
+            d_out.poison();
+            residual_forward(d_out.ptr, d_x.ptr, d_f.ptr, n, s_res, STREAM);
+            std::vector<double> out(n);
+            residual_forward(out.data(), to_double(x).data(), to_double(f).data(), n, (double)s_res);
+            CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------
 // SwiGLU
 
-static const long SWIGLU_SIZES[] = {21 * 12, 21 * 1000, 257 * 1368};
+// gate and up side by side in rows of 2F, as the model's one gate|up product leaves them (stride 2F),
+// or as two (N, F) tensors (stride F). N 70000 is more rows than the kernels' grid has (65535).
+struct SwigluCase {
+    int N, F;
+    bool fused;
+    std::vector<float> buffer;    // the device buffer's values: (N, 2F), or gate (N, F) then up (N, F)
+    std::vector<double> gate, up; // (N, F) each: the same values, for the reference
 
-TEST_CASE("residual forward adds the sublayer output to the stream") {
-    // STORE_TOL: one fp32 addition, stored.
-    Rng rng(311);
-    for (const long n : SWIGLU_SIZES) {
-        INFO("n=" << n);
-        const std::vector<float> x = random_floatX(n, rng), f = random_floatX(n, rng, 0.1);
-        DeviceBuffer<floatX> d_x(x), d_f(f), d_out(n);
-        d_out.poison();
-        residual_forward(d_out.ptr, d_x.ptr, d_f.ptr, n, STREAM);
-        std::vector<double> out(n);
-        residual_forward(out.data(), to_double(x).data(), to_double(f).data(), n, 1.0);
-        CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+    SwigluCase(int n, int f, bool fused_, Rng& rng) : N(n), F(f), fused(fused_), buffer(2L * n * f) {
+        gate.resize((long)N * F);
+        up.resize((long)N * F);
+        for (long i = 0; i < (long)N * F; i++) {
+            gate[i] = buffer[at(i, false)] = (float)(floatX)(float)(3.0 * rng.normal());
+            up[i] = buffer[at(i, true)] = (float)(floatX)(float)rng.normal();
+        }
     }
-}
+    long stride() const { return fused ? 2L * F : F; }
+    long up_offset() const { return fused ? F : (long)N * F; }
+    // Where element i = n * F + f of gate (or up) sits in the buffer.
+    long at(long i, bool is_up) const { return (i / F) * stride() + i % F + (is_up ? up_offset() : 0); }
+    // gate's (or up's) (N, F) values out of a buffer laid out as this one.
+    std::vector<float> gather(const std::vector<float>& values, bool is_up) const {
+        std::vector<float> out((long)N * F);
+        for (long i = 0; i < (long)N * F; i++) out[i] = values[at(i, is_up)];
+        return out;
+    }
+};
 
-TEST_CASE("swiglu forward") {
+struct SwigluSize { int N, F; };
+static const SwigluSize SWIGLU_SIZES[] = {{21, 12}, {21, 1000}, {257, 1368}, {70000, 3}};
+
+TEST_CASE("swiglu forward, gate and up side by side (stride 2F) and separate (stride F)") {
     // STORE_TOL: an expf, a division and two products in fp32, stored.
     Rng rng(301);
-    for (const long n : SWIGLU_SIZES) {
-        INFO("n=" << n);
-        const std::vector<float> gate = random_floatX(n, rng, 3.0), up = random_floatX(n, rng);
-        DeviceBuffer<floatX> d_gate(gate), d_up(up), d_out(n);
-        d_out.poison();
-        swiglu_forward(d_out.ptr, d_gate.ptr, d_up.ptr, n, STREAM);
-        std::vector<double> out(n);
-        swiglu_forward(out.data(), to_double(gate).data(), to_double(up).data(), n);
-        CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
-    }
+    for (const SwigluSize& size : SWIGLU_SIZES)
+        for (const bool fused : {true, false}) {
+            INFO("N=" << size.N << " F=" << size.F << " fused=" << fused);
+            const SwigluCase c(size.N, size.F, fused, rng);
+            const long n = (long)c.N * c.F;
+            DeviceBuffer<floatX> d_gate_up(c.buffer), d_out(n);
+            d_out.poison();
+            swiglu_forward(d_out.ptr, d_gate_up.ptr, d_gate_up.ptr + c.up_offset(), c.stride(), c.N, c.F, STREAM);
+            std::vector<double> out(n);
+            swiglu_forward(out.data(), c.gate.data(), c.up.data(), n);
+            CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
+        }
 }
 
-TEST_CASE("swiglu backward writes both input gradients") {
-    // STORE_TOL: as the forward, a few more fp32 products.
+TEST_CASE("swiglu backward writes both input gradients by stride, into a new buffer and over gate and up") {
+    // STORE_TOL: as the forward, a few more fp32 products. The gradients land where gate and up are in
+    // the layout (poisoned first); the trainer writes them over gate and up themselves.
     Rng rng(302);
-    for (const long n : SWIGLU_SIZES) {
-        INFO("n=" << n);
-        const std::vector<float> gate = random_floatX(n, rng, 3.0), up = random_floatX(n, rng), dout = random_floatX(n, rng);
-        DeviceBuffer<floatX> d_gate(gate), d_up(up), d_dout(dout), d_dgate(n), d_dup(n);
-        d_dgate.poison();
-        d_dup.poison();
-        swiglu_backward(d_dgate.ptr, d_dup.ptr, d_dout.ptr, d_gate.ptr, d_up.ptr, n, STREAM);
-        std::vector<double> dgate(n, 0.0), dup(n, 0.0);
-        swiglu_backward(dgate.data(), dup.data(), to_double(dout).data(), to_double(gate).data(), to_double(up).data(), n);
-        CHECK(relative_error(d_dgate.download(), dgate) <= STORE_TOL);
-        CHECK(relative_error(d_dup.download(), dup) <= STORE_TOL);
-    }
+    for (const SwigluSize& size : SWIGLU_SIZES)
+        for (const bool fused : {true, false})
+            for (const bool in_place : {false, true}) {
+                INFO("N=" << size.N << " F=" << size.F << " fused=" << fused << " in place=" << in_place);
+                const SwigluCase c(size.N, size.F, fused, rng);
+                const long n = (long)c.N * c.F;
+                const std::vector<float> dout = random_floatX(n, rng);
+                DeviceBuffer<floatX> d_gate_up(c.buffer), d_dout(dout), d_grads(c.buffer.size());
+                d_grads.poison();
+                DeviceBuffer<floatX>& grads = in_place ? d_gate_up : d_grads;
+                swiglu_backward(grads.ptr, grads.ptr + c.up_offset(), d_dout.ptr, d_gate_up.ptr,
+                                d_gate_up.ptr + c.up_offset(), c.stride(), c.N, c.F, STREAM);
+                std::vector<double> dgate(n, 0.0), dup(n, 0.0);
+                swiglu_backward(dgate.data(), dup.data(), to_double(dout).data(), c.gate.data(), c.up.data(), n);
+                const std::vector<float> got = grads.download();
+                CHECK(relative_error(c.gather(got, false), dgate) <= STORE_TOL);
+                CHECK(relative_error(c.gather(got, true), dup) <= STORE_TOL);
+            }
 }
 
 // ----------------------------------------------------------------------------
 // RoPE
 
+struct RopeSize { int B, T, NH, hd; };
+static const RopeSize ROPE_SIZES[] = {{3, 7, 3, 4}, {2, 64, 12, 64}, {1, 256, 8, 128}};
+static const double ROPE_THETA = 10000.0;
+
+// The (cos, sin) table for more positions than used, to catch a wrong position index.
+static std::unique_ptr<DeviceBuffer<float2>> rope_table(const RopeSize& s) {
+    const int table_T = s.T + 5;
+    auto table = std::make_unique<DeviceBuffer<float2>>((size_t)table_T * (s.hd / 2));
+    rope_table_init(table->ptr, table_T, s.hd, ROPE_THETA, STREAM);
+    return table;
+}
+
 TEST_CASE("rope forward and backward, out of place and in place") {
-    // STORE_TOL: cos and sin rounded to fp32 (2^-24), two products and a sum in fp32, stored. The table
-    // is built for more positions than used, to catch a wrong row stride.
+    // STORE_TOL: cos and sin rounded to fp32 (2^-24), two products and a sum in fp32, stored.
     Rng rng(401);
-    const double theta = 10000.0;
-    struct Size { int B, T, NH, hd; };
-    for (const Size& s : {Size{3, 7, 3, 4}, Size{2, 64, 12, 64}, Size{1, 256, 8, 128}}) {
+    for (const RopeSize& s : ROPE_SIZES) {
         INFO("B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd);
-        const long n = (long)s.B * s.T * s.NH * s.hd;
-        const int table_T = s.T + 5;
-        DeviceBuffer<float2> d_table((size_t)table_T * (s.hd / 2));
-        rope_table_init(d_table.ptr, table_T, s.hd, theta, STREAM);
+        const int C = s.NH * s.hd;
+        const long n = (long)s.B * s.T * C;
+        const auto table = rope_table(s);
         const std::vector<float> x = random_floatX(n, rng), dout = random_floatX(n, rng);
         std::vector<double> out(n), dinp(n);
-        rope_forward(out.data(), to_double(x).data(), s.B, s.T, s.NH, s.hd, theta);
-        rope_backward(dinp.data(), to_double(dout).data(), s.B, s.T, s.NH, s.hd, theta);
+        rope_forward(out.data(), to_double(x).data(), s.B, s.T, s.NH, s.hd, ROPE_THETA);
+        rope_backward(dinp.data(), to_double(dout).data(), s.B, s.T, s.NH, s.hd, ROPE_THETA);
 
         DeviceBuffer<floatX> d_x(x), d_out(n);
         d_out.poison();
-        rope_forward(d_out.ptr, d_x.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        rope_forward(d_out.ptr, d_x.ptr, table->ptr, s.B, s.T, s.NH, s.hd, C, STREAM);
         CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
-        rope_forward(d_x.ptr, d_x.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        rope_forward(d_x.ptr, d_x.ptr, table->ptr, s.B, s.T, s.NH, s.hd, C, STREAM);
         CHECK(relative_error(d_x.download(), out) <= STORE_TOL);
 
         DeviceBuffer<floatX> d_dout(dout), d_dinp(n);
         d_dinp.poison();
-        rope_backward(d_dinp.ptr, d_dout.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        rope_backward(d_dinp.ptr, d_dout.ptr, table->ptr, s.B, s.T, s.NH, s.hd, C, STREAM);
         CHECK(relative_error(d_dinp.download(), dinp) <= STORE_TOL);
-        rope_backward(d_dout.ptr, d_dout.ptr, d_table.ptr, s.B, s.T, s.NH, s.hd, STREAM);
+        rope_backward(d_dout.ptr, d_dout.ptr, table->ptr, s.B, s.T, s.NH, s.hd, C, STREAM);
         CHECK(relative_error(d_dout.download(), dinp) <= STORE_TOL);
     }
+}
+
+TEST_CASE("rope on the q and k of fused q|k|v rows (stride 3C), in place, leaves v untouched") {
+    // The trainer's use: q and k are the first 2 NH heads of each 3C row. STORE_TOL for q and k against
+    // the reference run on each alone; v must come back bitwise.
+    Rng rng(402);
+    for (const RopeSize& s : ROPE_SIZES)
+        for (const int direction : {+1, -1}) {
+            INFO("B=" << s.B << " T=" << s.T << " NH=" << s.NH << " hd=" << s.hd << " direction=" << direction);
+            const int C = s.NH * s.hd;
+            const long N = (long)s.B * s.T;
+            const auto table = rope_table(s);
+            const std::vector<float> qkv = random_floatX(N * 3 * C, rng);
+            // column block `which` (0 q, 1 k, 2 v) of the rows, as (N, C)
+            auto part = [&](const auto& rows, int which) {
+                std::remove_cv_t<std::remove_reference_t<decltype(rows)>> out(N * C);
+                for (long n = 0; n < N; n++)
+                    for (int c = 0; c < C; c++) out[n * C + c] = rows[n * 3 * C + which * C + c];
+                return out;
+            };
+            DeviceBuffer<floatX> d_qkv(qkv);
+            const std::vector<floatX> v_before = part(d_qkv.raw(), 2);
+            if (direction > 0) rope_forward(d_qkv.ptr, d_qkv.ptr, table->ptr, s.B, s.T, 2 * s.NH, s.hd, 3 * C, STREAM);
+            else rope_backward(d_qkv.ptr, d_qkv.ptr, table->ptr, s.B, s.T, 2 * s.NH, s.hd, 3 * C, STREAM);
+            const std::vector<float> got = d_qkv.download();
+            for (int which : {0, 1}) {
+                std::vector<double> ref(N * C);
+                const std::vector<double> in = to_double(part(qkv, which));
+                if (direction > 0) rope_forward(ref.data(), in.data(), s.B, s.T, s.NH, s.hd, ROPE_THETA);
+                else rope_backward(ref.data(), in.data(), s.B, s.T, s.NH, s.hd, ROPE_THETA);
+                CHECK(relative_error(part(got, which), ref) <= STORE_TOL);
+            }
+            CHECK(bitwise_equal(v_before, part(d_qkv.raw(), 2)));
+        }
 }
 
 // ----------------------------------------------------------------------------
@@ -519,26 +606,100 @@ TEST_CASE("matmul forward: out = inp W^T") {
 // the output to bf16), or true fp32 in FP32 mode.
 constexpr double MATMUL_FP32_OUT_TOL = FLOATX_IS_FP32 ? FP32_TOL : 2e-4 + FP32_TOL;
 
-TEST_CASE("matmul backward accumulates dinp += dout W and dW += dout^T inp") {
-    // MATMUL_TOL for dinp, MATMUL_FP32_OUT_TOL for the fp32 dW; both start from random values that the
-    // products are added to (beta = 1).
+TEST_CASE("matmul backward writes dinp = dout W and accumulates dW += dout^T inp") {
+    // MATMUL_TOL for dinp, written (beta = 0) over poison; MATMUL_FP32_OUT_TOL for the fp32 dW, which
+    // starts from random values that the product is added to (beta = 1).
     Rng rng(702);
     matmul_setup();
     for (const MatmulSize& s : MATMUL_SIZES) {
         INFO("N=" << s.N << " C=" << s.C << " OC=" << s.OC << " offset=" << s.offset);
         const std::vector<float> inp = random_floatX((size_t)s.N * s.C, rng), W = random_floatX((size_t)s.OC * s.C, rng);
-        const std::vector<float> dout = random_floatX((size_t)s.N * s.OC, rng);
-        const std::vector<float> dinp = random_floatX((size_t)s.N * s.C, rng), dW = random_fp32((size_t)s.OC * s.C, rng);
-        OffsetMatrix<> d_inp(inp, s.offset), d_W(W, s.offset), d_dout(dout, s.offset), d_dinp(dinp, s.offset);
+        const std::vector<float> dout = random_floatX((size_t)s.N * s.OC, rng), dW = random_fp32((size_t)s.OC * s.C, rng);
+        OffsetMatrix<> d_inp(inp, s.offset), d_W(W, s.offset), d_dout(dout, s.offset);
+        OffsetMatrix<> d_dinp(std::vector<float>((size_t)s.N * s.C), s.offset);
         OffsetMatrix<float> d_dW(dW, s.offset);
+        d_dinp.buffer.poison();
         matmul_backward(d_dinp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM);
-        std::vector<double> dinp_ref = to_double(dinp), dW_ref = to_double(dW);
-        matmul_backward(dinp_ref.data(), dW_ref.data(), to_double(dout).data(), to_double(inp).data(),
-                        to_double(W).data(), s.N, s.C, s.OC);
+        std::vector<double> dinp_ref((size_t)s.N * s.C), dW_ref = to_double(dW);
+        matmul_backward_input(dinp_ref.data(), to_double(dout).data(), to_double(W).data(), s.N, s.C, s.OC, false);
+        matmul_backward_weight(dW_ref.data(), to_double(dout).data(), to_double(inp).data(), s.N, s.C, s.OC);
         CHECK(relative_error(d_dinp.download(), dinp_ref) <= MATMUL_TOL);
         CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_FP32_OUT_TOL);
     }
     matmul_teardown();
+}
+
+TEST_CASE("matmul backward may write dinp over inp (dW is computed first)") {
+    // The MLP backward writes d swiglu over swiglu. Tolerances as above.
+    Rng rng(704);
+    matmul_setup();
+    const int N = 64, C = 384, OC = 128;  // inp and dinp are both (N, C)
+    const std::vector<float> inp = random_floatX((size_t)N * C, rng), W = random_floatX((size_t)OC * C, rng);
+    const std::vector<float> dout = random_floatX((size_t)N * OC, rng);
+    DeviceBuffer<floatX> d_inp(inp), d_W(W), d_dout(dout);
+    DeviceBuffer<float> d_dW(std::vector<float>((size_t)OC * C, 0.0f));
+    matmul_backward(d_inp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, N, C, OC, STREAM);
+    std::vector<double> dinp_ref((size_t)N * C), dW_ref((size_t)OC * C, 0.0);
+    matmul_backward_input(dinp_ref.data(), to_double(dout).data(), to_double(W).data(), N, C, OC, false);
+    matmul_backward_weight(dW_ref.data(), to_double(dout).data(), to_double(inp).data(), N, C, OC);
+    CHECK(relative_error(d_inp.download(), dinp_ref) <= MATMUL_TOL);
+    CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_FP32_OUT_TOL);
+    matmul_teardown();
+}
+
+TEST_CASE("matmul plans: one per key, reused with bitwise the same results, shapes interleaved") {
+    // Each shape runs forward and backward three times in turn with the others. The shapes share
+    // dimensions so that a key missing a field would hand one product another's plan: the first two
+    // differ only in N; the third's forward (m 768, n 21, k 1000, A transposed) and the first's dinp
+    // product (m 768, n 21, k 1000, none transposed) differ only in the transposition; the last is the
+    // first at a 2-byte offset (another alignment). Every result is checked against the reference
+    // (MATMUL_TOL, MATMUL_FP32_OUT_TOL: dW is rewritten from zero each time, beta = 1 over 0) and must
+    // repeat bitwise; 3 plans per shape (forward, dinp, dW), made on the first round only.
+    Rng rng(705);
+    matmul_teardown();  // no plans left from elsewhere
+    matmul_setup();
+    const MatmulSize shapes[] = {{21, 768, 1000, 0}, {257, 768, 1000, 0}, {21, 1000, 768, 0}, {21, 768, 1000, 1}};
+    struct Run {
+        std::vector<float> inp, W, dout;
+        std::vector<double> out_ref, dinp_ref, dW_ref;
+        std::vector<std::vector<float>> first;  // out, dinp, dW of the first round
+    };
+    std::vector<Run> runs;
+    for (const MatmulSize& s : shapes) {
+        Run r{random_floatX((size_t)s.N * s.C, rng), random_floatX((size_t)s.OC * s.C, rng),
+              random_floatX((size_t)s.N * s.OC, rng)};
+        r.out_ref.resize((size_t)s.N * s.OC);
+        r.dinp_ref.resize((size_t)s.N * s.C);
+        r.dW_ref.assign((size_t)s.OC * s.C, 0.0);
+        matmul_forward(r.out_ref.data(), to_double(r.inp).data(), to_double(r.W).data(), s.N, s.C, s.OC);
+        matmul_backward_input(r.dinp_ref.data(), to_double(r.dout).data(), to_double(r.W).data(), s.N, s.C, s.OC, false);
+        matmul_backward_weight(r.dW_ref.data(), to_double(r.dout).data(), to_double(r.inp).data(), s.N, s.C, s.OC);
+        runs.push_back(r);
+    }
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < runs.size(); i++) {
+            const MatmulSize& s = shapes[i];
+            Run& r = runs[i];
+            INFO("round " << round << " N=" << s.N << " C=" << s.C << " OC=" << s.OC << " offset=" << s.offset);
+            OffsetMatrix<> d_inp(r.inp, s.offset), d_W(r.W, s.offset), d_dout(r.dout, s.offset);
+            OffsetMatrix<> d_out(std::vector<float>((size_t)s.N * s.OC), s.offset);
+            OffsetMatrix<> d_dinp(std::vector<float>((size_t)s.N * s.C), s.offset);
+            OffsetMatrix<float> d_dW(std::vector<float>((size_t)s.OC * s.C, 0.0f), s.offset);
+            d_out.buffer.poison();
+            d_dinp.buffer.poison();
+            matmul_forward(d_out.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM);
+            matmul_backward(d_dinp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM);
+            const std::vector<std::vector<float>> got = {d_out.download(), d_dinp.download(), d_dW.download()};
+            CHECK(relative_error(got[0], r.out_ref) <= MATMUL_TOL);
+            CHECK(relative_error(got[1], r.dinp_ref) <= MATMUL_TOL);
+            CHECK(relative_error(got[2], r.dW_ref) <= MATMUL_FP32_OUT_TOL);
+            if (round == 0) r.first = got;
+            else for (int t = 0; t < 3; t++) CHECK(bitwise_equal(got[t], r.first[t]));
+        }
+        CHECK(matmul_plan_count() == 3 * runs.size());
+    }
+    matmul_teardown();
+    CHECK(matmul_plan_count() == 0);
 }
 
 TEST_CASE("matmul backward sums dW over 32 micro-batches in fp32") {
@@ -550,15 +711,14 @@ TEST_CASE("matmul backward sums dW over 32 micro-batches in fp32") {
     matmul_setup();
     const int N = 64, C = 256, OC = 384, MICRO_BATCHES = 32;
     DeviceBuffer<float> d_dW(std::vector<float>((size_t)OC * C, 0.0f));
-    DeviceBuffer<floatX> d_dinp(std::vector<float>((size_t)N * C, 0.0f));
-    std::vector<double> dW_ref((size_t)OC * C, 0.0), dinp_ref((size_t)N * C, 0.0);
+    DeviceBuffer<floatX> d_dinp((size_t)N * C);
+    std::vector<double> dW_ref((size_t)OC * C, 0.0);
     for (int micro = 0; micro < MICRO_BATCHES; micro++) {
         const std::vector<float> inp = random_floatX((size_t)N * C, rng), W = random_floatX((size_t)OC * C, rng);
         const std::vector<float> dout = random_floatX((size_t)N * OC, rng);
         DeviceBuffer<floatX> d_inp(inp), d_W(W), d_dout(dout);
         matmul_backward(d_dinp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, N, C, OC, STREAM);
-        matmul_backward(dinp_ref.data(), dW_ref.data(), to_double(dout).data(), to_double(inp).data(),
-                        to_double(W).data(), N, C, OC);
+        matmul_backward_weight(dW_ref.data(), to_double(dout).data(), to_double(inp).data(), N, C, OC);
     }
     CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_FP32_OUT_TOL);
     matmul_teardown();
