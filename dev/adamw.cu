@@ -145,88 +145,94 @@ static void global_grad_norm_v2(float* norm, float* scratch, const float* grads,
 
 // ----------------------------------------------------------------------------
 
+// Validates n parameters, and times them if `timed`.
+static void run_shape(int version, const char* model, long n, bool timed) {
+    const int t = 10;
+    const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, wd = 0.1f, grad_scale = 0.5f;
+    const std::string name = std::string(model) + ":" + std::to_string(n);
+    printf("%s: %ld parameters\n", model, n);
+    DeviceBuffer<floatX> params(n);
+    DeviceBuffer<float> grads(n), master(FLOATX_IS_FP32 ? 0 : n), m(n), v(n), norm(1), scratch(GRAD_NORM_BLOCKS);
+    float* master_ptr = FLOATX_IS_FP32 ? nullptr : master.ptr;
+    grads.fill_normal(51, 1e-2f);
+    m.fill_normal(52, 1e-3f);
+    v.fill_uniform(53, 0.0f, 2e-4f);
+    if (master_ptr) {
+        master.fill_normal(54, 0.02f);
+        params.poison();
+    } else {
+        params.fill_normal(54, 0.02f);
+    }
+
+    // The norm, checked against the reference over all n gradients. Tolerance 1e-4: a thread adds
+    // up to ~5000 positive fp32 terms, typically 2^-24 sqrt(5000) ~ 4e-6 relative, bounded by 3e-4.
+    auto run_norm = [&] {
+        if (version == 1) global_grad_norm(norm.ptr, scratch.ptr, grads.ptr, n, 0);
+        else global_grad_norm_v2(norm.ptr, scratch.ptr, grads.ptr, n);
+    };
+    norm.poison();
+    run_norm();
+    Validation norm_checks;
+    {
+        const std::vector<float> g_h = grads.download();
+        norm_checks.check("norm", norm.download(), {global_grad_norm(g_h.data(), n)}, 1e-4);
+    }
+    if (norm_checks.passed && timed)
+        report_bandwidth("grad_norm", name, version, (double)n * sizeof(float), benchmark_kernel(run_norm));
+
+    // AdamW, checked on the first, middle and last 2^20 parameters (all of them if n < 3 * 2^20): m, v,
+    // master FP32_TOL (a few fp32 operations per element), the floatX weights STORE_TOL.
+    AdamWScalars scalars = adamw_step_scalars(lr, t, beta1, beta2, eps, wd, 0.0);
+    scalars.grad_scale = grad_scale;  // version 1 reads the step's scalars from device memory
+    DeviceBuffer<AdamWScalars> d_scalars(1);
+    d_scalars.upload_raw({scalars});
+    auto run_adamw = [&] {
+        if (version == 1) adamw_update(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, d_scalars.ptr, 0);
+        else adamw_update_v2(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, t, lr, beta1, beta2, eps, wd, grad_scale);
+    };
+    const long chunk = std::min(n, 1L << 20);
+    const std::vector<long> starts = n < 3 * chunk ? std::vector<long>{0} : std::vector<long>{0, n / 2, n - chunk};
+    std::vector<double> p_ref, g_ref, m_ref, v_ref;
+    for (long s : starts) {
+        const std::vector<float> p0 = master_ptr ? master.download(s, chunk) : params.download(s, chunk);
+        const std::vector<float> g0 = grads.download(s, chunk), m0 = m.download(s, chunk), v0 = v.download(s, chunk);
+        p_ref.insert(p_ref.end(), p0.begin(), p0.end());
+        g_ref.insert(g_ref.end(), g0.begin(), g0.end());
+        m_ref.insert(m_ref.end(), m0.begin(), m0.end());
+        v_ref.insert(v_ref.end(), v0.begin(), v0.end());
+    }
+    run_adamw();
+    adamw_update(p_ref.data(), g_ref.data(), m_ref.data(), v_ref.data(), (long)p_ref.size(), t, (double)lr,
+                 (double)beta1, (double)beta2, (double)eps, (double)wd, (double)grad_scale);
+    std::vector<float> p_gpu, master_gpu, m_gpu, v_gpu;
+    for (long s : starts) {
+        for (auto [dst, src] : {std::pair{&p_gpu, params.download(s, chunk)}, std::pair{&m_gpu, m.download(s, chunk)},
+                                std::pair{&v_gpu, v.download(s, chunk)}})
+            dst->insert(dst->end(), src.begin(), src.end());
+        if (master_ptr) {
+            const std::vector<float> src = master.download(s, chunk);
+            master_gpu.insert(master_gpu.end(), src.begin(), src.end());
+        }
+    }
+    Validation adamw_checks;
+    adamw_checks.check("m", m_gpu, m_ref, FP32_TOL);
+    adamw_checks.check("v", v_gpu, v_ref, FP32_TOL);
+    if (master_ptr) adamw_checks.check("master", master_gpu, p_ref, FP32_TOL);
+    adamw_checks.check("params", p_gpu, p_ref, STORE_TOL);
+    if (adamw_checks.passed && timed)
+        report_bandwidth("adamw", name, version, (FLOATX_IS_FP32 ? 28.0 : 30.0) * n, benchmark_kernel(run_adamw));
+}
+
 int main(int argc, char** argv) {
     const int version = parse_version(argc, argv, 2, VERSIONS);
     measure_ceilings();
-    const int t = 10;
-    const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, wd = 0.1f, grad_scale = 0.5f;
+    // A small shape first: 4099 = 512 vectors of 8 and a tail of 3 (bf16), 1024 of 4 and 3 (fp32).
+    run_shape(version, "small", 4099, false);
     for (const ModelShape& shape : MODEL_SHAPES) {
         ModelConfig cfg;
         apply_model_preset(shape.name, &cfg);
         cfg.vocab_size = VOCAB;
-        const long n = make_param_layout(cfg).total;
-        const std::string name = std::string(shape.name) + ":" + std::to_string(n);
-        printf("%s: %ld parameters\n", shape.name, n);
-        DeviceBuffer<floatX> params(n);
-        DeviceBuffer<float> grads(n), master(FLOATX_IS_FP32 ? 0 : n), m(n), v(n), norm(1), scratch(GRAD_NORM_BLOCKS);
-        float* master_ptr = FLOATX_IS_FP32 ? nullptr : master.ptr;
-        grads.fill_normal(51, 1e-2f);
-        m.fill_normal(52, 1e-3f);
-        v.fill_uniform(53, 0.0f, 2e-4f);
-        if (master_ptr) {
-            master.fill_normal(54, 0.02f);
-            params.poison();
-        } else {
-            params.fill_normal(54, 0.02f);
-        }
-
-        // The norm, checked against the reference over all n gradients. Tolerance 1e-4: a thread adds
-        // up to ~5000 positive fp32 terms, typically 2^-24 sqrt(5000) ~ 4e-6 relative, bounded by 3e-4.
-        auto run_norm = [&] {
-            if (version == 1) global_grad_norm(norm.ptr, scratch.ptr, grads.ptr, n, 0);
-            else global_grad_norm_v2(norm.ptr, scratch.ptr, grads.ptr, n);
-        };
-        norm.poison();
-        run_norm();
-        Validation norm_checks;
-        {
-            const std::vector<float> g_h = grads.download();
-            norm_checks.check("norm", norm.download(), {global_grad_norm(g_h.data(), n)}, 1e-4);
-        }
-        if (norm_checks.passed)
-            report_bandwidth("grad_norm", name, version, (double)n * sizeof(float), benchmark_kernel(run_norm));
-
-        // AdamW, checked on the first, middle and last 2^20 parameters: m, v, master FP32_TOL (a few fp32
-        // operations per element), the floatX weights STORE_TOL.
-        AdamWScalars scalars = adamw_step_scalars(lr, t, beta1, beta2, eps, wd, 0.0);
-        scalars.grad_scale = grad_scale;  // version 1 reads the step's scalars from device memory
-        DeviceBuffer<AdamWScalars> d_scalars(1);
-        d_scalars.upload_raw({scalars});
-        auto run_adamw = [&] {
-            if (version == 1) adamw_update(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, d_scalars.ptr, 0);
-            else adamw_update_v2(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, t, lr, beta1, beta2, eps, wd, grad_scale);
-        };
-        const long chunk = 1 << 20;
-        const std::vector<long> starts = {0, n / 2, n - chunk};
-        std::vector<double> p_ref, g_ref, m_ref, v_ref;
-        for (long s : starts) {
-            const std::vector<float> p0 = master_ptr ? master.download(s, chunk) : params.download(s, chunk);
-            const std::vector<float> g0 = grads.download(s, chunk), m0 = m.download(s, chunk), v0 = v.download(s, chunk);
-            p_ref.insert(p_ref.end(), p0.begin(), p0.end());
-            g_ref.insert(g_ref.end(), g0.begin(), g0.end());
-            m_ref.insert(m_ref.end(), m0.begin(), m0.end());
-            v_ref.insert(v_ref.end(), v0.begin(), v0.end());
-        }
-        run_adamw();
-        adamw_update(p_ref.data(), g_ref.data(), m_ref.data(), v_ref.data(), (long)p_ref.size(), t, (double)lr,
-                     (double)beta1, (double)beta2, (double)eps, (double)wd, (double)grad_scale);
-        std::vector<float> p_gpu, master_gpu, m_gpu, v_gpu;
-        for (long s : starts) {
-            for (auto [dst, src] : {std::pair{&p_gpu, params.download(s, chunk)}, std::pair{&m_gpu, m.download(s, chunk)},
-                                    std::pair{&v_gpu, v.download(s, chunk)}})
-                dst->insert(dst->end(), src.begin(), src.end());
-            if (master_ptr) {
-                const std::vector<float> src = master.download(s, chunk);
-                master_gpu.insert(master_gpu.end(), src.begin(), src.end());
-            }
-        }
-        Validation adamw_checks;
-        adamw_checks.check("m", m_gpu, m_ref, FP32_TOL);
-        adamw_checks.check("v", v_gpu, v_ref, FP32_TOL);
-        if (master_ptr) adamw_checks.check("master", master_gpu, p_ref, FP32_TOL);
-        adamw_checks.check("params", p_gpu, p_ref, STORE_TOL);
-        if (adamw_checks.passed)
-            report_bandwidth("adamw", name, version, (FLOATX_IS_FP32 ? 28.0 : 30.0) * n, benchmark_kernel(run_adamw));
+        run_shape(version, shape.name, make_param_layout(cfg).total, true);
     }
     return validation_exit_status();
 }

@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 #include "../kernels/common.cuh"
+#include "tolerances.h"
 
 // ----------------------------------------------------------------------------
 // Command line: every benchmark takes one version number; --num-versions prints how many there are.
@@ -153,33 +154,10 @@ inline std::vector<long> sample_rows(long N, long each) {
 inline std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
 // ----------------------------------------------------------------------------
-// Validation, with the metric of the GPU tests (test/gpu_test_utils.cuh):
-//   max_i |gpu_i - ref_i| / max(|ref_i|, rms(ref)),  infinite if any gpu_i is not finite,
-// a relative error for elements of typical size or larger, and relative to the tensor's rms for the
-// small ones, whose rounding error comes from cancellation and scales with the terms.
-// Tolerances: FP32_TOL for fp32 arithmetic over sums of at most a few thousand terms (a random walk of
-// 2^-24 steps, plus 2 ulp per CUDA math function); STORE_TOL adds the one rounding of an fp32 result
-// stored as bf16 (2^-8 relative). Kernels with more roundings say so where they check.
+// Validation: the metric and tolerances of dev/tolerances.h (plain C++, shared with the CPU test that
+// shows each tolerance passes the emulated kernel and fails planted bugs), for this build's storage.
 
-constexpr double FP32_TOL = 1e-5;
-constexpr double BF16_ROUNDING = FLOATX_IS_FP32 ? 0.0 : 0x1p-8;
-constexpr double STORE_TOL = FP32_TOL + BF16_ROUNDING;
-
-inline double max_relative_error(const std::vector<float>& gpu, const std::vector<double>& ref) {
-    if (gpu.size() != ref.size()) {
-        fprintf(stderr, "validation: %zu values from the GPU, %zu from the reference\n", gpu.size(), ref.size());
-        exit(EXIT_FAILURE);
-    }
-    double sum_sq = 0;
-    for (double r : ref) sum_sq += r * r;
-    const double rms = ref.empty() ? 0.0 : std::sqrt(sum_sq / ref.size());
-    double worst = 0;
-    for (size_t i = 0; i < gpu.size(); i++) {
-        if (!std::isfinite(gpu[i])) return INFINITY;
-        worst = std::max(worst, std::fabs(gpu[i] - ref[i]) / std::max({std::fabs(ref[i]), rms, 1e-300}));
-    }
-    return worst;
-}
+constexpr double STORE_TOL = store_tol(!FLOATX_IS_FP32);
 
 // The checks of one (kernel, shape, version): each prints its error; a failed one marks the shape as
 // not to be timed (passed false) and is counted, and the benchmark goes on to the next shape, ending

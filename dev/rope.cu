@@ -66,38 +66,45 @@ static void rope_v2(floatX* out, const floatX* inp, const float2* table, int B, 
 
 // ----------------------------------------------------------------------------
 
+// Validates one shape (backward, then forward), and times the forward if `timed`.
+static void run_shape(int version, const char* model, int B, int T, int NH, int hd, bool timed) {
+    const double theta = 10000.0;
+    const int C = NH * hd;
+    const long n = (long)B * T * C;
+    const std::string shape = shape_name(model, (long)B * T, C) + ",hd" + std::to_string(hd);
+    printf("%s: B %d, T %d, NH %d, hd %d\n", model, B, T, NH, hd);
+    DeviceBuffer<float2> table((size_t)T * (hd / 2));
+    rope_table_init(table.ptr, T, hd, theta, 0);
+    DeviceBuffer<floatX> x(n), out(n);
+    x.fill_normal(31);
+    const std::vector<double> x_h = to_double(x.download());
+
+    auto run = [&](int direction) {
+        if (version == 1) launch_rope(out.ptr, x.ptr, table.ptr, B, T, NH, hd, /*stride=*/C, direction, 0);
+        else rope_v2(out.ptr, x.ptr, table.ptr, B, T, NH, hd, direction);
+    };
+    // STORE_TOL: cos and sin rounded to fp32, two products and a sum in fp32, stored once.
+    std::vector<double> ref(n);
+    out.poison();
+    run(-1);
+    rope_backward(ref.data(), x_h.data(), B, T, NH, hd, theta);
+    Validation checks;
+    checks.check("backward", out.download(), ref, STORE_TOL);
+    out.poison();
+    run(+1);
+    rope_forward(ref.data(), x_h.data(), B, T, NH, hd, theta);
+    checks.check("forward", out.download(), ref, STORE_TOL);
+    if (checks.passed && timed)
+        report_bandwidth("rope_forward", shape, version, 2.0 * n * sizeof(floatX), benchmark_kernel([&] { run(+1); }));
+}
+
 int main(int argc, char** argv) {
     const int version = parse_version(argc, argv, 2, VERSIONS);
     measure_ceilings();
-    const double theta = 10000.0;
-    for (const ModelShape& m : MODEL_SHAPES) {
-        const int T = SEQ_LEN, B = TOKENS / T, NH = m.NH, C = m.C, hd = C / NH;
-        const long n = (long)B * T * C;
-        const std::string shape = shape_name(m.name, (long)B * T, C) + ",hd" + std::to_string(hd);
-        printf("%s: B %d, T %d, NH %d, hd %d\n", m.name, B, T, NH, hd);
-        DeviceBuffer<float2> table((size_t)T * (hd / 2));
-        rope_table_init(table.ptr, T, hd, theta, 0);
-        DeviceBuffer<floatX> x(n), out(n);
-        x.fill_normal(31);
-        const std::vector<double> x_h = to_double(x.download());
-
-        auto run = [&](int direction) {
-            if (version == 1) launch_rope(out.ptr, x.ptr, table.ptr, B, T, NH, hd, /*stride=*/C, direction, 0);
-            else rope_v2(out.ptr, x.ptr, table.ptr, B, T, NH, hd, direction);
-        };
-        // STORE_TOL: cos and sin rounded to fp32, two products and a sum in fp32, stored once.
-        std::vector<double> ref(n);
-        out.poison();
-        run(-1);
-        rope_backward(ref.data(), x_h.data(), B, T, NH, hd, theta);
-        Validation checks;
-        checks.check("backward", out.download(), ref, STORE_TOL);
-        out.poison();
-        run(+1);
-        rope_forward(ref.data(), x_h.data(), B, T, NH, hd, theta);
-        checks.check("forward", out.download(), ref, STORE_TOL);
-        if (checks.passed)
-            report_bandwidth("rope_forward", shape, version, 2.0 * n * sizeof(floatX), benchmark_kernel([&] { run(+1); }));
-    }
+    // Small shapes first: hd 16 (one vector per half in bf16, two in fp32) and hd 48 (three or six),
+    // a few positions and heads.
+    run_shape(version, "small", 2, 5, 3, 16, false);
+    run_shape(version, "small", 1, 7, 2, 48, false);
+    for (const ModelShape& m : MODEL_SHAPES) run_shape(version, m.name, TOKENS / SEQ_LEN, SEQ_LEN, m.NH, m.C / m.NH, true);
     return validation_exit_status();
 }

@@ -1,138 +1,205 @@
 // SwiGLU gate, forward and backward (kernels/swiglu.cuh; CPU reference kernels/cpu/swiglu.h).
 //   out = silu(gate) * up;  dgate = dout * up * s * (1 + g (1 - s)),  dup = dout * silu(g),  s = sigmoid(g)
 //
+// Layout. In the parameter layout v3 (issue 12) gate and up are one (2F, C) matrix, so one GEMM writes
+// gate|up as one (N, 2F) buffer whose row n is [gate_n (F values) | up_n (F values)], and the backward
+// writes d(gate|up) in the same layout for the one GEMM that reads it. F is the stored ffn, a multiple
+// of 64 (core/config.h's ffn_stored: the 1b preset's 5461 is stored as 5504).
+//
 // Versions:
-//   1  production, kernels/swiglu.cuh: one element per thread per row (a grid of columns by rows, gate
-//      and up read by row stride), 2-byte loads and stores in bf16. Timed here on separate gate and up.
-//   2  one 128-bit vector (8 bf16) per thread for every load and store: an eighth of version 1's memory
-//      instructions (and threads) for the same bytes, each warp request a full 512-byte line set, so
-//      fewer warps in flight keep the same bytes in flight.
+//   1  production, kernels/swiglu.cuh: one element per thread, 2-byte loads and stores in bf16. Until it
+//      takes the (N, 2F) layout, it runs here on the same buffer split into halves, gate (N, F) then
+//      up (N, F): the same bytes read and written.
+//   2  (N, 2F) layout, one 128-bit vector (8 bf16, 4 fp32) per thread for every load and store; a block
+//      of 128 threads covers 128 vectors of one row (grid: rows x column blocks, so no thread divides by
+//      the row length). Needs F to be a multiple of VEC, checked at launch (ffn_stored makes it 64).
+//      Arithmetic as version 1 (expf and an IEEE division per sigmoid).
+//   3  version 2 with the fast sigmoid s = __fdividef(1, 1 + __expf(-g)), and 1 - s computed as e * s
+//      where s >= 1/2 (no cancellation). Error bound from the CUDA Programming Guide's table (__expf
+//      2 + floor(1.173 |x|) ulp, __fdividef 2 ulp): dev/tolerances.h's fast_sigmoid_tol, checked on the
+//      CPU by test/test_dev_tolerances.cpp.
 //
 // Build and run (make dev builds every benchmark; make dev PRECISION=FP32 puts fp32 ones in build/fp32/dev):
 //   nvcc -O3 -std=c++17 -Xcompiler -fopenmp -gencode arch=compute_90a,code=sm_90a dev/swiglu.cu -o swiglu -lcublasLt -lcublas
 //   ./swiglu 2
 //
-// Bytes counted (X = sizeof(floatX), n = N * ffn elements, N = 16384 tokens):
-//   forward   reads gate, up, writes out:                3 n X
-//   backward  reads dout, gate, up, writes dgate, dup:   5 n X
+// Bytes counted (X = sizeof(floatX), n = N * F elements of out, N = 16384 tokens):
+//   forward   reads gate|up, writes out:                   3 n X
+//   backward  reads dout, gate|up, writes d(gate|up):      5 n X
+// Before the model shapes are timed, small shapes (a partial block of vectors, few rows) are checked.
 #include <vector>
 #include "common.cuh"
 #include "../kernels/cpu/swiglu.h"
 #include "../kernels/swiglu.cuh"
 
 static const char* const VERSIONS[] = {
-    "production (kernels/swiglu.cuh)",
-    "128-bit loads and stores, one vector per thread",
+    "production (kernels/swiglu.cuh), gate and up as separate halves",
+    "(N, 2F) gate|up by row stride, 128-bit loads and stores",
+    "(N, 2F) gate|up by row stride, 128-bit loads and stores, fast sigmoid (__expf, __fdividef)",
 };
 
 // ----------------------------------------------------------------------------
-// Version 2. Thread i handles elements [i VEC, (i + 1) VEC); the last thread finishes a partial vector
-// one element at a time (n need not be a multiple of VEC; the buffers start 256-byte aligned).
+// Versions 2 and 3
 
-__global__ void swiglu_forward_v2_kernel(floatX* out, const floatX* gate, const floatX* up, long n) {
-    const long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
-    if (i + VEC <= n) {
-        const PackedX g = load128(gate + i), u = load128(up + i);
-        PackedX o;
-#pragma unroll
-        for (int e = 0; e < VEC; e++) {
-            const float gf = (float)g[e];
-            o[e] = (floatX)(gf * sigmoid(gf) * (float)u[e]);
-        }
-        store128(out + i, o);
+// s = sigmoid(g) and 1 - s.
+template <bool FAST>
+__device__ inline void sigmoid_pair(float g, float* s, float* one_minus_s) {
+    if (FAST) {
+        const float e = __expf(-g);  // inf below g = -88: s = 0 (__fdividef gives 0 past 2^126), 1 - s = 1
+        *s = __fdividef(1.0f, 1.0f + e);
+        *one_minus_s = g < 0.0f ? 1.0f - *s : e * *s;  // 1 - s = e / (1 + e); e <= 1 here, finite
     } else {
-        for (long k = i; k < n; k++) {
-            const float gf = (float)gate[k];
-            out[k] = (floatX)(gf * sigmoid(gf) * (float)up[k]);
-        }
+        *s = sigmoid(g);
+        *one_minus_s = 1.0f - *s;
     }
 }
 
-// dgate and dup may alias gate and up, as in version 1: a thread reads its vector before writing it.
-__global__ void swiglu_backward_v2_kernel(floatX* dgate, floatX* dup, const floatX* dout, const floatX* gate,
-                                          const floatX* up, long n) {
-    const long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
-    auto grads = [](float g, float u, float dy, float* dg, float* du) {
-        const float s = sigmoid(g);
-        *dg = dy * u * s * (1.0f + g * (1.0f - s));
-        *du = dy * g * s;
-    };
-    if (i + VEC <= n) {
-        const PackedX g = load128(gate + i), u = load128(up + i), dy = load128(dout + i);
-        PackedX dg, du;
+// Block (n, b): thread t handles columns f = (b * 128 + t) * VEC .. + VEC - 1 of row n.
+constexpr int SWIGLU_BLOCK = 128;
+
+template <bool FAST>
+__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_forward_v2_kernel(floatX* out, const floatX* gate_up, int F) {
+    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
+    if (f >= F) return;
+    const floatX* gate = gate_up + (long)blockIdx.x * 2 * F + f;
+    const PackedX g = load128(gate), u = load128(gate + F);
+    PackedX o;
 #pragma unroll
-        for (int e = 0; e < VEC; e++) {
-            float a, b;
-            grads((float)g[e], (float)u[e], (float)dy[e], &a, &b);
-            dg[e] = (floatX)a;
-            du[e] = (floatX)b;
-        }
-        store128(dgate + i, dg);
-        store128(dup + i, du);
-    } else {
-        for (long k = i; k < n; k++) {
-            float a, b;
-            grads((float)gate[k], (float)up[k], (float)dout[k], &a, &b);
-            dgate[k] = (floatX)a;
-            dup[k] = (floatX)b;
-        }
+    for (int e = 0; e < VEC; e++) {
+        const float gf = (float)g[e];
+        float s, one_minus_s;
+        sigmoid_pair<FAST>(gf, &s, &one_minus_s);
+        o[e] = (floatX)(gf * s * (float)u[e]);
     }
+    store128(out + (long)blockIdx.x * F + f, o);
 }
 
-static void swiglu_forward_v2(floatX* out, const floatX* gate, const floatX* up, long n) {
-    swiglu_forward_v2_kernel<<<ceil_div(ceil_div(n, VEC), 256), 256>>>(out, gate, up, n);
+// d_gate_up may alias gate_up: a thread reads its two vectors before writing them.
+template <bool FAST>
+__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_backward_v2_kernel(floatX* d_gate_up, const floatX* dout,
+                                                                          const floatX* gate_up, int F) {
+    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
+    if (f >= F) return;
+    const long in = (long)blockIdx.x * 2 * F + f;
+    const PackedX g = load128(gate_up + in), u = load128(gate_up + in + F);
+    const PackedX dy = load128(dout + (long)blockIdx.x * F + f);
+    PackedX dg, du;
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+        const float gf = (float)g[e], uf = (float)u[e], dyf = (float)dy[e];
+        float s, one_minus_s;
+        sigmoid_pair<FAST>(gf, &s, &one_minus_s);
+        dg[e] = (floatX)(dyf * uf * s * (1.0f + gf * one_minus_s));
+        du[e] = (floatX)(dyf * gf * s);
+    }
+    store128(d_gate_up + in, dg);
+    store128(d_gate_up + in + F, du);
+}
+
+static dim3 swiglu_v2_grid(int N, int F) {
+    if (F % VEC) unsupported("swiglu v2/v3: F must be a multiple of 8 (bf16) or 4 (fp32)");
+    return dim3(N, (unsigned)ceil_div(F / VEC, SWIGLU_BLOCK));
+}
+
+static void swiglu_forward_v2(floatX* out, const floatX* gate_up, int N, int F, bool fast) {
+    const dim3 grid = swiglu_v2_grid(N, F);
+    if (fast) swiglu_forward_v2_kernel<true><<<grid, SWIGLU_BLOCK>>>(out, gate_up, F);
+    else swiglu_forward_v2_kernel<false><<<grid, SWIGLU_BLOCK>>>(out, gate_up, F);
     cudaCheck(cudaGetLastError());
 }
 
-static void swiglu_backward_v2(floatX* dgate, floatX* dup, const floatX* dout, const floatX* gate, const floatX* up, long n) {
-    swiglu_backward_v2_kernel<<<ceil_div(ceil_div(n, VEC), 256), 256>>>(dgate, dup, dout, gate, up, n);
+static void swiglu_backward_v2(floatX* d_gate_up, const floatX* dout, const floatX* gate_up, int N, int F, bool fast) {
+    const dim3 grid = swiglu_v2_grid(N, F);
+    if (fast) swiglu_backward_v2_kernel<true><<<grid, SWIGLU_BLOCK>>>(d_gate_up, dout, gate_up, F);
+    else swiglu_backward_v2_kernel<false><<<grid, SWIGLU_BLOCK>>>(d_gate_up, dout, gate_up, F);
     cudaCheck(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------
 
-int main(int argc, char** argv) {
-    const int version = parse_version(argc, argv, 2, VERSIONS);
-    measure_ceilings();
-    for (const ModelShape& m : MODEL_SHAPES) {
-        const long n = (long)TOKENS * m.F;
-        const std::string shape = shape_name(m.name, TOKENS, m.F);
-        const double X = sizeof(floatX);
-        printf("%s: N %d, ffn %d\n", m.name, TOKENS, m.F);
-        DeviceBuffer<floatX> gate(n), up(n), out(n), dout(n), dgate(n), dup(n);
-        gate.fill_normal(21, 3.0f);
-        up.fill_normal(22);
-        dout.fill_normal(23);
-        const std::vector<double> gate_h = to_double(gate.download()), up_h = to_double(up.download());
+// Where gate and up of (row n, column f) live in the (N, 2F) buffer: version 1 splits it into halves.
+struct GateUpLayout {
+    bool halves;
+    int N, F;
+    long gate(long n, long f) const { return halves ? n * F + f : n * 2 * F + f; }
+    long up(long n, long f) const { return halves ? ((long)N + n) * F + f : n * 2 * F + F + f; }
+};
 
-        // STORE_TOL: an expf, a division and a few products in fp32 per element, stored once.
-        auto forward = [&] {
-            if (version == 1) swiglu_forward(out.ptr, gate.ptr, up.ptr, /*stride=*/m.F, TOKENS, m.F, 0);
-            else swiglu_forward_v2(out.ptr, gate.ptr, up.ptr, n);
-        };
-        out.poison();
-        forward();
-        std::vector<double> out_ref(n);
-        swiglu_forward(out_ref.data(), gate_h.data(), up_h.data(), n);
-        Validation forward_checks;
-        forward_checks.check("out", out.download(), out_ref, STORE_TOL);
-        if (forward_checks.passed)
-            report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
-
-        auto backward = [&] {
-            if (version == 1) swiglu_backward(dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr, /*stride=*/m.F, TOKENS, m.F, 0);
-            else swiglu_backward_v2(dgate.ptr, dup.ptr, dout.ptr, gate.ptr, up.ptr, n);
-        };
-        dgate.poison();
-        dup.poison();
-        backward();
-        std::vector<double> dgate_ref(n, 0.0), dup_ref(n, 0.0);
-        swiglu_backward(dgate_ref.data(), dup_ref.data(), to_double(dout.download()).data(), gate_h.data(), up_h.data(), n);
-        Validation backward_checks;
-        backward_checks.check("dgate", dgate.download(), dgate_ref, STORE_TOL);
-        backward_checks.check("dup", dup.download(), dup_ref, STORE_TOL);
-        if (backward_checks.passed)
-            report_bandwidth("swiglu_backward", shape, version, 5 * n * X, benchmark_kernel(backward));
+// Validates one shape; times it if `timed`. gate normal with std 3 (|g| up to ~15: both tails of the
+// sigmoid), up and dout standard normal.
+static void run_shape(int version, const char* model, int N, int F, bool timed) {
+    const long n = (long)N * F;
+    const std::string shape = shape_name(model, N, F);
+    const double X = sizeof(floatX);
+    const GateUpLayout layout{version == 1, N, F};
+    DeviceBuffer<floatX> gate_up(2 * n), out(n), dout(n), d_gate_up(2 * n);
+    {
+        DeviceBuffer<floatX> g(n), u(n);
+        g.fill_normal(21, 3.0f);
+        u.fill_normal(22);
+        std::vector<floatX> g_h = g.raw(), u_h = u.raw(), gu_h(2 * n);
+        for (long r = 0; r < N; r++)
+            for (long f = 0; f < F; f++) {
+                gu_h[layout.gate(r, f)] = g_h[r * F + f];
+                gu_h[layout.up(r, f)] = u_h[r * F + f];
+            }
+        gate_up.upload_raw(gu_h);
     }
+    dout.fill_normal(23);
+    const std::vector<float> gu_f = gate_up.download();
+    std::vector<double> gate_h(n), up_h(n);
+    double max_abs_gate = 0;
+    for (long r = 0; r < N; r++)
+        for (long f = 0; f < F; f++) {
+            gate_h[r * F + f] = gu_f[layout.gate(r, f)];
+            up_h[r * F + f] = gu_f[layout.up(r, f)];
+            max_abs_gate = std::max(max_abs_gate, std::fabs(gate_h[r * F + f]));
+        }
+    // Versions 1 and 2: STORE_TOL (an expf, a division and a few products in fp32 per element, stored
+    // once). Version 3: fast_sigmoid_tol at the largest |gate| of this input.
+    const double tol = version == 3 ? fast_sigmoid_tol(!FLOATX_IS_FP32, max_abs_gate) : STORE_TOL;
+    printf("%s: N %d, F %d, max |gate| %.1f, tolerance %.2e\n", model, N, F, max_abs_gate, tol);
+
+    auto forward = [&] {
+        if (version == 1) swiglu_forward(out.ptr, gate_up.ptr, gate_up.ptr + n, /*stride=*/F, N, F, 0);
+        else swiglu_forward_v2(out.ptr, gate_up.ptr, N, F, version == 3);
+    };
+    out.poison();
+    forward();
+    std::vector<double> out_ref(n);
+    swiglu_forward(out_ref.data(), gate_h.data(), up_h.data(), n);
+    Validation forward_checks;
+    forward_checks.check("out", out.download(), out_ref, tol);
+    if (forward_checks.passed && timed) report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
+
+    auto backward = [&] {
+        if (version == 1) swiglu_backward(d_gate_up.ptr, d_gate_up.ptr + n, dout.ptr, gate_up.ptr, gate_up.ptr + n, /*stride=*/F, N, F, 0);
+        else swiglu_backward_v2(d_gate_up.ptr, dout.ptr, gate_up.ptr, N, F, version == 3);
+    };
+    d_gate_up.poison();
+    backward();
+    std::vector<double> dgate_ref(n, 0.0), dup_ref(n, 0.0);
+    swiglu_backward(dgate_ref.data(), dup_ref.data(), to_double(dout.download()).data(), gate_h.data(), up_h.data(), n);
+    const std::vector<float> d_f = d_gate_up.download();
+    std::vector<float> dgate(n), dup(n);
+    for (long r = 0; r < N; r++)
+        for (long f = 0; f < F; f++) {
+            dgate[r * F + f] = d_f[layout.gate(r, f)];
+            dup[r * F + f] = d_f[layout.up(r, f)];
+        }
+    Validation backward_checks;
+    backward_checks.check("dgate", dgate, dgate_ref, tol);
+    backward_checks.check("dup", dup, dup_ref, tol);
+    if (backward_checks.passed && timed)
+        report_bandwidth("swiglu_backward", shape, version, 5 * n * X, benchmark_kernel(backward));
+}
+
+int main(int argc, char** argv) {
+    const int version = parse_version(argc, argv, 3, VERSIONS);
+    measure_ceilings();
+    // Small shapes: 3 vectors in a row; 17 (bf16) or 34 (fp32) vectors, a partial block.
+    run_shape(version, "small", 5, 24, false);
+    run_shape(version, "small", 3, 136, false);
+    for (const ModelShape& m : MODEL_SHAPES) run_shape(version, m.name, TOKENS, (int)ceil_div(m.F, 64) * 64, true);
     return validation_exit_status();
 }
