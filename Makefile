@@ -47,7 +47,11 @@ $(BUILD)/%.o: test/%.cpp $(HEADERS) $(TEST_HEADERS) | deps-test
 	@mkdir -p $(BUILD)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-CPU_TESTS := test_reference_kernels test_tiled_kernels test_grad_accumulation test_attention_numerics test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_trainer_ranks test_tokenizer test_rendezvous test_presets test_padded_eval test_padded_ffn
+CPU_TESTS := test_reference_kernels test_tiled_kernels test_grad_accumulation test_attention_numerics test_reference_model test_analysis test_distributed test_dataloader test_checkpoint test_trainer_cpu test_trainer_ranks test_tokenizer test_rendezvous test_presets test_padded_eval test_padded_ffn test_dev_tolerances
+
+# The dev/ benchmarks' tolerances, tested on the CPU against emulations of their kernels.
+$(BUILD)/test_dev_tolerances.o: dev/tolerances.h
+
 $(BUILD)/test_cpu: $(BUILD)/test_main.o $(addprefix $(BUILD)/,$(addsuffix .o,$(CPU_TESTS)))
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(CATCH_LIBS)
 
@@ -185,7 +189,7 @@ DEV_BENCHMARKS := rmsnorm swiglu rope classifier adamw embedding attention
 .PHONY: dev
 dev: $(addprefix $(CUDA_BUILD)/dev/,$(DEV_BENCHMARKS))
 
-$(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh $(CUDA_HEADERS) $(HEADERS) test/attention_checks.h
+$(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh dev/tolerances.h $(CUDA_HEADERS) $(HEADERS) test/attention_checks.h
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
 
