@@ -4,7 +4,8 @@
 // and fails each planted bug by 2x or more. (In bf16 the one rounding of the stored result alone comes
 // to 2^-8 / (1 + 2^-8), 0.99 of store_tol: the tolerance is that rounding plus the fp32 part, by design.) Emulated: rmsnorm version 2 (forward, backward with its dweight partial rows),
 // swiglu versions 2 and 3 on the (N, 2F) gate|up layout (3 with __expf and __fdividef off by the
-// CUDA Programming Guide's largest error, both signs), adamw version 2 with its scalar tail.
+// CUDA Programming Guide's largest error, both signs), adamw version 2 with its scalar tail, and the
+// classifier's version 2 (exp2f of a folded argument, off by its largest error).
 #include <functional>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "../core/rng.h"
 #include "../dev/tolerances.h"
 #include "../kernels/cpu/adamw.h"
+#include "../kernels/cpu/crossentropy.h"
 #include "../kernels/cpu/rmsnorm.h"
 #include "../kernels/cpu/swiglu.h"
 
@@ -177,14 +179,12 @@ struct GluErrors {
     double out = 0, dgate = 0, dup = 0, max_abs_gate = 0;
 };
 
-// dev/swiglu.cu's inputs (gate std 3, up and dout std 1) in the (N, 2F) layout, the kernel emulated
+// dev/swiglu.cu's inputs (gate and up std 3, dout std 1) in the (N, 2F) layout, the kernel emulated
 // element by element with poisoned (NaN) outputs where it writes nothing, against the double reference.
 GluErrors swiglu_errors(int N, int F, bool bf16, const GluKernel& k) {
     const int VEC = vec_width(bf16);
     Rng rng(2000 + F);
-    std::vector<float> gate_up((size_t)N * 2 * F);
-    for (int n = 0; n < N; n++)
-        for (int f = 0; f < 2 * F; f++) gate_up[(size_t)n * 2 * F + f] = stored((float)((f < F ? 3 : 1) * rng.normal()), bf16);
+    const std::vector<float> gate_up = random_stored((size_t)N * 2 * F, rng, 3, bf16);
     const std::vector<float> dout = random_stored((size_t)N * F, rng, 1, bf16);
     std::vector<float> out((size_t)N * F, NAN), dgate((size_t)N * F, NAN), dup((size_t)N * F, NAN);
     std::vector<double> gate_h((size_t)N * F), up_h((size_t)N * F);
@@ -288,6 +288,77 @@ double adamw_excess(const AdamErrors& e, bool bf16, double reserve) {
 // Emulated kernels must pass with this much of each tolerance unused; planted bugs are judged with none.
 constexpr double RESERVE = FP32_TOL / 2;
 
+// ----------------------------------------------------------------------------
+// classifier version 2: a 512-thread block per row; thread t takes the vectors t, t + 512, ...; the
+// max, then the sum of exp2f(fmaf(z, log2e, -max log2e)) (exp2f off by 2 ulp), reduced by warp
+// butterflies, then the gradient.
+
+enum class CeBug { none, last_vector_not_summed, target_not_subtracted, exp2_without_log2e };
+
+struct CeErrors {
+    double losses = 0, dlogits = 0;
+};
+
+// float sum over a block of 512 threads: each warp's butterfly, then a butterfly over the 16 warp sums.
+float block_sum(const std::vector<float>& threads) {
+    std::vector<float> warps(32, 0.0f);
+    for (int w = 0; w < 16; w++) warps[w] = warp_sum(std::vector<float>(threads.begin() + 32 * w, threads.begin() + 32 * w + 32));
+    return warp_sum(warps);
+}
+
+// dev/classifier.cu's inputs: R rows of V logits with std 3; row 1 ignored, row 2's target its last
+// logit, set to 12; the other targets random. sign: the direction of exp2f's error, +1 or -1 for all
+// logits (which mostly cancels in softmax), 0 for +1 on even and -1 on odd indices (which does not).
+CeErrors classifier_errors(int R, int V, bool bf16, int sign, CeBug bug) {
+    const int VEC = vec_width(bf16), nvec = V / VEC;
+    Rng rng(4000 + V);
+    std::vector<float> z = random_stored((size_t)R * V, rng, 3, bf16);
+    std::vector<int> targets(R);
+    for (int& t : targets) t = (int)rng.below(V);
+    targets[1] = IGNORE_INDEX;
+    targets[2] = V - 1;
+    z[3 * (size_t)V - 1] = 12.0f;
+    const float dloss = 1.0f / (R - 1), L = 1.4426950408889634f;
+    std::vector<float> losses(R), dz((size_t)R * V);
+    for (int n = 0; n < R; n++) {
+        const float* zr = &z[(size_t)n * V];
+        float* dr = &dz[(size_t)n * V];
+        if (targets[n] == IGNORE_INDEX) {
+            losses[n] = 0.0f;
+            std::fill(dr, dr + V, 0.0f);
+            continue;
+        }
+        const float row_max = *std::max_element(zr, zr + V), max_log2 = row_max * L;
+        auto emulated_exp = [&](int i) {
+            const float arg = bug == CeBug::exp2_without_log2e ? zr[i] - row_max : std::fma(zr[i], L, -max_log2);
+            const int direction = sign != 0 ? sign : i % 2 ? -1 : 1;
+            return (float)(std::exp2((double)arg) * (1 + direction * 2 * 0x1p-23));
+        };
+        std::vector<float> threads(512, 0.0f);
+        for (int t = 0; t < 512; t++)
+            for (int j = t; j < (bug == CeBug::last_vector_not_summed ? nvec - 1 : nvec); j += 512)
+                for (int e = 0; e < VEC; e++) threads[t] += emulated_exp(j * VEC + e);
+        const float sum = block_sum(threads);
+        losses[n] = row_max + std::log(sum) - zr[targets[n]];
+        const float p_scale = dloss / sum;
+        for (int i = 0; i < V; i++) {
+            float d = emulated_exp(i) * p_scale;
+            if (i == targets[n] && bug != CeBug::target_not_subtracted) d -= dloss;
+            dr[i] = stored(d, bf16);
+        }
+    }
+    const std::vector<double> z_h = to_double(z);
+    std::vector<double> loss_ref(R), dz_ref((size_t)R * V);
+    int n_valid = 0;
+    crossentropy_forward(loss_ref.data(), z_h.data(), targets.data(), R, V, &n_valid);
+    crossentropy_backward(dz_ref.data(), z_h.data(), targets.data(), R, V, (double)dloss);
+    return {max_relative_error(losses, loss_ref), max_relative_error(dz, dz_ref)};
+}
+
+double classifier_excess(const CeErrors& e, bool bf16, double reserve) {
+    return std::max(e.losses / (FP32_TOL - reserve), e.dlogits / (store_tol(bf16) - reserve));
+}
+
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -360,4 +431,24 @@ TEST_CASE("dev checks: adamw version 2's scalar tail, emulated, passes; a droppe
         CHECK(adamw_excess(ok, bf16, RESERVE) <= 1.0);
         CHECK(adamw_excess(dropped, bf16, 0) >= 2.0);
     }
+}
+
+TEST_CASE("dev checks: classifier version 2 emulated with exp2f's largest error passes, planted bugs fail by 2x") {
+    // dev/classifier.cu's small shape, and 8 rows of the model's V = 32000.
+    for (bool bf16 : {true, false})
+        for (int V : {104, 32000})
+            for (int sign : {1, -1, 0}) {
+                const CeErrors e = classifier_errors(V == 104 ? 5 : 8, V, bf16, sign, CeBug::none);
+                INFO((bf16 ? "bf16" : "fp32") << " V " << V << " sign " << sign << ": losses " << e.losses << " dlogits "
+                                              << e.dlogits);
+                CHECK(classifier_excess(e, bf16, RESERVE) <= 1.0);
+            }
+    const CeBug bugs[] = {CeBug::last_vector_not_summed, CeBug::target_not_subtracted, CeBug::exp2_without_log2e};
+    const char* names[] = {"last vector left out of the sum", "target's -dloss missing", "exp2 without log2e"};
+    for (bool bf16 : {true, false})
+        for (int b = 0; b < 3; b++) {
+            const CeErrors e = classifier_errors(5, 104, bf16, 1, bugs[b]);
+            INFO(names[b] << (bf16 ? ", bf16" : ", fp32") << ": losses " << e.losses << " dlogits " << e.dlogits);
+            CHECK(classifier_excess(e, bf16, 0) >= 2.0);
+        }
 }
