@@ -5,7 +5,7 @@
 // to 2^-8 / (1 + 2^-8), 0.99 of store_tol: the tolerance is that rounding plus the fp32 part, by design.) Emulated: rmsnorm version 2 (forward, backward with its dweight partial rows),
 // swiglu versions 2 and 3 on the (N, 2F) gate|up layout (3 with __expf and __fdividef off by the
 // CUDA Programming Guide's largest error, both signs), adamw version 2 with its scalar tail, and the
-// classifier's version 2 (exp2f of a folded argument, off by its largest error).
+// classifier's version 2 (exp2f of a folded argument, off by its largest error), rope version 2.
 #include <functional>
 #include <string>
 #include <vector>
@@ -16,6 +16,7 @@
 #include "../kernels/cpu/adamw.h"
 #include "../kernels/cpu/crossentropy.h"
 #include "../kernels/cpu/rmsnorm.h"
+#include "../kernels/cpu/rope.h"
 #include "../kernels/cpu/swiglu.h"
 
 namespace {
@@ -359,6 +360,51 @@ double classifier_excess(const CeErrors& e, bool bf16, double reserve) {
     return std::max(e.losses / (FP32_TOL - reserve), e.dlogits / (store_tol(bf16) - reserve));
 }
 
+// ----------------------------------------------------------------------------
+// rope version 2: a thread rotates VEC pairs (i0 .. i0 + VEC - 1) of one head, reading the fp32 (cos, sin)
+// table two pairs at a time.
+
+enum class RopeBug { none, table_stride, backward_not_negated };
+
+// Max error of the forward and of the backward (direction -1) on dev/rope.cu's small shapes.
+double rope_error(int B, int T, int NH, int hd, bool bf16, RopeBug bug) {
+    const int half = hd / 2, VEC = vec_width(bf16);
+    const double theta = 10000.0;
+    Rng rng(5000 + hd);
+    const long n = (long)B * T * NH * hd;
+    const std::vector<float> x = random_stored(n, rng, 1, bf16);
+    std::vector<float> table_cos((size_t)T * half), table_sin((size_t)T * half);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            const double angle = t * std::pow(theta, -2.0 * i / hd);
+            table_cos[(size_t)t * half + i] = (float)std::cos(angle);
+            table_sin[(size_t)t * half + i] = (float)std::sin(angle);
+        }
+    double worst = 0;
+    for (int direction : {1, -1}) {
+        std::vector<float> out(n);
+        for (long head = 0; head < (long)B * T * NH; head++) {
+            const int t = (int)((head / NH) % T);
+            for (int i = 0; i < half; i++) {
+                // pairs 2p, 2p + 1 of the chunk come from one float4 at table + i0 + 2p (bug: + p)
+                const int i0 = i / VEC * VEC, e = i % VEC;
+                const int ti = bug == RopeBug::table_stride ? i0 + e / 2 + e % 2 : i;
+                const float c = table_cos[(size_t)t * half + ti];
+                const float sn = (bug == RopeBug::backward_not_negated ? 1 : direction) * table_sin[(size_t)t * half + ti];
+                const float a = x[head * hd + i], b = x[head * hd + i + half];
+                out[head * hd + i] = stored(a * c - b * sn, bf16);
+                out[head * hd + i + half] = stored(b * c + a * sn, bf16);
+            }
+        }
+        const std::vector<double> x_h = to_double(x);
+        std::vector<double> ref(n);
+        if (direction == 1) rope_forward(ref.data(), x_h.data(), B, T, NH, hd, theta);
+        else rope_backward(ref.data(), x_h.data(), B, T, NH, hd, theta);
+        worst = std::max(worst, max_relative_error(out, ref));
+    }
+    return worst;
+}
+
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -450,5 +496,17 @@ TEST_CASE("dev checks: classifier version 2 emulated with exp2f's largest error 
             const CeErrors e = classifier_errors(5, 104, bf16, 1, bugs[b]);
             INFO(names[b] << (bf16 ? ", bf16" : ", fp32") << ": losses " << e.losses << " dlogits " << e.dlogits);
             CHECK(classifier_excess(e, bf16, 0) >= 2.0);
+        }
+}
+
+TEST_CASE("dev checks: rope version 2 emulated passes, a wrong table stride and an unnegated backward fail by 2x") {
+    for (bool bf16 : {true, false})
+        for (int hd : {16, 48}) {  // dev/rope.cu's small shapes
+            const int B = hd == 16 ? 2 : 1, T = hd == 16 ? 5 : 7, NH = hd == 16 ? 3 : 2;
+            const double tol = store_tol(bf16);
+            INFO((bf16 ? "bf16" : "fp32") << " hd " << hd);
+            CHECK(rope_error(B, T, NH, hd, bf16, RopeBug::none) <= tol - RESERVE);
+            CHECK(rope_error(B, T, NH, hd, bf16, RopeBug::table_stride) >= 2 * tol);
+            CHECK(rope_error(B, T, NH, hd, bf16, RopeBug::backward_not_negated) >= 2 * tol);
         }
 }
