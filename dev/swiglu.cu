@@ -4,7 +4,7 @@
 // Layout. In the parameter layout v3 (issue 12) gate and up are one (2F, C) matrix, so one GEMM writes
 // gate|up as one (N, 2F) buffer whose row n is [gate_n (F values) | up_n (F values)], and the backward
 // writes d(gate|up) in the same layout for the one GEMM that reads it. F is the stored ffn, a multiple
-// of 64 (core/config.h's ffn_stored: the 1b preset's 5461 is stored as 5504).
+// of 64 (core/config.h's ffn_stored: the 1b preset's 5461 is stored as 5504), as the shapes here.
 //
 // Versions:
 //   1  production, kernels/swiglu.cuh: one element per thread, 2-byte loads and stores in bf16. Until it
@@ -29,6 +29,7 @@
 // Before the model shapes are timed, small shapes (a partial block of vectors, few rows) are checked.
 #include <vector>
 #include "common.cuh"
+#include "../core/config.h"
 #include "../kernels/cpu/swiglu.h"
 #include "../kernels/swiglu.cuh"
 
@@ -192,7 +193,10 @@ int main(int argc, char** argv) {
     // Small shapes: 3 vectors in a row; 17 (bf16) or 34 (fp32) vectors, a partial block.
     run_shape(version, "small", 5, 24, false);
     run_shape(version, "small", 3, 136, false);
-    if (!small_shapes_only())
-        for (const ModelShape& m : MODEL_SHAPES) run_shape(version, m.name, TOKENS, (int)ceil_div(m.F, 64) * 64, true);
+    for (const ModelShape& m : MODEL_SHAPES) {
+        ModelConfig cfg;
+        apply_model_preset(m.name, &cfg);
+        if (!small_shapes_only()) run_shape(version, m.name, TOKENS, (int)ffn_stored(cfg), true);
+    }
     return validation_exit_status();
 }
