@@ -7,9 +7,8 @@
 // of 64 (core/config.h's ffn_stored: the 1b preset's 5461 is stored as 5504), as the shapes here.
 //
 // Versions:
-//   1  production, kernels/swiglu.cuh: one element per thread, 2-byte loads and stores in bf16. Until it
-//      takes the (N, 2F) layout, it runs here on the same buffer split into halves, gate (N, F) then
-//      up (N, F): the same bytes read and written.
+//   1  production, kernels/swiglu.cuh: one element per thread (a grid of columns by rows, gate and up
+//      read by row stride), 2-byte loads and stores in bf16.
 //   2  (N, 2F) layout, one 128-bit vector (8 bf16, 4 fp32) per thread for every load and store; a block
 //      of 128 threads covers 128 vectors of one row (grid: rows x column blocks, so no thread divides by
 //      the row length). Needs F to be a multiple of VEC, checked at launch (ffn_stored makes it 64).
@@ -34,7 +33,7 @@
 #include "../kernels/swiglu.cuh"
 
 static const char* const VERSIONS[] = {
-    "production (kernels/swiglu.cuh), gate and up as separate halves",
+    "production (kernels/swiglu.cuh)",
     "(N, 2F) gate|up by row stride, 128-bit loads and stores",
     "(N, 2F) gate|up by row stride, 128-bit loads and stores, fast sigmoid (__expf, __fdividef)",
 };
@@ -56,11 +55,11 @@ __device__ inline void sigmoid_pair(float g, float* s, float* one_minus_s) {
 }
 
 // Block (n, b): thread t handles columns f = (b * 128 + t) * VEC .. + VEC - 1 of row n.
-constexpr int SWIGLU_BLOCK = 128;
+constexpr int SWIGLU_V2_BLOCK = 128;
 
 template <bool FAST>
-__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_forward_v2_kernel(floatX* out, const floatX* gate_up, int F) {
-    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
+__global__ void __launch_bounds__(SWIGLU_V2_BLOCK) swiglu_forward_v2_kernel(floatX* out, const floatX* gate_up, int F) {
+    const int f = (blockIdx.y * SWIGLU_V2_BLOCK + threadIdx.x) * VEC;
     if (f >= F) return;
     const floatX* gate = gate_up + (long)blockIdx.x * 2 * F + f;
     const PackedX g = load128(gate), u = load128(gate + F);
@@ -77,9 +76,9 @@ __global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_forward_v2_kernel(floatX*
 
 // d_gate_up may alias gate_up: a thread reads its two vectors before writing them.
 template <bool FAST>
-__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_backward_v2_kernel(floatX* d_gate_up, const floatX* dout,
+__global__ void __launch_bounds__(SWIGLU_V2_BLOCK) swiglu_backward_v2_kernel(floatX* d_gate_up, const floatX* dout,
                                                                           const floatX* gate_up, int F) {
-    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
+    const int f = (blockIdx.y * SWIGLU_V2_BLOCK + threadIdx.x) * VEC;
     if (f >= F) return;
     const long in = (long)blockIdx.x * 2 * F + f;
     const PackedX g = load128(gate_up + in), u = load128(gate_up + in + F);
@@ -99,32 +98,24 @@ __global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_backward_v2_kernel(floatX
 
 static dim3 swiglu_v2_grid(int N, int F) {
     if (F % VEC) unsupported("swiglu v2/v3: F must be a multiple of 8 (bf16) or 4 (fp32)");
-    return dim3(N, (unsigned)ceil_div(F / VEC, SWIGLU_BLOCK));
+    return dim3(N, (unsigned)ceil_div(F / VEC, SWIGLU_V2_BLOCK));
 }
 
 static void swiglu_forward_v2(floatX* out, const floatX* gate_up, int N, int F, bool fast) {
     const dim3 grid = swiglu_v2_grid(N, F);
-    if (fast) swiglu_forward_v2_kernel<true><<<grid, SWIGLU_BLOCK>>>(out, gate_up, F);
-    else swiglu_forward_v2_kernel<false><<<grid, SWIGLU_BLOCK>>>(out, gate_up, F);
+    if (fast) swiglu_forward_v2_kernel<true><<<grid, SWIGLU_V2_BLOCK>>>(out, gate_up, F);
+    else swiglu_forward_v2_kernel<false><<<grid, SWIGLU_V2_BLOCK>>>(out, gate_up, F);
     cudaCheck(cudaGetLastError());
 }
 
 static void swiglu_backward_v2(floatX* d_gate_up, const floatX* dout, const floatX* gate_up, int N, int F, bool fast) {
     const dim3 grid = swiglu_v2_grid(N, F);
-    if (fast) swiglu_backward_v2_kernel<true><<<grid, SWIGLU_BLOCK>>>(d_gate_up, dout, gate_up, F);
-    else swiglu_backward_v2_kernel<false><<<grid, SWIGLU_BLOCK>>>(d_gate_up, dout, gate_up, F);
+    if (fast) swiglu_backward_v2_kernel<true><<<grid, SWIGLU_V2_BLOCK>>>(d_gate_up, dout, gate_up, F);
+    else swiglu_backward_v2_kernel<false><<<grid, SWIGLU_V2_BLOCK>>>(d_gate_up, dout, gate_up, F);
     cudaCheck(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------
-
-// Where row n of gate and of up start in the (N, 2F) buffer: version 1 splits it into halves.
-struct GateUpLayout {
-    bool halves;
-    long N, F;
-    long gate_row(long n) const { return halves ? n * F : n * 2 * F; }
-    long up_row(long n) const { return halves ? (N + n) * F : n * 2 * F + F; }
-};
 
 // Validates one shape; times it if `timed`. gate and up normal with std 3 (|g| up to ~15: both tails of
 // the sigmoid), dout standard normal. Checked rows: all of a small shape, the first, middle and last 8
@@ -133,7 +124,6 @@ static void run_shape(int version, const char* model, int N, int F, bool timed) 
     const long n = (long)N * F;
     const std::string shape = shape_name(model, N, F);
     const double X = sizeof(floatX);
-    const GateUpLayout layout{version == 1, N, F};
     DeviceBuffer<floatX> gate_up(2 * n), out(n), dout(n), d_gate_up(2 * n);
     gate_up.fill_normal(21, 3.0f);
     dout.fill_normal(23);
@@ -147,8 +137,8 @@ static void run_shape(int version, const char* model, int N, int F, bool timed) 
         }
         return v;
     };
-    auto gate_row = [&](long r) { return layout.gate_row(r); };
-    auto up_row = [&](long r) { return layout.up_row(r); };
+    auto gate_row = [&](long r) { return r * 2 * F; };
+    auto up_row = [&](long r) { return r * 2 * F + F; };
     auto out_row = [&](long r) { return r * F; };
     const std::vector<double> gate_h = to_double(gather(gate_up, gate_row)), up_h = to_double(gather(gate_up, up_row));
     const long m = (long)gate_h.size();
@@ -161,7 +151,7 @@ static void run_shape(int version, const char* model, int N, int F, bool timed) 
            max_abs_gate, tol);
 
     auto forward = [&] {
-        if (version == 1) swiglu_forward(out.ptr, gate_up.ptr, gate_up.ptr + n, /*stride=*/F, N, F, 0);
+        if (version == 1) swiglu_forward(out.ptr, gate_up.ptr, gate_up.ptr + F, 2L * F, N, F, 0);
         else swiglu_forward_v2(out.ptr, gate_up.ptr, N, F, version == 3);
     };
     out.poison();
@@ -173,7 +163,7 @@ static void run_shape(int version, const char* model, int N, int F, bool timed) 
     if (forward_checks.passed && timed) report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
 
     auto backward = [&] {
-        if (version == 1) swiglu_backward(d_gate_up.ptr, d_gate_up.ptr + n, dout.ptr, gate_up.ptr, gate_up.ptr + n, /*stride=*/F, N, F, 0);
+        if (version == 1) swiglu_backward(d_gate_up.ptr, d_gate_up.ptr + F, dout.ptr, gate_up.ptr, gate_up.ptr + F, 2L * F, N, F, 0);
         else swiglu_backward_v2(d_gate_up.ptr, dout.ptr, gate_up.ptr, N, F, version == 3);
     };
     d_gate_up.poison();
