@@ -48,6 +48,9 @@ mkdir -p $dir
 with_peak_memory() {
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >$dir/memory.log 2>/dev/null &
     local sampler=$! status=0
+    # The first sample before the run starts (at most 3 s): a run shorter than the sampler's start-up
+    # would otherwise leave no sample at all.
+    for _ in $(seq 30); do [ -s $dir/memory.log ] && break; sleep 0.1; done
     "$@" || status=$?
     kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
     sort -n $dir/memory.log | tail -n 1 >$dir/peak_mib
