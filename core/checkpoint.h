@@ -124,7 +124,10 @@ inline void write_file_atomically(const std::string& path, const std::function<b
     }
 }
 
-static inline bool write_floats(FILE* f, const float* x, int64_t n) { return fwrite(x, sizeof(float), n, f) == (size_t)n; }
+// n items of size bytes; nothing to write is success (an empty vector's data() may be null, which
+// fwrite must not be given).
+static inline bool write_items(FILE* f, const void* x, size_t size, size_t n) { return n == 0 || fwrite(x, size, n, f) == n; }
+static inline bool write_floats(FILE* f, const float* x, int64_t n) { return write_items(f, x, sizeof(float), (size_t)n); }
 
 // The CRC-32 of a header (its crc_slot read as zero) followed by float arrays.
 inline uint32_t file_crc(const int64_t* header, int slots, int crc_slot, std::initializer_list<std::pair<const float*, int64_t>> arrays) {
@@ -170,7 +173,7 @@ struct InputFile {
     ~InputFile() { if (f) fclose(f); }
     InputFile(const InputFile&) = delete;
     InputFile& operator=(const InputFile&) = delete;
-    bool read(void* dst, size_t elem, size_t n) { return fread(dst, elem, n, f) == n; }
+    bool read(void* dst, size_t elem, size_t n) { return n == 0 || fread(dst, elem, n, f) == n; }  // dst may be null if n is 0
 };
 
 // header bytes + arrays * n floats, or -1 if it overflows.
@@ -298,7 +301,7 @@ inline void save_optimizer_shard(const std::string& path, const OptimizerShard& 
     h[6] = (int64_t)s.ranges.size(); h[7] = n; h[OPTIMIZER_SHARD_RUN_ID_SLOT] = (int64_t)s.run_id;
     h[OPTIMIZER_SHARD_CRC_SLOT] = optimizer_shard_crc(h, ranges, s);
     write_file_atomically(path, [&](FILE* f) {
-        return fwrite(h, sizeof(h), 1, f) == 1 && fwrite(ranges.data(), sizeof(int64_t), ranges.size(), f) == ranges.size() &&
+        return fwrite(h, sizeof(h), 1, f) == 1 && write_items(f, ranges.data(), sizeof(int64_t), ranges.size()) &&
                write_floats(f, s.m.data(), n) && write_floats(f, s.v.data(), n);
     });
 }
