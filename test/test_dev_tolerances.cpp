@@ -2,7 +2,7 @@
 // GPU with) on CPU emulations of the vectorized kernels' arithmetic, on the benchmarks' small shapes
 // and inputs: each check passes the emulated kernel with at least half of its fp32 part (FP32_TOL) unused,
 // and fails each planted bug by 2x or more. (In bf16 the one rounding of the stored result alone comes
-// to 2^-8 / (1 + 2^-8), 0.99 of store_tol: the tolerance is that rounding plus the fp32 part, by design.) Emulated: rmsnorm version 2 (forward, backward with its dweight partial rows),
+// to 2^-8 / (1 + 2^-8), 0.99 of store_tol: the tolerance is that rounding plus the fp32 part, by design.) Emulated: rmsnorm version 2 (forward, both backwards with their dweight partial rows),
 // swiglu versions 2 and 3 on the (N, 2F) gate|up layout (3 with __expf and __fdividef off by the
 // CUDA Programming Guide's largest error, both signs), adamw version 2 with its scalar tail, and the
 // classifier's version 2 (exp2f of a folded argument, off by its largest error), rope version 2.
@@ -53,22 +53,26 @@ void for_lane_elements(int lane, int C, int VEC, const std::function<void(int)>&
 // ----------------------------------------------------------------------------
 // rmsnorm version 2
 
-enum class NormBug { none, missing_eps, tail_vector_not_summed, weight_stride, dropped_partial };
+enum class NormBug { none, missing_eps, tail_vector_not_summed, weight_stride, dropped_partial, dres_unscaled };
 
 struct NormErrors {
     double out = 0, rstd = 0, dinp = 0, dw = 0;
 };
 
-// The forward and the accumulating backward of dev/rmsnorm.cu version 2 on N rows of C, x with std
-// x_std, with `blocks` blocks of 8 warps in the backward (partial rows of dweight), against the double
-// references; returns each output's error as the benchmark measures it.
-NormErrors rmsnorm_errors(int N, int C, double x_std, int blocks, bool bf16, NormBug bug) {
+// The forward and a backward of dev/rmsnorm.cu version 2 on N rows of C, x with std x_std, with `blocks`
+// blocks of 8 warps in the backward (partial rows of dweight), against the double references; returns
+// each output's error as the benchmark measures it. The backward is the accumulating one (Pre-LN), or
+// with `residual` the Post-LN one: dy = dout + s * dres (s = 1.7, dres with std x_std / 3 as the
+// benchmark's f), dinp written.
+NormErrors rmsnorm_errors(int N, int C, double x_std, int blocks, bool bf16, NormBug bug, bool residual = false) {
     const int VEC = vec_width(bf16);
     const float eps = 1e-6f;
     Rng rng(1000 + C);
     const std::vector<float> x = random_stored((size_t)N * C, rng, x_std, bf16), w = random_stored(C, rng, 1, bf16);
     const std::vector<float> dout = random_stored((size_t)N * C, rng, 1, bf16), dinp0 = random_stored((size_t)N * C, rng, 1, bf16);
     const std::vector<float> dw0 = random_stored(C, rng, 1, false);
+    const float s_post = 1.7f;
+    const std::vector<float> dres = residual ? random_stored((size_t)N * C, rng, x_std / 3, bf16) : std::vector<float>();
 
     std::vector<float> out((size_t)N * C), rstd(N), dinp((size_t)N * C);
     for (int n = 0; n < N; n++) {
@@ -105,7 +109,10 @@ NormErrors rmsnorm_errors(int N, int C, double x_std, int blocks, bool bf16, Nor
             for (int n = b * 8 + warp; n < N; n += 8 * blocks) {
                 const float r = r32[n];
                 const float* xr = &x[(size_t)n * C];
-                const float* dy = &dout[(size_t)n * C];
+                std::vector<float> dy(dout.begin() + (size_t)n * C, dout.begin() + (size_t)(n + 1) * C);
+                if (residual)
+                    for (int c = 0; c < C; c++)
+                        dy[c] += (bug == NormBug::dres_unscaled ? 1.0f : s_post) * dres[(size_t)n * C + c];
                 std::vector<float> lanes(32, 0.0f);
                 for (int lane = 0; lane < 32; lane++)
                     for_lane_elements(lane, C, VEC, [&](int c) { lanes[lane] += dy[c] * w[c] * xr[c]; });
@@ -113,7 +120,7 @@ NormErrors rmsnorm_errors(int N, int C, double x_std, int blocks, bool bf16, Nor
                 for (int c = 0; c < C; c++) {
                     const size_t i = (size_t)n * C + c;
                     const float xhat = xr[c] * r;
-                    dinp[i] = stored(r * (dy[c] * w[c] - xhat * mean_dot) + dinp0[i], bf16);
+                    dinp[i] = stored(r * (dy[c] * w[c] - xhat * mean_dot) + (residual ? 0.0f : dinp0[i]), bf16);
                     acc[c] += dy[c] * xhat;
                 }
             }
@@ -129,9 +136,12 @@ NormErrors rmsnorm_errors(int N, int C, double x_std, int blocks, bool bf16, Nor
             for (int y = 0; y < half; y++) sums[y] += sums[y + half];
         dw[c] += sums[0];
     }
-    std::vector<double> dinp_ref = to_double(dinp0), dw_ref = to_double(dw0);
+    std::vector<double> dinp_ref = residual ? std::vector<double>((size_t)N * C, 0.0) : to_double(dinp0);
+    std::vector<double> dw_ref = to_double(dw0), dy_h = dout_h;
+    if (residual)
+        for (size_t i = 0; i < dy_h.size(); i++) dy_h[i] += (double)s_post * dres[i];
     const std::vector<double> r_h(r32.begin(), r32.end());
-    rmsnorm_backward(dinp_ref.data(), dw_ref.data(), dout_h.data(), x_h.data(), w_h.data(), r_h.data(), N, C);
+    rmsnorm_backward(dinp_ref.data(), dw_ref.data(), dy_h.data(), x_h.data(), w_h.data(), r_h.data(), N, C);
     errors.dinp = max_relative_error(dinp, dinp_ref);
     errors.dw = max_relative_error(dw, dw_ref);
     return errors;
@@ -409,17 +419,19 @@ double rope_error(int B, int T, int NH, int hd, bool bf16, RopeBug bug) {
 
 // ----------------------------------------------------------------------------
 
-TEST_CASE("dev checks: rmsnorm version 2 emulated passes, planted bugs fail by 2x") {
+TEST_CASE("dev checks: rmsnorm version 2 emulated passes (both backwards), planted bugs fail by 2x") {
     const NormBug bugs[] = {NormBug::missing_eps, NormBug::tail_vector_not_summed, NormBug::weight_stride,
                             NormBug::dropped_partial};
     const char* names[] = {"eps missing", "last vector left out of the sum of squares", "weight read at w + j",
                            "last dweight partial row dropped"};
     for (bool bf16 : {true, false}) {
-        for (const NormShape& s : NORM_SHAPES) {
-            const NormErrors e = rmsnorm_errors(s.N, s.C, s.x_std, s.blocks, bf16, NormBug::none);
-            INFO((bf16 ? "bf16" : "fp32") << " N " << s.N << " C " << s.C << ": " << describe(e));
-            CHECK(rmsnorm_excess(e, bf16, RESERVE) <= 1.0);
-        }
+        for (const NormShape& s : NORM_SHAPES)
+            for (bool residual : {false, true}) {
+                const NormErrors e = rmsnorm_errors(s.N, s.C, s.x_std, s.blocks, bf16, NormBug::none, residual);
+                INFO((bf16 ? "bf16" : "fp32") << (residual ? " residual" : "") << " N " << s.N << " C " << s.C << ": "
+                                              << describe(e));
+                CHECK(rmsnorm_excess(e, bf16, RESERVE) <= 1.0);
+            }
         // Each bug on the shape of the dev benchmark that is there to catch it: eps on the rms 1e-3
         // rows, the dropped partial on 32 blocks, the others on the first small shape.
         for (int b = 0; b < 4; b++) {
@@ -428,6 +440,9 @@ TEST_CASE("dev checks: rmsnorm version 2 emulated passes, planted bugs fail by 2
             INFO(names[b] << ", " << (bf16 ? "bf16" : "fp32") << " N " << s.N << " C " << s.C << ": " << describe(e));
             CHECK(rmsnorm_excess(e, bf16, 0) >= 2.0);
         }
+        const NormErrors e = rmsnorm_errors(7, 296, 3.0, 1, bf16, NormBug::dres_unscaled, true);
+        INFO("residual backward's dres added without s, " << (bf16 ? "bf16" : "fp32") << ": " << describe(e));
+        CHECK(rmsnorm_excess(e, bf16, 0) >= 2.0);
     }
     // At the model shapes' std 3 a missing eps is invisible (mean(x^2) = 9 against eps = 1e-6): the
     // reason dev/rmsnorm.cu checks rows of rms 1e-3.
