@@ -563,7 +563,8 @@ struct GpuModel {
 
     // The optimizer step t (1-based) at learning rate lr, with no wait: lr and Adam's bias
     // corrections reach the kernels through step_scalars->adamw (copied from pinned memory), the
-    // norm and the clipping factor are computed on the device.
+    // norm, the clipping factor and whether to skip the update (a norm of inf or NaN) are computed on
+    // the device.
     void optimizer_step(double lr, int t, const TrainOptions& o) {
         staging.copy_adamw_scalars(&step_scalars->adamw,
                                    adamw_step_scalars(lr, t, o.beta1, o.beta2, o.adam_eps, o.weight_decay, o.grad_clip), stream);
@@ -594,10 +595,11 @@ struct GpuModel {
         mem.all_gather_weights(stream);
     }
 
-    // The step's loss and gradient norm: the step's one wait for the device.
+    // The step's loss and gradient norm: the step's one wait for the device. The update was skipped
+    // if the norm is not finite: grad_clip_kernel asked update_skipped of this same fp32 norm.
     StepResult step_result() {
         const StepReadback r = staging.read_step(&step_scalars->loss, grad_norm_scratch, stream);
-        return StepResult{r.loss, r.grad_norm};
+        return StepResult{r.loss, r.grad_norm, update_skipped(r.grad_norm)};
     }
 
     // ---- CUDA graphs ----

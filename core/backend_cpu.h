@@ -12,7 +12,7 @@ template <typename real>
 struct CpuBackend : TrainerBackend {
     CpuModel<real> model;
     std::vector<real> m, v;  // Adam moments
-    StepResult step{0, 0};   // the step so far: its loss, summed over the micro-batches, and norm
+    StepResult step;         // the step so far: its loss, summed over the micro-batches, and norm
 
     explicit CpuBackend(const ModelConfig& cfg) : model(cfg), m(model.layout.total, real(0)), v(model.layout.total, real(0)) {}
 
@@ -23,7 +23,7 @@ struct CpuBackend : TrainerBackend {
     double peak_flops() const override { return 0; }
     void zero_grad() override {
         model.zero_grad();
-        step = StepResult{0, 0};
+        step = StepResult{};
     }
     void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool) override {
         const float loss = (float)model.forward(inputs, targets, B, T);
@@ -39,6 +39,8 @@ struct CpuBackend : TrainerBackend {
     }
     void optimizer_step(double lr, int t, const TrainOptions& o) override {
         step.grad_norm = global_grad_norm(model.grads.data(), model.layout.total);
+        step.skipped = update_skipped(step.grad_norm);
+        if (step.skipped) return;  // a norm of inf or NaN: nothing changes
         adamw_update(model.params.data(), model.grads.data(), m.data(), v.data(), model.layout.total, t, (real)lr,
                      (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay,
                      (real)grad_clip_scale(step.grad_norm, o.grad_clip));

@@ -14,12 +14,15 @@
 //   slot 9  alpha (IEEE double bits)             slot 25  data seed
 //   slot 10 scaled_init   slot 11 scaled_embed   slot 26  optimizer shard files W (0: none)
 //   slot 12 rope_theta (double bits)             slot 27  CRC-32 of the file (below)
-//   slot 13 norm_eps (double bits)               slot 28  run id (run_dir.h); slots 29-63  0
+//   slot 13 norm_eps (double bits)               slot 28  run id (run_dir.h)
+//                                                slot 29  steps skipped so far (a non-finite gradient
+//                                                         norm; AdamW counts slot 15 - slot 29 updates)
+//                                                slots 30-63  0
 //   then params[P] (fp32 master weights, in the v3 layout of core/config.h: layer-major, the MLP
 //   stored ffn_stored(cfg) wide with zero padding, so P = make_param_layout(cfg).total), then, if
 //   slot 16 is 1, Adam's m[P] and v[P] in the same layout.
 // Slot 27 is zlib's CRC-32 (core/crc32.h) of the whole file with slot 27's own 8 bytes taken as zero.
-// A weights-only checkpoint (scripts/import_hf.py) has zeros in slots 15-28 but for the CRC: -f takes
+// A weights-only checkpoint (scripts/import_hf.py) has zeros in slots 15-29 but for the CRC: -f takes
 // it, -r refuses it. Versions 1 and 2 held the parameters in the layout before v3 (tensor-major,
 // unpadded): they are refused, and scripts/upgrade_checkpoint.py converts them.
 //
@@ -70,7 +73,7 @@
 
 constexpr int CHECKPOINT_VERSION = 3;
 constexpr int CHECKPOINT_HEADER_SLOTS = 64;
-constexpr int CHECKPOINT_CRC_SLOT = 27, CHECKPOINT_RUN_ID_SLOT = 28;
+constexpr int CHECKPOINT_CRC_SLOT = 27, CHECKPOINT_RUN_ID_SLOT = 28, CHECKPOINT_SKIPPED_SLOT = 29;
 constexpr int OPTIMIZER_SHARD_VERSION = 3;
 constexpr int OPTIMIZER_SHARD_HEADER_SLOTS = 16;
 constexpr int OPTIMIZER_SHARD_CRC_SLOT = 8, OPTIMIZER_SHARD_RUN_ID_SLOT = 9;
@@ -85,6 +88,7 @@ struct TrainState {
     uint64_t data_seed = 0;
     int64_t optimizer_shards = 0;  // W: Adam's moments are in W optimizer shard files (ZeRO-1), not here
     uint64_t run_id = 0;           // the run that wrote it (run_dir.h); 0: unknown (weights only)
+    int64_t skipped_steps = 0;     // of the steps, those whose update was skipped (a non-finite gradient norm)
 };
 
 struct Checkpoint {
@@ -151,6 +155,7 @@ inline void save_checkpoint(const std::string& path, const ModelConfig& cfg, con
     h[17] = st.data.epoch; h[18] = st.data.shard; h[19] = st.data.sample; h[20] = (int64_t)st.rng_state;
     h[21] = st.micro_batch; h[22] = st.seq_len; h[23] = st.total_batch; h[24] = st.world_size;
     h[25] = (int64_t)st.data_seed; h[26] = st.optimizer_shards; h[CHECKPOINT_RUN_ID_SLOT] = (int64_t)st.run_id;
+    h[CHECKPOINT_SKIPPED_SLOT] = st.skipped_steps;
     h[CHECKPOINT_CRC_SLOT] = file_crc(h, CHECKPOINT_HEADER_SLOTS, CHECKPOINT_CRC_SLOT,
                                       {{params, n_params}, {has_moments ? m : nullptr, n_params}, {has_moments ? v : nullptr, n_params}});
     write_file_atomically(path, [&](FILE* f) {
@@ -228,7 +233,9 @@ inline std::string checkpoint_header_problem(const int64_t* h, ModelConfig* cfg)
     if (h[26] != 0 && (h[26] != h[24] || h[16] != 0))
         return "optimizer shard count " + std::to_string(h[26]) + " must be 0 or the world size, without moments in the file";
     if (h[CHECKPOINT_CRC_SLOT] < 0 || h[CHECKPOINT_CRC_SLOT] > 0xFFFFFFFFll) return "CRC slot 27 is not a 32-bit value";
-    for (int i = 29; i < CHECKPOINT_HEADER_SLOTS; i++)
+    if (h[CHECKPOINT_SKIPPED_SLOT] < 0 || h[CHECKPOINT_SKIPPED_SLOT] > h[15])
+        return "slot 29 (skipped steps) is " + std::to_string(h[CHECKPOINT_SKIPPED_SLOT]) + ", outside [0, the step " + std::to_string(h[15]) + "]";
+    for (int i = CHECKPOINT_SKIPPED_SLOT + 1; i < CHECKPOINT_HEADER_SLOTS; i++)
         if (h[i] != 0) return "slot " + std::to_string(i) + " is not 0 (written by a newer version, or corrupt)";
     return "";
 }
@@ -249,6 +256,7 @@ inline Checkpoint load_checkpoint(const std::string& path) {
     s.step = h[15]; s.data = DataPosition{(uint64_t)h[17], (uint64_t)h[18], (uint64_t)h[19]};
     s.rng_state = (uint64_t)h[20]; s.micro_batch = h[21]; s.seq_len = h[22]; s.total_batch = h[23];
     s.world_size = h[24]; s.data_seed = (uint64_t)h[25]; s.optimizer_shards = h[26]; s.run_id = (uint64_t)h[CHECKPOINT_RUN_ID_SLOT];
+    s.skipped_steps = h[CHECKPOINT_SKIPPED_SLOT];
     ck.params.resize(n);
     bool ok = in.read(ck.params.data(), sizeof(float), n);
     if (ok && has_opt) {

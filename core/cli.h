@@ -26,6 +26,7 @@ struct TrainOptions {
     double final_lr_fraction = 0.1;      // -q
     double weight_decay = 0.0;           // -w
     double grad_clip = 0.0;              // -g, 0 = off
+    int max_skipped_in_a_row = 5;        // -N, steps in a row whose update a non-finite gradient norm skipped: stop
     bool recompute = false;              // -R, rerun each layer's forward in the backward (train_mixln only)
     bool zero1 = true;                   // -Z, on several ranks: 1 = ZeRO-1, 0 = all-reduce (train_mixln only)
     bool cuda_graphs = true;             // -D, replay each micro-batch and update as a CUDA graph (train_mixln only)
@@ -77,6 +78,10 @@ inline const char* train_usage() {
         "  -q F       final learning rate as a fraction of the peak (default 0.1)\n"
         "  -w WD      AdamW weight decay (default 0)\n"
         "  -g NORM    clip the global gradient norm to NORM (default 0 = off)\n"
+        "  -N N       a step whose gradient norm is inf or NaN skips its update: weights, Adam's moments\n"
+        "             and AdamW's step count stay as they were, no checkpoint is written at that step,\n"
+        "             and log.csv gets a 'skipped' row; N such steps in a row stop the run with exit\n"
+        "             code 4 (default 5)\n"
         "  -s SEED    seed for the initialization and the data order (default 42)\n"
         "  -R 0|1     recompute each layer's activations in the backward instead of storing them all:\n"
         "             less GPU memory for a larger -b, about a third more compute (train_mixln only; default 0)\n"
@@ -294,6 +299,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
             case 'q': o.final_lr_fraction = parse_in_range(flag, val, 0.0, 1.0); break;
             case 'w': o.weight_decay = parse_in_range(flag, val, 0.0, 1e3); break;
             case 'g': o.grad_clip = parse_in_range(flag, val, 0.0, 1e9); break;
+            case 'N': o.max_skipped_in_a_row = parse_int(flag, val, 1); break;
             case 'R': o.recompute = parse_bool(flag, val); break;
             case 'Z': o.zero1 = parse_bool(flag, val); break;
             case 'D': o.cuda_graphs = parse_bool(flag, val); break;

@@ -1,8 +1,9 @@
 // The training driver shared by the CPU and GPU trainers: options -> model config -> data -> the
 // step loop (gradient accumulation, clipping, the paper's schedule, AdamW), validation, logging,
-// checkpoints, resume, and stopping cleanly on NaN or a signal. A trainer supplies a backend that
-// computes; everything that decides *what* is computed lives here, once. With data parallelism every
-// rank (process) runs this loop with its own backend; see run_training.
+// checkpoints, resume, skipping the update of a step whose gradient norm is not finite, and stopping
+// cleanly on a NaN loss, on too many skipped steps in a row, or on a signal. A trainer supplies a
+// backend that computes; everything that decides *what* is computed lives here, once. With data
+// parallelism every rank (process) runs this loop with its own backend; see run_training.
 #pragma once
 #include <sys/stat.h>
 #include <chrono>
@@ -28,8 +29,9 @@
 
 // What a step reports: StepResult, read once per step by step_result().
 struct StepResult {
-    double loss;       // the whole batch's mean loss (all micro-batches of all ranks)
-    double grad_norm;  // the global L2 norm of the summed gradients, before clipping
+    double loss = 0;       // the whole batch's mean loss (all micro-batches of all ranks)
+    double grad_norm = 0;  // the global L2 norm of the summed gradients, before clipping
+    bool skipped = false;  // the norm was not finite (update_skipped): the update changed nothing
 };
 
 // What a trainer's model must do. Weights and Adam moments cross this interface as fp32 arrays in
@@ -66,10 +68,11 @@ struct TrainerBackend {
     virtual std::vector<ParamRange> optimizer_ranges(long n_params) const { return {ParamRange{0, n_params}}; }
     // The gradient norm, the clipping factor grad_clip_scale(norm, o.grad_clip) of
     // kernels/cpu/adamw.h, and AdamW step t (1-based) at learning rate lr on the clipped gradients;
-    // the gradients themselves stay as they are. Collective.
+    // the gradients themselves stay as they are. If update_skipped(norm) (inf or NaN), it changes
+    // nothing (weights, moments) and step_result says so. Collective.
     virtual void optimizer_step(double lr, int t, const TrainOptions& o) = 0;
-    // The step's loss (after reduce_gradients) and the norm of its optimizer_step (0 before one):
-    // waits for the step's work, the one wait of a step.
+    // The step's loss (after reduce_gradients), the norm of its optimizer_step (0 before one) and
+    // whether that skipped the update: waits for the step's work, the one wait of a step.
     virtual StepResult step_result() = 0;
     // params: all P weights, complete on rank 0 at least (gathered from the ranks' slices); m, v: the
     // moments of the optimizer ranges' parameters, in order. Collective.
@@ -327,8 +330,9 @@ inline uint64_t claim_run_directory(const TrainOptions& o, const std::string& ck
     return id;
 }
 
-// Returns the process exit code: 0 done, 3 stopped on a non-finite loss, 130 stopped by a signal
-// (errors throw; the trainers' main turns them into exit code 1).
+// Returns the process exit code: 0 done, 3 stopped on a non-finite loss, 4 stopped after -N steps in a
+// row skipped their update (a non-finite gradient norm), 130 stopped by a signal (errors throw; the
+// trainers' main turns them into exit code 1).
 //
 // Data parallelism: every rank runs this with its own backend and its place in dist. Each reads its
 // own part of every batch (the data loader's rank partition), so that a step is still -d tokens, and
@@ -362,7 +366,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     const std::vector<ParamRange> owned = backend->optimizer_ranges(layout.total);
     const long owned_count = range_total(owned);
     const bool sharded_moments = owned_count != layout.total;  // ZeRO-1 on several ranks
-    int64_t start_step = 0;
+    int64_t start_step = 0, skipped_total = 0;  // skipped: steps whose update a non-finite norm skipped
     Rng rng(o.seed ^ 0x5EEDull);
     if (ck && !o.resume.empty()) {
         const TrainState& s = ck->state;
@@ -399,6 +403,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         train.set_position(s.data);
         rng.state = s.rng_state;
         start_step = s.step;
+        skipped_total = s.skipped_steps;
     } else if (ck) {
         backend->write_state(ck->params.data(), nullptr, nullptr);
     } else {
@@ -445,6 +450,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         s.micro_batch = B; s.seq_len = T; s.total_batch = o.total_batch; s.world_size = world; s.data_seed = o.seed;
         s.optimizer_shards = sharded_moments ? world : 0;
         s.run_id = run.id;
+        s.skipped_steps = skipped_total;
         const std::string path = checkpoint_path(o.out_dir, step);
         // The shard files first: ckpt_STEP.bin, written once they all are, completes the checkpoint.
         on_all_ranks(*backend, [&] {
@@ -475,6 +481,13 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     std::signal(SIGTERM, request_stop);
     std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
     double elapsed_total = 0;
+    int skipped_in_a_row = 0;
+    bool checkpoint_deferred = false;  // one was due at a skipped step: written after the next update
+    auto last_good_checkpoint = [&]() -> std::string {
+        std::vector<std::string> saved;
+        for (const std::string& c : list_checkpoints(o.out_dir)) if (run.owns(c)) saved.push_back(c);
+        return saved.empty() ? "No checkpoint was written yet." : "The last good checkpoint is " + saved.back() + ".";
+    };
     for (int64_t step = start_step; step < o.steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
         const double lr = schedule.lr_at((int)step);
@@ -485,18 +498,23 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         }
         backend->reduce_gradients();
         // A non-finite loss stops the run below without saving, so this step's update is never kept.
-        backend->optimizer_step(lr, (int)step + 1, o);
+        // AdamW's step counts the updates: a skipped step is not one.
+        backend->optimizer_step(lr, (int)(step + 1 - skipped_total), o);
         const StepResult result = backend->step_result();  // the step's one wait
         const double loss = result.loss, norm = result.grad_norm;
         const bool stop = backend->all_reduce_sum(g_stop_signal != 0) > 0;  // a signal to any rank stops all
         if (!std::isfinite(loss)) {
-            if (lead) {
-                std::vector<std::string> saved;
-                for (const std::string& c : list_checkpoints(o.out_dir)) if (run.owns(c)) saved.push_back(c);
+            if (lead)
                 fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)step + 1,
-                        saved.empty() ? "No checkpoint was written yet." : ("The last good checkpoint is " + saved.back() + ".").c_str());
-            }
+                        last_good_checkpoint().c_str());
             return 3;
+        }
+        // A non-finite gradient norm: the backend applied nothing (the same on every rank: the norm is global).
+        if (result.skipped) {
+            skipped_total++;
+            skipped_in_a_row++;
+        } else {
+            skipped_in_a_row = 0;
         }
         // Paper Fig. 3e / 6: the step's gradients, before clipping (the update leaves them as they are).
         if (o.grad_norm_interval > 0 && (step + 1) % o.grad_norm_interval == 0) {
@@ -515,15 +533,38 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
             char mfu[32] = "";  // per GPU: each computes 1/world of the step
             if (backend->peak_flops() > 0)
                 snprintf(mfu, sizeof(mfu), " | MFU %.1f%%", 100.0 * flops_per_step / world / seconds / backend->peak_flops());
-            printf("step %6lld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s | ETA %s\n",
-                   (long long)step + 1, o.steps, loss, lr, norm, 1e3 * seconds, tokens_per_step / seconds, mfu,
-                   format_duration(avg * (o.steps - step - 1)).c_str());
+            if (result.skipped) {
+                const char* norm_text = std::isnan(norm) ? "nan" : "inf";
+                printf("step %6lld/%d | loss %.6f | lr %.3e | norm %s | update skipped: non-finite gradient norm "
+                       "(%lld skipped so far, %d in a row; the run stops at %d in a row, -N)\n",
+                       (long long)step + 1, o.steps, loss, lr, norm_text, (long long)skipped_total, skipped_in_a_row,
+                       o.max_skipped_in_a_row);
+                log->row("%lld,skipped,%.9g,%.9g,%s", (long long)step + 1, loss, lr, norm_text);
+            } else {
+                printf("step %6lld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s | ETA %s\n",
+                       (long long)step + 1, o.steps, loss, lr, norm, 1e3 * seconds, tokens_per_step / seconds, mfu,
+                       format_duration(avg * (o.steps - step - 1)).c_str());
+                log->row("%lld,train,%.9g,%.9g,%.9g", (long long)step + 1, loss, lr, norm);
+            }
             fflush(stdout);
-            log->row("%lld,train,%.9g,%.9g,%.9g", (long long)step + 1, loss, lr, norm);
         }
         const int64_t done = step + 1;
+        if (skipped_in_a_row >= o.max_skipped_in_a_row) {
+            if (lead)
+                fprintf(stderr, "error: %d steps in a row (%lld to %lld) had a non-finite gradient norm and skipped their "
+                        "update (-N %d); stopping without saving. %s\n", skipped_in_a_row, (long long)(done - skipped_in_a_row + 1),
+                        (long long)done, o.max_skipped_in_a_row, last_good_checkpoint().c_str());
+            return 4;
+        }
         if (o.val_interval > 0 && done % o.val_interval == 0 && done < o.steps) validate(done, lr);
-        if (checkpoint_due(o, done, stop)) save(done);
+        // A skipped step writes no checkpoint: one due then is written after the next update. The last
+        // step and a signal save anyway: the weights and moments are those of the last update.
+        const bool due = checkpoint_due(o, done, stop);
+        if (result.skipped && done < o.steps && !stop) checkpoint_deferred |= due;
+        else if (due || checkpoint_deferred) {
+            save(done);
+            checkpoint_deferred = false;
+        }
         if (stop) {
             if (lead)
                 printf("stopped by %s after step %lld; %s\n",

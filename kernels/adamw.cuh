@@ -12,16 +12,17 @@
 #include "common.cuh"
 #include "cpu/adamw.h"  // grad_clip_scale
 
-// One step's scalars, in device memory. The host sets all but grad_scale (adamw_step_scalars) before
-// the step; grad_clip_kernel sets grad_scale from the gradient norm, on the device.
+// One step's scalars, in device memory. The host sets all but grad_scale and skip (adamw_step_scalars)
+// before the step; grad_clip_kernel sets them from the gradient norm, on the device.
 struct AdamWScalars {
     float lr, beta1, beta2, eps, weight_decay;
     float bias_correction1, bias_correction2;  // 1 - beta1^t, 1 - beta2^t
     float grad_scale;                          // the clipping factor every gradient is multiplied by
     double max_norm;                           // clip the norm to this (-g); <= 0: no clipping
+    int skip;                                  // 1: the norm is not finite, adamw_kernel changes nothing
 };
 
-// The host's part of step t's (1-based) scalars; grad_scale 1 until grad_clip_kernel sets it.
+// The host's part of step t's (1-based) scalars; grad_scale 1 and skip 0 until grad_clip_kernel sets them.
 inline AdamWScalars adamw_step_scalars(double lr, int t, double beta1, double beta2, double eps, double weight_decay,
                                        double max_norm) {
     AdamWScalars s;
@@ -34,21 +35,29 @@ inline AdamWScalars adamw_step_scalars(double lr, int t, double beta1, double be
     s.bias_correction2 = (float)(1.0 - std::pow((double)s.beta2, t));
     s.grad_scale = 1.0f;
     s.max_norm = max_norm;
+    s.skip = 0;
     return s;
 }
 
-// One thread: s->grad_scale = grad_clip_scale(*norm, s->max_norm), the CPU's formula, in double.
+// One thread: s->grad_scale = grad_clip_scale(*norm, s->max_norm), the CPU's formula, in double, and
+// s->skip = update_skipped(*norm): a norm of inf or NaN skips the update (an inf norm gave a factor of
+// 0, and 0 * inf = NaN; a NaN norm a factor of 1). The host sees the same norm in the step's result
+// and asks the same question of it, so it knows the update was skipped without another read.
 __global__ void grad_clip_kernel(AdamWScalars* s, const float* norm) {
-    s->grad_scale = (float)grad_clip_scale((double)*norm, s->max_norm);
+    const double n = (double)*norm;
+    s->skip = update_skipped(n) ? 1 : 0;
+    s->grad_scale = (float)grad_clip_scale(n, s->max_norm);
 }
 
 // One thread per parameter i, with p the fp32 weight (master_params[i], or params[i] when null):
 //   g = grad_scale * grad;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps)),   bc1 = 1 - b1^t,  bc2 = 1 - b2^t
+// With s->skip set (a non-finite gradient norm) it writes nothing: weights, master weights and
+// moments keep their bits.
 __global__ void adamw_kernel(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
                              const AdamWScalars* s) {
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+    if (i >= n || s->skip) return;
     const float lr = s->lr, beta1 = s->beta1, beta2 = s->beta2, bc1 = s->bias_correction1,
                 bc2 = s->bias_correction2, eps = s->eps, weight_decay = s->weight_decay;
     const float g = s->grad_scale * grads[i];
@@ -118,7 +127,7 @@ inline void grad_clip(AdamWScalars* scalars, const float* norm, cudaStream_t str
 }
 
 // One AdamW step on n parameters, with the scalars (device memory) of adamw_step_scalars and
-// grad_clip. master_params: the fp32 master weights in BF16 mode; must be null in FP32 mode, where
+// grad_clip; none if grad_clip found the norm not finite. master_params: the fp32 master weights in BF16 mode; must be null in FP32 mode, where
 // params are updated in place.
 inline void adamw_update(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
                          const AdamWScalars* scalars, cudaStream_t stream) {

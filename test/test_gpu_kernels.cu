@@ -558,6 +558,49 @@ TEST_CASE("the clipping factor computed on the device from the norm is the CPU's
     }
 }
 
+TEST_CASE("a non-finite gradient norm skips the update on the device: weights, master weights and moments keep their bits") {
+    // The trainer's path: the norm of the gradients (global_grad_norm), grad_clip (the clipping factor
+    // and skip = update_skipped(norm), as the CPU), then adamw_update. Before, an inf norm gave a factor
+    // of 0 and 0 * inf = NaN in every moment its gradient touched; a NaN norm a factor of 1.
+    Rng rng(604);
+    const long n = 1003;
+    for (const double max_norm : {0.0, 1.0}) {
+        for (const float planted : {INFINITY, -INFINITY, NAN}) {
+            INFO("max_norm " << max_norm << ", a gradient of " << planted);
+            const std::vector<float> weights = random_fp32(n, rng, 0.5), m = random_fp32(n, rng, 1e-2);
+            std::vector<float> v = random_fp32(n, rng, 1e-2), grads = random_fp32(n, rng, 1e-2);
+            for (float& x : v) x = x * x;
+            grads[n / 2] = planted;
+            DeviceBuffer<floatX> d_params(weights);
+            DeviceBuffer<float> d_master(weights), d_m(m), d_v(v), d_grads(grads), d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
+            float* master = FLOATX_IS_FP32 ? nullptr : d_master.ptr;
+            const std::vector<floatX> params_before = d_params.raw();
+            const std::vector<float> master_before = d_master.raw(), m_before = d_m.raw(), v_before = d_v.raw();
+            DeviceBuffer<AdamWScalars> d_scalars(std::vector<AdamWScalars>{adamw_step_scalars(1e-3, 3, 0.9, 0.95, 1e-8, 0.1, max_norm)});
+            global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
+            const float norm = d_norm.raw()[0];
+            CHECK((std::isnan(planted) ? std::isnan(norm) : std::isinf(norm)));
+            grad_clip(d_scalars.ptr, d_norm.ptr, STREAM);
+            CHECK(d_scalars.raw()[0].skip == 1);
+            adamw_update(d_params.ptr, master, d_grads.ptr, d_m.ptr, d_v.ptr, n, d_scalars.ptr, STREAM);
+            CHECK(bitwise_equal(d_params.raw(), params_before));
+            CHECK(bitwise_equal(d_master.raw(), master_before));
+            CHECK(bitwise_equal(d_m.raw(), m_before));
+            CHECK(bitwise_equal(d_v.raw(), v_before));
+
+            // The same buffers with the gradient made finite: the update is applied (the checks above see a change).
+            grads[n / 2] = 0.0f;
+            d_grads.upload(grads);
+            global_grad_norm(d_norm.ptr, d_scratch.ptr, d_grads.ptr, n, STREAM);
+            grad_clip(d_scalars.ptr, d_norm.ptr, STREAM);
+            CHECK(d_scalars.raw()[0].skip == 0);
+            adamw_update(d_params.ptr, master, d_grads.ptr, d_m.ptr, d_v.ptr, n, d_scalars.ptr, STREAM);
+            CHECK(!bitwise_equal(d_m.raw(), m_before));
+            CHECK(!bitwise_equal(FLOATX_IS_FP32 ? d_params.download() : d_master.raw(), master_before));
+        }
+    }
+}
+
 // ----------------------------------------------------------------------------
 // Matmul (cuBLASLt)
 

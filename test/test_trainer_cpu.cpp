@@ -1,5 +1,6 @@
 // The command line and the CPU trainer as a user runs it: bad flags, kill -9 and resume
-// bit-identically, SIGTERM saving a checkpoint, and a diverging run stopping on a NaN loss.
+// bit-identically, SIGTERM saving a checkpoint, a diverging run stopping on a NaN loss, and (the
+// driver in this process, with planted gradients) a non-finite gradient norm skipping the update.
 #include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -13,7 +14,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <fcntl.h>
+#include <cstdint>
+#include <map>
 #include "catch_compat.h"
+#include "../core/backend_cpu.h"
 #include "../core/checkpoint.h"
 #include "../core/cli.h"
 #include "../dataloader.h"
@@ -432,4 +437,135 @@ TEST_CASE("what can be checked before the first step is: -G's vocabulary, the me
     CHECK(code == 1);
     CHECK(e.find("error: the flags ask for ") != std::string::npos);
     CHECK(e.find("activations of -b 1 x -t 100000 tokens") != std::string::npos);
+}
+
+// ---- a non-finite gradient norm skips the update (the driver in this process) ----
+
+// What a PlantedBackend saw at each of its optimizer steps: AdamW's step t it was given, and whether
+// the weights and both moments kept every bit.
+struct UpdateRecord {
+    std::vector<int> adam_t;
+    std::vector<bool> unchanged;
+};
+
+static bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// train_mixln_cpu's backend with an inf or NaN planted in one gradient before the optimizer steps
+// listed (numbered from 1 by this backend's calls).
+struct PlantedBackend : CpuBackend<float> {
+    std::map<int, float> planted;
+    UpdateRecord& record;
+    PlantedBackend(const ModelConfig& cfg, const std::map<int, float>& p, UpdateRecord& r) : CpuBackend<float>(cfg), planted(p), record(r) {}
+    void optimizer_step(double lr, int t, const TrainOptions& o) override {
+        const int call = (int)record.adam_t.size() + 1;
+        record.adam_t.push_back(t);
+        if (planted.count(call)) model.grads[model.layout.total / 2] = planted.at(call);
+        const std::vector<float> p0 = model.params, m0 = m, v0 = v;
+        CpuBackend<float>::optimizer_step(lr, t, o);
+        record.unchanged.push_back(same_bits(model.params, p0) && same_bits(m, m0) && same_bits(v, v0));
+    }
+};
+
+// run_training in this process with a PlantedBackend, its stdout and stderr into log_path. Returns the
+// exit code.
+static int train_planted(const std::vector<std::string>& args, const std::map<int, float>& planted, UpdateRecord& record,
+                         const std::string& log_path) {
+    std::vector<std::string> a = args;
+    a[0] = "train";
+    std::vector<char*> argv;
+    for (std::string& x : a) argv.push_back(&x[0]);
+    const TrainOptions o = parse_train_options((int)argv.size(), argv.data());
+    UNSCOPED_INFO("trainer log: " << log_path);
+    fflush(stdout);
+    fflush(stderr);
+    const int out = dup(1), err = dup(2), fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+    int code = -1;
+    std::string error;
+    try {
+        code = run_training(o, [&](const ModelConfig& cfg) { return std::unique_ptr<TrainerBackend>(new PlantedBackend(cfg, planted, record)); });
+    } catch (const std::exception& e) {
+        error = e.what();
+    }
+    fflush(stdout);
+    fflush(stderr);
+    dup2(out, 1);
+    dup2(err, 2);
+    close(out);
+    close(err);
+    if (!error.empty()) FAIL("run_training threw: " << error);
+    return code;
+}
+
+// log.csv's rows past the header.
+static std::vector<std::string> log_rows(const std::string& csv) {
+    std::istringstream in(read_file(csv));
+    std::string line;
+    std::vector<std::string> rows;
+    std::getline(in, line);
+    while (std::getline(in, line)) rows.push_back(line);
+    return rows;
+}
+
+TEST_CASE("a step whose gradient norm is inf or NaN applies nothing, is logged as skipped, saves nothing, and resumes bitwise") {
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<std::string> args = set_flag(tiny_run(data, dir + "/run", 8), "-k", "0");  // -c 3, keep all
+    UpdateRecord r;
+    REQUIRE(train_planted(args, {{3, inf}, {5, nan}}, r, dir + "/run.txt") == 0);
+    // AdamW counts updates: the step after a skipped one gets the skipped one's t
+    CHECK(r.adam_t == std::vector<int>{1, 2, 3, 3, 4, 4, 5, 6});
+    CHECK(r.unchanged == std::vector<bool>{false, false, true, false, true, false, false, false});
+    const std::vector<std::string> rows = log_rows(dir + "/run/log.csv");
+    REQUIRE(rows.size() == 8);
+    CHECK(rows[2].rfind("3,skipped,", 0) == 0);
+    CHECK(rows[2].substr(rows[2].size() - 4) == ",inf");
+    CHECK(rows[4].rfind("5,skipped,", 0) == 0);
+    CHECK(rows[4].substr(rows[4].size() - 4) == ",nan");
+    for (int i : {0, 1, 3, 5, 6, 7}) CHECK(rows[i].find(",train,") != std::string::npos);
+    const std::string out = read_file(dir + "/run.txt");
+    CHECK(out.find("step      3/8 | loss ") != std::string::npos);
+    CHECK(out.find("| norm inf | update skipped: non-finite gradient norm (1 skipped so far, 1 in a row") != std::string::npos);
+    CHECK(out.find("| norm nan | update skipped: non-finite gradient norm (2 skipped so far, 1 in a row") != std::string::npos);
+    // the checkpoint due at step 3 (-c 3) was written after the next update, at step 4
+    CHECK(list_checkpoints(dir + "/run") ==
+          std::vector<std::string>{checkpoint_path(dir + "/run", 4), checkpoint_path(dir + "/run", 6), checkpoint_path(dir + "/run", 8)});
+    CHECK(load_checkpoint(checkpoint_path(dir + "/run", 4)).state.skipped_steps == 1);
+    CHECK(load_checkpoint(checkpoint_path(dir + "/run", 8)).state.skipped_steps == 2);
+
+    // Resumed from step 4 (the NaN planted again at step 5), the run ends in the same checkpoint, bit for
+    // bit: the skipped count travels in the checkpoint, and AdamW's t with it.
+    make_directories(dir + "/resumed");
+    std::ofstream(checkpoint_path(dir + "/resumed", 4), std::ios::binary) << read_file(checkpoint_path(dir + "/run", 4));
+    UpdateRecord resumed;
+    REQUIRE(train_planted(with(set_flag(args, "-o", dir + "/resumed"), {"-r", dir + "/resumed"}), {{1, nan}}, resumed,
+                          dir + "/resumed.txt") == 0);
+    CHECK(resumed.adam_t == std::vector<int>{4, 4, 5, 6});
+    CHECK((read_file(checkpoint_path(dir + "/resumed", 8)) == read_file(checkpoint_path(dir + "/run", 8))));
+}
+
+TEST_CASE("-N steps in a row with a non-finite gradient norm stop the run with exit code 4, saving nothing") {
+    CHECK(parse_error({"-i", "x", "-N", "0"}) == "-N: '0' is outside [1, 2147483647]");
+    const std::string dir = temp_dir();
+    const std::string data = make_corpus(dir);
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    UpdateRecord r;
+    // steps 2 and 3 skip, 4 updates (the count in a row starts again), 5, 6 and 7 skip: -N 3 stops after 7
+    const int code = train_planted(with(tiny_run(data, dir + "/run", 20), {"-N", "3"}), {{2, inf}, {3, nan}, {5, inf}, {6, nan}, {7, inf}},
+                                   r, dir + "/run.txt");
+    CHECK(code == 4);
+    CHECK(r.adam_t == std::vector<int>{1, 2, 2, 2, 3, 3, 3});
+    CHECK(r.unchanged == std::vector<bool>{false, true, true, false, true, true, true});
+    const std::string out = read_file(dir + "/run.txt");
+    CHECK(out.find("(5 skipped so far, 3 in a row; the run stops at 3 in a row, -N)") != std::string::npos);
+    CHECK(out.find("error: 3 steps in a row (5 to 7) had a non-finite gradient norm and skipped their update (-N 3); "
+                   "stopping without saving. The last good checkpoint is " + checkpoint_path(dir + "/run", 4) + ".") != std::string::npos);
+    CHECK(log_rows(dir + "/run/log.csv").size() == 7);
+    // the one due at step 3 (-c 3) waited for step 4's update; the one due at step 6 for an update that never came
+    CHECK(list_checkpoints(dir + "/run") == std::vector<std::string>{checkpoint_path(dir + "/run", 4)});
 }

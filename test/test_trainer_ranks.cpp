@@ -121,6 +121,8 @@ struct RankBackend : CpuBackend<real> {
             for (long i = s.begin; i < s.end; i++) squares += (double)model.grads[i] * model.grads[i];
         net.all_reduce_sum(rank, &squares, 1);
         this->step.grad_norm = std::sqrt(squares);
+        this->step.skipped = update_skipped(this->step.grad_norm);
+        if (this->step.skipped) return;  // every rank: the norm is the same on all
         const real clip = (real)grad_clip_scale(this->step.grad_norm, o.grad_clip);
         for (const ParamRange& s : owned) {
             const long b = s.begin;

@@ -26,6 +26,18 @@ HOST_AND_DEVICE inline double grad_clip_scale(double norm, double max_norm) {
     return s < 1.0 ? s : 1.0;
 }
 
+// Whether a step with this global gradient norm skips its update: the norm is inf or NaN (a gradient
+// is, or their squares overflow). A skipped step changes nothing: not the weights, not Adam's moments,
+// and the trainer does not count it as an AdamW step (its bias corrections stay where they were).
+// The GPU's update kernel asks the same of the same norm on the device (kernels/adamw.cuh).
+HOST_AND_DEVICE inline bool update_skipped(double norm) {
+#ifdef __CUDA_ARCH__
+    return !isfinite(norm);
+#else
+    return !std::isfinite(norm);
+#endif
+}
+
 // One step t (1-based) on n parameters:
 //   g = grad_scale * grad;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (wd * p + (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps))
