@@ -237,3 +237,45 @@ build/before/%/build/train_mixln:
 
 gpu-check:
 	dev/gpu_check.sh $(GPU_CHECK_OUT)
+
+# ----------------------------------------------------------------------------------------------------
+# The CUDA emulation (emu/, docs/emulation.md): the same kernel, test and trainer sources, rewritten by
+# emu/cuda_to_cpp.py (launches, __shared__, kernel entries; every line kept in place) into
+# $(EMU)/src, compiled by g++ against NVIDIA's headers and emu/, and run on the CPU. No GPU, no driver.
+#   make test-emu             the emulated suites only (bf16 and fp32), with the race checker's set
+#   EMU_BLOCK_ORDER=reverse|shuffle, EMU_LANE_ORDER=reverse|shuffle, EMU_SEED=N: scheduling orders
+EMU := build/emu
+EMU_SRC := $(EMU)/src
+CUDA_INCLUDE ?= $(firstword $(wildcard /usr/local/cuda/include) $(patsubst %/bin/nvcc,%/include,$(NVCC_FOUND)))
+EMU_SOURCES := $(wildcard *.cu *.cuh *.h core/*.h kernels/*.cuh kernels/cpu/*.h tokenizer/*.h dev/*.cu dev/*.cuh dev/*.h test/*.cu test/*.cuh test/*.h test/emu/*.cu)
+EMU_HEADERS := $(wildcard emu/*.h emu/include/*.h emu/include/*/*.cuh emu/include/*/*/*.cuh)
+EMU_LIB_SOURCES := $(wildcard emu/*.cpp)
+EMU_BASE_FLAGS := -std=c++17 -g -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -I$(CUDA_INCLUDE)
+EMU_OPT ?= -O2
+EMU_FLAGS := $(EMU_BASE_FLAGS) $(EMU_OPT) -Iemu/include -include emu/emu.h $(EMU_CXXFLAGS)
+EMU_LIBS := -lrt -lpthread
+
+$(EMU_SRC)/.stamp: $(EMU_SOURCES) emu/cuda_to_cpp.py
+	@mkdir -p $(EMU_SRC)
+	python3 emu/cuda_to_cpp.py --out $(EMU_SRC) $(EMU_SOURCES)
+	@touch $@
+
+$(EMU)/lib/%.o: emu/%.cpp $(EMU_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_BASE_FLAGS) $(EMU_OPT) -Iemu/include $(EMU_CXXFLAGS) -c $< -o $@
+
+EMU_LIB := $(patsubst emu/%.cpp,$(EMU)/lib/%.o,$(EMU_LIB_SOURCES))
+
+# One object per (precision, source): build/emu/{bf16,fp32}/<path>.o from the rewritten source.
+$(EMU)/bf16/%.o: $(EMU_SRC)/.stamp $(EMU_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_FLAGS) -x c++ -c $(EMU_SRC)/$* -o $@
+$(EMU)/fp32/%.o: $(EMU_SRC)/.stamp $(EMU_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_FLAGS) -DENABLE_FP32 -x c++ -c $(EMU_SRC)/$* -o $@
+$(EMU)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_BASE_FLAGS) $(EMU_OPT) -c $< -o $@
+
+$(EMU)/test_gpu_kernels-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_kernels.cu.o $(EMU)/%/test/test_gpu_attention.cu.o $(EMU_LIB)
+	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)

@@ -1,0 +1,237 @@
+// Streams, events and graphs: see stream.h. The CUDA runtime functions for them are in runtime.cpp.
+#include "stream.h"
+#include "execution.h"
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <vector>
+
+struct CUgraph_st;
+
+namespace emu {
+
+struct Graph {
+    struct Node {
+        const char* what;
+        std::function<void()> work;
+    };
+    std::vector<Node> nodes;
+};
+
+struct StreamImpl {
+    struct Item {
+        const char* what;
+        std::function<void()> work;
+        std::vector<Ticket> after;
+    };
+    bool legacy = false, blocking = true;
+    std::deque<Item> queue;     // submitted, not yet run
+    uint64_t submitted = 0, completed = 0;
+    Graph* capture = nullptr;   // the graph this stream records into, while capturing
+    cudaStreamCaptureMode capture_mode = cudaStreamCaptureModeGlobal;
+    bool capture_origin = false;
+    bool capture_invalidated = false;
+};
+
+namespace {
+cudaError_t g_last_error = cudaSuccess;
+
+std::vector<StreamImpl*>& all_streams() {
+    static std::vector<StreamImpl*> v;
+    return v;
+}
+}  // namespace
+
+StreamImpl* legacy_stream() {
+    static StreamImpl* s = [] {
+        StreamImpl* l = new StreamImpl;
+        l->legacy = true;
+        all_streams().push_back(l);
+        return l;
+    }();
+    return s;
+}
+
+StreamImpl* impl(cudaStream_t stream) { return stream ? (StreamImpl*)stream : legacy_stream(); }
+
+StreamImpl* new_stream(bool blocking) {
+    legacy_stream();
+    StreamImpl* s = new StreamImpl;
+    s->blocking = blocking;
+    all_streams().push_back(s);
+    return s;
+}
+
+void drain(StreamImpl* s, uint64_t upto);
+
+void delete_stream(StreamImpl* s) {
+    drain(s, s->submitted);
+    auto& v = all_streams();
+    v.erase(std::find(v.begin(), v.end(), s));
+    delete s;
+}
+
+cudaError_t set_last_error(cudaError_t err) {
+    if (err != cudaSuccess) g_last_error = err;
+    return err;
+}
+cudaError_t take_last_error() {
+    cudaError_t e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
+cudaError_t peek_last_error() { return g_last_error; }
+
+bool any_capture_in_progress() {
+    for (StreamImpl* s : all_streams())
+        if (s->capture && s->capture_mode != cudaStreamCaptureModeRelaxed) return true;
+    return false;
+}
+
+void invalidate_captures() {
+    for (StreamImpl* s : all_streams())
+        if (s->capture) s->capture_invalidated = true;
+}
+
+cudaError_t check_unsafe_call_during_capture(const char*) {
+    if (!any_capture_in_progress()) return cudaSuccess;
+    invalidate_captures();
+    return cudaErrorStreamCaptureUnsupported;
+}
+
+bool is_capturing(cudaStream_t stream) { return impl(stream)->capture != nullptr; }
+
+cudaError_t submit(cudaStream_t stream, const char* what, std::function<void()> work, const std::vector<Ticket>& after,
+                   Ticket* ticket) {
+    StreamImpl* s = impl(stream);
+    if (ticket) *ticket = Ticket{};
+    if (s->capture) {
+        s->capture->nodes.push_back({what, std::move(work)});
+        return cudaSuccess;
+    }
+    // Work on the legacy default stream during a capture would join the capture implicitly: an error
+    // that invalidates it, as the real runtime reports.
+    if (s->legacy && any_capture_in_progress()) {
+        invalidate_captures();
+        return cudaErrorStreamCaptureImplicit;
+    }
+    StreamImpl::Item item{what, std::move(work), after};
+    // The legacy default stream waits for all blocking streams' earlier work, and they wait for its.
+    if (s->legacy) {
+        for (StreamImpl* o : all_streams())
+            if (o != s && o->blocking && o->submitted > 0) item.after.push_back({o, o->submitted});
+    } else if (s->blocking) {
+        StreamImpl* l = legacy_stream();
+        if (l->submitted > 0) item.after.push_back({l, l->submitted});
+    }
+    s->queue.push_back(std::move(item));
+    s->submitted++;
+    if (ticket) *ticket = Ticket{s, s->submitted};
+    return cudaSuccess;
+}
+
+// Runs s's items until `upto` have completed, each after what it waits for.
+void drain(StreamImpl* s, uint64_t upto) {
+    while (s->completed < upto) {
+        StreamImpl::Item item = std::move(s->queue.front());
+        s->queue.pop_front();
+        for (const Ticket& t : item.after) {
+            StreamImpl* o = (StreamImpl*)t.stream;
+            if (t.seq && o != s) drain(o, t.seq);
+        }
+        item.work();
+        s->completed++;
+    }
+}
+
+void wait_stream(cudaStream_t stream) {
+    StreamImpl* s = impl(stream);
+    drain(s, s->submitted);
+}
+
+void wait_all() {
+    // A blocking stream's items may wait for the legacy stream and vice versa; drain() follows them.
+    for (bool more = true; more;) {
+        more = false;
+        for (StreamImpl* s : std::vector<StreamImpl*>(all_streams()))
+            if (s->completed < s->submitted) {
+                drain(s, s->submitted);
+                more = true;
+            }
+    }
+}
+
+void wait_ticket(const Ticket& t) {
+    if (t.seq) drain((StreamImpl*)t.stream, t.seq);
+}
+bool ticket_done(const Ticket& t) { return !t.seq || ((StreamImpl*)t.stream)->completed >= t.seq; }
+Ticket current_ticket(cudaStream_t stream) {
+    StreamImpl* s = impl(stream);
+    return Ticket{s, s->submitted};
+}
+
+// ----------------------------------------------------------------------------
+// Capture
+
+cudaError_t begin_capture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+    StreamImpl* s = impl(stream);
+    if (s->legacy) return cudaErrorStreamCaptureUnsupported;
+    if (s->capture) return cudaErrorIllegalState;
+    s->capture = new Graph;
+    s->capture_mode = mode;
+    s->capture_origin = true;
+    s->capture_invalidated = false;
+    return cudaSuccess;
+}
+
+cudaError_t end_capture(cudaStream_t stream, Graph** graph) {
+    StreamImpl* s = impl(stream);
+    *graph = nullptr;
+    if (!s->capture) return cudaErrorIllegalState;
+    if (!s->capture_origin) return cudaErrorStreamCaptureUnmatched;
+    Graph* g = s->capture;
+    bool invalid = s->capture_invalidated, unjoined = false;
+    for (StreamImpl* o : all_streams())
+        if (o != s && o->capture == g) {
+            unjoined = true;
+            o->capture = nullptr;
+        }
+    s->capture = nullptr;
+    s->capture_origin = false;
+    if (invalid) {
+        delete g;
+        return cudaErrorStreamCaptureInvalidated;
+    }
+    if (unjoined) {
+        delete g;
+        return cudaErrorStreamCaptureUnjoined;
+    }
+    *graph = g;
+    return cudaSuccess;
+}
+
+// An event recorded on a capturing stream lets another stream join the capture (cudaStreamWaitEvent);
+// recorded on the joined stream and waited for by the origin, it lets that stream leave it again.
+void join_capture(cudaStream_t waiter, Graph* g, cudaStreamCaptureMode mode) {
+    StreamImpl* s = impl(waiter);
+    if (s->capture == g) return;
+    s->capture = g;
+    s->capture_mode = mode;
+    s->capture_origin = false;
+}
+void leave_capture(cudaStream_t joined) {
+    StreamImpl* s = impl(joined);
+    if (!s->capture_origin) s->capture = nullptr;
+}
+Graph* capture_graph(cudaStream_t stream) { return impl(stream)->capture; }
+cudaStreamCaptureMode capture_mode(cudaStream_t stream) { return impl(stream)->capture_mode; }
+bool is_capture_origin(cudaStream_t stream) { return impl(stream)->capture_origin; }
+
+void run_graph(const Graph& g) {
+    for (const Graph::Node& n : g.nodes) n.work();
+}
+void delete_graph(Graph* g) { delete g; }
+Graph* copy_graph(const Graph* g) { return new Graph(*g); }
+
+}  // namespace emu
