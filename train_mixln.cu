@@ -724,7 +724,7 @@ int main(int argc, char** argv) {
         opts = parse_train_options(argc, argv);
         if (!opts.help) {
             env = detect_distributed_env();
-            accumulation_steps(opts, env.world_size);  // -d must split evenly over the ranks too
+            if (opts.steps > 0) accumulation_steps(opts, env.world_size);  // -d must split evenly over the ranks too
         }
     } catch (const std::exception& e) {
         fprintf(stderr, "error: %s\nrun with -h for the list of flags\n", e.what());
@@ -753,8 +753,9 @@ int main(int argc, char** argv) {
         DataParallel dp;
         if (launched) dp = DataParallel{open_communicator(env), env.rank, env.world_size, opts.zero1};
         const int status = run_training(opts, [&](const ModelConfig& cfg) {
+            const std::pair<int, int> batch = largest_batch(opts, cfg);
             return std::unique_ptr<TrainerBackend>(
-                new GpuBackend(cfg, opts.micro_batch, opts.seq_len, opts.recompute, dp, opts.cuda_graphs));
+                new GpuBackend(cfg, batch.first, batch.second, opts.recompute, dp, opts.cuda_graphs));
         }, env);
         if (dp.comm) close_communicator(dp.comm);
         return status;

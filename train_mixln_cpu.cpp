@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
     if (opts.help) { fputs(train_usage(), stdout); return 0; }
     try {
         return run_training(opts, [&](const ModelConfig& cfg) {
-            check_cpu_memory(cfg, opts.micro_batch, opts.seq_len);
+            const std::pair<int, int> batch = largest_batch(opts, cfg);
+            check_cpu_memory(cfg, batch.first, batch.second);
             return std::unique_ptr<TrainerBackend>(new CpuBackend<float>(cfg));
         });
     } catch (const std::exception& e) {

@@ -42,7 +42,7 @@ struct TrainOptions {
     int sample_tokens = 0;               // -G, tokens to generate after training, 0 = none
     std::string prompt;                  // -P
     double temperature = 0.8;            // -T, 0 = greedy
-    std::string vocab_file;              // -z, default: vocab.bin beside the first training shard
+    std::string vocab_file;              // -z, default: vocab.bin beside the first training shard (-x 0: evaluate_or_sample_vocabulary)
     bool start_over = false;             // -W, a new run in a directory holding another run: delete that run's files
     bool accept_changes = false;         // -U, -r with flags that differ from the run's recorded ones: use the new ones
     bool help = false;                   // -h
@@ -51,9 +51,12 @@ struct TrainOptions {
 
 inline const char* train_usage() {
     return
-        "usage: train_mixln[_cpu] -i TRAIN_SHARDS [flags]\n"
+        "usage: train_mixln[_cpu] -i TRAIN_SHARDS [flags]                     train\n"
+        "       train_mixln[_cpu] -f CHECKPOINT -x 0 -j VAL_SHARDS [-b -t -m]   evaluate only\n"
+        "       train_mixln[_cpu] -f CHECKPOINT -x 0 -G N [-P -T -z -s -t]      sample only\n"
+        "       (-j and -G together: both; see 'evaluate and sample only' below)\n"
         "data\n"
-        "  -i FILES   training shards: files or globs, comma-separated (required)\n"
+        "  -i FILES   training shards: files or globs, comma-separated (required to train)\n"
         "  -j FILES   validation shards (default: none, no validation)\n"
         "  -o DIR     output directory for checkpoints and log.csv (default out)\n"
         "model\n"
@@ -105,14 +108,21 @@ inline const char* train_usage() {
         "  -U 0|1     with -r: 1 continues with flags that differ from the run's (OUT/run.txt; default 0 = refuse)\n"
         "  -W 0|1     1: start a new run in -o even though it holds another run's checkpoints and logs,\n"
         "             deleting them (default 0 = refuse)\n"
-        "  -f PATH    start from a checkpoint's weights with a fresh optimizer and schedule;\n"
-        "             -f CHECKPOINT -x 0 -j VAL only evaluates (-m batches), -x 0 -G N only samples: neither writes\n"
+        "  -f PATH    start from a checkpoint's weights with a fresh optimizer and schedule\n"
         "sampling\n"
         "  -G N       after training, generate N tokens of text (default 0 = none), each\n"
         "             seeing at most the model's sequence length\n"
         "  -P TEXT    prompt for the sample (default: the end-of-text token, or nothing)\n"
         "  -T TEMP    sampling temperature, 0 = greedy (default 0.8)\n"
-        "  -z FILE    vocabulary for decoding (default: vocab.bin beside the first training shard)\n"
+        "  -z FILE    vocabulary for decoding (default: vocab.bin beside the first training shard;\n"
+        "             with -x 0, see below)\n"
+        "evaluate and sample only (-x 0): -f CHECKPOINT -x 0 with -j VAL_SHARDS, -G N, or both\n"
+        "  The weights of -f (a file, or a directory's newest checkpoint that verifies); the model's\n"
+        "  shape from the checkpoint, and -t's default its sequence length. -j: the loss over -m\n"
+        "  batches of -b x -t tokens. -G: N tokens after -P at -T, seeded by -s, decoded with -z, else\n"
+        "  vocab.bin beside the first -j shard, else vocab.bin beside the training shards that the\n"
+        "  run.txt beside the checkpoint records. Writes nothing. Refused, with the reason: -i, -d,\n"
+        "  -r, -o and the other flags of training, of the model and of the output\n"
         "  -h         print this help\n";
 }
 
@@ -254,6 +264,42 @@ inline void parse_val_budget(const char* text, TrainOptions* o) {
     o->val_tokens = (long)tokens;
 }
 
+// -x 0: evaluate (-j) and/or sample (-G) with the weights of -f, nothing else. The model, its shape
+// and -t's default come from the checkpoint (resolve_model_config), -G's vocabulary from -z, -j's
+// directory or the checkpoint's run (evaluate_or_sample_vocabulary). A flag that has no use there is
+// refused, saying why: a user who gives it expects something that would not happen.
+inline TrainOptions check_evaluate_or_sample_options(const TrainOptions& o) {
+    if (o.init_from.empty())
+        throw std::runtime_error(!o.resume.empty() ? "-r: -x 0 continues no run; give the checkpoint to evaluate or sample with -f"
+                                                   : "-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
+    if (o.val_files.empty() && o.sample_tokens == 0)
+        throw std::runtime_error("-x 0 trains nothing: give -j VAL to evaluate or -G N to sample");
+    const bool evaluate = !o.val_files.empty(), sample = o.sample_tokens > 0;
+    struct Refusal { const char* flags; const char* why; };
+    const Refusal refusals[] = {
+        {"i", "-x 0 trains nothing, so it reads no training shards (-G's vocabulary: -z, else beside -j's shards, "
+              "else beside the checkpoint's run's training shards)"},
+        {"d", "-x 0 trains nothing: there is no batch to accumulate (-b sets the evaluation's batch)"},
+        {"luqwgNRZD", "-x 0 trains nothing: no optimizer, schedule or backward"},
+        {"eLCHFVanSE", "-x 0 takes the model from the checkpoint of -f"},
+        {"ockyWU", "-x 0 writes nothing: no output directory, log or checkpoint"},
+        {"v", "-x 0 evaluates -j once (-m sets how much)"},
+    };
+    for (const Refusal& r : refusals)
+        for (const char* f = r.flags; *f; f++)
+            if (o.given.count(*f)) throw std::runtime_error(std::string("-") + *f + ": " + r.why);
+    if (!evaluate)
+        for (const char f : {'b', 'm'})
+            if (o.given.count(f))
+                throw std::runtime_error(std::string("-") + f + ": sets the evaluation's " + (f == 'b' ? "batch" : "length") +
+                                         ", and there is none: give -j VAL to evaluate (sampling runs one sequence)");
+    if (!sample)
+        for (const char f : {'P', 'T', 'z', 's'})
+            if (o.given.count(f))
+                throw std::runtime_error(std::string("-") + f + ": a flag of sampling, and there is none: give -G N to sample");
+    return o;
+}
+
 // Throws std::runtime_error naming the flag on any bad value.
 inline TrainOptions parse_train_options(int argc, char** argv) {
     TrainOptions o;
@@ -319,6 +365,7 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
         }
     }
     if (o.help) return o;
+    if (o.steps == 0) return check_evaluate_or_sample_options(o);
     if (!apply_model_preset(o.preset.c_str(), &o.model))
         throw std::runtime_error("-e: unknown preset '" + o.preset + "' (tiny, 71m, 130m, 250m, 350m, 1b)");
     if (!L.empty()) o.model.n_layer = parse_int('L', L.c_str(), 1);
@@ -338,11 +385,6 @@ inline TrainOptions parse_train_options(int argc, char** argv) {
         throw std::runtime_error("-c -1 saves nothing, so the run continued by -r would lose its progress; "
                                  "give -c N, or start from the checkpoint's weights with -f");
     if (o.ckpt_interval < 0 && o.given.count('k')) throw std::runtime_error("-k: -c -1 writes no checkpoint to keep");
-    if (o.steps == 0) {  // evaluate-only or sample-only: writes nothing
-        if (o.init_from.empty()) throw std::runtime_error("-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
-        if (o.val_files.empty() && o.sample_tokens == 0)
-            throw std::runtime_error("-x 0 trains nothing: give -j VAL to evaluate or -G N to sample");
-    }
     warmup_steps(o);
     return o;
 }

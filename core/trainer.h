@@ -146,12 +146,43 @@ inline std::unique_ptr<FoundCheckpoint> load_start_checkpoint(const TrainOptions
     return found;
 }
 
-// The vocabulary -G decodes with: -z, else vocab.bin beside the first training shard. Loaded before
-// the first step, so that a missing or bad file stops the run before it trains.
-inline std::unique_ptr<Tokenizer> load_sample_vocabulary(const TrainOptions& o, const ModelConfig& cfg) {
-    if (o.sample_tokens == 0) return nullptr;
-    std::string vocab = o.vocab_file;
-    if (vocab.empty()) vocab = directory_of(expand_shard_pattern(o.train_files)[0]) + "/vocab.bin";
+// The vocabulary -G decodes with when training: -z, else vocab.bin beside the first training shard.
+inline std::string training_vocabulary_path(const TrainOptions& o) {
+    return !o.vocab_file.empty() ? o.vocab_file : directory_of(expand_shard_pattern(o.train_files)[0]) + "/vocab.bin";
+}
+
+// The vocabulary -G decodes with when only evaluating or sampling (-x 0, no training shards): -z,
+// else vocab.bin beside the first -j shard, else vocab.bin beside the first training shard of the
+// checkpoint's run, as run.txt beside the checkpoint records it (if the record is that run's).
+// Throws naming every place it looked.
+inline std::string evaluate_or_sample_vocabulary_path(const TrainOptions& o, const std::string& ck_path, const Checkpoint& ck) {
+    if (!o.vocab_file.empty()) return o.vocab_file;
+    auto exists = [](const std::string& p) { struct stat st; return stat(p.c_str(), &st) == 0; };
+    std::string tried;
+    if (!o.val_files.empty()) {
+        const std::string beside_val = directory_of(expand_shard_pattern(o.val_files)[0]) + "/vocab.bin";
+        if (exists(beside_val)) return beside_val;
+        tried = "no " + beside_val + " beside -j's shards; ";
+    }
+    const std::string ck_dir = directory_of(ck_path);
+    RunRecord record;
+    try { record = read_run_record(ck_dir); } catch (const std::exception&) {}
+    std::string train_files;
+    for (const auto& f : record.flags) if (f.first == "-i") train_files = f.second;
+    if (record.run_id != 0 && record.run_id == ck.state.run_id && !train_files.empty()) {
+        const std::string beside_train = directory_of(train_files.substr(0, train_files.find(','))) + "/vocab.bin";
+        if (exists(beside_train)) return beside_train;
+        tried += "no " + beside_train + " beside the training shards (-i " + train_files + ") that " + run_record_path(ck_dir) + " records";
+    } else {
+        tried += "no record of the checkpoint's training shards (" + run_record_path(ck_dir) +
+                 (record.run_id == 0 ? " is missing or unreadable)" : " is another run's)");
+    }
+    throw std::runtime_error("-G needs a vocabulary to decode with (-z FILE): " + tried);
+}
+
+// The vocabulary at path, for -G. Loaded before the first step, so that a missing or bad file stops
+// the run before it trains.
+inline std::unique_ptr<Tokenizer> load_sample_vocabulary(const TrainOptions& o, const ModelConfig& cfg, const std::string& vocab) {
     std::unique_ptr<Tokenizer> tok;
     try {
         tok.reset(new Tokenizer(vocab));
@@ -162,6 +193,13 @@ inline std::unique_ptr<Tokenizer> load_sample_vocabulary(const TrainOptions& o, 
         throw std::runtime_error("vocabulary '" + vocab + "' has " + std::to_string(tok->vocab_size()) + " tokens, more than the model's " + std::to_string(cfg.vocab_size));
     tok->encode(o.prompt);  // throws if the prompt has a byte the vocabulary cannot encode
     return tok;
+}
+
+// The largest batch a run computes on, for a backend to size its memory: -b x -t when training; with
+// -x 0, -b sequences of the model's length (-t, else the checkpoint's) to evaluate, or one to sample.
+inline std::pair<int, int> largest_batch(const TrainOptions& o, const ModelConfig& cfg) {
+    if (o.steps > 0) return {o.micro_batch, o.seq_len};
+    return {o.val_files.empty() ? 1 : o.micro_batch, cfg.max_seq_len};
 }
 
 // A CSV log whose first column is the step: log.csv ("step,split,loss,lr,grad_norm") and, with -y,
@@ -263,19 +301,30 @@ inline void on_all_ranks(TrainerBackend& backend, const std::function<void()>& f
     if (failed_ranks > 0) throw std::runtime_error("stopping: another rank failed (see its message)");
 }
 
-// -x 0: the validation loss over -m batches (or tokens) of -j and/or a sample of -G tokens, from the weights of
-// -f. Writes nothing: no directory, log or checkpoint.
-inline int evaluate_or_sample(const TrainOptions& o, const ModelConfig& cfg, const Checkpoint& ck, const Tokenizer* vocab,
-                              const BackendFactory& make_backend, const DistributedEnv& dist) {
+// -x 0: the validation loss over -m batches (or tokens) of -j and/or a sample of -G tokens, from the
+// weights of -f; the model, and the sequence length unless -t gives one, are the checkpoint's. Writes
+// nothing: no directory, log or checkpoint.
+inline int evaluate_or_sample(const TrainOptions& o, const FoundCheckpoint& found, const BackendFactory& make_backend,
+                              const DistributedEnv& dist) {
+    const ModelConfig cfg = resolve_model_config(o, &found.ck);
+    const int B = o.micro_batch, T = cfg.max_seq_len;
+    std::unique_ptr<Tokenizer> vocab;  // first: a missing vocabulary stops before a long evaluation
+    if (o.sample_tokens > 0) vocab = load_sample_vocabulary(o, cfg, evaluate_or_sample_vocabulary_path(o, found.path, found.ck));
     std::unique_ptr<DataLoader> val;
-    if (!o.val_files.empty()) val.reset(new DataLoader(o.val_files, o.micro_batch, o.seq_len, 0, 1, /*shuffle=*/false, 0, cfg.vocab_size));
+    if (!o.val_files.empty()) val.reset(new DataLoader(o.val_files, B, T, 0, 1, /*shuffle=*/false, 0, cfg.vocab_size));
     std::unique_ptr<TrainerBackend> backend = make_backend(cfg);
-    backend->write_state(ck.params.data(), nullptr, nullptr);
+    backend->write_state(found.ck.params.data(), nullptr, nullptr);
     const bool lead = dist.rank == 0;
+    if (lead) {
+        printf("%s\nmodel: %s, %d layers, d %d, %d heads, ffn %d, vocab %d, %.2fM parameters, sequence length %d\n",
+               backend->description().c_str(), found.path.c_str(), cfg.n_layer, cfg.d_model, cfg.n_head, cfg.d_ffn,
+               cfg.vocab_size, num_model_parameters(cfg) / 1e6, T);
+        fflush(stdout);
+    }
     if (val) {
-        const Evaluation e = evaluate(*backend, *val, o.val_batches, o.val_tokens, o.micro_batch, o.seq_len, dist);
+        const Evaluation e = evaluate(*backend, *val, o.val_batches, o.val_tokens, B, T, dist);
         if (lead) printf("val loss %.6f | val ppl %.4f | %ld batches of %d x %d tokens of %s, %.3gM tokens%s\n", e.loss, std::exp(e.loss),
-                         e.batches, o.micro_batch, o.seq_len, o.val_files.c_str(), e.tokens / 1e6, val->padded() ? " (padded documents)" : "");
+                         e.batches, B, T, o.val_files.c_str(), e.tokens / 1e6, val->padded() ? " (padded documents)" : "");
         fflush(stdout);
     }
     Rng rng(o.seed ^ 0x5EEDull);
@@ -351,12 +400,15 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
     const float loss_scale = (float)gradient_average_factor(world) / accum_steps;
 
     std::unique_ptr<FoundCheckpoint> found = load_start_checkpoint(o, lead);
+    if (o.steps == 0) {
+        if (!found) throw std::runtime_error("-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
+        return evaluate_or_sample(o, *found, make_backend, dist);
+    }
     const std::string ck_path = found ? found->path : "";
     Checkpoint* ck = found ? &found->ck : nullptr;
     const ModelConfig cfg = resolve_model_config(o, ck);
     const ParamLayout layout = make_param_layout(cfg);
-    const std::unique_ptr<Tokenizer> vocab = load_sample_vocabulary(o, cfg);
-    if (o.steps == 0) return evaluate_or_sample(o, cfg, *ck, vocab.get(), make_backend, dist);
+    const std::unique_ptr<Tokenizer> vocab = o.sample_tokens > 0 ? load_sample_vocabulary(o, cfg, training_vocabulary_path(o)) : nullptr;
 
     DataLoader train(o.train_files, B, T, dist.rank, world, /*shuffle=*/true, o.seed, cfg.vocab_size);
     std::unique_ptr<DataLoader> val;  // all of it on every rank: evaluate() shares out the batches

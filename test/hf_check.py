@@ -98,7 +98,7 @@ def check_generate():
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     greedy = model.generate(ids, max_new_tokens=n, do_sample=False)
     hf_text = tokenizer.decode(greedy[0], skip_special_tokens=True)
-    sample = run("./train_mixln_cpu", "-f", run_dir, "-x", "0", "-i", f"{DATA}/train.bin", "-G", n, "-P", prompt, "-T", "0")
+    sample = run("./train_mixln_cpu", "-f", run_dir, "-x", "0", "-G", n, "-P", prompt, "-T", "0")  # vocab.bin: beside the run's -i
     ours = sample.split("sample (temperature 0):\n", 1)[1].rstrip("\n")
     torch.manual_seed(0)
     sampled = model.generate(ids, max_new_tokens=n, do_sample=True, temperature=0.8, top_k=0)

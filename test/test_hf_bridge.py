@@ -453,18 +453,17 @@ def logits_tool_agrees_with_the_trainers_loss():
     run("./logits_mixln_cpu", checkpoint_of("pre_ln"), f"{TMP}/no_such.bin", f"{TMP}/x.f32", ok=False)
 
 
-def validation_loss(checkpoint, out):
+def validation_loss(checkpoint):
     """The trainer's evaluate-only run (-f CKPT -x 0 -j VAL): its validation loss line."""
-    printed = run("./train_mixln_cpu", "-f", checkpoint, "-x", "0", "-i", f"{TMP}/random.bin", "-j", f"{TMP}/random.bin",
-                  "-b", "2", "-t", "32", "-m", "3", "-o", out)
+    printed = run("./train_mixln_cpu", "-f", checkpoint, "-x", "0", "-j", f"{TMP}/random.bin", "-b", "2", "-t", "32", "-m", "3")
     return re.search(r"val loss [0-9.]+", printed).group(0)
 
 
 @test
 def the_trainer_starts_from_and_evaluates_an_imported_checkpoint():
     for variant in VARIANTS:
-        imported = validation_loss(f"{TMP}/{variant}_imported.bin", f"{TMP}/eval_imported")
-        assert imported == validation_loss(checkpoint_of(variant), f"{TMP}/eval_original"), variant
+        imported = validation_loss(f"{TMP}/{variant}_imported.bin")
+        assert imported == validation_loss(checkpoint_of(variant)), variant
     out = run("./train_mixln_cpu", "-f", f"{TMP}/mix_ln_scaled_embed_imported.bin", "-i", f"{TMP}/random.bin",
               "-b", "2", "-t", "32", "-d", "64", "-x", "2", "-o", f"{TMP}/from_imported")
     assert "step      2/2" in out, out

@@ -73,7 +73,6 @@ TEST_CASE("-u takes a fraction below 1 or a whole number of steps") {
     CHECK(warmup_steps(parse({"-x", "1000", "-u", "250"})) == 250);
     CHECK(warmup_steps(parse({"-x", "1000", "-u", "1"})) == 1);
     CHECK(warmup_steps(parse({"-x", "1000", "-u", "0"})) == 0);
-    CHECK(warmup_steps(parse({"-e", "1b", "-f", "ck", "-x", "0", "-G", "10"})) == 0);  // sampling only
     CHECK(parse_error({"-u", "1.5"}).find("-u: '1.5' is neither a fraction") == 0);
     CHECK(parse_error({"-u", "-0.1"}).find("-u") == 0);
     CHECK(parse_error({"-x", "100", "-u", "100"}).find("-u: a warmup of 100 steps is not shorter") == 0);

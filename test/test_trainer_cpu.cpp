@@ -69,8 +69,8 @@ TEST_CASE("an empty or root output directory is refused; -x 0 must evaluate or s
     CHECK(parse_error({"-i", "x", "-o", "/"}).find("(the root)") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-o", "//"}).find("(the root)") != std::string::npos);
     CHECK(parse_error({"-i", "x", "-o", "out/"}) == "(no error)");
-    CHECK(parse_error({"-i", "x", "-x", "0", "-f", "c"}).find("-x 0 trains nothing") == 0);
-    CHECK(parse_error({"-i", "x", "-x", "0", "-f", "c", "-j", "v"}) == "(no error)");
+    CHECK(parse_error({"-x", "0", "-f", "c"}).find("-x 0 trains nothing") == 0);
+    CHECK(parse_error({"-x", "0", "-f", "c", "-j", "v"}) == "(no error)");
     CHECK(parse_error({"-i", "x", "-W", "1", "-r", "out"}).find("-W 1 starts a new run") == 0);
 }
 
@@ -377,41 +377,107 @@ TEST_CASE("a diverging run in a directory of another run names no checkpoint of 
     CHECK(stop.find("ckpt_00000006") == std::string::npos);
 }
 
-TEST_CASE("evaluate-only (-f CKPT -x 0 -j VAL) and sample-only (-x 0 -G N) runs write nothing") {
+// The byte vocabulary of 64 ids ('0' + id), at path.
+static void write_vocabulary(const std::string& path) {
+    std::ofstream v(path, std::ios::binary);
+    const uint32_t version = 1, size = 64;
+    const int32_t eot = -1;
+    v.write("MIXLNVOC", 8);
+    v.write((const char*)&version, 4);
+    v.write((const char*)&size, 4);
+    v.write((const char*)&eot, 4);
+    for (uint32_t id = 0; id < size; id++) { const uint32_t one = 1; const char c = (char)('0' + id); v.write((const char*)&one, 4); v.write(&c, 1); }
+}
+
+TEST_CASE("-x 0 refuses the flags it has no use for, saying why") {
+    const std::vector<std::string> eval = {"-f", "ck", "-x", "0", "-j", "v"}, sample = {"-f", "ck", "-x", "0", "-G", "5"};
+    CHECK(parse_error({"-x", "0", "-j", "v"}) == "-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
+    CHECK(parse_error({"-x", "0", "-r", "out", "-j", "v"}).find("-r: -x 0 continues no run; give the checkpoint") == 0);
+    CHECK(parse_error(with(eval, {"-i", "t"})).find("-i: -x 0 trains nothing, so it reads no training shards") == 0);
+    CHECK(parse_error(with(eval, {"-d", "64"})).find("-d: -x 0 trains nothing: there is no batch to accumulate") == 0);
+    CHECK(parse_error(with(eval, {"-l", "1e-3"})) == "-l: -x 0 trains nothing: no optimizer, schedule or backward");
+    CHECK(parse_error(with(eval, {"-N", "2"})) == "-N: -x 0 trains nothing: no optimizer, schedule or backward");
+    CHECK(parse_error(with(eval, {"-L", "4"})) == "-L: -x 0 takes the model from the checkpoint of -f");
+    CHECK(parse_error(with(eval, {"-e", "130m"})) == "-e: -x 0 takes the model from the checkpoint of -f");
+    CHECK(parse_error(with(eval, {"-o", "out"})) == "-o: -x 0 writes nothing: no output directory, log or checkpoint");
+    CHECK(parse_error(with(eval, {"-c", "5"})) == "-c: -x 0 writes nothing: no output directory, log or checkpoint");
+    CHECK(parse_error(with(eval, {"-v", "5"})) == "-v: -x 0 evaluates -j once (-m sets how much)");
+    CHECK(parse_error(with(sample, {"-m", "3"})).find("-m: sets the evaluation's length, and there is none: give -j VAL") == 0);
+    CHECK(parse_error(with(sample, {"-b", "3"})).find("-b: sets the evaluation's batch, and there is none") == 0);
+    CHECK(parse_error(with(eval, {"-P", "hi"})) == "-P: a flag of sampling, and there is none: give -G N to sample");
+    CHECK(parse_error(with(eval, {"-z", "vocab.bin"})) == "-z: a flag of sampling, and there is none: give -G N to sample");
+    CHECK(parse_error(with(eval, {"-b", "4", "-t", "16", "-m", "2M"})) == "(no error)");
+    CHECK(parse_error(with(sample, {"-P", "x", "-T", "0", "-z", "v", "-s", "3", "-t", "32"})) == "(no error)");
+    CHECK(parse_error(with(eval, {"-G", "5", "-P", "x"})) == "(no error)");  // both
+}
+
+TEST_CASE("evaluate-only, sample-only and both need only a checkpoint (and -j, or a vocabulary) and write nothing") {
     const std::string dir = temp_dir();
-    const std::string data = make_corpus(dir);
+    const std::string data = make_corpus(dir);  // dir/train.bin, dir/val.bin
     const std::string out = dir + "/out";
-    REQUIRE(wait_exit(spawn(tiny_run(data, out, 6), dir + "/a.txt")) == 0);
+    REQUIRE(wait_exit(spawn(tiny_run(data, out, 6), dir + "/a.txt")) == 0);  // trained at -t 16
     const std::string log = read_file(out + "/log.csv"), ck = read_file(checkpoint_path(out, 6));
-    const std::vector<std::string> before_files = list_checkpoints(out);
-    {   // the byte vocabulary of 64 ids
-        std::ofstream v(dir + "/vocab.bin", std::ios::binary);
-        const uint32_t version = 1, size = 64;
-        const int32_t eot = -1;
-        v.write("MIXLNVOC", 8);
-        v.write((const char*)&version, 4);
-        v.write((const char*)&size, 4);
-        v.write((const char*)&eot, 4);
-        for (uint32_t id = 0; id < size; id++) { const uint32_t one = 1; const char c = (char)('0' + id); v.write((const char*)&one, 4); v.write(&c, 1); }
-    }
+    const std::vector<std::string> before_files = directory_entries(out);
+    write_vocabulary(dir + "/vocab.bin");  // beside the run's training shards (and its validation shard)
     int code = 0;
-    const std::vector<std::string> eval = {trainer_path(), "-f", out, "-x", "0", "-i", data, "-j", dir + "/val.bin", "-b", "4", "-t", "16",
-                                           "-d", "64", "-m", "3", "-o", out};
+
+    // evaluate: the model and its sequence length (16) from the checkpoint; no -i, -d or -o
+    const std::vector<std::string> eval = {trainer_path(), "-f", out, "-x", "0", "-j", dir + "/val.bin", "-b", "4", "-m", "3"};
     std::string e = run_output(eval, dir + "/e.txt", &code);
     CHECK(code == 0);
+    CHECK(e.find("model: " + checkpoint_path(out, 6) + ", 3 layers, d 32, 2 heads, ffn 48, vocab 64") != std::string::npos);
     CHECK(e.find("val loss ") != std::string::npos);
     CHECK(e.find("val ppl ") != std::string::npos);
     CHECK(e.find("3 batches of 4 x 16 tokens") != std::string::npos);
-    e = run_output({trainer_path(), "-f", out, "-x", "0", "-i", data, "-G", "20", "-o", out}, dir + "/g.txt", &code);
+    // -t evaluates at another length
+    e = run_output(with(eval, {"-t", "8"}), dir + "/e8.txt", &code);
     CHECK(code == 0);
-    CHECK(e.find("sample (temperature") != std::string::npos);
-    CHECK(read_file(out + "/log.csv") == log);  // before: emptied to its header
+    CHECK(e.find("3 batches of 4 x 8 tokens") != std::string::npos);
+
+    // sample: the vocabulary beside the training shards that the checkpoint's run.txt records
+    const std::vector<std::string> sample = {trainer_path(), "-f", checkpoint_path(out, 6), "-x", "0", "-G", "20", "-T", "0"};
+    e = run_output(sample, dir + "/g.txt", &code);
+    CHECK(code == 0);
+    CHECK(e.find("sample (temperature 0):") != std::string::npos);
+    CHECK(e.find("val loss") == std::string::npos);
+
+    // both, and with -j in a directory with its own vocab.bin, that one
+    make_directories(dir + "/val");
+    std::ofstream(dir + "/val/val.bin", std::ios::binary) << read_file(dir + "/val.bin");
+    e = run_output(with(sample, {"-j", dir + "/val/val.bin", "-b", "2", "-m", "2"}), dir + "/missing.txt", &code);
+    CHECK(code == 0);  // no vocab.bin beside -j's shard: the run's
+    CHECK(e.find("2 batches of 2 x 16 tokens") != std::string::npos);
+    CHECK(e.find("sample (temperature 0):") != std::string::npos);
+    {
+        std::ofstream bad(dir + "/val/vocab.bin");
+        bad << "not a vocabulary";
+    }
+    e = run_output(with(sample, {"-j", dir + "/val/val.bin", "-b", "2", "-m", "2"}), dir + "/both.txt", &code);
+    CHECK(code == 1);  // the one beside -j's shard comes first
+    CHECK(e.find("-G needs a vocabulary to decode with (-z FILE): vocab '" + dir + "/val/vocab.bin'") != std::string::npos);
+    CHECK(e.find("val loss") == std::string::npos);  // checked before evaluating
+    e = run_output(with(sample, {"-j", dir + "/val/val.bin", "-b", "2", "-m", "2", "-z", dir + "/vocab.bin"}), dir + "/z.txt", &code);
+    CHECK(code == 0);  // -z first of all
+    CHECK(e.find("sample (temperature 0):") != std::string::npos);
+
+    // a checkpoint without its run's record, and no -z or -j: where it looked
+    make_directories(dir + "/alone");
+    std::ofstream(dir + "/alone/ck.bin", std::ios::binary) << ck;
+    e = run_output(set_flag(sample, "-f", dir + "/alone/ck.bin"), dir + "/alone.txt", &code);
+    CHECK(code == 1);
+    CHECK(e.find("-G needs a vocabulary to decode with (-z FILE): no record of the checkpoint's training shards (" + dir +
+                 "/alone/run.txt is missing or unreadable)") != std::string::npos);
+    e = run_output(with(set_flag(sample, "-f", dir + "/alone/ck.bin"), {"-z", dir + "/vocab.bin"}), dir + "/alone_z.txt", &code);
+    CHECK(code == 0);
+
+    // nothing was written: the run's directory as it was
+    CHECK(read_file(out + "/log.csv") == log);
     CHECK(read_file(checkpoint_path(out, 6)) == ck);
-    CHECK(list_checkpoints(out) == before_files);
-    // writes nothing anywhere: not even the -o directory
-    e = run_output(set_flag(eval, "-o", dir + "/never"), dir + "/n.txt", &code);
-    CHECK(code == 0);
-    CHECK(access((dir + "/never").c_str(), F_OK) != 0);
+    CHECK(directory_entries(out) == before_files);
+    // a refused flag: exit code 2, the reason
+    e = run_output(with(eval, {"-i", data}), dir + "/i.txt", &code);
+    CHECK(code == 2);
+    CHECK(e.find("error: -i: -x 0 trains nothing, so it reads no training shards") != std::string::npos);
 }
 
 TEST_CASE("what can be checked before the first step is: -G's vocabulary, the memory the flags ask for") {
