@@ -279,3 +279,5 @@ $(EMU)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
 
 $(EMU)/test_gpu_kernels-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_kernels.cu.o $(EMU)/%/test/test_gpu_attention.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
+$(EMU)/test_emu_execution: $(EMU)/main.o $(EMU)/bf16/test/emu/test_execution.cu.o $(EMU_LIB)
+	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)

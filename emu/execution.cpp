@@ -301,7 +301,7 @@ void block_barrier(const char* what, const char* file, int line) {
         fail("%s (%s:%d) while other threads of the block wait at %s (%s:%d): threads meet at different barriers",
              what, file, line, e.barrier_what, e.barrier_file, e.barrier_line);
     }
-    char* sync = e.barrier_sync[e.barrier_generation % 2];
+    [[maybe_unused]] char* sync = e.barrier_sync[e.barrier_generation % 2];
     EMU_TSAN_RELEASE(sync);
     if (++e.barrier_arrived == e.num_threads) {
         e.barrier_arrived = 0;
@@ -357,7 +357,7 @@ void warp_collective(const char* what, unsigned mask, const char* file, int line
     }
     rv->arrived |= bit;
     rv->lane_data[lane] = lane_data;
-    char* sync = rv->sync;
+    [[maybe_unused]] char* sync = rv->sync;
     if (memory_order) EMU_TSAN_RELEASE(sync);
     if (rv->arrived == mask) {
         pending.erase(std::find(pending.begin(), pending.end(), rv));
