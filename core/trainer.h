@@ -379,253 +379,366 @@ inline uint64_t claim_run_directory(const TrainOptions& o, const std::string& ck
     return id;
 }
 
+// ----------------------------------------------------------------------------
+// A training run in stages, as llm.c's main loop reads: set-up (the start checkpoint, the model
+// config, the data, the backend, its starting state, the output directory), then per step one
+// optimizer step, its log lines, validation and checkpointing, then the end of the run. TrainingRun
+// holds what the stages share.
+
+struct TrainingRun {
+    const TrainOptions& o;
+    DistributedEnv dist;
+    bool lead;                  // rank 0: prints and writes log.csv, grad_norms.csv and ckpt_STEP.bin
+    int B, T, world, accum_steps;
+    float loss_scale;           // of each micro-batch's mean loss (core/distributed.h)
+    ModelConfig cfg;
+    ParamLayout layout;
+    std::unique_ptr<Tokenizer> vocab;   // -G's, else null
+    std::unique_ptr<DataLoader> train;  // this rank's part of every batch
+    std::unique_ptr<DataLoader> val;    // all of it on every rank: evaluate() shares out the batches; null without -j
+    std::unique_ptr<TrainerBackend> backend;
+    std::vector<ParamRange> owned;      // the parameters whose Adam moments this rank holds
+    long owned_count = 0;
+    bool sharded_moments = false;       // ZeRO-1 on several ranks
+    RunIdentity run;
+    std::unique_ptr<CsvLog> log, grad_log;  // rank 0's
+    LrSchedule schedule;
+    double flops_per_step = 0;
+    Rng rng;                            // the sample's
+    int64_t start_step = 0;
+    int64_t skipped_total = 0;          // steps whose update a non-finite gradient norm skipped, the run's
+    int skipped_in_a_row = 0;           // ... of the latest steps, since this process started
+    bool checkpoint_deferred = false;   // one was due at a skipped step: written after the next update
+    double elapsed_total = 0;           // seconds of the steps after this process's first
+    std::vector<int> inputs, targets;   // a micro-batch
+    std::vector<float> grads_host;      // -y's copy of the gradients
+
+    TrainingRun(const TrainOptions& options, const DistributedEnv& env)
+        : o(options), dist(env), lead(env.rank == 0), B(options.micro_batch), T(options.seq_len), world(env.world_size),
+          accum_steps(accumulation_steps(options, env.world_size)),
+          // Each rank's gradient is the mean over its own tokens, times 1/world: the sum over the ranks
+          // is the mean over the whole batch (core/distributed.h).
+          loss_scale((float)gradient_average_factor(env.world_size) / accum_steps),
+          rng(options.seed ^ 0x5EEDull), inputs((size_t)B * T), targets((size_t)B * T) {}
+};
+
+// Set-up, the model: its config (the checkpoint's, or the flags'), layout and -G's vocabulary.
+inline void set_up_model(TrainingRun& r, const Checkpoint* ck) {
+    r.cfg = resolve_model_config(r.o, ck);
+    r.layout = make_param_layout(r.cfg);
+    if (r.o.sample_tokens > 0) r.vocab = load_sample_vocabulary(r.o, r.cfg, training_vocabulary_path(r.o));
+}
+
+// Set-up, the data: the training shards (this rank's part of each batch) and the validation set.
+inline void set_up_data(TrainingRun& r) {
+    const TrainOptions& o = r.o;
+    r.train.reset(new DataLoader(o.train_files, r.B, r.T, r.dist.rank, r.world, /*shuffle=*/true, o.seed, r.cfg.vocab_size));
+    if (!o.val_files.empty()) r.val.reset(new DataLoader(o.val_files, r.B, r.T, 0, 1, /*shuffle=*/false, 0, r.cfg.vocab_size));
+}
+
+// Set-up, the backend and the parameters whose moments it keeps on this rank.
+inline void set_up_backend(TrainingRun& r, const BackendFactory& make_backend) {
+    r.backend = make_backend(r.cfg);
+    r.owned = r.backend->optimizer_ranges(r.layout.total);
+    r.owned_count = range_total(r.owned);
+    r.sharded_moments = r.owned_count != r.layout.total;
+}
+
+// Set-up, -r: the checkpoint's weights, this rank's part of Adam's moments, the data position, the
+// RNG, the step and the skipped count, after checking that the flags continue the same run.
+inline void resume_from(TrainingRun& r, const Checkpoint& ck, const std::string& ck_path) {
+    const TrainOptions& o = r.o;
+    const TrainState& s = ck.state;
+    if (s.step == 0 && ck.m.empty() && s.optimizer_shards == 0)
+        throw std::runtime_error("-r: " + ck_path + " holds weights only (no training state); start from it with -f");
+    if (s.micro_batch != r.B || s.seq_len != r.T || s.total_batch != o.total_batch || s.world_size != r.world || s.data_seed != o.seed)
+        throw std::runtime_error("-r: the checkpoint was written with -b " + std::to_string(s.micro_batch) + " -t " +
+                                 std::to_string(s.seq_len) + " -d " + std::to_string(s.total_batch) + " -s " +
+                                 std::to_string(s.data_seed) + " on " + std::to_string(s.world_size) +
+                                 " rank(s); resume with the same values so the data order continues exactly");
+    if (s.step >= o.steps) throw std::runtime_error("-r: the checkpoint is at step " + std::to_string(s.step) + ", not before -x " + std::to_string(o.steps));
+    std::vector<float> m, v;  // this rank's part of Adam's moments
+    if (s.optimizer_shards > 0) {
+        const std::string part_path = optimizer_shard_path(ck_path, r.dist.rank);
+        OptimizerShard part = load_optimizer_shard(part_path);
+        if (part.n_params != r.layout.total || part.step != s.step || part.world_size != r.world || part.rank != r.dist.rank ||
+            (part.run_id != 0 && part.run_id != s.run_id))
+            throw std::runtime_error("-r: '" + part_path + "' does not belong to '" + ck_path + "'");
+        if (!r.sharded_moments)
+            throw std::runtime_error("-r: the checkpoint keeps Adam's moments split over its ranks (ZeRO-1); resume with -Z 1");
+        if (part.ranges != r.owned)
+            throw std::runtime_error("-r: '" + part_path + "' holds the moments of other parameters than this rank's ZeRO-1 slices");
+        m = std::move(part.m);
+        v = std::move(part.v);
+    } else if (!ck.m.empty()) {
+        for (const ParamRange& p : r.owned) {
+            m.insert(m.end(), ck.m.begin() + p.begin, ck.m.begin() + p.end);
+            v.insert(v.end(), ck.v.begin() + p.begin, ck.v.begin() + p.end);
+        }
+    } else {
+        throw std::runtime_error("-r: the checkpoint has no optimizer state; use -f to start from its weights");
+    }
+    r.backend->write_state(ck.params.data(), m.data(), v.data());
+    r.train->set_position(s.data);
+    r.rng.state = s.rng_state;
+    r.start_step = s.step;
+    r.skipped_total = s.skipped_steps;
+}
+
+// Set-up, the starting state: resumed (-r), the weights of -f with a fresh optimizer, or initialized.
+inline void set_up_state(TrainingRun& r, const Checkpoint* ck, const std::string& ck_path) {
+    if (ck && !r.o.resume.empty()) {
+        resume_from(r, *ck, ck_path);
+    } else if (ck) {
+        r.backend->write_state(ck->params.data(), nullptr, nullptr);
+    } else {
+        std::vector<float> params(r.layout.total);
+        init_parameters(params.data(), r.cfg, r.layout, r.o.seed);
+        r.backend->write_state(params.data(), nullptr, nullptr);
+    }
+}
+
+// Set-up, the output: the directory belongs to this run (core/run_dir.h): rank 0 checks and claims
+// it, and shares the run id, 32 bits at a time (a double sum carries them exactly); every rank
+// creates it (each writes its optimizer shard file there); rank 0 opens the logs.
+inline void set_up_output(TrainingRun& r, const Checkpoint* ck, const std::string& ck_path) {
+    const TrainOptions& o = r.o;
+    TrainerBackend& backend = *r.backend;
+    r.run.owns_unknown = ck && !o.resume.empty() && ck->state.run_id == 0;
+    on_all_ranks(backend, [&] { if (r.lead) r.run.id = claim_run_directory(o, ck_path, o.resume.empty() ? nullptr : ck); });
+    r.run.id = (uint64_t)backend.all_reduce_sum((double)(r.run.id >> 32)) << 32 |
+               (uint64_t)backend.all_reduce_sum((double)(r.run.id & 0xFFFFFFFFu));
+    on_all_ranks(backend, [&] { make_directories(o.out_dir); });
+    if (r.lead) {
+        r.log.reset(new CsvLog(o.out_dir + "/log.csv", "step,split,loss,lr,grad_norm", r.start_step));
+        if (o.grad_norm_interval > 0)
+            r.grad_log.reset(new CsvLog(o.out_dir + "/grad_norms.csv", "step,layer,post_ln,attention,mlp,total", r.start_step));
+    }
+    r.grads_host.resize(o.grad_norm_interval > 0 ? r.layout.total : 0);
+}
+
+// Set-up, the run's header lines on the console: device, model, data and schedule.
+inline void print_run_header(const TrainingRun& r) {
+    if (!r.lead) return;
+    const TrainOptions& o = r.o;
+    const ModelConfig& cfg = r.cfg;
+    printf("%s\n", r.backend->description().c_str());
+    printf("model: %d layers (%d Post-LN then %d Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
+           cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm != NormScheme::MixLN ? (std::string("; -n ") + norm_scheme_name((int)cfg.norm)).c_str() : "",
+           cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, num_model_parameters(cfg) / 1e6);
+    printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps%s\n",
+           r.train->shards().size(), r.train->total_tokens() / 1e6, o.total_batch, r.B, r.T, r.accum_steps,
+           r.world > 1 ? (" x " + std::to_string(r.world) + " ranks").c_str() : "");
+    printf("schedule: %d steps, peak lr %.3g, warmup %d, cosine to %.3g%s\n", o.steps, o.lr, r.schedule.warmup_steps,
+           o.lr * o.final_lr_fraction, r.start_step ? (", resuming at step " + std::to_string(r.start_step)).c_str() : "");
+    fflush(stdout);
+}
+
+// Set-up, all of it: from the checkpoint of -r or -f (null: none), whose arrays are released once
+// they are in the backend.
+inline void set_up_training(TrainingRun& r, std::unique_ptr<FoundCheckpoint> found, const BackendFactory& make_backend) {
+    const std::string ck_path = found ? found->path : "";
+    const Checkpoint* ck = found ? &found->ck : nullptr;
+    set_up_model(r, ck);
+    set_up_data(r);
+    set_up_backend(r, make_backend);
+    set_up_state(r, ck, ck_path);
+    set_up_output(r, ck, ck_path);
+    found.reset();  // the checkpoint's arrays are in the backend now
+    r.schedule = make_schedule(r.o.lr, r.o.steps, warmup_steps(r.o), r.o.final_lr_fraction);
+    r.flops_per_step = flops_per_token(r.cfg, r.T) * r.o.total_batch;
+    print_run_header(r);
+}
+
+// One step: the gradients of -d tokens in micro-batches (summed over the ranks), then AdamW at lr,
+// which the backend skips if the gradient norm is not finite (counted here). AdamW's step counts the
+// updates: a skipped step is not one. Returns the step's result, the step's one wait.
+inline StepResult train_step(TrainingRun& r, int64_t step, double lr) {
+    TrainerBackend& backend = *r.backend;
+    backend.zero_grad();
+    for (int micro = 0; micro < r.accum_steps; micro++) {
+        r.train->next_batch(r.inputs.data(), r.targets.data());
+        backend.forward_backward(r.inputs.data(), r.targets.data(), r.B, r.T, r.loss_scale, micro == r.accum_steps - 1);
+    }
+    backend.reduce_gradients();
+    // A non-finite loss stops the run without saving, so this step's update is never kept.
+    backend.optimizer_step(lr, (int)(step + 1 - r.skipped_total), r.o);
+    const StepResult result = backend.step_result();
+    // A skipped update is skipped on every rank: the norm is global.
+    r.skipped_in_a_row = result.skipped ? r.skipped_in_a_row + 1 : 0;
+    r.skipped_total += result.skipped ? 1 : 0;
+    return result;
+}
+
+// Whether a signal reached any rank (collective, every step): all of them stop after this step.
+inline bool stop_requested(TrainingRun& r) { return r.backend->all_reduce_sum(g_stop_signal != 0) > 0; }
+
+// After step `done` (1-based): -y's per-layer gradient norms (paper Fig. 3e / 6: before clipping, as
+// the update leaves the gradients as they are), then rank 0's console line and log.csv row: "train",
+// or "skipped" with the norm inf or nan and the running count. t0: when the step began.
+inline void log_step(TrainingRun& r, int64_t done, double lr, const StepResult& result, std::chrono::steady_clock::time_point t0) {
+    const TrainOptions& o = r.o;
+    if (o.grad_norm_interval > 0 && done % o.grad_norm_interval == 0) {
+        r.backend->read_grads(r.grads_host.data());
+        if (r.lead) {
+            const std::vector<LayerGradNorm> norms = layer_grad_norms(r.cfg, r.layout, r.grads_host.data());
+            for (int l = 0; l < r.cfg.n_layer; l++)
+                r.grad_log->row("%lld,%d,%d,%.9g,%.9g,%.9g", (long long)done, l, (int)layer_is_post_ln(r.cfg, l),
+                                norms[l].attention, norms[l].mlp, norms[l].total);
+        }
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const bool first = done - 1 == r.start_step;
+    if (!first) r.elapsed_total += seconds;  // the first step pays warm-up costs
+    const double avg = first ? seconds : r.elapsed_total / (done - 1 - r.start_step);
+    if (!r.lead) return;
+    const double loss = result.loss, norm = result.grad_norm;
+    if (result.skipped) {
+        const char* norm_text = std::isnan(norm) ? "nan" : "inf";
+        printf("step %6lld/%d | loss %.6f | lr %.3e | norm %s | update skipped: non-finite gradient norm "
+               "(%lld skipped so far, %d in a row; the run stops at %d in a row, -N)\n",
+               (long long)done, o.steps, loss, lr, norm_text, (long long)r.skipped_total, r.skipped_in_a_row, o.max_skipped_in_a_row);
+        r.log->row("%lld,skipped,%.9g,%.9g,%s", (long long)done, loss, lr, norm_text);
+    } else {
+        char mfu[32] = "";  // per GPU: each computes 1/world of the step
+        if (r.backend->peak_flops() > 0)
+            snprintf(mfu, sizeof(mfu), " | MFU %.1f%%", 100.0 * r.flops_per_step / r.world / seconds / r.backend->peak_flops());
+        printf("step %6lld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s | ETA %s\n",
+               (long long)done, o.steps, loss, lr, norm, 1e3 * seconds, o.total_batch / seconds, mfu,
+               format_duration(avg * (o.steps - done)).c_str());
+        r.log->row("%lld,train,%.9g,%.9g,%.9g", (long long)done, loss, lr, norm);
+    }
+    fflush(stdout);
+}
+
+// Validation after step `done`: every -v steps (not after the last: end_of_run validates) and at the end.
+inline bool validation_due(const TrainOptions& o, int64_t done) { return o.val_interval > 0 && done % o.val_interval == 0 && done < o.steps; }
+
+// The validation loss after step `done`, on the console and in log.csv (collective; nothing without -j).
+inline void validate(TrainingRun& r, int64_t done, double lr) {
+    if (!r.val) return;
+    const Evaluation e = evaluate(*r.backend, *r.val, r.o.val_batches, r.o.val_tokens, r.B, r.T, r.dist);
+    if (!r.lead) return;
+    printf("step %6lld | val loss %.4f | val ppl %.2f | %ld batches, %.3gM tokens%s\n", (long long)done, e.loss,
+           std::exp(e.loss), e.batches, e.tokens / 1e6, r.val->padded() ? " (padded documents)" : "");
+    fflush(stdout);
+    r.log->row("%lld,val,%.9g,%.9g,0", (long long)done, e.loss, lr);
+}
+
+// ckpt_DONE.bin (and with ZeRO-1 each rank's optimizer shard file): the weights, moments, data
+// position, RNG and skipped count after step `done`; older ones pruned to -k. Collective.
+inline void save_training_checkpoint(TrainingRun& r, int64_t done) {
+    const TrainOptions& o = r.o;
+    std::vector<float> params(r.layout.total), m(r.owned_count), v(r.owned_count);
+    r.backend->read_state(params.data(), m.data(), v.data());
+    TrainState s;
+    s.step = done; s.data = r.train->position(); s.rng_state = r.rng.state;
+    s.micro_batch = r.B; s.seq_len = r.T; s.total_batch = o.total_batch; s.world_size = r.world; s.data_seed = o.seed;
+    s.optimizer_shards = r.sharded_moments ? r.world : 0;
+    s.run_id = r.run.id;
+    s.skipped_steps = r.skipped_total;
+    const std::string path = checkpoint_path(o.out_dir, done);
+    // The shard files first: ckpt_STEP.bin, written once they all are, completes the checkpoint.
+    on_all_ranks(*r.backend, [&] {
+        if (r.sharded_moments)
+            save_optimizer_shard(optimizer_shard_path(path, r.dist.rank),
+                                 OptimizerShard{r.layout.total, done, r.world, r.dist.rank, r.owned, m, v, r.run.id});
+    });
+    on_all_ranks(*r.backend, [&] {
+        if (!r.lead) return;
+        save_checkpoint(path, r.cfg, s, params.data(), r.sharded_moments ? nullptr : m.data(),
+                        r.sharded_moments ? nullptr : v.data(), r.layout.total);
+        prune_checkpoints(o.out_dir, o.keep_checkpoints, [&](const std::string& c) { return r.run.owns(c); }, path);
+        printf("saved checkpoint %s\n", path.c_str());
+        fflush(stdout);
+    });
+}
+
+// Checkpointing after step `done`: every -c steps, after the last and when stopping on a signal
+// (checkpoint_due). A skipped step writes none: one due then is written after the next update. The
+// last step and a signal save anyway: the weights and moments are those of the last update.
+inline void checkpoint_if_due(TrainingRun& r, int64_t done, bool skipped, bool stop) {
+    const bool due = checkpoint_due(r.o, done, stop);
+    if (skipped && done < r.o.steps && !stop) {
+        r.checkpoint_deferred |= due;
+    } else if (due || r.checkpoint_deferred) {
+        save_training_checkpoint(r, done);
+        r.checkpoint_deferred = false;
+    }
+}
+
+// "The last good checkpoint is PATH." (this run's newest), or that there is none yet.
+inline std::string last_good_checkpoint(const TrainingRun& r) {
+    std::vector<std::string> saved;
+    for (const std::string& c : list_checkpoints(r.o.out_dir)) if (r.run.owns(c)) saved.push_back(c);
+    return saved.empty() ? "No checkpoint was written yet." : "The last good checkpoint is " + saved.back() + ".";
+}
+
+// End of a run that stops early, each with its message (rank 0) and exit code: a non-finite loss (3),
+// -N steps in a row skipped (4), a signal (130, after checkpoint_if_due saved).
+inline int stop_on_nonfinite_loss(const TrainingRun& r, int64_t done, double loss) {
+    if (r.lead)
+        fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)done,
+                last_good_checkpoint(r).c_str());
+    return 3;
+}
+
+inline int stop_on_skipped_steps(const TrainingRun& r, int64_t done) {
+    if (r.lead)
+        fprintf(stderr, "error: %d steps in a row (%lld to %lld) had a non-finite gradient norm and skipped their "
+                "update (-N %d); stopping without saving. %s\n", r.skipped_in_a_row, (long long)(done - r.skipped_in_a_row + 1),
+                (long long)done, r.o.max_skipped_in_a_row, last_good_checkpoint(r).c_str());
+    return 4;
+}
+
+inline int stop_on_signal(const TrainingRun& r, int64_t done) {
+    if (r.lead)
+        printf("stopped by %s after step %lld; %s\n",
+               g_stop_signal ? ("signal " + std::to_string(g_stop_signal)).c_str() : "a signal to another rank",
+               (long long)done, r.o.ckpt_interval < 0 ? "no checkpoint saved (-c -1)" : ("resume with -r " + r.o.out_dir).c_str());
+    return 130;
+}
+
+// The end of a run that trained to -x: the final validation (unless it resumed at -x, so trained no
+// step) and -G's sample. Returns 0.
+inline int end_of_run(TrainingRun& r) {
+    if (r.o.steps > r.start_step) validate(r, r.o.steps, r.schedule.lr_at(r.o.steps - 1));
+    if (r.lead && r.vocab) print_sample(*r.backend, r.o, r.cfg, *r.vocab, r.rng);  // no collective: the others may finish
+    return 0;
+}
+
 // Returns the process exit code: 0 done, 3 stopped on a non-finite loss, 4 stopped after -N steps in a
 // row skipped their update (a non-finite gradient norm), 130 stopped by a signal (errors throw; the
 // trainers' main turns them into exit code 1).
 //
 // Data parallelism: every rank runs this with its own backend and its place in dist. Each reads its
 // own part of every batch (the data loader's rank partition), so that a step is still -d tokens, and
-// the backend sums the gradients over the ranks. Whatever decides the control flow (the loss, a
-// signal, a failed checkpoint write) is summed over the ranks first, so all of them take the same
-// branch. Only rank 0 prints and writes log.csv, grad_norms.csv and ckpt_STEP.bin; with ZeRO-1 each
-// rank writes its optimizer shard file too.
+// the backend sums the gradients over the ranks. Whatever decides the control flow (the loss, the
+// gradient norm, a signal, a failed checkpoint write) is summed over the ranks or global first, so
+// all of them take the same branch. Only rank 0 prints and writes log.csv, grad_norms.csv and
+// ckpt_STEP.bin; with ZeRO-1 each rank writes its optimizer shard file too.
 inline int run_training(const TrainOptions& o, const BackendFactory& make_backend,
                         const DistributedEnv& dist = DistributedEnv()) {
-    const int B = o.micro_batch, T = o.seq_len, world = dist.world_size;
-    const bool lead = dist.rank == 0;
-    const long tokens_per_step = o.total_batch;
-    const int accum_steps = accumulation_steps(o, world);
-    // Each rank's gradient is the mean over its own tokens, times 1/world: the sum over the ranks is
-    // the mean over the whole batch (core/distributed.h).
-    const float loss_scale = (float)gradient_average_factor(world) / accum_steps;
-
-    std::unique_ptr<FoundCheckpoint> found = load_start_checkpoint(o, lead);
+    std::unique_ptr<FoundCheckpoint> found = load_start_checkpoint(o, dist.rank == 0);
     if (o.steps == 0) {
         if (!found) throw std::runtime_error("-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
         return evaluate_or_sample(o, *found, make_backend, dist);
     }
-    const std::string ck_path = found ? found->path : "";
-    Checkpoint* ck = found ? &found->ck : nullptr;
-    const ModelConfig cfg = resolve_model_config(o, ck);
-    const ParamLayout layout = make_param_layout(cfg);
-    const std::unique_ptr<Tokenizer> vocab = o.sample_tokens > 0 ? load_sample_vocabulary(o, cfg, training_vocabulary_path(o)) : nullptr;
-
-    DataLoader train(o.train_files, B, T, dist.rank, world, /*shuffle=*/true, o.seed, cfg.vocab_size);
-    std::unique_ptr<DataLoader> val;  // all of it on every rank: evaluate() shares out the batches
-    if (!o.val_files.empty()) val.reset(new DataLoader(o.val_files, B, T, 0, 1, /*shuffle=*/false, 0, cfg.vocab_size));
-
-    std::unique_ptr<TrainerBackend> backend = make_backend(cfg);
-    const std::vector<ParamRange> owned = backend->optimizer_ranges(layout.total);
-    const long owned_count = range_total(owned);
-    const bool sharded_moments = owned_count != layout.total;  // ZeRO-1 on several ranks
-    int64_t start_step = 0, skipped_total = 0;  // skipped: steps whose update a non-finite norm skipped
-    Rng rng(o.seed ^ 0x5EEDull);
-    if (ck && !o.resume.empty()) {
-        const TrainState& s = ck->state;
-        if (s.step == 0 && ck->m.empty() && s.optimizer_shards == 0)
-            throw std::runtime_error("-r: " + ck_path + " holds weights only (no training state); start from it with -f");
-        if (s.micro_batch != B || s.seq_len != T || s.total_batch != o.total_batch || s.world_size != world || s.data_seed != o.seed)
-            throw std::runtime_error("-r: the checkpoint was written with -b " + std::to_string(s.micro_batch) + " -t " +
-                                     std::to_string(s.seq_len) + " -d " + std::to_string(s.total_batch) + " -s " +
-                                     std::to_string(s.data_seed) + " on " + std::to_string(s.world_size) +
-                                     " rank(s); resume with the same values so the data order continues exactly");
-        if (s.step >= o.steps) throw std::runtime_error("-r: the checkpoint is at step " + std::to_string(s.step) + ", not before -x " + std::to_string(o.steps));
-        std::vector<float> m, v;  // this rank's part of Adam's moments
-        if (s.optimizer_shards > 0) {
-            const std::string part_path = optimizer_shard_path(ck_path, dist.rank);
-            OptimizerShard part = load_optimizer_shard(part_path);
-            if (part.n_params != layout.total || part.step != s.step || part.world_size != world || part.rank != dist.rank ||
-                (part.run_id != 0 && part.run_id != s.run_id))
-                throw std::runtime_error("-r: '" + part_path + "' does not belong to '" + ck_path + "'");
-            if (!sharded_moments)
-                throw std::runtime_error("-r: the checkpoint keeps Adam's moments split over its ranks (ZeRO-1); resume with -Z 1");
-            if (part.ranges != owned)
-                throw std::runtime_error("-r: '" + part_path + "' holds the moments of other parameters than this rank's ZeRO-1 slices");
-            m = std::move(part.m);
-            v = std::move(part.v);
-        } else if (!ck->m.empty()) {
-            for (const ParamRange& r : owned) {
-                m.insert(m.end(), ck->m.begin() + r.begin, ck->m.begin() + r.end);
-                v.insert(v.end(), ck->v.begin() + r.begin, ck->v.begin() + r.end);
-            }
-        } else {
-            throw std::runtime_error("-r: the checkpoint has no optimizer state; use -f to start from its weights");
-        }
-        backend->write_state(ck->params.data(), m.data(), v.data());
-        train.set_position(s.data);
-        rng.state = s.rng_state;
-        start_step = s.step;
-        skipped_total = s.skipped_steps;
-    } else if (ck) {
-        backend->write_state(ck->params.data(), nullptr, nullptr);
-    } else {
-        std::vector<float> params(layout.total);
-        init_parameters(params.data(), cfg, layout, o.seed);
-        backend->write_state(params.data(), nullptr, nullptr);
-    }
-
-    // The output directory belongs to this run (core/run_dir.h): rank 0 checks and claims it, and
-    // shares the run id, 32 bits at a time (a double sum carries them exactly).
-    RunIdentity run;
-    run.owns_unknown = ck && !o.resume.empty() && ck->state.run_id == 0;
-    on_all_ranks(*backend, [&] { if (lead) run.id = claim_run_directory(o, ck_path, o.resume.empty() ? nullptr : ck); });
-    run.id = (uint64_t)backend->all_reduce_sum((double)(run.id >> 32)) << 32 | (uint64_t)backend->all_reduce_sum((double)(run.id & 0xFFFFFFFFu));
-    found.reset();  // the checkpoint's arrays are in the backend now
-    on_all_ranks(*backend, [&] { make_directories(o.out_dir); });  // every rank writes its optimizer shard file there
-    std::unique_ptr<CsvLog> log, grad_log;  // rank 0's
-    if (lead) {
-        log.reset(new CsvLog(o.out_dir + "/log.csv", "step,split,loss,lr,grad_norm", start_step));
-        if (o.grad_norm_interval > 0) grad_log.reset(new CsvLog(o.out_dir + "/grad_norms.csv", "step,layer,post_ln,attention,mlp,total", start_step));
-    }
-    std::vector<float> grads_host(o.grad_norm_interval > 0 ? layout.total : 0);
-    const LrSchedule schedule = make_schedule(o.lr, o.steps, warmup_steps(o), o.final_lr_fraction);
-    const double flops_per_step = flops_per_token(cfg, T) * tokens_per_step;
-
-    if (lead) {
-        printf("%s\n", backend->description().c_str());
-        printf("model: %d layers (%d Post-LN then %d Pre-LN%s), d %d, %d heads, ffn %d, vocab %d, %.2fM parameters\n",
-               cfg.n_layer, num_post_ln_layers(cfg), cfg.n_layer - num_post_ln_layers(cfg), cfg.norm != NormScheme::MixLN ? (std::string("; -n ") + norm_scheme_name((int)cfg.norm)).c_str() : "",
-               cfg.d_model, cfg.n_head, cfg.d_ffn, cfg.vocab_size, num_model_parameters(cfg) / 1e6);
-        printf("data: %zu train shard(s), %.1fM tokens; batch %ld tokens = %d x %d x %d accumulation steps%s\n",
-               train.shards().size(), train.total_tokens() / 1e6, tokens_per_step, B, T, accum_steps,
-               world > 1 ? (" x " + std::to_string(world) + " ranks").c_str() : "");
-        printf("schedule: %d steps, peak lr %.3g, warmup %d, cosine to %.3g%s\n", o.steps, o.lr, schedule.warmup_steps,
-               o.lr * o.final_lr_fraction, start_step ? (", resuming at step " + std::to_string(start_step)).c_str() : "");
-        fflush(stdout);
-    }
-
-    auto save = [&](int64_t step) {
-        std::vector<float> params(layout.total), m(owned_count), v(owned_count);
-        backend->read_state(params.data(), m.data(), v.data());
-        TrainState s;
-        s.step = step; s.data = train.position(); s.rng_state = rng.state;
-        s.micro_batch = B; s.seq_len = T; s.total_batch = o.total_batch; s.world_size = world; s.data_seed = o.seed;
-        s.optimizer_shards = sharded_moments ? world : 0;
-        s.run_id = run.id;
-        s.skipped_steps = skipped_total;
-        const std::string path = checkpoint_path(o.out_dir, step);
-        // The shard files first: ckpt_STEP.bin, written once they all are, completes the checkpoint.
-        on_all_ranks(*backend, [&] {
-            if (sharded_moments)
-                save_optimizer_shard(optimizer_shard_path(path, dist.rank),
-                                     OptimizerShard{layout.total, step, world, dist.rank, owned, m, v, run.id});
-        });
-        on_all_ranks(*backend, [&] {
-            if (!lead) return;
-            save_checkpoint(path, cfg, s, params.data(), sharded_moments ? nullptr : m.data(),
-                            sharded_moments ? nullptr : v.data(), layout.total);
-            prune_checkpoints(o.out_dir, o.keep_checkpoints, [&](const std::string& c) { return run.owns(c); }, path);
-            printf("saved checkpoint %s\n", path.c_str());
-            fflush(stdout);
-        });
-    };
-    auto validate = [&](int64_t step, double lr) {
-        if (!val) return;
-        const Evaluation e = evaluate(*backend, *val, o.val_batches, o.val_tokens, B, T, dist);
-        if (!lead) return;
-        printf("step %6lld | val loss %.4f | val ppl %.2f | %ld batches, %.3gM tokens%s\n", (long long)step, e.loss,
-               std::exp(e.loss), e.batches, e.tokens / 1e6, val->padded() ? " (padded documents)" : "");
-        fflush(stdout);
-        log->row("%lld,val,%.9g,%.9g,0", (long long)step, e.loss, lr);
-    };
-
+    TrainingRun run(o, dist);
+    set_up_training(run, std::move(found), make_backend);
     std::signal(SIGINT, request_stop);
     std::signal(SIGTERM, request_stop);
-    std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
-    double elapsed_total = 0;
-    int skipped_in_a_row = 0;
-    bool checkpoint_deferred = false;  // one was due at a skipped step: written after the next update
-    auto last_good_checkpoint = [&]() -> std::string {
-        std::vector<std::string> saved;
-        for (const std::string& c : list_checkpoints(o.out_dir)) if (run.owns(c)) saved.push_back(c);
-        return saved.empty() ? "No checkpoint was written yet." : "The last good checkpoint is " + saved.back() + ".";
-    };
-    for (int64_t step = start_step; step < o.steps; step++) {
+    for (int64_t step = run.start_step; step < o.steps; step++) {
         const auto t0 = std::chrono::steady_clock::now();
-        const double lr = schedule.lr_at((int)step);
-        backend->zero_grad();
-        for (int micro = 0; micro < accum_steps; micro++) {
-            train.next_batch(inputs.data(), targets.data());
-            backend->forward_backward(inputs.data(), targets.data(), B, T, loss_scale, micro == accum_steps - 1);
-        }
-        backend->reduce_gradients();
-        // A non-finite loss stops the run below without saving, so this step's update is never kept.
-        // AdamW's step counts the updates: a skipped step is not one.
-        backend->optimizer_step(lr, (int)(step + 1 - skipped_total), o);
-        const StepResult result = backend->step_result();  // the step's one wait
-        const double loss = result.loss, norm = result.grad_norm;
-        const bool stop = backend->all_reduce_sum(g_stop_signal != 0) > 0;  // a signal to any rank stops all
-        if (!std::isfinite(loss)) {
-            if (lead)
-                fprintf(stderr, "error: the loss is %g at step %lld; stopping without saving. %s\n", loss, (long long)step + 1,
-                        last_good_checkpoint().c_str());
-            return 3;
-        }
-        // A non-finite gradient norm: the backend applied nothing (the same on every rank: the norm is global).
-        if (result.skipped) {
-            skipped_total++;
-            skipped_in_a_row++;
-        } else {
-            skipped_in_a_row = 0;
-        }
-        // Paper Fig. 3e / 6: the step's gradients, before clipping (the update leaves them as they are).
-        if (o.grad_norm_interval > 0 && (step + 1) % o.grad_norm_interval == 0) {
-            backend->read_grads(grads_host.data());
-            if (lead) {
-                const std::vector<LayerGradNorm> norms = layer_grad_norms(cfg, layout, grads_host.data());
-                for (int l = 0; l < cfg.n_layer; l++)
-                    grad_log->row("%lld,%d,%d,%.9g,%.9g,%.9g", (long long)step + 1, l, (int)layer_is_post_ln(cfg, l),
-                                  norms[l].attention, norms[l].mlp, norms[l].total);
-            }
-        }
-        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (step > start_step) elapsed_total += seconds;  // the first step pays warm-up costs
-        const double avg = step > start_step ? elapsed_total / (step - start_step) : seconds;
-        if (lead) {
-            char mfu[32] = "";  // per GPU: each computes 1/world of the step
-            if (backend->peak_flops() > 0)
-                snprintf(mfu, sizeof(mfu), " | MFU %.1f%%", 100.0 * flops_per_step / world / seconds / backend->peak_flops());
-            if (result.skipped) {
-                const char* norm_text = std::isnan(norm) ? "nan" : "inf";
-                printf("step %6lld/%d | loss %.6f | lr %.3e | norm %s | update skipped: non-finite gradient norm "
-                       "(%lld skipped so far, %d in a row; the run stops at %d in a row, -N)\n",
-                       (long long)step + 1, o.steps, loss, lr, norm_text, (long long)skipped_total, skipped_in_a_row,
-                       o.max_skipped_in_a_row);
-                log->row("%lld,skipped,%.9g,%.9g,%s", (long long)step + 1, loss, lr, norm_text);
-            } else {
-                printf("step %6lld/%d | loss %.6f | lr %.3e | norm %.4f | %.1f ms | %.0f tok/s%s | ETA %s\n",
-                       (long long)step + 1, o.steps, loss, lr, norm, 1e3 * seconds, tokens_per_step / seconds, mfu,
-                       format_duration(avg * (o.steps - step - 1)).c_str());
-                log->row("%lld,train,%.9g,%.9g,%.9g", (long long)step + 1, loss, lr, norm);
-            }
-            fflush(stdout);
-        }
-        const int64_t done = step + 1;
-        if (skipped_in_a_row >= o.max_skipped_in_a_row) {
-            if (lead)
-                fprintf(stderr, "error: %d steps in a row (%lld to %lld) had a non-finite gradient norm and skipped their "
-                        "update (-N %d); stopping without saving. %s\n", skipped_in_a_row, (long long)(done - skipped_in_a_row + 1),
-                        (long long)done, o.max_skipped_in_a_row, last_good_checkpoint().c_str());
-            return 4;
-        }
-        if (o.val_interval > 0 && done % o.val_interval == 0 && done < o.steps) validate(done, lr);
-        // A skipped step writes no checkpoint: one due then is written after the next update. The last
-        // step and a signal save anyway: the weights and moments are those of the last update.
-        const bool due = checkpoint_due(o, done, stop);
-        if (result.skipped && done < o.steps && !stop) checkpoint_deferred |= due;
-        else if (due || checkpoint_deferred) {
-            save(done);
-            checkpoint_deferred = false;
-        }
-        if (stop) {
-            if (lead)
-                printf("stopped by %s after step %lld; %s\n",
-                       g_stop_signal ? ("signal " + std::to_string(g_stop_signal)).c_str() : "a signal to another rank",
-                       (long long)done, o.ckpt_interval < 0 ? "no checkpoint saved (-c -1)" : ("resume with -r " + o.out_dir).c_str());
-            return 130;
-        }
+        const double lr = run.schedule.lr_at((int)step);
+        const StepResult result = train_step(run, step, lr);
+        const bool stop = stop_requested(run);
+        if (!std::isfinite(result.loss)) return stop_on_nonfinite_loss(run, step + 1, result.loss);
+        log_step(run, step + 1, lr, result, t0);
+        if (run.skipped_in_a_row >= o.max_skipped_in_a_row) return stop_on_skipped_steps(run, step + 1);
+        if (validation_due(o, step + 1)) validate(run, step + 1, lr);
+        checkpoint_if_due(run, step + 1, result.skipped, stop);
+        if (stop) return stop_on_signal(run, step + 1);
     }
-    if (o.steps > start_step) validate(o.steps, schedule.lr_at(o.steps - 1));
-    if (lead && vocab) print_sample(*backend, o, cfg, *vocab, rng);  // no collective: the others may finish
-    return 0;
+    return end_of_run(run);
 }
