@@ -4,9 +4,11 @@
 // ranks, the driver does here the same way: N ranks train as one rank with the whole batch, only
 // rank 0 writes the logs and the model, each rank writes its optimizer shard file, and a resume with
 // the same number of ranks continues bitwise.
+#include <cmath>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -95,6 +97,8 @@ struct RankBackend : CpuBackend<real> {
     int rank;
     BucketPlan plan;
     std::vector<ParamRange> owned;  // this rank's slices
+    int calls = 0, planted_call = 0;  // planted_call > 0: before that optimizer step, one gradient of this rank's is `planted`
+    float planted = 0;
 
     RankBackend(const ModelConfig& cfg, ThreadCollectives& net_, int rank_, int world)
         : CpuBackend<real>(cfg), net(net_), rank(rank_), plan(gradient_bucket_plan(model.layout, cfg.n_layer, world)),
@@ -116,6 +120,7 @@ struct RankBackend : CpuBackend<real> {
     // The norm adds the squares over this rank's slices and sums that over the ranks; AdamW updates
     // its slices; the all-gather brings the others'.
     void optimizer_step(double lr, int t, const TrainOptions& o) override {
+        if (++calls == planted_call) model.grads[owned[0].begin] = planted;  // a test's non-finite gradient, this rank's only
         double squares = 0;
         for (const ParamRange& s : owned)
             for (long i = s.begin; i < s.end; i++) squares += (double)model.grads[i] * model.grads[i];
@@ -154,8 +159,9 @@ struct RankBackend : CpuBackend<real> {
 
 // run_training on `world` threads standing in for ranks. Returns their exit code (the same on all);
 // throws the first rank's error, if one failed.
+// planted: before its optimizer step planted.first, rank 1's first owned gradient is set to planted.second.
 template <typename real>
-static int train_on_ranks(const TrainOptions& o, int world) {
+static int train_on_ranks(const TrainOptions& o, int world, std::pair<int, float> planted = {0, 0.0f}) {
     ThreadCollectives net(world);
     std::vector<int> status(world, 0);
     std::vector<std::string> errors(world);
@@ -168,7 +174,9 @@ static int train_on_ranks(const TrainOptions& o, int world) {
             env.launcher = "threads";
             try {
                 status[r] = run_training(o, [&](const ModelConfig& cfg) {
-                    return std::unique_ptr<TrainerBackend>(new RankBackend<real>(cfg, net, r, world));
+                    RankBackend<real>* b = new RankBackend<real>(cfg, net, r, world);
+                    if (r == 1) { b->planted_call = planted.first; b->planted = planted.second; }
+                    return std::unique_ptr<TrainerBackend>(b);
                 }, env);
             } catch (const std::exception& e) {
                 errors[r] = e.what();
@@ -313,4 +321,21 @@ TEST_CASE("resuming with the same number of ranks continues bitwise; another num
     std::string error;
     try { train_on_ranks<float>(three, 3); } catch (const std::exception& e) { error = e.what(); }
     CHECK(error.find("on 2 rank(s); resume with the same values") != std::string::npos);
+}
+
+TEST_CASE("an inf gradient on one rank skips the update on every rank: the norm is global") {
+    const std::string dir = temp_dir();
+    const int world = 2;
+    REQUIRE(train_on_ranks<float>(options(dir, "straight", 2, world, 2), world) == 0);
+    REQUIRE(train_on_ranks<float>(options(dir, "skipped", 2, world, 2), world, {2, std::numeric_limits<float>::infinity()}) == 0);
+    const std::string log = read_file(dir + "/skipped/log.csv");
+    CHECK(log.find("\n2,skipped,") != std::string::npos);
+    CHECK(log.find(",inf\n") != std::string::npos);
+    CHECK(csv_rows(dir + "/skipped/log.csv", "train").size() == 5);
+    // step 1 as the straight run; the skipped step in the checkpoint's count, no NaN in its weights
+    const Checkpoint straight = load_checkpoint(checkpoint_path(dir + "/straight", 3)), skipped = load_checkpoint(checkpoint_path(dir + "/skipped", 3));
+    CHECK(skipped.state.skipped_steps == 1);
+    CHECK(straight.state.skipped_steps == 0);
+    for (float p : skipped.params) REQUIRE(std::isfinite(p));
+    CHECK(csv_rows(dir + "/skipped/log.csv", "train")[0] == csv_rows(dir + "/straight/log.csv", "train")[0]);
 }
