@@ -7,17 +7,44 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 #include <vector>
 
-#if defined(__SANITIZE_THREAD__)
+// EMU_RACECHECK: the race checker. The kernels (not this library) are built with ThreadSanitizer;
+// each CUDA thread is a fiber ThreadSanitizer knows as a thread of its own, and the only orders
+// between them are the ones a GPU guarantees: barriers, __syncwarp, the launch's start and end.
+// The emulator's own bookkeeping, which runs inside the threads' fibers (a collective's data exchange,
+// shared memory's poison, the rendezvous objects), is hidden from it (IgnoreEmulatorAccesses).
+#if defined(EMU_RACECHECK)
 #include <sanitizer/tsan_interface.h>
 #define EMU_TSAN_RELEASE(p) __tsan_release(p)
 #define EMU_TSAN_ACQUIRE(p) __tsan_acquire(p)
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+struct IgnoreEmulatorAccesses {
+    IgnoreEmulatorAccesses() {
+        AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+        AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    }
+    ~IgnoreEmulatorAccesses() {
+        AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+        AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+    }
+    // Around a switch to another fiber: the next fiber starts with its own (empty) ignore state.
+    void pause() { this->~IgnoreEmulatorAccesses(); }
+    void resume() { new (this) IgnoreEmulatorAccesses(); }
+};
 #else
 #define EMU_TSAN_RELEASE(p) ((void)0)
 #define EMU_TSAN_ACQUIRE(p) ((void)0)
+struct IgnoreEmulatorAccesses {
+    void pause() {}
+    void resume() {}
+};
 #endif
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -225,6 +252,7 @@ size_t add_array(const void* key, size_t bytes, size_t align, const char* name, 
 }
 
 void start_block(int n) {
+    IgnoreEmulatorAccesses ignore;
     Executor& e = ex();
     if (!e.window) e.window = (char*)aligned_alloc(1024, SHARED_WINDOW);
 #if defined(__SANITIZE_ADDRESS__)
@@ -256,6 +284,7 @@ void start_block(int n) {
 }
 
 void end_block() {
+    IgnoreEmulatorAccesses ignore;
     Executor& e = ex();
     for (auto cleanup : e.block_end_cleanups) cleanup();
     check_shared_guards();
@@ -285,6 +314,7 @@ void fail(const char* format, ...) {
 }
 
 void block_barrier(const char* what, const char* file, int line) {
+    IgnoreEmulatorAccesses ignore;
     Executor& e = ex();
     Thread* t = e.current;
     if (!t) fail("%s called outside a kernel (%s:%d)", what, file, line);
@@ -321,13 +351,16 @@ void block_barrier(const char* what, const char* file, int line) {
         t->wait_what = what;
         t->wait_file = file;
         t->wait_line = line;
+        ignore.pause();
         yield_to_scheduler(t);
+        ignore.resume();
     }
     EMU_TSAN_ACQUIRE(sync);
 }
 
 void warp_collective(const char* what, unsigned mask, const char* file, int line, void* lane_data,
                      CollectiveFn complete, const void* context, bool memory_order) {
+    IgnoreEmulatorAccesses ignore;
     Executor& e = ex();
     Thread* t = e.current;
     if (!t) fail("%s called outside a kernel (%s:%d)", what, file, line);
@@ -373,7 +406,9 @@ void warp_collective(const char* what, unsigned mask, const char* file, int line
         t->wait_what = what;
         t->wait_file = file;
         t->wait_line = line;
+        ignore.pause();
         yield_to_scheduler(t);
+        ignore.resume();
     }
     if (memory_order) EMU_TSAN_ACQUIRE(sync);
     if (--rv->arrived == 0) {
@@ -393,6 +428,7 @@ void on_block_end(void (*cleanup)()) {
 }
 
 void* block_shared(const void* key, size_t bytes, size_t align, const char* name, const char* file, int line) {
+    IgnoreEmulatorAccesses ignore;
     Executor& e = ex();
     if (!e.current) fail("__shared__ %s used outside a kernel (%s:%d)", name, file, line);
     for (const SharedArray& a : e.arrays)
@@ -431,6 +467,7 @@ void kernel_entry(int max_threads) {
     Executor& e = ex();
     if (e.probing) {
         e.probe_max_threads = max_threads;
+        EMU_TSAN_RELEASE(&e);  // what the probe read, before the host reuses it
         Fiber::switch_to(e.current->fiber, e.scheduler);  // abandoned: the probe never resumes it
     }
 }
@@ -450,6 +487,7 @@ int probe_launch_bounds(const LaunchSpec& spec) {
     e.current = &e.threads[0];
     threadIdx = e.current->info.idx;
     Fiber::switch_to(e.scheduler, e.current->fiber);
+    EMU_TSAN_ACQUIRE(&e);
     e.current = nullptr;
     e.probing = false;
     e.launch = nullptr;
@@ -465,10 +503,10 @@ void run_launch(const LaunchSpec& spec) {
     const int n = spec.block.x * spec.block.y * spec.block.z;
     const long num_blocks = (long)spec.grid.x * spec.grid.y * spec.grid.z;
     std::vector<int> block_order = make_order((int)num_blocks, "EMU_BLOCK_ORDER", 1);
-    EMU_TSAN_RELEASE(&e);
     for (long bi : block_order) {
         blockIdx = make_uint3(bi % spec.grid.x, (bi / spec.grid.x) % spec.grid.y, bi / ((long)spec.grid.x * spec.grid.y));
         start_block(n);
+        EMU_TSAN_RELEASE(&e);  // the host's work before the launch happens before every thread
         const std::vector<int> order = make_order(n, "EMU_LANE_ORDER", (unsigned)bi + 7);
         int done = 0;
         while (done < n) {

@@ -13,7 +13,7 @@
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
-#if defined(__SANITIZE_THREAD__)
+#if defined(EMU_RACECHECK)  // the library itself is not instrumented: see execution.cpp
 #define EMU_TSAN 1
 #include <sanitizer/tsan_interface.h>
 #endif
@@ -106,7 +106,7 @@ Fiber::Fiber() {
 
 Fiber::~Fiber() {
 #if defined(EMU_TSAN)
-    if (stack_ && tsan_fiber_) __tsan_destroy_fiber(tsan_fiber_);
+    if (stack_was_started_ && tsan_fiber_) __tsan_destroy_fiber(tsan_fiber_);
 #endif
     if (stack_) munmap(stack_ - getpagesize(), stack_bytes_ + getpagesize());
 #if !defined(__x86_64__)
@@ -129,8 +129,9 @@ void Fiber::start(Entry entry, void* arg, size_t stack_bytes) {
     asan_bottom_ = stack_;
     asan_size_ = stack_bytes_;
 #if defined(EMU_TSAN)
-    if (tsan_fiber_) __tsan_destroy_fiber(tsan_fiber_);
-    tsan_fiber_ = __tsan_create_fiber(0);  // a new thread for the race detector: no order with the last one
+    if (stack_was_started_ && tsan_fiber_) __tsan_destroy_fiber(tsan_fiber_);
+    tsan_fiber_ = __tsan_create_fiber(0);
+    stack_was_started_ = true;  // a new thread for the race detector: no order with the last one
 #endif
 #if defined(EMU_ASAN)
     StartArgs* start_args = (StartArgs*)(stack_ + stack_bytes_ - 64);  // the top of its own stack
@@ -175,7 +176,8 @@ void Fiber::switch_to(Fiber& from, Fiber& to) {
     __sanitizer_start_switch_fiber(&fake_stack, to.asan_bottom_, to.asan_size_);
 #endif
 #if defined(EMU_TSAN)
-    __tsan_switch_to_fiber(to.tsan_fiber_, 0);
+    // no_sync: a switch is not a synchronization; only barriers (execution.cpp) order threads.
+    __tsan_switch_to_fiber(to.tsan_fiber_, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(__x86_64__)
     emu_fiber_switch(&from.sp_, to.sp_);

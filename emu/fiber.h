@@ -32,6 +32,7 @@ class Fiber {
     char* stack_ = nullptr;          // mmap'ed, with a guard page below
     size_t stack_bytes_ = 0;
     void* tsan_fiber_ = nullptr;     // ThreadSanitizer's handle (EMU_RACECHECK builds)
+    bool stack_was_started_ = false;  // tsan_fiber_ is this fiber's own, made by start()
     const void* asan_bottom_ = nullptr;  // AddressSanitizer: this stack's extent
     size_t asan_size_ = 0;
     void* ucontext_ = nullptr;       // the fallback's ucontext_t, other architectures
