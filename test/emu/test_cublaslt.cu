@@ -1,0 +1,540 @@
+// The emulated cuBLASLt (emu/cublaslt.cpp) against a double reference: every layout the trainer's
+// products use (kernels/matmul.cuh: forward T,N; weight gradient N,T with fp32 D and beta 1; input
+// gradient N,N), every other transpose pair, bf16 and fp32, beta 0 and 1, odd and fused (q|k|v,
+// gate|up) shapes; the heuristic's "no algorithm" answer; the stream semantics; what is refused.
+//
+// Tolerance, per element (derived, not calibrated). The emulation computes s = sum over k in order
+// with an fp32 multiply-add (one rounding each), r = fma(beta, c, alpha * s) (two roundings), then
+// rounds r once to D's type. With u = 2^-24 and S = |alpha| sum |a b| + |beta c| (the sum of the
+// magnitudes, in double), the classic recursive-summation bound gives
+//     |r - exact| <= gamma(k + 2) S,   gamma(n) = n u / (1 - n u),
+// and D in bf16 adds the rounding of r, at most 2^-8 |r| (8 significant bits, round to nearest):
+//     |d - exact| <= gamma(k + 2) S + 2^-8 (|exact| + gamma(k + 2) S).
+// Inputs are random magnitudes in [0.25, 1] with random signs (never zero), rounded to their type
+// first, so the reference sees the values the emulation reads. The planted bugs below (an operand
+// read transposed the wrong way, a leading dimension ignored, a sum accumulated in bf16) break this
+// bound by orders of magnitude; a correct fp32 sum cannot.
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#include "../catch_compat.h"
+#include "../../core/rng.h"
+
+namespace {
+
+// ----------------------------------------------------------------------------
+// Host matrices and device buffers
+
+size_t type_bytes(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
+
+float round_to(cudaDataType_t t, float x) { return t == CUDA_R_32F ? x : __bfloat162float(__float2bfloat16(x)); }
+
+// A column-major rows x cols matrix with leading dimension ld, its values held as floats (exactly
+// representable in type); the padding rows between ld and rows are random too.
+struct HostMatrix {
+    cudaDataType_t type;
+    int rows, cols, ld;
+    std::vector<float> v;
+    float at(int i, int j) const { return v[(size_t)i + (size_t)j * ld]; }
+};
+
+float random_value(Rng& rng) {
+    const double magnitude = 0.25 + 0.75 * rng.uniform();
+    return (float)(rng.uniform() < 0.5 ? -magnitude : magnitude);
+}
+
+HostMatrix random_matrix(cudaDataType_t type, int rows, int cols, Rng& rng, int ld = 0) {
+    HostMatrix m{type, rows, cols, ld ? ld : rows, {}};
+    m.v.resize((size_t)m.ld * cols);
+    for (float& x : m.v) x = round_to(type, random_value(rng));
+    return m;
+}
+
+std::vector<unsigned char> encode(const HostMatrix& m) {
+    std::vector<unsigned char> bytes(m.v.size() * type_bytes(m.type));
+    for (size_t i = 0; i < m.v.size(); i++) {
+        if (m.type == CUDA_R_32F) memcpy(&bytes[i * 4], &m.v[i], 4);
+        else {
+            const __nv_bfloat16 b = __float2bfloat16(m.v[i]);
+            memcpy(&bytes[i * 2], &b, 2);
+        }
+    }
+    return bytes;
+}
+
+std::vector<float> decode(const std::vector<unsigned char>& bytes, cudaDataType_t type) {
+    std::vector<float> v(bytes.size() / type_bytes(type));
+    for (size_t i = 0; i < v.size(); i++) {
+        if (type == CUDA_R_32F) memcpy(&v[i], &bytes[i * 4], 4);
+        else {
+            __nv_bfloat16 b;
+            memcpy(&b, &bytes[i * 2], 2);
+            v[i] = __bfloat162float(b);
+        }
+    }
+    return v;
+}
+
+// cudaMalloc'd bytes, freed at scope end; `offset` bytes in, to misalign the matrix on purpose.
+struct DeviceBytes {
+    unsigned char* base = nullptr;
+    size_t offset, bytes;
+    DeviceBytes(size_t bytes_, size_t offset_ = 0) : offset(offset_), bytes(bytes_) {
+        REQUIRE(cudaMalloc((void**)&base, bytes + offset + 16) == cudaSuccess);
+    }
+    ~DeviceBytes() { cudaFree(base); }
+    DeviceBytes(const DeviceBytes&) = delete;
+    unsigned char* ptr() const { return base + offset; }
+    void upload(const std::vector<unsigned char>& host) {
+        REQUIRE(host.size() <= bytes);
+        REQUIRE(cudaMemcpy(ptr(), host.data(), host.size(), cudaMemcpyHostToDevice) == cudaSuccess);
+    }
+    void poison() { REQUIRE(cudaMemset(ptr(), 0xFF, bytes) == cudaSuccess); }  // NaN in bf16 and fp32
+    std::vector<unsigned char> download() const {
+        std::vector<unsigned char> host(bytes);
+        REQUIRE(cudaMemcpy(host.data(), ptr(), bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+        return host;
+    }
+};
+
+// ----------------------------------------------------------------------------
+// The reference and the bound
+
+struct Product {
+    bool ta, tb;
+    float alpha, beta;
+    const HostMatrix *a, *b, *c;
+    int m() const { return ta ? a->cols : a->rows; }
+    int k() const { return ta ? a->rows : a->cols; }
+    int n() const { return tb ? b->rows : b->cols; }
+    float op_a(int i, int p) const { return ta ? a->at(p, i) : a->at(i, p); }
+    float op_b(int p, int j) const { return tb ? b->at(j, p) : b->at(p, j); }
+};
+
+constexpr double U32 = 0x1p-24, U16 = 0x1p-8;
+double gamma(int n) { return n * U32 / (1 - n * U32); }
+
+// How many elements of got (column-major m x n, leading dimension ld) are outside the bound of the
+// header comment; worst is the largest error over its bound.
+struct Verdict {
+    long outside = 0;
+    double worst = 0;
+};
+Verdict check_product(const Product& p, const std::vector<float>& got, int ld, cudaDataType_t d_type) {
+    Verdict verdict;
+    const double g = gamma(p.k() + 2);
+    for (int j = 0; j < p.n(); j++)
+        for (int i = 0; i < p.m(); i++) {
+            double exact = 0, magnitude = 0;
+            for (int t = 0; t < p.k(); t++) {
+                const double prod = (double)p.op_a(i, t) * p.op_b(t, j);
+                exact += prod;
+                magnitude += std::fabs(prod);
+            }
+            exact *= p.alpha;
+            magnitude *= std::fabs(p.alpha);
+            if (p.beta != 0) {
+                exact += (double)p.beta * p.c->at(i, j);
+                magnitude += std::fabs((double)p.beta * p.c->at(i, j));
+            }
+            double bound = g * magnitude + 1e-12 * magnitude;
+            if (d_type != CUDA_R_32F) bound += U16 * (std::fabs(exact) + g * magnitude);
+            const double err = std::fabs((double)got[(size_t)i + (size_t)j * ld] - exact);
+            if (!(err <= bound)) verdict.outside++;
+            verdict.worst = std::max(verdict.worst, std::isfinite(err) ? err / bound : INFINITY);
+        }
+    return verdict;
+}
+
+// ----------------------------------------------------------------------------
+// cuBLASLt calls
+
+#define LT_CHECK(call) REQUIRE((call) == CUBLAS_STATUS_SUCCESS)
+
+struct Lt {
+    cublasLtHandle_t handle = nullptr;
+    Lt() { LT_CHECK(cublasLtCreate(&handle)); }
+    ~Lt() { cublasLtDestroy(handle); }
+};
+
+struct Desc {
+    cublasLtMatmulDesc_t desc = nullptr;
+    Desc(bool ta, bool tb) {
+        LT_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        const cublasOperation_t a = ta ? CUBLAS_OP_T : CUBLAS_OP_N, b = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &a, sizeof(a)));
+        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &b, sizeof(b)));
+    }
+    ~Desc() { cublasLtMatmulDescDestroy(desc); }
+};
+
+struct LayoutHandle {
+    cublasLtMatrixLayout_t layout = nullptr;
+    LayoutHandle(cudaDataType_t type, int rows, int cols, int ld) {
+        LT_CHECK(cublasLtMatrixLayoutCreate(&layout, type, rows, cols, ld));
+    }
+    ~LayoutHandle() { cublasLtMatrixLayoutDestroy(layout); }
+};
+
+struct Pref {
+    cublasLtMatmulPreference_t pref = nullptr;
+    Pref() { LT_CHECK(cublasLtMatmulPreferenceCreate(&pref)); }
+    ~Pref() { cublasLtMatmulPreferenceDestroy(pref); }
+    void set_u32(cublasLtMatmulPreferenceAttributes_t attr, uint32_t value) {
+        LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
+    }
+};
+
+// kernels/matmul.cuh's pointer_alignment: the largest power of two, up to 256, dividing the address.
+uint32_t pointer_alignment(const void* p) {
+    uint32_t alignment = 256;
+    while ((uintptr_t)p % alignment) alignment /= 2;
+    return alignment;
+}
+
+// The heuristic as matmul.cuh's matmul_plan asks it: 32 MiB workspace, split-K reduced in fp32 only,
+// each matrix's actual alignment (C is D). Returns the number of algorithms.
+int heuristic(const Lt& lt, const Desc& desc, const LayoutHandle& a, const LayoutHandle& b, const LayoutHandle& d,
+              const void* pa, const void* pb, const void* pd, cublasLtMatmulHeuristicResult_t* result) {
+    Pref pref;
+    const uint64_t workspace = 32u << 20;
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+                                                  sizeof(workspace)));
+    pref.set_u32(CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE);
+    pref.set_u32(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, pointer_alignment(pa));
+    pref.set_u32(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, pointer_alignment(pb));
+    pref.set_u32(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, pointer_alignment(pd));
+    pref.set_u32(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, pointer_alignment(pd));
+    int found = -1;
+    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt.handle, desc.desc, a.layout, b.layout, d.layout, d.layout, pref.pref, 1,
+                                            result, &found));
+    return found;
+}
+
+// Runs D = alpha op(A) op(B) + beta D (C is D, as in matmul.cuh) on the legacy stream, with each
+// matrix `offset` elements into its allocation (as test_gpu_kernels.cu's OffsetMatrix), and returns
+// D. Planted bugs: planted_flip_a gives cuBLASLt the other transposition of A; planted_b_ld, if not
+// 0, describes B with that leading dimension instead of its own.
+std::vector<float> run_product(const Lt& lt, const Product& p, const HostMatrix& d, size_t offset = 0,
+                               bool planted_flip_a = false, int planted_b_ld = 0) {
+    const bool ta = planted_flip_a ? !p.ta : p.ta;
+    Desc desc(ta, p.tb);
+    LayoutHandle la(p.a->type, p.a->rows, p.a->cols, p.a->ld);
+    LayoutHandle lb(p.b->type, p.b->rows, p.b->cols, planted_b_ld ? planted_b_ld : p.b->ld);
+    LayoutHandle ld(d.type, d.rows, d.cols, d.ld);
+    DeviceBytes da(p.a->v.size() * type_bytes(p.a->type), offset * type_bytes(p.a->type)),
+        db(p.b->v.size() * type_bytes(p.b->type), offset * type_bytes(p.b->type)),
+        dd(d.v.size() * type_bytes(d.type), offset * type_bytes(d.type));
+    da.upload(encode(*p.a));
+    db.upload(encode(*p.b));
+    if (p.beta != 0) dd.upload(encode(d));
+    else dd.poison();  // beta 0: D is written, whatever it held (NaN here)
+    cublasLtMatmulHeuristicResult_t result;
+    REQUIRE(heuristic(lt, desc, la, lb, ld, da.ptr(), db.ptr(), dd.ptr(), &result) == 1);
+    CHECK(result.workspaceSize == 0);
+    CHECK(result.state == CUBLAS_STATUS_SUCCESS);
+    LT_CHECK(cublasLtMatmul(lt.handle, desc.desc, &p.alpha, da.ptr(), la.layout, db.ptr(), lb.layout, &p.beta, dd.ptr(),
+                            ld.layout, dd.ptr(), ld.layout, &result.algo, nullptr, 0, 0));
+    REQUIRE(cudaStreamSynchronize(0) == cudaSuccess);
+    return decode(dd.download(), d.type);
+}
+
+struct Types {
+    cudaDataType_t in, out;
+    const char* name;
+};
+const Types TYPES[] = {{CUDA_R_16BF, CUDA_R_16BF, "bf16 -> bf16"},
+                       {CUDA_R_16BF, CUDA_R_32F, "bf16 -> fp32"},
+                       {CUDA_R_32F, CUDA_R_32F, "fp32 -> fp32"}};
+
+// A and B stored for op(A) (m x k) and op(B) (k x n), each with ld = rows + pad.
+struct Operands {
+    HostMatrix a, b, d;
+};
+Operands make_operands(const Types& types, int m, int n, int k, bool ta, bool tb, Rng& rng, int pad = 0) {
+    Operands o;
+    o.a = ta ? random_matrix(types.in, k, m, rng, k + pad) : random_matrix(types.in, m, k, rng, m + pad);
+    o.b = tb ? random_matrix(types.in, n, k, rng, n + pad) : random_matrix(types.in, k, n, rng, k + pad);
+    o.d = random_matrix(types.out, m, n, rng, m + pad);
+    return o;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+
+TEST_CASE("cublasLtMatmul: every transpose pair, type and beta, within the fp32 bound") {
+    Lt lt;
+    Rng rng(2201);
+    struct Shape { int m, n, k; };
+    // Odd sizes; k = 1 and m = 1 edges; 36 x 21 x 12 is a q|k|v forward of C = 12 over 21 tokens.
+    const Shape shapes[] = {{36, 21, 12}, {5, 7, 3}, {1, 9, 17}, {13, 1, 1}, {48, 30, 129}};
+    for (const Types& types : TYPES)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (const float beta : {0.0f, 1.0f})
+                    for (const Shape& s : shapes) {
+                        INFO(types.name << " transa " << ta << " transb " << tb << " beta " << beta << " m " << s.m
+                                        << " n " << s.n << " k " << s.k);
+                        Operands o = make_operands(types, s.m, s.n, s.k, ta, tb, rng);
+                        const Product p{(bool)ta, (bool)tb, 1.0f, beta, &o.a, &o.b, &o.d};
+                        const std::vector<float> got = run_product(lt, p, o.d);
+                        const Verdict v = check_product(p, got, o.d.ld, types.out);
+                        CHECK(v.outside == 0);
+                        CHECK(v.worst <= 1.0);
+                    }
+}
+
+TEST_CASE("cublasLtMatmul: leading dimensions above the rows, alpha and beta other than 0 and 1") {
+    Lt lt;
+    Rng rng(2202);
+    for (const Types& types : TYPES)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                INFO(types.name << " transa " << ta << " transb " << tb);
+                Operands o = make_operands(types, 19, 11, 23, ta, tb, rng, 5);
+                const Product p{(bool)ta, (bool)tb, 0.75f, -1.5f, &o.a, &o.b, &o.d};
+                const std::vector<float> got = run_product(lt, p, o.d);
+                CHECK(check_product(p, got, o.d.ld, types.out).outside == 0);
+                // The padding rows of D are not written.
+                for (int j = 0; j < o.d.cols; j++)
+                    for (int i = o.d.rows; i < o.d.ld; i++) CHECK(got[(size_t)i + (size_t)j * o.d.ld] == o.d.at(i, j));
+            }
+}
+
+TEST_CASE("cublasLtMatmul: the trainer's products as kernels/matmul.cuh lays them out") {
+    // matmul_forward: out^T (OC, N) = W^T... A = W (C x OC stored, transposed), B = inp (C x N), beta 0.
+    // matmul_backward: dW^T (C, OC) += inp (C x N) . dout^T (stored OC x N, transposed), fp32, beta 1;
+    //                  dinp^T (C, N) = W (C x OC) . dout (OC x N), beta 0.
+    // For OC in q|k|v (3C), the attention output (C), gate|up (2F), down (C from F) and the LM head (V),
+    // in both builds' floatX, with matrices one element into their buffers (slices of a flat buffer:
+    // 2-byte aligned bf16) too.
+    Lt lt;
+    Rng rng(2203);
+    struct Model { int N, C, F, V; size_t offset; };
+    const Model models[] = {{21, 12, 43, 101, 0}, {21, 12, 43, 101, 1}, {96, 128, 344, 1001, 0}};
+    for (const cudaDataType_t floatx : {CUDA_R_16BF, CUDA_R_32F})
+        for (const Model& md : models) {
+            struct Linear { int in, out; const char* name; };
+            const Linear linears[] = {{md.C, 3 * md.C, "q|k|v"}, {md.C, md.C, "attention out"},
+                                      {md.C, 2 * md.F, "gate|up"}, {md.F, md.C, "down"}, {md.C, md.V, "LM head"}};
+            for (const Linear& lin : linears) {
+                const int N = md.N, C = lin.in, OC = lin.out;
+                INFO((floatx == CUDA_R_32F ? "fp32" : "bf16") << " " << lin.name << " N " << N << " C " << C << " OC "
+                                                              << OC << " offset " << md.offset);
+                const HostMatrix W = random_matrix(floatx, C, OC, rng);     // row-major (OC, C)
+                const HostMatrix inp = random_matrix(floatx, C, N, rng);    // row-major (N, C)
+                const HostMatrix dout = random_matrix(floatx, OC, N, rng);  // row-major (N, OC)
+                const HostMatrix out = random_matrix(floatx, OC, N, rng);
+                const HostMatrix dW = random_matrix(CUDA_R_32F, C, OC, rng);
+                const HostMatrix dinp = random_matrix(floatx, C, N, rng);
+                const Product forward{true, false, 1.0f, 0.0f, &W, &inp, &out};
+                const Product weight_grad{false, true, 1.0f, 1.0f, &inp, &dout, &dW};
+                const Product input_grad{false, false, 1.0f, 0.0f, &W, &dout, &dinp};
+                CHECK(check_product(forward, run_product(lt, forward, out, md.offset), out.ld, floatx).outside == 0);
+                CHECK(check_product(weight_grad, run_product(lt, weight_grad, dW, md.offset), dW.ld, CUDA_R_32F).outside == 0);
+                CHECK(check_product(input_grad, run_product(lt, input_grad, dinp, md.offset), dinp.ld, floatx).outside == 0);
+            }
+        }
+}
+
+TEST_CASE("planted bugs break the bound") {
+    Lt lt;
+    Rng rng(2204);
+    for (const Types& types : TYPES) {
+        INFO(types.name);
+        // A square A read with the other transposition: the product of A^T instead of A.
+        Operands o = make_operands(types, 40, 24, 40, true, false, rng);
+        const Product p{true, false, 1.0f, 0.0f, &o.a, &o.b, &o.d};
+        const Verdict flipped = check_product(p, run_product(lt, p, o.d, 0, true), o.d.ld, types.out);
+        CHECK(flipped.outside > 40 * 24 / 2);
+        CHECK(flipped.worst > 100);
+        // B read as if dense (ld = rows) when its columns are 3 apart more: a leading dimension ignored.
+        Operands padded = make_operands(types, 20, 12, 16, false, false, rng, 3);
+        const Product q{false, false, 1.0f, 0.0f, &padded.a, &padded.b, &padded.d};
+        const Verdict dense = check_product(q, run_product(lt, q, padded.d, 0, false, padded.b.rows), padded.d.ld, types.out);
+        CHECK(dense.outside > 20 * 12 / 2);
+        CHECK(dense.worst > 100);
+    }
+    // A sum accumulated in bf16 (rounded after each add), as a split-K reduction in the output type
+    // would: outside the bound of a bf16 output for k = 512.
+    const Types bf16{CUDA_R_16BF, CUDA_R_16BF, "bf16"};
+    Operands o = make_operands(bf16, 16, 16, 512, false, false, rng);
+    const Product p{false, false, 1.0f, 0.0f, &o.a, &o.b, &o.d};
+    std::vector<float> bf16_sum((size_t)16 * 16);
+    for (int j = 0; j < 16; j++)
+        for (int i = 0; i < 16; i++) {
+            float s = 0;
+            for (int t = 0; t < 512; t++) s = round_to(CUDA_R_16BF, s + p.op_a(i, t) * p.op_b(t, j));
+            bf16_sum[(size_t)i + (size_t)j * 16] = s;
+        }
+    const Verdict v = check_product(p, bf16_sum, 16, CUDA_R_16BF);
+    CHECK(v.outside > 0);
+    CHECK(v.worst > 2);
+    // The emulation on the same inputs is inside.
+    CHECK(check_product(p, run_product(lt, p, o.d), 16, CUDA_R_16BF).outside == 0);
+}
+
+TEST_CASE("cublasLtMatmul is queued: runs at the wait, with the alpha and beta of the call") {
+    Lt lt;
+    Rng rng(2205);
+    const Types t{CUDA_R_32F, CUDA_R_32F, "fp32"};
+    Operands o = make_operands(t, 8, 6, 5, false, false, rng);
+    DeviceBytes da(o.a.v.size() * 4), db(o.b.v.size() * 4), dd(o.d.v.size() * 4);
+    da.upload(encode(o.a));
+    db.upload(encode(o.b));
+    dd.upload(encode(o.d));
+    cudaStream_t stream;
+    REQUIRE(cudaStreamCreate(&stream) == cudaSuccess);
+    float alpha = 2.0f, beta = 1.0f;
+    {
+        Desc desc(false, false);
+        LayoutHandle la(CUDA_R_32F, 8, 5, 8), lb(CUDA_R_32F, 5, 6, 5), ld(CUDA_R_32F, 8, 6, 8);
+        LT_CHECK(cublasLtMatmul(lt.handle, desc.desc, &alpha, da.ptr(), la.layout, db.ptr(), lb.layout, &beta, dd.ptr(),
+                                ld.layout, dd.ptr(), ld.layout, nullptr, nullptr, 0, stream));
+        // Nothing has run: D (device memory, host-addressable in the emulation) still holds C.
+        CHECK(memcmp(dd.ptr(), encode(o.d).data(), dd.bytes) == 0);
+    }  // descriptors destroyed before the product runs
+    alpha = 100.0f;
+    beta = 0.0f;
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+    const Product p{false, false, 2.0f, 1.0f, &o.a, &o.b, &o.d};
+    CHECK(check_product(p, decode(dd.download(), CUDA_R_32F), 8, CUDA_R_32F).outside == 0);
+    REQUIRE(cudaStreamDestroy(stream) == cudaSuccess);
+}
+
+TEST_CASE("cublasLtMatmulAlgoGetHeuristic: no algorithm for a matrix misaligned for its type") {
+    // matmul.cuh tells the heuristic each pointer's alignment; a bf16 matrix at an odd address, or an
+    // fp32 one at 2 bytes, has no algorithm (returnedAlgoCount 0: its "no algorithm" exit). 2-byte
+    // aligned bf16 and leading dimensions that are no multiple of 16 bytes are served (by the
+    // element-wise variant), as test/test_gpu_kernels.cu's offset-1 and C = 12 products expect.
+    Lt lt;
+    DeviceBytes buffer(1 << 16);
+    unsigned char* base = buffer.ptr();
+    REQUIRE(pointer_alignment(base) >= 16);
+    cublasLtMatmulHeuristicResult_t result;
+    Desc forward(true, false);
+    LayoutHandle a16(CUDA_R_16BF, 12, 36, 12), b16(CUDA_R_16BF, 12, 21, 12), d16(CUDA_R_16BF, 36, 21, 36);
+    LayoutHandle d32(CUDA_R_32F, 36, 21, 36);
+    CHECK(heuristic(lt, forward, a16, b16, d16, base, base + 4096, base + 8192, &result) == 1);
+    CHECK(heuristic(lt, forward, a16, b16, d16, base + 2, base + 4098, base + 8194, &result) == 1);
+    CHECK(heuristic(lt, forward, a16, b16, d16, base + 1, base + 4096, base + 8192, &result) == 0);
+    CHECK(heuristic(lt, forward, a16, b16, d16, base, base + 4097, base + 8192, &result) == 0);
+    CHECK(heuristic(lt, forward, a16, b16, d16, base, base + 4096, base + 8193, &result) == 0);
+    CHECK(heuristic(lt, forward, a16, b16, d32, base, base + 4096, base + 8196, &result) == 1);
+    CHECK(heuristic(lt, forward, a16, b16, d32, base, base + 4096, base + 8194, &result) == 0);
+    LayoutHandle a32(CUDA_R_32F, 12, 36, 12), b32(CUDA_R_32F, 12, 21, 12);
+    CHECK(heuristic(lt, forward, a32, b32, d32, base + 4, base + 4096, base + 8192, &result) == 1);
+    CHECK(heuristic(lt, forward, a32, b32, d32, base + 2, base + 4096, base + 8192, &result) == 0);
+
+    // The algorithm carries the alignment it was chosen for: one chosen for 16-byte aligned matrices
+    // with leading dimensions of 16 bytes (ld 8 in bf16) refuses a pointer that has only 2 bytes.
+    LayoutHandle a8(CUDA_R_16BF, 8, 8, 8);
+    Desc nn(false, false);
+    REQUIRE(heuristic(lt, nn, a8, a8, a8, base, base + 4096, base + 8192, &result) == 1);
+    const float alpha = 1, beta = 0;
+    CHECK(cublasLtMatmul(lt.handle, nn.desc, &alpha, base + 2, a8.layout, base + 4096, a8.layout, &beta, base + 8192,
+                         a8.layout, base + 8192, a8.layout, &result.algo, nullptr, 0, 0) == CUBLAS_STATUS_INVALID_VALUE);
+    // Chosen for 2-byte alignment (ld 12: 24 bytes), the same offset pointer is fine.
+    LayoutHandle a12(CUDA_R_16BF, 12, 12, 12);
+    REQUIRE(heuristic(lt, nn, a12, a12, a12, base + 2, base + 4096, base + 8192, &result) == 1);
+    CHECK(cublasLtMatmul(lt.handle, nn.desc, &alpha, base + 2, a12.layout, base + 4096, a12.layout, &beta, base + 8192,
+                         a12.layout, base + 8192, a12.layout, &result.algo, nullptr, 0, 0) == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(cudaStreamSynchronize(0) == cudaSuccess);
+
+    // requestedAlgoCount <= 0 is an error.
+    Pref pref;
+    int found = 0;
+    CHECK(cublasLtMatmulAlgoGetHeuristic(lt.handle, nn.desc, a8.layout, a8.layout, a8.layout, a8.layout, pref.pref, 0,
+                                         &result, &found) == CUBLAS_STATUS_INVALID_VALUE);
+}
+
+TEST_CASE("cuBLASLt refuses what it does not emulate, and impossible problems") {
+    Lt lt;
+    cublasLtMatmulDesc_t desc = nullptr;
+    CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F_FAST_TF32, CUDA_R_32F) == CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_16F, CUDA_R_16F) == CUBLAS_STATUS_NOT_SUPPORTED);
+    cublasLtMatrixLayout_t layout = nullptr;
+    CHECK(cublasLtMatrixLayoutCreate(&layout, CUDA_R_16F, 4, 4, 4) == CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatrixLayoutCreate(&layout, CUDA_R_64F, 4, 4, 4) == CUBLAS_STATUS_NOT_SUPPORTED);
+
+    Desc d(false, false);
+    const int32_t op_c = CUBLAS_OP_C, device_mode = CUBLASLT_POINTER_MODE_DEVICE, host_mode = CUBLASLT_POINTER_MODE_HOST;
+    const uint32_t relu = CUBLASLT_EPILOGUE_RELU, plain = CUBLASLT_EPILOGUE_DEFAULT;
+    const void* bias = nullptr;
+    CHECK(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_c, sizeof(op_c)) == CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &relu, sizeof(relu)) == CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &plain, sizeof(plain)) == CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, &device_mode, sizeof(device_mode)) ==
+          CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, &host_mode, sizeof(host_mode)) ==
+          CUBLAS_STATUS_SUCCESS);
+    CHECK(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)) == CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_c, 2) == CUBLAS_STATUS_INVALID_VALUE);
+
+    Pref pref;
+    const float waves = 1.0f;
+    const uint32_t search = 0, bad_mask = 0x8;
+    const uint64_t workspace = 0;
+    CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_MAX_WAVES_COUNT, &waves, sizeof(waves)) ==
+          CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &search, sizeof(search)) ==
+          CUBLAS_STATUS_NOT_SUPPORTED);
+    CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &bad_mask,
+                                               sizeof(bad_mask)) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, 4) ==
+          CUBLAS_STATUS_INVALID_VALUE);
+
+    // Types and shapes, at the heuristic.
+    cublasLtMatmulHeuristicResult_t result;
+    int found = -1;
+    LayoutHandle bf(CUDA_R_16BF, 8, 8, 8), fp(CUDA_R_32F, 8, 8, 8), wide(CUDA_R_16BF, 8, 16, 8), short_ld(CUDA_R_16BF, 8, 8, 4);
+    auto ask = [&](const LayoutHandle& a, const LayoutHandle& b, const LayoutHandle& c, const LayoutHandle& dd) {
+        return cublasLtMatmulAlgoGetHeuristic(lt.handle, d.desc, a.layout, b.layout, c.layout, dd.layout, pref.pref, 1,
+                                              &result, &found);
+    };
+    CHECK(ask(bf, fp, fp, fp) == CUBLAS_STATUS_NOT_SUPPORTED);  // A and B of different types
+    CHECK(ask(fp, fp, bf, bf) == CUBLAS_STATUS_NOT_SUPPORTED);  // fp32 inputs, bf16 output
+    CHECK(ask(bf, bf, fp, bf) == CUBLAS_STATUS_NOT_SUPPORTED);  // C and D of different types
+    CHECK(ask(bf, wide, bf, bf) == CUBLAS_STATUS_INVALID_VALUE);  // D is 8 x 8, op(B) 8 x 16
+    CHECK(ask(wide, bf, bf, bf) == CUBLAS_STATUS_INVALID_VALUE);  // k 16 against 8
+    CHECK(ask(bf, bf, bf, short_ld) == CUBLAS_STATUS_INVALID_VALUE);  // ld 4 below 8 rows
+    CHECK(ask(bf, bf, bf, bf) == CUBLAS_STATUS_SUCCESS);
+    CHECK(found == 1);
+
+    // Destroyed objects are not live.
+    cublasLtMatrixLayout_t gone = nullptr;
+    LT_CHECK(cublasLtMatrixLayoutCreate(&gone, CUDA_R_16BF, 8, 8, 8));
+    LT_CHECK(cublasLtMatrixLayoutDestroy(gone));
+    CHECK(cublasLtMatrixLayoutDestroy(gone) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasLtMatmulAlgoGetHeuristic(lt.handle, d.desc, gone, bf.layout, bf.layout, bf.layout, pref.pref, 1, &result,
+                                         &found) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasLtMatmulAlgoGetHeuristic(nullptr, d.desc, bf.layout, bf.layout, bf.layout, bf.layout, pref.pref, 1,
+                                         &result, &found) == CUBLAS_STATUS_NOT_INITIALIZED);
+    CHECK(std::strlen(cublasGetStatusString(CUBLAS_STATUS_NOT_SUPPORTED)) > 0);
+    CHECK(std::strlen(cublasGetStatusString((cublasStatus_t)12345)) > 0);
+}
+
+TEST_CASE("cublasLtMatmul: matrices outside device memory, and D overlapping its inputs, are INVALID_VALUE") {
+    Lt lt;
+    Desc nn(false, false);
+    LayoutHandle l(CUDA_R_32F, 8, 8, 8), long_ld(CUDA_R_32F, 8, 8, 64);
+    DeviceBytes a(8 * 8 * 4), b(8 * 8 * 4), dbuf(8 * 8 * 4);
+    std::vector<float> host(8 * 8, 1.0f);
+    const float alpha = 1, beta = 0, one = 1;
+    auto run = [&](const void* pa, const void* pb, const void* pc, void* pd, const LayoutHandle& dl, const float* bt) {
+        return cublasLtMatmul(lt.handle, nn.desc, &alpha, pa, l.layout, pb, l.layout, bt, pc, dl.layout, pd, dl.layout,
+                              nullptr, nullptr, 0, 0);
+    };
+    CHECK(run(host.data(), b.ptr(), dbuf.ptr(), dbuf.ptr(), l, &beta) == CUBLAS_STATUS_INVALID_VALUE);  // A in host memory
+    CHECK(run(a.ptr(), b.ptr(), dbuf.ptr(), dbuf.ptr(), long_ld, &beta) == CUBLAS_STATUS_INVALID_VALUE);  // D past its allocation
+    CHECK(run(a.ptr(), b.ptr(), a.ptr(), a.ptr(), l, &beta) == CUBLAS_STATUS_INVALID_VALUE);  // D is A
+    CHECK(run(a.ptr(), b.ptr(), host.data(), dbuf.ptr(), l, &one) == CUBLAS_STATUS_INVALID_VALUE);  // C read from the host
+    CHECK(run(a.ptr(), b.ptr(), dbuf.ptr() + 16, dbuf.ptr(), l, &one) == CUBLAS_STATUS_INVALID_VALUE);  // C, D partly overlap
+    CHECK(run(a.ptr(), b.ptr(), host.data(), dbuf.ptr(), l, &beta) == CUBLAS_STATUS_SUCCESS);  // beta 0: C is not read
+    REQUIRE(cudaStreamSynchronize(0) == cudaSuccess);
+}
