@@ -252,7 +252,8 @@ EMU_HEADERS := $(wildcard emu/*.h emu/include/*.h emu/include/*/*.cuh emu/includ
 EMU_LIB_SOURCES := $(wildcard emu/*.cpp)
 EMU_BASE_FLAGS := -std=c++17 -g -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -I$(CUDA_INCLUDE)
 EMU_OPT ?= -O2
-EMU_FLAGS := $(EMU_BASE_FLAGS) $(EMU_OPT) -Iemu/include -include emu/emu.h $(EMU_CXXFLAGS)
+# emu/include first: its mma.h and cub/ stand in for the CUDA toolkit's (nvcc-only) headers of those names
+EMU_FLAGS := -Iemu/include $(EMU_BASE_FLAGS) $(EMU_OPT) -include emu/emu.h $(EMU_CXXFLAGS)
 EMU_LIBS := -lrt -lpthread
 
 $(EMU_SRC)/.stamp: $(EMU_SOURCES) emu/cuda_to_cpp.py
@@ -278,6 +279,9 @@ $(EMU)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
 	$(CXX) $(EMU_BASE_FLAGS) $(EMU_OPT) -c $< -o $@
 
 $(EMU)/test_gpu_kernels-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_kernels.cu.o $(EMU)/%/test/test_gpu_attention.cu.o $(EMU_LIB)
+	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
+# The emulated tensor-core and PTX instructions against the PTX ISA's tables (emu/ptx.h, emu/include/mma.h).
+$(EMU)/test_emu_ptx-%: $(EMU)/main.o $(EMU)/%/test/emu/test_ptx.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
 $(EMU)/test_emu_execution: $(EMU)/main.o $(EMU)/bf16/test/emu/test_execution.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)

@@ -57,35 +57,62 @@ constexpr float LN2 = 0.6931471805599453f;
 __device__ inline unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 __device__ inline void cp_async16(void* smem, const void* gmem) {
+#ifdef MIXLN_EMU
+    emu::cp_async(smem_addr(smem), gmem, 16, 16, true);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+#endif
 }
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ inline void cp_async_commit() {
+#ifdef MIXLN_EMU
+    emu::cp_async_commit_group();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N>
 __device__ inline void cp_async_wait() {
+#ifdef MIXLN_EMU
+    emu::cp_async_wait_group(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 // Four 8x8 b16 matrices; lanes 8i .. 8i+7 give the row addresses of matrix i, and lane l receives in
 // r[i] matrix i's elements (l/4, 2(l%4)) and (l/4, 2(l%4)+1), or with .trans (2(l%4), l/4) and (2(l%4)+1, l/4).
 __device__ inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
+#ifdef MIXLN_EMU
+    emu::ldmatrix_m8n8(r, 4, false, smem_addr(smem));
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(smem)));
+#endif
 }
 __device__ inline void ldmatrix_x4_trans(unsigned (&r)[4], const void* smem) {
+#ifdef MIXLN_EMU
+    emu::ldmatrix_m8n8(r, 4, true, smem_addr(smem));
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(smem)));
+#endif
 }
 
 // d (16x8 fp32) += a (16x16 bf16, row) b (16x8 bf16, col). With g = lane / 4, t = lane % 4:
 //   a[0] = A(g, 2t..2t+1), a[1] = A(g+8, 2t..), a[2] = A(g, 2t+8..), a[3] = A(g+8, 2t+8..)
 //   b0 = B(2t..2t+1, g), b1 = B(2t+8..2t+9, g);  d[0..1] = D(g, 2t..2t+1), d[2..3] = D(g+8, 2t..2t+1)
 __device__ inline void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+#ifdef MIXLN_EMU
+    const unsigned b[2] = {b0, b1};
+    emu::mma_m16n8k16_bf16(d, a, b, d);
+#else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
                  "{%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 __device__ inline unsigned pack_bf16(float lo, float hi) {  // lo in the low half: the lower column index

@@ -68,9 +68,17 @@ __global__ void __launch_bounds__(CE_BLOCK, 3) crossentropy_v2_kernel(floatX* lo
     }
     for (int j = threadIdx.x; j < nvec; j += CE_BLOCK) {
         const unsigned dst = (unsigned)__cvta_generic_to_shared(row + j * VEC);
+#ifdef MIXLN_EMU
+        emu::cp_async(dst, z + j * VEC, 16, 16, true);
+#else
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(z + j * VEC));
+#endif
     }
+#ifdef MIXLN_EMU
+    emu::cp_async_wait_all();
+#else
     asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
     __syncthreads();
     const float z_target = (float)row[target];
     float row_max = -INFINITY;

@@ -230,7 +230,11 @@ __device__ inline void store128(T* p, const Packed<T>& value) {
 constexpr float LOG2E = 1.4426950408889634f;
 __device__ inline float fast_exp2(float x) {
     float y;
+#ifdef MIXLN_EMU
+    y = emu::ex2_approx_ftz(x);
+#else
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+#endif
     return y;
 }
 

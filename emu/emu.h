@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include "execution.h"
 #include "device.h"
+#include "ptx.h"
 #include "launch.h"
 #include "stream.h"
 
