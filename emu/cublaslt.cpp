@@ -27,6 +27,7 @@
 //   foreign descriptors.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -253,18 +254,37 @@ void store(void* base, cudaDataType_t type, int64_t index, float value) {
     else ((__nv_bfloat16*)base)[index] = __float2bfloat16(value);  // round to nearest even, once
 }
 
-// op(X) as fp32, one row of op(X) (transposed_out false) or one column (true) contiguous per index:
-// element (r, c) of op(X) is stored at (c, r) when X is transposed (CUBLASLT_MATMUL_DESC_TRANSA/B),
-// and stored element (i, j) is at i + j * ld (CUBLASLT_ORDER_COL).
-std::vector<float> gather(const void* x, const Operand& op, bool columns) {
+// op(X) as fp32, column-major and dense: element (r, c) of op(X) at out[c * rows + r]. Element (r, c)
+// of op(X) is stored element (c, r) when X is transposed (CUBLASLT_MATMUL_DESC_TRANSA/B), and stored
+// element (i, j) is at i + j * ld (CUBLASLT_ORDER_COL).
+std::vector<float> gather(const void* x, const Operand& op) {
     const int64_t rows = (int64_t)op.op_rows(), cols = (int64_t)op.op_cols(), ld = op.layout.ld;
     std::vector<float> out((size_t)(rows * cols));
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) {
-            const int64_t stored = op.transposed ? c + r * ld : r + c * ld;
-            out[(size_t)(columns ? c * rows + r : r * cols + c)] = load(x, op.layout.type, stored);
-        }
+    for (int64_t c = 0; c < cols; c++)
+        for (int64_t r = 0; r < rows; r++)
+            out[(size_t)(c * rows + r)] = load(x, op.layout.type, op.transposed ? c + r * ld : r + c * ld);
     return out;
+}
+
+// acc[i] = acc[i] + a[i] * s for i < m: one step of every sum of a column of D, so each element's
+// sum still runs over k in order while the m sums proceed side by side. Exact products (bf16 inputs:
+// 8 x 8 significant bits fit in fp32's 24) make a multiply and an add the same as a fused
+// multiply-add; fp32 inputs need the fused one (FFMA: one rounding), in hardware where the CPU has it.
+void step_exact_products(float* __restrict acc, const float* __restrict a, float s, int64_t m) {
+    for (int64_t i = 0; i < m; i++) acc[i] += a[i] * s;
+}
+#if defined(__x86_64__)
+__attribute__((target("fma"))) void step_fma_hardware(float* __restrict acc, const float* __restrict a, float s,
+                                                       int64_t m) {
+    for (int64_t i = 0; i < m; i++) acc[i] = __builtin_fmaf(a[i], s, acc[i]);
+}
+const bool cpu_has_fma = __builtin_cpu_supports("fma");
+#endif
+void step_fma(float* __restrict acc, const float* __restrict a, float s, int64_t m) {
+#if defined(__x86_64__)
+    if (cpu_has_fma) return step_fma_hardware(acc, a, s, m);
+#endif
+    for (int64_t i = 0; i < m; i++) acc[i] = std::fma(a[i], s, acc[i]);
 }
 
 struct MatmulWork {
@@ -274,24 +294,20 @@ struct MatmulWork {
     void* d;
 
     void operator()() const {
-        const std::vector<float> a_rows = gather(a, p.a, false);   // row i of op(A): a_rows[i * k + t]
-        const std::vector<float> b_cols = gather(b, p.b, true);    // column j of op(B): b_cols[j * k + t]
-        const bool exact_products = p.a.layout.type == CUDA_R_16BF;  // bf16 x bf16 is exact in fp32
-        for (int64_t j = 0; j < p.n; j++)
+        const std::vector<float> op_a = gather(a, p.a), op_b = gather(b, p.b);  // m x k and k x n
+        const auto step = p.a.layout.type == CUDA_R_16BF ? step_exact_products : step_fma;
+        std::vector<float> sum((size_t)p.m);
+        for (int64_t j = 0; j < p.n; j++) {
+            std::fill(sum.begin(), sum.end(), 0.0f);
+            for (int64_t t = 0; t < p.k; t++) step(sum.data(), op_a.data() + t * p.m, op_b[(size_t)(j * p.k + t)], p.m);
             for (int64_t i = 0; i < p.m; i++) {
-                const float* ar = a_rows.data() + i * p.k;
-                const float* bc = b_cols.data() + j * p.k;
-                float sum = 0.0f;
-                if (exact_products)
-                    for (int64_t t = 0; t < p.k; t++) sum += ar[t] * bc[t];  // = fmaf: the product is exact
-                else
-                    for (int64_t t = 0; t < p.k; t++) sum = std::fma(ar[t], bc[t], sum);
-                float result = alpha * sum;
+                float result = alpha * sum[(size_t)i];
                 // beta == 0: C is not read, so it need not hold valid data (cuBLAS, cublas<t>gemm: "If
                 // beta == 0, C does not have to be a valid input"; matmul.cuh writes over poison so).
                 if (beta != 0.0f) result = std::fma(beta, load(c, p.c.type, i + j * p.c.ld), result);
                 store(d, p.d.type, i + j * p.d.ld, result);
             }
+        }
     }
 };
 
