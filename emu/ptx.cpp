@@ -83,9 +83,7 @@ void mma_m16n8k16_f16(float* d, const uint32_t* a, const uint32_t* b, const floa
 namespace {
 
 struct LdmatrixLane {
-    const void* pointer;  // the row address as given: a generic pointer ...
-    uint32_t offset;      // ... or a shared-window address
-    bool is_pointer;
+    const void* row;  // this lane's 16 bytes, read as it arrived (null: a lane that gives no row)
     uint32_t r[4];
 };
 struct LdmatrixOp {
@@ -94,28 +92,22 @@ struct LdmatrixOp {
     const char* what;
 };
 
-const char* ldmatrix_name(int num, bool trans) {
-    static const char* const names[2][3] = {
-        {"ldmatrix.sync.aligned.m8n8.x1.shared.b16", "ldmatrix.sync.aligned.m8n8.x2.shared.b16",
-         "ldmatrix.sync.aligned.m8n8.x4.shared.b16"},
-        {"ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16", "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16",
-         "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"}};
-    return names[trans][num == 1 ? 0 : num == 2 ? 1 : 2];
+const LdmatrixOp& ldmatrix_op(int num, bool trans, const char* file, int line) {
+    static const LdmatrixOp ops[2][3] = {
+        {{1, false, "ldmatrix.sync.aligned.m8n8.x1.shared.b16"}, {2, false, "ldmatrix.sync.aligned.m8n8.x2.shared.b16"},
+         {4, false, "ldmatrix.sync.aligned.m8n8.x4.shared.b16"}},
+        {{1, true, "ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16"},
+         {2, true, "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"},
+         {4, true, "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"}}};
+    if (num != 1 && num != 2 && num != 4) fail("ldmatrix .x%d (%s:%d): the number of matrices is 1, 2 or 4", num, file, line);
+    return ops[trans][num == 1 ? 0 : num == 2 ? 1 : 2];
 }
 
 void ldmatrix_complete(void* const* lanes, unsigned, const void* context) {
     const LdmatrixOp& op = *(const LdmatrixOp*)context;
-    uint16_t M[4][8][8];  // matrix, row, column
+    uint16_t M[4][8][8];  // matrix, row, column: lane 8m + j gave row j of matrix m
     for (int m = 0; m < op.num; m++)
-        for (int j = 0; j < 8; j++) {
-            const int giver = 8 * m + j;
-            const LdmatrixLane* g = (const LdmatrixLane*)lanes[giver];
-            const uint32_t offset = g->is_pointer ? shared_offset(g->pointer) : g->offset;
-            if (offset % 16 != 0)
-                fail("%s: lane %d's row address (shared 0x%x) is not 16-byte aligned", op.what, giver, offset);
-            shared_pointer(offset + 15);  // the whole row inside the block's shared memory
-            std::memcpy(M[m][j], shared_pointer(offset), 16);
-        }
+        for (int j = 0; j < 8; j++) std::memcpy(M[m][j], ((const LdmatrixLane*)lanes[8 * m + j])->row, 16);
     for (int lane = 0; lane < 32; lane++) {
         LdmatrixLane* me = (LdmatrixLane*)lanes[lane];
         const int row = lane / 4, col = 2 * (lane % 4);
@@ -127,39 +119,33 @@ void ldmatrix_complete(void* const* lanes, unsigned, const void* context) {
     }
 }
 
-void ldmatrix_lane(uint32_t* r, int num, bool trans, LdmatrixLane& lane, const char* file, int line) {
-    if (num != 1 && num != 2 && num != 4) fail("ldmatrix .x%d: the number of matrices is 1, 2 or 4 (%s:%d)", num, file, line);
-    static const LdmatrixOp ops[2][3] = {
-        {{1, false, ldmatrix_name(1, false)}, {2, false, ldmatrix_name(2, false)}, {4, false, ldmatrix_name(4, false)}},
-        {{1, true, ldmatrix_name(1, true)}, {2, true, ldmatrix_name(2, true)}, {4, true, ldmatrix_name(4, true)}}};
-    const LdmatrixOp& op = ops[trans][num == 1 ? 0 : num == 2 ? 1 : 2];
+}  // namespace
+
+namespace ptx_detail {
+
+void ldmatrix_check_row(const void* row, int num, bool trans, const char* file, int line) {
+    const LdmatrixOp& op = ldmatrix_op(num, trans, file, line);
+    const uint32_t offset = shared_offset(row);  // fails outside the block's shared memory
+    if (offset % 16 != 0) fail("%s (%s:%d): row address %p (shared 0x%x) is not 16-byte aligned", op.what, file, line, row, offset);
+    shared_pointer(offset + 15);  // the whole row inside the block's shared memory
+}
+
+void ldmatrix_exchange(uint32_t* r, int num, bool trans, const void* row, const char* file, int line) {
+    const LdmatrixOp& op = ldmatrix_op(num, trans, file, line);
+    LdmatrixLane lane{row, {}};
     warp_collective(op.what, 0xffffffffu, file, line, &lane, ldmatrix_complete, &op, false);
     for (int m = 0; m < num; m++) r[m] = lane.r[m];
 }
 
-}  // namespace
-
-void ldmatrix_m8n8(uint32_t* r, int num, bool trans, const void* row, const char* file, int line) {
-    LdmatrixLane lane{row, 0, true, {}};
-    ldmatrix_lane(r, num, trans, lane, file, line);
-}
-void ldmatrix_m8n8(uint32_t* r, int num, bool trans, uint32_t shared_address, const char* file, int line) {
-    LdmatrixLane lane{nullptr, shared_address, false, {}};
-    ldmatrix_lane(r, num, trans, lane, file, line);
-}
+}  // namespace ptx_detail
 
 // ---- cp.async
 
 namespace {
 
-struct Copy {
-    unsigned char* dst;
-    int bytes;
-    unsigned char data[16];
-};
 struct CpAsyncState {
-    std::vector<Copy> uncommitted;
-    std::deque<std::vector<Copy>> groups;  // oldest first
+    std::vector<ptx_detail::Copy> uncommitted;
+    std::deque<std::vector<ptx_detail::Copy>> groups;  // oldest first
 };
 std::vector<CpAsyncState*> g_states;  // every thread's state in the running block
 
@@ -179,35 +165,24 @@ CpAsyncState& state() {
     return *(CpAsyncState*)slot;
 }
 
-void land(const std::vector<Copy>& copies) {
-    for (const Copy& c : copies) std::memcpy(c.dst, c.data, c.bytes);
-}
-
 }  // namespace
 
-void cp_async(void* dst, const void* src, int cp_size, int src_size, bool cg, const char* file, int line) {
+namespace ptx_detail {
+
+void cp_async_check(const void* dst, const void* src, int cp_size, int src_size, bool cg, const char* file, int line) {
     const char* what = cg ? "cp.async.cg.shared.global" : "cp.async.ca.shared.global";
     if (cg ? cp_size != 16 : (cp_size != 4 && cp_size != 8 && cp_size != 16))
         fail("%s (%s:%d): cp-size %d (.cg: 16; .ca: 4, 8 or 16)", what, file, line, cp_size);
     if (src_size < 0 || src_size > cp_size)
         fail("%s (%s:%d): src-size %d outside 0..cp-size %d", what, file, line, src_size, cp_size);
-    const uint32_t offset = shared_offset(dst);
-    shared_pointer(offset + cp_size - 1);  // the whole destination inside the block's shared memory
+    const uint32_t offset = shared_offset(dst);  // fails outside the block's shared memory
+    shared_pointer(offset + cp_size - 1);        // the whole destination inside it
     if (offset % cp_size != 0 || (uintptr_t)src % cp_size != 0)
-        fail("%s (%s:%d): destination (shared 0x%x) or source %p not aligned to cp-size %d", what, file, line, offset, src,
-             cp_size);
-    Copy c;
-    c.dst = (unsigned char*)dst;
-    c.bytes = cp_size;
-    std::memset(c.data, 0, sizeof c.data);
-    if (src_size > 0) std::memcpy(c.data, src, src_size);
-    std::memset(dst, 0xFF, cp_size);  // poison until the matching wait
-    state().uncommitted.push_back(c);
+        fail("%s (%s:%d): destination (shared 0x%x) or source %p not aligned to cp-size %d", what, file, line, offset,
+             src, cp_size);
 }
 
-void cp_async(uint32_t dst_shared_address, const void* src, int cp_size, int src_size, bool cg, const char* file, int line) {
-    cp_async(shared_pointer(dst_shared_address), src, cp_size, src_size, cg, file, line);
-}
+void cp_async_push(const Copy& c) { state().uncommitted.push_back(c); }
 
 void cp_async_commit_group() {
     CpAsyncState& s = state();
@@ -215,19 +190,17 @@ void cp_async_commit_group() {
     s.uncommitted.clear();
 }
 
-void cp_async_wait_group(int n) {
-    if (n < 0) fail("cp.async.wait_group %d: N is a non-negative integer constant", n);
+void cp_async_retire(int keep, bool all, std::vector<Copy>& done) {
+    if (keep < 0) fail("cp.async.wait_group %d: N is a non-negative integer constant", keep);
+    if (all) cp_async_commit_group();  // wait_all = commit_group + wait_group 0
     CpAsyncState& s = state();
-    while ((int)s.groups.size() > n) {
-        land(s.groups.front());
+    while ((int)s.groups.size() > keep) {
+        done.insert(done.end(), s.groups.front().begin(), s.groups.front().end());
         s.groups.pop_front();
     }
 }
 
-void cp_async_wait_all() {
-    cp_async_commit_group();
-    cp_async_wait_group(0);
-}
+}  // namespace ptx_detail
 
 // ---- ex2.approx
 

@@ -22,6 +22,8 @@
 //     addresses are ignored); lane l receives in register i matrix i's elements (l / 4, 2 (l % 4)) and
 //     (l / 4, 2 (l % 4) + 1), low half first; with .trans, (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4).
 //     Row addresses must lie in the block's shared memory, 16-byte aligned: otherwise it fails.
+//     Each address-giving lane reads its row itself, in its own fiber, as it arrives (so the race checker
+//     sees the read as that thread's), then the lanes exchange the rows.
 //
 //   cp.async.{ca,cg}.shared.global [dst], [src], cp-size{, src-size};  cp.async.commit_group;
 //   cp.async.wait_group N;  cp.async.wait_all
@@ -31,7 +33,9 @@
 //     filled with poison (0xFF) at once, and the data lands only when the issuing thread executes the
 //     matching wait: wait_group N completes every committed group but the N most recent, wait_all every
 //     copy (committed or not). A read of the destination before its wait sees poison (NaN). Copies still
-//     pending when the block ends are dropped (their shared memory ends with the block).
+//     pending when the block ends are dropped (their shared memory ends with the block). The source read,
+//     the poison write and the landing write are made by the issuing thread in its own fiber, so the race
+//     checker sees them as its accesses (a buffer refilled while another thread still reads it shows).
 //
 //   ex2.approx.ftz.f32
 //     9.7.3.21 "Floating Point Instructions: ex2": 2^x; the hardware's maximum relative error is about
@@ -39,6 +43,8 @@
 //     input is 0 (result 1), a subnormal result is flushed to a zero of the same sign.
 #pragma once
 #include <cstdint>
+#include <cstring>
+#include <vector>
 #include "execution.h"
 
 namespace emu {
@@ -50,21 +56,69 @@ void mma_m16n8k16_bf16(float* d, const uint32_t* a, const uint32_t* b, const flo
 void mma_m16n8k16_f16(float* d, const uint32_t* a, const uint32_t* b, const float* c,
                       const char* file = __builtin_FILE(), int line = __builtin_LINE());
 
+namespace ptx_detail {
+// ldmatrix: checks a giving lane's row address (shared memory, 16-byte aligned; fails naming the lane);
+// then the warp exchanges the rows read (row: this lane's 16 bytes, or null for a lane that gives none).
+void ldmatrix_check_row(const void* row, int num, bool trans, const char* file, int line);
+void ldmatrix_exchange(uint32_t* r, int num, bool trans, const void* row, const char* file, int line);
+// cp.async: the checks of one copy; the calling thread's pending copies.
+struct Copy {
+    unsigned char* dst;
+    int bytes;
+    unsigned char data[16];
+};
+void cp_async_check(const void* dst, const void* src, int cp_size, int src_size, bool cg, const char* file, int line);
+void cp_async_push(const Copy& c);
+// Takes out the copies that complete: every committed group but the `keep` most recent, and with
+// all, the uncommitted ones too (after committing them).
+void cp_async_retire(int keep, bool all, std::vector<Copy>& done);
+void cp_async_commit_group();
+}  // namespace ptx_detail
+
 // ldmatrix.sync.aligned.m8n8.x{num}{.trans}.shared.b16 r, [row]: num = 1, 2 or 4 registers into r. The
 // row address as a generic pointer into shared memory or as a shared-window address (cvta.to.shared).
-void ldmatrix_m8n8(uint32_t* r, int num, bool trans, const void* row, const char* file = __builtin_FILE(),
-                   int line = __builtin_LINE());
-void ldmatrix_m8n8(uint32_t* r, int num, bool trans, uint32_t shared_address, const char* file = __builtin_FILE(),
-                   int line = __builtin_LINE());
+// (static: compiled into the kernel's own source, so the race checker sees its accesses.)
+static inline void ldmatrix_m8n8(uint32_t* r, int num, bool trans, const void* row,
+                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    unsigned char bytes[16];
+    const bool gives = this_thread().lane < 8 * num;
+    if (gives) {
+        ptx_detail::ldmatrix_check_row(row, num, trans, file, line);
+        std::memcpy(bytes, row, 16);
+    }
+    ptx_detail::ldmatrix_exchange(r, num, trans, gives ? bytes : nullptr, file, line);
+}
+static inline void ldmatrix_m8n8(uint32_t* r, int num, bool trans, uint32_t shared_address,
+                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    const bool gives = this_thread().lane < 8 * num;  // the other lanes' addresses are ignored
+    ldmatrix_m8n8(r, num, trans, gives ? shared_pointer(shared_address) : nullptr, file, line);
+}
 
 // cp.async.{ca,cg}.shared.global [dst], [src], cp_size{, src_size}. cg: the .cg variant (16 bytes only).
-void cp_async(uint32_t dst_shared_address, const void* src, int cp_size, int src_size, bool cg,
-              const char* file = __builtin_FILE(), int line = __builtin_LINE());
-void cp_async(void* dst, const void* src, int cp_size, int src_size, bool cg, const char* file = __builtin_FILE(),
-              int line = __builtin_LINE());
-void cp_async_commit_group();
-void cp_async_wait_group(int n);
-void cp_async_wait_all();
+static inline void cp_async(void* dst, const void* src, int cp_size, int src_size, bool cg,
+                            const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    ptx_detail::cp_async_check(dst, src, cp_size, src_size, cg, file, line);
+    ptx_detail::Copy c;
+    c.dst = (unsigned char*)dst;
+    c.bytes = cp_size;
+    std::memset(c.data, 0, sizeof c.data);
+    if (src_size > 0) std::memcpy(c.data, src, src_size);  // bytes past src-size: zeros
+    std::memset(dst, 0xFF, cp_size);                        // poison until the matching wait
+    ptx_detail::cp_async_push(c);
+}
+static inline void cp_async(uint32_t dst_shared_address, const void* src, int cp_size, int src_size, bool cg,
+                            const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    cp_async(shared_pointer(dst_shared_address), src, cp_size, src_size, cg, file, line);
+}
+inline void cp_async_commit_group() { ptx_detail::cp_async_commit_group(); }
+static inline void cp_async_land(int keep, bool all) {
+    std::vector<ptx_detail::Copy> done;
+    ptx_detail::cp_async_retire(keep, all, done);
+    for (const ptx_detail::Copy& c : done) std::memcpy(c.dst, c.data, c.bytes);
+}
+// cp.async.wait_group n; cp.async.wait_all.
+static inline void cp_async_wait_group(int n) { cp_async_land(n, false); }
+static inline void cp_async_wait_all() { cp_async_land(0, true); }
 
 // ex2.approx.ftz.f32 and ex2.approx.f32.
 float ex2_approx_ftz(float x);

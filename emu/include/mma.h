@@ -13,7 +13,10 @@
 // load_matrix_sync, store_matrix_sync and mma_sync are warp collectives (emu::warp_collective, all 32
 // lanes): a lane that diverges, has exited or is missing fails with the kernel, block, thread and line.
 // Every lane must give the same pointer, ldm and layout (the Guide's rule), the pointer 32-byte aligned
-// and ldm a multiple of 16 bytes; a violation fails. mma_sync computes each D element as the fp32 sum,
+// and ldm a multiple of 16 bytes; a violation fails. Each lane reads its own elements as it arrives at
+// a load, and writes its own after a store's rendezvous, in its own fiber: the race checker sees them as
+// that thread's accesses, and a tile read before the other lanes' writes are ordered (no __syncwarp or
+// __syncthreads) can read stale data, as on a GPU. mma_sync computes each D element as the fp32 sum,
 // over k in order, of the exact products A(m,k) B(k,n) (a bf16 or fp16 product is exact in fp32), then
 // adds C(m,n): the tensor cores' order and internal rounding are not specified, so tests must allow an
 // fp32 accumulation's error, as they would on a GPU.
@@ -73,61 +76,56 @@ template <> inline float from_float<float>(float v) { return v; }
 template <> inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <> inline __half from_float<__half>(float v) { return __float2half(v); }
 
-// One lane's part of a load or store: its fragment's elements, where, and how.
+// One lane's load or store: where and how. Each lane reads (load, before the collective) or writes
+// (store, after it) its own elements in its own fiber, so the race checker sees them as its accesses;
+// the collective checks that the warp converged with one pointer, ldm and layout.
 struct MemLane {
-    void* elements;  // the lane's x[]
     const void* ptr;
     unsigned ldm;
     int layout;  // 0 row major, 1 col major
 };
-struct MemOp {
-    const Permutation* map;
-    size_t bytes;  // element size in memory
-    bool store;
-    const char* what;
-    void (*move)(void* elements, int i, void* memory, bool store);
-};
 
-template <typename T>
-void move_element(void* elements, int i, void* memory, bool store) {
-    if (store) *(T*)memory = ((const T*)elements)[i];
-    else ((T*)elements)[i] = *(const T*)memory;
-}
-
-inline void check_same(void* const* lanes, const char* what) {
+inline void check_same(void* const* lanes, unsigned, const void* what) {
     const MemLane* l0 = (const MemLane*)lanes[0];
     for (int l = 1; l < 32; l++) {
         const MemLane* me = (const MemLane*)lanes[l];
         if (me->ptr != l0->ptr || me->ldm != l0->ldm || me->layout != l0->layout)
             ::emu::fail("%s: lane %d gives (ptr %p, ldm %u, layout %d) but lane 0 (ptr %p, ldm %u, layout %d); all "
-                        "lanes of the warp must give the same", what, l, me->ptr, me->ldm, me->layout, l0->ptr, l0->ldm,
-                        l0->layout);
+                        "lanes of the warp must give the same", (const char*)what, l, me->ptr, me->ldm, me->layout,
+                        l0->ptr, l0->ldm, l0->layout);
     }
 }
 
-inline void mem_complete(void* const* lanes, unsigned, const void* context) {
-    const MemOp& op = *(const MemOp*)context;
-    check_same(lanes, op.what);
-    const MemLane* l0 = (const MemLane*)lanes[0];
-    if ((uintptr_t)l0->ptr % 32 != 0)
-        ::emu::fail("%s: pointer %p is not 256-bit (32-byte) aligned", op.what, l0->ptr);
-    if ((l0->ldm * op.bytes) % 16 != 0)
-        ::emu::fail("%s: ldm %u is not a multiple of 16 bytes (%zu-byte elements)", op.what, l0->ldm, op.bytes);
-    char* base = (char*)l0->ptr;
-    for (int l = 0; l < 32; l++) {
-        void* elements = ((const MemLane*)lanes[l])->elements;
-        for (int i = 0; i < ELEMENTS; i++) {
-            const int p = op.map->pos[l * ELEMENTS + i], r = p / 16, c = p % 16;
-            const size_t index = l0->layout == 0 ? (size_t)r * l0->ldm + c : (size_t)c * l0->ldm + r;
-            op.move(elements, i, base + index * op.bytes, op.store);
-        }
-    }
+// The Guide's rules for the pointer and ldm, checked by each lane before it touches memory.
+inline void check_pointer(const char* what, const void* ptr, unsigned ldm, size_t bytes, const char* file, int line) {
+    if ((uintptr_t)ptr % 32 != 0)
+        ::emu::fail("%s (%s:%d): pointer %p is not 256-bit (32-byte) aligned", what, file, line, ptr);
+    if ((ldm * bytes) % 16 != 0)
+        ::emu::fail("%s (%s:%d): ldm %u is not a multiple of 16 bytes (%zu-byte elements)", what, file, line, ldm, bytes);
 }
 
-inline void mem_collective(const char* what, void* elements, const void* ptr, unsigned ldm, int layout,
-                           const MemOp& op, const char* file, int line) {
-    MemLane lane{elements, ptr, ldm, layout};
-    ::emu::warp_collective(what, 0xffffffffu, file, line, &lane, mem_complete, &op, false);
+// Element i of the calling lane: its index in memory.
+inline size_t element_index(const Permutation& map, int i, unsigned ldm, int layout) {
+    const int p = map.pos[::emu::this_thread().lane * ELEMENTS + i], r = p / 16, c = p % 16;
+    return layout == 0 ? (size_t)r * ldm + c : (size_t)c * ldm + r;
+}
+
+template <typename T>
+inline void load(const char* what, T* x, const T* ptr, unsigned ldm, int layout, const Permutation& map,
+                 const char* file, int line) {
+    check_pointer(what, ptr, ldm, sizeof(T), file, line);
+    for (int i = 0; i < ELEMENTS; i++) x[i] = ptr[element_index(map, i, ldm, layout)];
+    MemLane lane{ptr, ldm, layout};
+    ::emu::warp_collective(what, 0xffffffffu, file, line, &lane, check_same, what, false);
+}
+
+template <typename T>
+inline void store(const char* what, T* ptr, const T* x, unsigned ldm, int layout, const Permutation& map,
+                  const char* file, int line) {
+    check_pointer(what, ptr, ldm, sizeof(T), file, line);
+    MemLane lane{ptr, ldm, layout};
+    ::emu::warp_collective(what, 0xffffffffu, file, line, &lane, check_same, what, false);
+    for (int i = 0; i < ELEMENTS; i++) ptr[element_index(map, i, ldm, layout)] = x[i];
 }
 
 }  // namespace emu_detail
@@ -162,25 +160,22 @@ template <typename Use, int M, int N, int K, typename T, typename Layout>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm,
                              const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
     static_assert(!std::is_same<Use, accumulator>::value, "an accumulator's load_matrix_sync takes a layout_t");
-    static const emu_detail::MemOp op{&emu_detail::Mapping<Use, Layout>::map, sizeof(T), false,
-                                      "wmma::load_matrix_sync", emu_detail::move_element<T>};
-    emu_detail::mem_collective(op.what, f.x, p, ldm, std::is_same<Layout, col_major>::value, op, file, line);
+    emu_detail::load("wmma::load_matrix_sync", f.x, p, ldm, std::is_same<Layout, col_major>::value,
+                     emu_detail::Mapping<Use, Layout>::map, file, line);
 }
 
 template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout,
                              const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
-    static const emu_detail::MemOp op{&emu_detail::Mapping<accumulator, void>::map, sizeof(float), false,
-                                      "wmma::load_matrix_sync", emu_detail::move_element<float>};
-    emu_detail::mem_collective(op.what, f.x, p, ldm, layout == mem_col_major, op, file, line);
+    emu_detail::load("wmma::load_matrix_sync", f.x, p, ldm, layout == mem_col_major,
+                     emu_detail::Mapping<accumulator, void>::map, file, line);
 }
 
 template <int M, int N, int K>
 inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout,
                               const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
-    static const emu_detail::MemOp op{&emu_detail::Mapping<accumulator, void>::map, sizeof(float), true,
-                                      "wmma::store_matrix_sync", emu_detail::move_element<float>};
-    emu_detail::mem_collective(op.what, (void*)f.x, p, ldm, layout == mem_col_major, op, file, line);
+    emu_detail::store("wmma::store_matrix_sync", p, f.x, ldm, layout == mem_col_major,
+                      emu_detail::Mapping<accumulator, void>::map, file, line);
 }
 
 namespace emu_detail {
