@@ -2,6 +2,7 @@
 
     python3 scripts/prepro_text.py --out data/kjv data/kjv/kjv.txt
     python3 scripts/prepro_text.py --tokenizer bpe --vocab-size 4096 --out data/kjv_bpe data/kjv/kjv.txt
+    python3 scripts/prepro_text.py --bpe 4096 --pad-to 128 --out data/kjv_bpe4096_pad128 data/kjv/kjv.txt
     python3 scripts/prepro_text.py --tokenizer bpe --shard-tokens 100000000 --encoding cp1252 \\
         --errors replace --workers 8 --out data/mine 'corpus/*.txt' more_corpus/
 
@@ -22,6 +23,19 @@ Tokenizers:
     hf:NAME    a tokenizer from the Hugging Face hub (needs the network), e.g. hf:google-t5/t5-base,
                or a local tokenizer.json; its "<|endoftext|>" or "</s>" is appended to every document
 bytes needs numpy and tqdm; bpe and hf also the tokenizers package (scripts/requirements.txt).
+--bpe N is short for --tokenizer bpe --vocab-size N. The BPE trains on training documents only
+(never on a validation one).
+
+Documents kept apart, --pad-to T (the paper's padded protocol, as prepro_c4.py --pad-to): padded
+shards of rows of T ids, no row holding ids of two documents, right-padded with the shard's PAD_ID
+(shard_format.py); the trainers take them with -t T, and no position sees another document. A
+document longer than a row is, with --long-documents split (the default), cut into rows that
+overlap by one id (row k holds ids k(T-1) .. k(T-1)+T-1), so that every id but the document's first
+is a target exactly once, as in packed windows; with --long-documents truncate it keeps only its first
+T - 1 ids and the end-of-text id, as the official code does (byte tokenizer: its first T bytes),
+which on long documents such as the KJV's chapters drops most of the text. stats.json then counts
+the ids without padding (train_tokens, val_tokens) and the stored positions (train_positions, ...),
+and --shard-tokens counts positions.
 
 Output in --out: train.bin and val.bin, or with --shard-tokens N the shards train_000.bin,
 train_001.bin, ... and val_000.bin, ..., each closed at the first document end at or past N ids;
@@ -52,7 +66,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from script_errors import BadInput, run_script  # noqa: E402
-from shard_format import ShardAppender, read_shard_slices, token_dtype  # noqa: E402
+from shard_format import PAD_ID, ShardAppender, padded_dtype, read_shard_slices, token_dtype  # noqa: E402
 from text_stream import CHUNK_BYTES, TextStream, check_encoding, expand_inputs  # noqa: E402
 from vocab_format import byte_vocab, tokenizer_vocab, write_vocab  # noqa: E402
 
@@ -168,13 +182,14 @@ def work(stream, val_every, done, window):
 _worker = {}
 
 
-def init_worker(tokenizer_json, eot, dtype):
+def init_worker(tokenizer_json, eot, dtype, pad_to=0, long_documents="split"):
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     if tokenizer_json is not None:
         from tokenizers import Tokenizer
         _worker["tokenizer"] = Tokenizer.from_str(tokenizer_json)
         _worker["tokenizer"].encode_special_tokens = True
     _worker["eot"], _worker["dtype"] = eot, dtype
+    _worker["pad_to"], _worker["long_documents"] = pad_to, long_documents
 
 
 def encode(docs):
@@ -193,8 +208,44 @@ def encode(docs):
     return np.array(ids, dtype=_worker["dtype"]), np.array(lengths, dtype=np.int64)
 
 
+def document_rows(doc, row_tokens, long_documents, eot):
+    """One document's ids (its end-of-text id, if any, last) as padded rows of row_tokens ids, flat:
+    split cuts a long one into rows overlapping by one id (row k starts at id k(T-1), so each id
+    after the first is a target once); truncate keeps its first T - 1 ids and the end-of-text id
+    (without one, its first T ids). Padding is -1 here."""
+    T, n = row_tokens, doc.size
+    if n <= T:
+        starts = [0]
+    elif long_documents == "truncate":
+        doc = np.concatenate([doc[:T - 1], doc[-1:]]) if eot >= 0 else doc[:T]
+        starts, n = [0], T
+    else:
+        starts = list(range(0, n - 1, T - 1))
+    rows = np.full((len(starts), T), -1, dtype=np.int64)
+    for k, start in enumerate(starts):
+        piece = doc[start:start + T]
+        rows[k, :piece.size] = piece
+    return rows.ravel()
+
+
+def encode_padded(docs):
+    """encode() in padded rows: (the rows back to back with PAD_ID as padding, each document's
+    number of stored ids, a multiple of the row length)."""
+    ids, lengths = encode(docs)
+    T, dtype = _worker["pad_to"], _worker["dtype"]
+    rows = [document_rows(doc, T, _worker["long_documents"], _worker["eot"])
+            for doc in np.split(ids.astype(np.int64), np.cumsum(lengths)[:-1])] if len(lengths) else []
+    if not rows:
+        return np.zeros(0, dtype=dtype), np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(rows)
+    flat[flat < 0] = PAD_ID[np.dtype(dtype).itemsize]
+    return flat.astype(dtype), np.array([r.size for r in rows], dtype=np.int64)
+
+
 def tokenize(task):
     train, val, input_bytes = task
+    if _worker["pad_to"]:
+        return {"train": encode_padded(train), "val": encode_padded(val)}, input_bytes
     return {"train": encode(train), "val": encode(val)}, input_bytes
 
 
@@ -203,8 +254,9 @@ class SplitWriter:
     each closed at the first document end at or past shard_tokens ids. state (kept in progress.json)
     counts the closed shards, all documents and ids written, and the ids in the open shard."""
 
-    def __init__(self, out, split, vocab_size, shard_tokens, state):
+    def __init__(self, out, split, vocab_size, shard_tokens, state, row_tokens=0):
         self.out, self.split, self.vocab_size, self.shard_tokens = out, split, vocab_size, shard_tokens
+        self.row_tokens = row_tokens  # > 0: padded shards (documents counted in stored ids, padding included)
         self.state, self.shard = state, None
         for path in self.paths():
             if not os.path.exists(path):
@@ -222,7 +274,7 @@ class SplitWriter:
             path, keep = self.path(self.state["shards"]), self.state["open_tokens"]
             if keep and not os.path.exists(path + ".tmp") and os.path.exists(path):
                 os.replace(path, path + ".tmp")  # closed just before an interruption, but not recorded
-            self.shard = ShardAppender(path, self.vocab_size, keep)
+            self.shard = ShardAppender(path, self.vocab_size, keep, self.row_tokens)
         return self.shard
 
     def _close(self):
@@ -277,6 +329,11 @@ def unigram_baseline(train_paths, val_paths, vocab_size):
     return total / n
 
 
+def count_ids(paths):
+    """The ids in the shards, padding left out."""
+    return sum(int(ids.size) for path in paths for ids in read_shard_slices(path, COUNT_SLICE))
+
+
 def print_baseline(loss):
     print(f"unigram baseline on val: {loss:.4f} nats/token (perplexity {math.exp(loss):.2f})")
 
@@ -327,6 +384,12 @@ def parse_args():
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--tokenizer", default="bytes", help="bytes, bpe or hf:NAME (default bytes)")
     ap.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size for bpe, at least 257 (default 4096)")
+    ap.add_argument("--bpe", type=int, metavar="N", help="short for --tokenizer bpe --vocab-size N")
+    ap.add_argument("--pad-to", type=int, default=0, metavar="T",
+                    help="padded shards: documents kept apart in rows of T ids (default 0: packed)")
+    ap.add_argument("--long-documents", choices=["split", "truncate"], default="split",
+                    help="with --pad-to, a document longer than a row: split into overlapping rows (default) "
+                         "or truncate to one row (the official code's)")
     ap.add_argument("--bpe-sample-bytes", type=int, default=100_000_000,
                     help="bpe trains on this many bytes from the start of the training documents (default 100M)")
     ap.add_argument("--val-every", type=int, default=20, help="every N-th document goes to validation (default 20)")
@@ -339,6 +402,12 @@ def parse_args():
     ap.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES,
                     help="bytes read at a time, and about the text per unit of work (default 1 MiB)")
     args = ap.parse_args()
+    if args.bpe is not None:
+        if args.tokenizer not in ("bytes", "bpe"):
+            ap.error("--bpe N is --tokenizer bpe --vocab-size N: give one of --bpe and --tokenizer")
+        args.tokenizer, args.vocab_size = "bpe", args.bpe
+    if args.pad_to < 0 or args.pad_to == 1:
+        ap.error("--pad-to must be 0 (packed) or at least 2")
     if args.tokenizer not in ("bytes", "bpe") and not args.tokenizer.startswith("hf:"):
         ap.error(f"unknown --tokenizer '{args.tokenizer}' (use bytes, bpe or hf:NAME)")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
@@ -362,6 +431,8 @@ def main():
                 **{k: getattr(args, k) for k in ("tokenizer", "val_every", "shard_tokens", "encoding", "errors")}}
     if args.tokenizer == "bpe":
         settings.update(vocab_size=args.vocab_size, bpe_sample_bytes=args.bpe_sample_bytes)
+    if args.pad_to:
+        settings.update(pad_to=args.pad_to, long_documents=args.long_documents)
     progress = load_progress(args.out, settings)
     stats_path = os.path.join(args.out, "stats.json")
     if progress["finished"] and os.path.exists(stats_path):
@@ -379,7 +450,7 @@ def main():
             tokenizer.save(os.path.join(args.out, "tokenizer.json"))
         progress["bpe_sample"] = bpe_sample_counts
         write_json(os.path.join(args.out, "progress.json"), progress)
-    writers = {split: SplitWriter(args.out, split, vocab_size, args.shard_tokens, progress[split])
+    writers = {split: SplitWriter(args.out, split, vocab_size, args.shard_tokens, progress[split], args.pad_to)
                for split in ("train", "val")}
     stream = TextStream(files, args.encoding, args.errors, args.chunk_bytes)
     write_all(stream, writers, args, tokenizer, eot, vocab_size, progress)
@@ -399,8 +470,8 @@ def main():
         "documents": done["train"]["documents"] + done["val"]["documents"],
         "train_documents": done["train"]["documents"],
         "val_documents": done["val"]["documents"],
-        "train_tokens": done["train"]["tokens"],
-        "val_tokens": done["val"]["tokens"],
+        "train_tokens": count_ids(writers["train"].paths()) if args.pad_to else done["train"]["tokens"],
+        "val_tokens": count_ids(writers["val"].paths()) if args.pad_to else done["val"]["tokens"],
         "train_shards": [os.path.basename(p) for p in writers["train"].paths()],
         "val_shards": [os.path.basename(p) for p in writers["val"].paths()],
         "input_files": len(files),
@@ -413,6 +484,9 @@ def main():
         "unigram_val_loss": baseline,
         "unigram_val_ppl": math.exp(baseline),
     }
+    if args.pad_to:
+        stats.update(pad_to=args.pad_to, long_documents=args.long_documents,
+                     train_positions=done["train"]["tokens"], val_positions=done["val"]["tokens"])
     write_json(stats_path, stats)
     progress["finished"] = True
     write_json(os.path.join(args.out, "progress.json"), progress)
@@ -428,7 +502,8 @@ def write_all(stream, writers, args, tokenizer, eot, vocab_size, progress):
     total_bytes = sum(size for _, size in progress["settings"]["inputs"])
     counts = {"documents": sum(done.values()), "tokens": sum(progress[s]["tokens"] for s in writers)}
     tokens_before, start = counts["tokens"], time.time()
-    initargs = (tokenizer.to_str() if tokenizer else None, eot, token_dtype(vocab_size))
+    dtype = padded_dtype(vocab_size) if args.pad_to else token_dtype(vocab_size)
+    initargs = (tokenizer.to_str() if tokenizer else None, eot, dtype, args.pad_to, args.long_documents)
     # spawn, not fork: the parent may have used the tokenizers package's threads (training the BPE)
     with multiprocessing.get_context("spawn").Pool(args.workers, init_worker, initargs) as pool, \
             tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, disable=None) as bar:
@@ -448,6 +523,8 @@ def write_all(stream, writers, args, tokenizer, eot, vocab_size, progress):
 
 def print_summary(stats, out):
     shards = f"{len(stats['train_shards'])} + {len(stats['val_shards'])} shards"
+    if stats.get("pad_to"):
+        shards += f", padded to rows of {stats['pad_to']} ({stats['long_documents']} long documents)"
     print(f"{stats['documents']} documents -> {stats['train_tokens']} train / {stats['val_tokens']} val tokens in "
           f"{out} ({shards}, vocab {stats['vocab_size']})")
     bad = stats["bytes_replaced"] + stats["bytes_skipped"]

@@ -54,13 +54,18 @@ def write_shard(path, tokens, vocab_size):
 
 
 class ShardAppender:
-    """Writes a packed shard piece by piece into PATH.tmp, which close() completes and renames to PATH,
+    """Writes a shard piece by piece into PATH.tmp, which close() completes and renames to PATH,
     so a shard under its own name is always whole. keep=n reopens the PATH.tmp of an interrupted
-    writer and continues after its first n ids, dropping whatever was written after them."""
+    writer and continues after its first n ids, dropping whatever was written after them.
+    row_tokens=R > 0 writes a padded shard: append() then takes whole rows of R ids, the padding
+    given as PAD_ID of the shard's width (padded_dtype(vocab_size)); keep counts stored ids, padding
+    included."""
 
-    def __init__(self, path, vocab_size, keep=0):
+    def __init__(self, path, vocab_size, keep=0, row_tokens=0):
         self.path, self.tmp, self.vocab_size = str(path), str(path) + ".tmp", vocab_size
-        self.dtype, self.count = token_dtype(vocab_size), keep
+        self.row_tokens = row_tokens
+        self.dtype = padded_dtype(vocab_size) if row_tokens else token_dtype(vocab_size)
+        self.count = keep
         if keep == 0:
             self.file = open(self.tmp, "wb")
             self.file.write(self._header())
@@ -69,17 +74,22 @@ class ShardAppender:
         head = self.file.read(HEADER.size)
         end = HEADER.size + keep * self.dtype.itemsize
         if len(head) < HEADER.size or HEADER.unpack(head)[:3] != (MAGIC, VERSION, self.dtype.itemsize) \
-                or os.path.getsize(self.tmp) < end:
+                or HEADER.unpack(head)[5] != row_tokens or os.path.getsize(self.tmp) < end:
             raise BadInput(f"{self.tmp}: corrupted (expected a shard of at least {keep} ids to continue)")
         self.file.truncate(end)
         self.file.seek(end)
 
     def _header(self):
-        return _header(self.path, self.dtype.itemsize, self.count, self.vocab_size, 0)
+        return _header(self.path, self.dtype.itemsize, self.count, self.vocab_size, self.row_tokens)
 
     def append(self, tokens):
         arr = np.asarray(tokens)
-        _check_ids(self.path, arr, self.vocab_size)
+        if self.row_tokens:
+            if arr.size % self.row_tokens:
+                raise BadInput(f"{self.path}: a padded shard takes whole rows of {self.row_tokens} ids")
+            _check_ids(self.path, arr[arr != PAD_ID[self.dtype.itemsize]], self.vocab_size)
+        else:
+            _check_ids(self.path, arr, self.vocab_size)
         self.file.write(arr.astype(self.dtype, copy=False).tobytes())
         self.count += arr.size
 
@@ -94,10 +104,15 @@ class ShardAppender:
         os.replace(self.tmp, self.path)
 
 
+def padded_dtype(vocab_size):
+    """The ids' type in a padded shard: uint16 when vocab_size < 65536 (so that PAD_ID is no id), else uint32."""
+    return np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
+
+
 def write_padded_shard(path, documents, row_tokens, vocab_size):
     """Writes a padded shard: each document (a sequence of at most row_tokens ids) in a row of its
     own, right-padded with PAD_ID. uint16 when vocab_size < 65536 (so PAD_ID is no id), else uint32."""
-    dtype = np.uint16 if vocab_size < 65536 else np.uint32
+    dtype = padded_dtype(vocab_size)
     rows = np.full((len(documents), row_tokens), PAD_ID[np.dtype(dtype).itemsize], dtype=dtype)
     for i, doc in enumerate(documents):
         doc = np.asarray(doc, dtype=np.int64)
