@@ -50,7 +50,7 @@ Next, from this directory:
   # layer measurements of the trained model: gradient norms, angular distance, pruning (README: Analysis)
   \$ ./analyze_mixln_cpu -f $out -i $data/val.bin -o $out/analysis
   # more text from it
-  \$ $trainer -f $out -x 0 -i $data/train.bin -G 400 -P "And the LORD said"
+  \$ $trainer -f $out -x 0 -G 400 -P "And the LORD said"
   # the paper's Table 1 at this scale: Post-LN, DeepNorm, Pre-LN and Mix-LN, each trained as above
   \$ python3 scripts/reproduce.py table1 --protocol packed --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 500
   # C4 as in the paper (downloads from the Hugging Face hub; README: Data), and larger models on a GPU
