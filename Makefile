@@ -278,10 +278,35 @@ $(EMU)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) $(EMU_OPT) -c $< -o $@
 
+# The GPU kernel tests, unchanged, in both precisions.
 $(EMU)/test_gpu_kernels-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_kernels.cu.o $(EMU)/%/test/test_gpu_attention.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
 # The emulated tensor-core and PTX instructions against the PTX ISA's tables (emu/ptx.h, emu/include/mma.h).
 $(EMU)/test_emu_ptx-%: $(EMU)/main.o $(EMU)/%/test/emu/test_ptx.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
-$(EMU)/test_emu_execution: $(EMU)/main.o $(EMU)/bf16/test/emu/test_execution.cu.o $(EMU_LIB)
+# The emulation's own tests (test/emu/): the execution model, cuBLASLt, CUB (bf16 build; they do not use floatX).
+$(EMU)/test_emu_%: $(EMU)/main.o $(EMU)/bf16/test/emu/test_%.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
+
+# Keep the objects: a relink should not recompile them.
+.SECONDARY:
+
+EMU_TESTS := $(EMU)/test_emu_execution $(EMU)/test_emu_cublaslt $(EMU)/test_emu_cub $(EMU)/test_emu_nccl $(EMU)/test_emu_ptx-bf16 \
+	$(EMU)/test_gpu_kernels-bf16 $(EMU)/test_gpu_kernels-fp32
+.PHONY: test-emu
+test-emu: $(EMU_TESTS)
+	test/run_tests.sh $(EMU_TESTS)
+
+# The GPU trainer on the emulation (issue 22): train_mixln.cu unchanged, same flags as train_mixln, a
+# binary to step through in gdb on any machine. ./train_mixln_emu links to the one built last
+# (make PRECISION=FP32 train_mixln_emu for fp32). Its tests: the GPU trainer's Catch2 suite
+# (test/test_gpu_trainer.cu) and test/emu/test_trainer_emu.sh against train_mixln_cpu.
+EMU_PRECISION := $(if $(filter FP32,$(PRECISION)),fp32,bf16)
+$(EMU)/%/train_mixln_emu: $(EMU)/%/train_mixln.cu.o $(EMU_LIB)
+	$(CXX) $^ -o $@ $(EMU_LIBS)
+.PHONY: train_mixln_emu
+train_mixln_emu: $(EMU)/$(EMU_PRECISION)/train_mixln_emu
+	ln -sf $< $@
+$(EMU)/test_gpu_trainer-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_trainer.cu.o $(EMU_LIB)
+	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
+EMU_TRAINER_TESTS := $(EMU)/test_gpu_trainer-bf16 $(EMU)/test_gpu_trainer-fp32 test/emu/test_trainer_emu.sh

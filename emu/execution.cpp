@@ -38,9 +38,12 @@ struct IgnoreEmulatorAccesses {
     void pause() { this->~IgnoreEmulatorAccesses(); }
     void resume() { new (this) IgnoreEmulatorAccesses(); }
 };
+// A fresh synchronization object (freed, its history goes with it).
+inline char* new_sync() { return new char; }
 #else
 #define EMU_TSAN_RELEASE(p) ((void)0)
 #define EMU_TSAN_ACQUIRE(p) ((void)0)
+inline char* new_sync() { return nullptr; }
 struct IgnoreEmulatorAccesses {
     void pause() {}
     void resume() {}
@@ -110,8 +113,11 @@ struct Executor {
     int barrier_line = 0;
     char* barrier_sync[2] = {};
     int barrier_generation = 0;
-    // warp collectives in progress, per warp
+    // warp collectives in progress, per warp, and the lanes of each warp that have exited
     std::vector<std::vector<Rendezvous*>> pending;
+    std::vector<unsigned> exited;
+    int num_exited = 0;
+    std::vector<Rendezvous*> free_rendezvous;  // reused, never freed
     // shared memory
     char* window = nullptr;
     size_t window_used = 0, static_bytes = 0, dynamic_bytes = 0;
@@ -168,6 +174,8 @@ void thread_main(void* arg) {
     e.launch->body();
     // The thread returned from the kernel: it may not leave lanes of its warp waiting for it.
     t->state = State::Done;
+    e.exited[t->info.warp] |= 1u << t->info.lane;
+    e.num_exited++;
     for (Rendezvous* rv : e.pending[t->info.warp])
         if (rv->mask & (1u << t->info.lane))
             fail("exited while lanes 0x%08x of its warp wait for it in %s (%s:%d, mask 0x%08x)", rv->arrived, rv->what,
@@ -267,6 +275,8 @@ void start_block(int n) {
     if ((int)e.threads.size() < n) e.threads = std::vector<Thread>(n);
     e.num_threads = n;
     e.pending.assign((n + 31) / 32, {});
+    e.exited.assign((n + 31) / 32, 0u);
+    e.num_exited = 0;
     const dim3 b = e.launch->block;
     for (int i = 0; i < n; i++) {
         Thread& t = e.threads[i];
@@ -318,15 +328,16 @@ void block_barrier(const char* what, const char* file, int line) {
     Executor& e = ex();
     Thread* t = e.current;
     if (!t) fail("%s called outside a kernel (%s:%d)", what, file, line);
-    for (int i = 0; i < e.num_threads; i++)
-        if (e.threads[i].state == State::Done)
-            fail("%s (%s:%d): thread %d of the block has already exited and can never arrive (a barrier in "
-                 "divergent code)", what, file, line, i);
+    if (e.num_exited > 0)
+        for (int i = 0; i < e.num_threads; i++)
+            if (e.threads[i].state == State::Done)
+                fail("%s (%s:%d): thread %d of the block has already exited and can never arrive (a barrier in "
+                     "divergent code)", what, file, line, i);
     if (e.barrier_arrived == 0) {
         e.barrier_what = what;
         e.barrier_file = file;
         e.barrier_line = line;
-        if (!e.barrier_sync[e.barrier_generation % 2]) e.barrier_sync[e.barrier_generation % 2] = new char;
+        if (!e.barrier_sync[e.barrier_generation % 2]) e.barrier_sync[e.barrier_generation % 2] = new_sync();
     } else if (e.barrier_line != line || strcmp(e.barrier_file, file) != 0) {
         fail("%s (%s:%d) while other threads of the block wait at %s (%s:%d): threads meet at different barriers",
              what, file, line, e.barrier_what, e.barrier_file, e.barrier_line);
@@ -367,25 +378,27 @@ void warp_collective(const char* what, unsigned mask, const char* file, int line
     const int lane = t->info.lane, warp = t->info.warp;
     const unsigned bit = 1u << lane;
     if (!(mask & bit)) fail("%s (%s:%d) with mask 0x%08x, which leaves out the calling lane %d", what, file, line, mask, lane);
-    for (int l = 0; l < 32; l++) {
-        if (!(mask & (1u << l))) continue;
-        const int id = warp * 32 + l;
-        if (id >= e.num_threads)
-            fail("%s (%s:%d) with mask 0x%08x names lane %d, which is not in the block (%d threads)", what, file, line,
-                 mask, l, e.num_threads);
-        if (e.threads[id].state == State::Done)
-            fail("%s (%s:%d) with mask 0x%08x names lane %d, which has exited", what, file, line, mask, l);
-    }
+    const int lanes_here = e.num_threads - warp * 32;
+    const unsigned existing = lanes_here >= 32 ? 0xffffffffu : (1u << lanes_here) - 1;
+    if (mask & ~existing)
+        fail("%s (%s:%d) with mask 0x%08x names lane %d, which is not in the block (%d threads)", what, file, line,
+             mask, __builtin_ctz(mask & ~existing), e.num_threads);
+    if (mask & e.exited[warp])
+        fail("%s (%s:%d) with mask 0x%08x names lane %d, which has exited", what, file, line, mask,
+             __builtin_ctz(mask & e.exited[warp]));
     std::vector<Rendezvous*>& pending = e.pending[warp];
     Rendezvous* rv = nullptr;
     for (Rendezvous* p : pending)
         if (p->mask & bit) rv = p;
     if (rv) {
-        if (rv->mask != mask || strcmp(rv->what, what) != 0)
+        if (rv->mask != mask || (rv->what != what && strcmp(rv->what, what) != 0))
             fail("%s (%s:%d, mask 0x%08x) while lanes 0x%08x of its warp wait in %s (%s:%d, mask 0x%08x): lanes meet "
                  "at different collectives", what, file, line, mask, rv->arrived, rv->what, rv->file, rv->line, rv->mask);
     } else {
-        rv = new Rendezvous{what, mask, 0, file, line, {}, complete, context, memory_order, new char};
+        if (e.free_rendezvous.empty()) e.free_rendezvous.push_back(new Rendezvous);
+        rv = e.free_rendezvous.back();
+        e.free_rendezvous.pop_back();
+        *rv = Rendezvous{what, mask, 0, file, line, {}, complete, context, memory_order, new_sync()};
         pending.push_back(rv);
     }
     rv->arrived |= bit;
@@ -413,7 +426,7 @@ void warp_collective(const char* what, unsigned mask, const char* file, int line
     if (memory_order) EMU_TSAN_ACQUIRE(sync);
     if (--rv->arrived == 0) {
         delete rv->sync;
-        delete rv;
+        e.free_rendezvous.push_back(rv);
     }
 }
 
