@@ -39,16 +39,19 @@ A run is finished when its log.csv has the validation loss at its last step (-x)
 final checkpoint or a DONE file (written when the trainer exits); a run that diverged (the trainer's
 exit code 3) is recorded as such in DONE. Finished runs are not run again; a rerun with other
 trainer flags for a finished run stops with an error (OUT/CONFIG/.../reproduce.json holds the flags).
-An unfinished run resumes from its newest checkpoint (-r), or starts over (-W 1) if it has none.
+An unfinished run resumes from its newest checkpoint (-r), or starts over (-W 1) if it has none (or
+only the final one, written just before the final validation that did not finish).
 
 Output in --out: runs.csv (every seed's final validation loss and perplexity), results.csv and
 results.md (per configuration: the seeds' mean and standard deviation (n - 1) of the final
 validation loss and perplexity, every seed's value, and the difference to its Pre-LN reference
 paired by seed: the mean and standard deviation of loss(config, s) - loss(Pre-LN, s)), the unigram
 baseline beside the table when the validation shards' directory has prepro_*.py's stats.json; with
---analyze (the presets' default), analysis_*.csv (per configuration and layer: mean and standard
-deviation over seeds); and plots/ (matplotlib): loss curves, gradient norms, angular distance and
-pruning, one line per configuration with a band of one standard deviation over the seeds.
+--analyze (the presets' default), each run's DIR/analysis (done once per final checkpoint: a run
+trained again is analysed again) and analysis_*.csv (per configuration and layer: mean and standard
+deviation over seeds), with a summary table of the layers in results.md; and plots/ (matplotlib):
+loss curves, gradient norms, angular distance and pruning, one line per configuration with a band
+of one standard deviation over the seeds (one set per depth).
 
 --protocol paper (the default): as the official Mix-LN code ran the paper's experiments. The
 validation shards must be padded ones, one document per row (prepro_c4.py --pad-to 256, or
@@ -256,7 +259,10 @@ def run_one(trainer, directory, flags, dry_run=False):
                 f.write(status + "\n")
         return status, False
     cmd = [trainer] + flags + ["-o", directory]
-    if glob.glob(os.path.join(directory, "ckpt_*.bin")):
+    steps = parse_steps(flags)
+    if steps is not None and os.path.exists(os.path.join(directory, f"ckpt_{steps:08d}.bin")):
+        cmd += ["-W", "1"]  # killed in the final validation, after the last checkpoint: nothing left to resume
+    elif glob.glob(os.path.join(directory, "ckpt_*.bin")):
         cmd += ["-r", directory]  # the trainer refuses it if the flags differ from the run's (its run.txt)
     elif os.path.exists(directory) and [n for n in os.listdir(directory) if n != "reproduce.json"]:
         cmd += ["-W", "1"]  # died before its first checkpoint: nothing to resume, so start it over
@@ -269,6 +275,9 @@ def run_one(trainer, directory, flags, dry_run=False):
     seconds = run_seconds(directory)
     with open(os.path.join(directory, "reproduce.json"), "w") as f:
         json.dump({"flags": flags, "seconds": seconds}, f)
+    stale = os.path.join(directory, "analysis", "DONE")
+    if os.path.exists(stale):  # of an earlier final checkpoint: analyse the new one
+        os.remove(stale)
     start = time.time()
     rc = subprocess.call(cmd)
     with open(os.path.join(directory, "reproduce.json"), "w") as f:  # the wall time, over every resume
@@ -646,6 +655,9 @@ def main():
         configs = [c for c in configs if c.name in names]
 
     os.makedirs(args.out, exist_ok=True)
+    total = len(configs) * len(seeds)
+    print(f"{args.table}: {len(configs)} configurations x {len(seeds)} seed(s) = {total} runs in {args.out}"
+          + (f" (seeds {', '.join(map(str, seeds))})" if seeds != [None] else ""), flush=True)
     runs, dirs, ran = {}, {}, 0
     for seed in seeds:
         for c in configs:

@@ -201,6 +201,17 @@ resumes_one_seed() {
         diff "$tmp/first.md" "$tmp/t1/results.md" || { cat "$tmp/resume.log"; return 1; }
 }
 check "an interrupted seed alone runs again, from its checkpoint, to the same result" resumes_one_seed
+# Killed in the final validation: the final checkpoint is there, the log's last validation and DONE
+# are not; the trainer cannot resume at the last step, so that seed starts over (and its new final
+# checkpoint is analysed again), to the same result.
+restarts_after_final_checkpoint() {
+    rm "$tmp/t1/Pre-LN/seed_1/DONE" && sed -i '/^4,val,/d' "$tmp/t1/Pre-LN/seed_1/log.csv"
+    reproduce --seeds 2 > "$tmp/restart.log" 2>&1 || { cat "$tmp/restart.log"; return 1; }
+    [ "$(grep -c '^+ ./train_mixln_cpu' "$tmp/restart.log")" -eq 1 ] && [ "$(grep -c '^+ .*analyze_mixln_cpu -f '"$tmp/t1/Pre-LN/seed_1"' ' "$tmp/restart.log")" -eq 1 ] &&
+        grep -q -- "-o $tmp/t1/Pre-LN/seed_1 -W 1$" "$tmp/restart.log" && diff "$tmp/first.md" "$tmp/t1/results.md" ||
+        { cat "$tmp/restart.log"; return 1; }
+}
+check "a seed killed in its final validation starts over, to the same result" restarts_after_final_checkpoint
 check "other trainer flags for finished runs are refused" fails_with "was run with other trainer flags" \
     python3 scripts/reproduce.py table1 --seeds 2 --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" -l 0.01
 check "-s with --seeds is refused" fails_with "-s is set per run by --seeds" \
