@@ -250,7 +250,7 @@ CUDA_INCLUDE ?= $(firstword $(wildcard /usr/local/cuda/include) $(patsubst %/bin
 EMU_SOURCES := $(wildcard *.cu *.cuh *.h core/*.h kernels/*.cuh kernels/cpu/*.h tokenizer/*.h dev/*.cu dev/*.cuh dev/*.h test/*.cu test/*.cuh test/*.h test/emu/*.cu)
 EMU_HEADERS := $(wildcard emu/*.h emu/include/*.h emu/include/*/*.cuh emu/include/*/*/*.cuh)
 EMU_LIB_SOURCES := $(wildcard emu/*.cpp)
-EMU_BASE_FLAGS := -std=c++17 -g -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -I$(CUDA_INCLUDE)
+EMU_BASE_FLAGS := -std=c++17 -g -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -I$(CUDA_INCLUDE)
 EMU_OPT ?= -O2
 # emu/include first: its mma.h and cub/ stand in for the CUDA toolkit's (nvcc-only) headers of those names
 EMU_FLAGS := -Iemu/include $(EMU_BASE_FLAGS) $(EMU_OPT) -include emu/emu.h $(EMU_CXXFLAGS)
@@ -291,10 +291,11 @@ $(EMU)/test_emu_%: $(EMU)/main.o $(EMU)/bf16/test/emu/test_%.cu.o $(EMU_LIB)
 # Keep the objects: a relink should not recompile them.
 .SECONDARY:
 
+EMU_DEV := $(foreach p,bf16 fp32,$(addprefix $(EMU)/$(p)/dev/,$(DEV_BENCHMARKS)))
 EMU_TESTS := $(EMU)/test_emu_execution $(EMU)/test_emu_cublaslt $(EMU)/test_emu_cub $(EMU)/test_emu_nccl $(EMU)/test_emu_ptx-bf16 \
-	$(EMU)/test_gpu_kernels-bf16 $(EMU)/test_gpu_kernels-fp32
+	$(EMU)/test_gpu_kernels-bf16 $(EMU)/test_gpu_kernels-fp32 test/emu/dev_versions.sh
 .PHONY: test-emu
-test-emu: $(EMU_TESTS)
+test-emu: $(filter-out %.sh,$(EMU_TESTS)) $(EMU_DEV)
 	test/run_tests.sh $(EMU_TESTS)
 
 # The GPU trainer on the emulation (issue 22): train_mixln.cu unchanged, same flags as train_mixln, a
@@ -310,3 +311,10 @@ train_mixln_emu: $(EMU)/$(EMU_PRECISION)/train_mixln_emu
 $(EMU)/test_gpu_trainer-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_trainer.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
 EMU_TRAINER_TESTS := $(EMU)/test_gpu_trainer-bf16 $(EMU)/test_gpu_trainer-fp32 test/emu/test_trainer_emu.sh
+
+# The dev/ benchmarks in emulation: each version validated on its small shapes (DEV_SMALL_ONLY=1), no
+# ceilings, no timing (test/emu/dev_versions.sh runs them all).
+$(EMU)/bf16/dev/%: $(EMU)/bf16/dev/%.cu.o $(EMU_LIB)
+	$(CXX) $^ -o $@ $(EMU_LIBS)
+$(EMU)/fp32/dev/%: $(EMU)/fp32/dev/%.cu.o $(EMU_LIB)
+	$(CXX) $^ -o $@ $(EMU_LIBS)

@@ -391,6 +391,10 @@ inline void measure_ceilings() {
     cudaCheck(cudaEventCreate(&bench.start));
     cudaCheck(cudaEventCreate(&bench.mid));
     cudaCheck(cudaEventCreate(&bench.stop));
+    if (small_shapes_only()) {
+        printf("device: %s; DEV_SMALL_ONLY=1: validation of the small shapes only, nothing timed\n", bench.prop.name);
+        return;
+    }
     const size_t l2 = std::max(bench.prop.l2CacheSize, 1 << 20);
     bench.flush_count = (long)(4 * l2 / sizeof(int4));
     bench.drain_count = (long)(2 * l2 / sizeof(int4));
@@ -406,7 +410,6 @@ inline void measure_ceilings() {
            "write-back drain %.1f us\n",
            bench.prop.name, bench.prop.multiProcessorCount, bench.prop.l2CacheSize / 1e6, bench.prop.totalGlobalMem / 1e9,
            bench.repeats, bench.warmup, bench.drain_ms * 1e3);
-    if (small_shapes_only()) return;
     bench.copy_gbs = measure_copy_gbs((size_t)1 << 30);
     bench.gemm_tflops = measure_gemm_tflops(8192);
     printf("ceiling copy: %.1f GB/s (device-to-device cudaMemcpy of 1 GiB, read + write)\n", bench.copy_gbs);

@@ -210,11 +210,10 @@ static int backward_v2_threads(int C) { return (int)std::min<long>(256, ceil_div
 
 // ----------------------------------------------------------------------------
 
-int main(int argc, char** argv) {
-    const int version = parse_version(argc, argv, 3, VERSIONS);
-    measure_ceilings();
-    const int N = TOKENS, V = VOCAB;
+// One shape: N tokens drawn from Zipf(1) over V, rows of C; validated, then timed if `timed`.
+static void run_shape(int version, const char* name, int N, int V, int C, bool timed) {
     const float scale = 1.0f;
+    const std::string shape = shape_name(name, N, C);
 
     // Zipf(1) over V: rank r has probability proportional to 1 / (r + 1); token id = 7919 r mod V (a
     // bijection, 7919 being prime and not dividing V), so frequent rows are scattered over wte.
@@ -240,71 +239,77 @@ int main(int argc, char** argv) {
     tokens.upload_raw(tokens_h);
     groups.upload_raw(token_groups(tokens_h));
 
-    for (const ModelShape& m : MODEL_SHAPES) {
-        const int C = m.C;
-        const std::string shape = shape_name(m.name, N, C);
-        const double X = sizeof(floatX);
-        if (version > 1 && C % VEC) unsupported("embedding v2/v3: C must be a multiple of 8 (bf16) or 4 (fp32)");
-        printf("%s: C %d\n", m.name, C);
-        DeviceBuffer<floatX> wte((size_t)V * C), out((size_t)N * C), dout((size_t)N * C);
-        DeviceBuffer<float> dwte((size_t)V * C);
-        wte.fill_normal(62);
-        dout.fill_normal(63);
+    const double X = sizeof(floatX);
+    if (version > 1 && C % VEC) unsupported("embedding v2/v3: C must be a multiple of 8 (bf16) or 4 (fp32)");
+    printf("%s: N %d, V %d, C %d\n", name, N, V, C);
+    DeviceBuffer<floatX> wte((size_t)V * C), out((size_t)N * C), dout((size_t)N * C);
+    DeviceBuffer<float> dwte((size_t)V * C);
+    wte.fill_normal(62);
+    dout.fill_normal(63);
 
-        // forward: STORE_TOL (one product, stored)
-        auto forward = [&] {
-            if (version == 1) {
-                embedding_forward(out.ptr, tokens.ptr, wte.ptr, N, C, scale, 0);
-            } else {
-                embedding_forward_v2_kernel<<<ceil_div((long)N * C / VEC, 256), 256>>>(out.ptr, tokens.ptr, wte.ptr, N, C, scale);
-                cudaCheck(cudaGetLastError());
-            }
-        };
-        out.poison();
-        forward();
-        std::vector<double> out_ref((size_t)N * C);
-        embedding_forward(out_ref.data(), tokens_h.data(), to_double(wte.download()).data(), N, C, (double)scale);
-        Validation forward_checks;
-        forward_checks.check("out", out.download(), out_ref, STORE_TOL);
-        if (forward_checks.passed)
-            report_bandwidth("embedding_forward", shape, version, 2.0 * N * C * X + 4.0 * N, benchmark_kernel(forward));
-
-        // backward: the production launcher (version 1, sort included), or the kernels of versions 2
-        // and 3 on the host's groups and pieces.
-        dwte.fill_normal(64);
-        std::vector<double> dwte_ref = to_double(dwte.download());
-        embedding_backward(dwte.ptr, dout.ptr, tokens.ptr, workspace.ptr, N, C, V, scale, 0);
-        cudaCheck(cudaDeviceSynchronize());
-        PieceWork pieces(tokens_h, C);
-        if (version == 3)
-            printf("  version 3: %d pieces, %d tokens split into %d partial rows\n", pieces.num_pieces, pieces.num_finish,
-                   pieces.num_slots);
-        auto backward = [&] {
-            if (version == 1) {
-                embedding_backward(dwte.ptr, dout.ptr, tokens.ptr, workspace.ptr, N, C, V, scale, 0);
-            } else if (version == 2) {
-                embedding_backward_v2_kernel<<<K, backward_v2_threads(C)>>>(dwte.ptr, dout.ptr, groups.ptr, K, C, scale);
-            } else {
-                embedding_backward_pieces_kernel<<<pieces.num_pieces, backward_v2_threads(C)>>>(
-                    dwte.ptr, pieces.partial, dout.ptr, pieces.pieces, pieces.positions, C, scale);
-                cudaCheck(cudaGetLastError());
-                if (pieces.num_finish)
-                    embedding_backward_finish_kernel<<<pieces.num_finish, backward_v2_threads(C)>>>(
-                        dwte.ptr, pieces.partial, pieces.finish, C, scale);
-            }
+    // forward: STORE_TOL (one product, stored)
+    auto forward = [&] {
+        if (version == 1) {
+            embedding_forward(out.ptr, tokens.ptr, wte.ptr, N, C, scale, 0);
+        } else {
+            embedding_forward_v2_kernel<<<ceil_div((long)N * C / VEC, 256), 256>>>(out.ptr, tokens.ptr, wte.ptr, N, C, scale);
             cudaCheck(cudaGetLastError());
-        };
-        // Check: dwte starts random, and the version under test adds the gradient once more on top of
-        // the production launcher's call above; the reference adds it twice. FP32_TOL: per element
-        // two fp32 sums of at most ~1500 terms (a 2^-24 random walk, ~1e-6 relative), added in fp32.
-        backward();
-        const std::vector<double> dout_h = to_double(dout.download());
-        embedding_backward(dwte_ref.data(), dout_h.data(), tokens_h.data(), N, C, (double)scale);
-        embedding_backward(dwte_ref.data(), dout_h.data(), tokens_h.data(), N, C, (double)scale);
-        Validation backward_checks;
-        backward_checks.check("dwte", dwte.download(), dwte_ref, FP32_TOL);
-        if (backward_checks.passed)
-            report_bandwidth("embedding_backward", shape, version, (N * X + 8.0 * K) * C, benchmark_kernel(backward));
-    }
+        }
+    };
+    out.poison();
+    forward();
+    std::vector<double> out_ref((size_t)N * C);
+    embedding_forward(out_ref.data(), tokens_h.data(), to_double(wte.download()).data(), N, C, (double)scale);
+    Validation forward_checks;
+    forward_checks.check("out", out.download(), out_ref, STORE_TOL);
+    if (forward_checks.passed && timed)
+        report_bandwidth("embedding_forward", shape, version, 2.0 * N * C * X + 4.0 * N, benchmark_kernel(forward));
+
+    // backward: the production launcher (version 1, sort included), or the kernels of versions 2
+    // and 3 on the host's groups and pieces.
+    dwte.fill_normal(64);
+    std::vector<double> dwte_ref = to_double(dwte.download());
+    embedding_backward(dwte.ptr, dout.ptr, tokens.ptr, workspace.ptr, N, C, V, scale, 0);
+    cudaCheck(cudaDeviceSynchronize());
+    PieceWork pieces(tokens_h, C);
+    if (version == 3)
+        printf("  version 3: %d pieces, %d tokens split into %d partial rows\n", pieces.num_pieces, pieces.num_finish,
+               pieces.num_slots);
+    auto backward = [&] {
+        if (version == 1) {
+            embedding_backward(dwte.ptr, dout.ptr, tokens.ptr, workspace.ptr, N, C, V, scale, 0);
+        } else if (version == 2) {
+            embedding_backward_v2_kernel<<<K, backward_v2_threads(C)>>>(dwte.ptr, dout.ptr, groups.ptr, K, C, scale);
+        } else {
+            embedding_backward_pieces_kernel<<<pieces.num_pieces, backward_v2_threads(C)>>>(
+                dwte.ptr, pieces.partial, dout.ptr, pieces.pieces, pieces.positions, C, scale);
+            cudaCheck(cudaGetLastError());
+            if (pieces.num_finish)
+                embedding_backward_finish_kernel<<<pieces.num_finish, backward_v2_threads(C)>>>(
+                    dwte.ptr, pieces.partial, pieces.finish, C, scale);
+        }
+        cudaCheck(cudaGetLastError());
+    };
+    // Check: dwte starts random, and the version under test adds the gradient once more on top of
+    // the production launcher's call above; the reference adds it twice. FP32_TOL: per element
+    // two fp32 sums of at most ~1500 terms (a 2^-24 random walk, ~1e-6 relative), added in fp32.
+    backward();
+    const std::vector<double> dout_h = to_double(dout.download());
+    embedding_backward(dwte_ref.data(), dout_h.data(), tokens_h.data(), N, C, (double)scale);
+    embedding_backward(dwte_ref.data(), dout_h.data(), tokens_h.data(), N, C, (double)scale);
+    Validation backward_checks;
+    backward_checks.check("dwte", dwte.download(), dwte_ref, FP32_TOL);
+    if (backward_checks.passed && timed)
+        report_bandwidth("embedding_backward", shape, version, (N * X + 8.0 * K) * C, benchmark_kernel(backward));
+}
+
+int main(int argc, char** argv) {
+    const int version = parse_version(argc, argv, 3, VERSIONS);
+    measure_ceilings();
+    // Small shapes first, validated only: a partial last block, a vector tail, long runs of one token.
+    run_shape(version, "small", 300, 50, 24, false);
+    run_shape(version, "small", 1000, 7, 64, false);
+    if (!small_shapes_only())
+        for (const ModelShape& m : MODEL_SHAPES) run_shape(version, m.name, TOKENS, VOCAB, m.C, true);
     return validation_exit_status();
 }

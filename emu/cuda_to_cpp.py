@@ -10,6 +10,8 @@ compiler errors and gdb point at the original source; each output starts with a 
   __global__ ... __launch_bounds__(M, ...) f(...) {
                                     -> __global__ ... f(...) { EMU_KERNEL_ENTRY(M);
   (a kernel without __launch_bounds__ gets EMU_KERNEL_ENTRY(0)).
+A function template kernel launched without template arguments (fill<<<g, b>>>(float_ptr, n)) goes
+through a generic lambda, so that C++ deduces them from the arguments as nvcc does.
 Everything else (__global__, __device__, intrinsics, <<<>>>-free code) is left to emu.h.
 
 usage: cuda_to_cpp.py --out DIR FILE...   writes DIR/FILE for each FILE (unchanged files are copied),
@@ -72,8 +74,9 @@ def match_close(masked, i, open_c, close_c):
 
 
 class Rewriter:
-    def __init__(self, src, path):
+    def __init__(self, src, path, template_kernels=frozenset()):
         self.src, self.path = src, path
+        self.template_kernels = template_kernels
         self.masked = mask_comments_and_strings(src)
         self.edits = []  # (start, end, replacement)
 
@@ -111,7 +114,11 @@ class Rewriter:
             if close < 0:
                 self.error(start, "<<< without >>>")
             config = self.src[start + 3:close]
-            text = '::emu::make_launcher("%s", __FILE__, __LINE__, %s, %s)' % (expr, self.src[j:end_expr], config)
+            if "<" not in expr and expr.split("::")[-1] in self.template_kernels:
+                kernel = "[](auto&&... a) { %s(static_cast<decltype(a)&&>(a)...); }" % expr
+            else:
+                kernel = self.src[j:end_expr]
+            text = '::emu::make_launcher("%s", __FILE__, __LINE__, %s, %s)' % (expr, kernel, config)
             self.edits.append((j, close + 3, text))
 
     def shared(self):
@@ -148,6 +155,26 @@ class Rewriter:
                 text = ('static char %s; auto& %s = ::emu::shared_variable<%s>(&%s, "%s", __FILE__, __LINE__%s);%s'
                         % (key, name, full, key, name, ", " + align if align else "", newlines))
             self.edits.append((decl_start, semi + 1, text))
+
+    def template_kernel_names(self):
+        """Names of the kernels declared as function templates in this file."""
+        names = set()
+        for m in re.finditer(r"\b__global__\b", self.masked):
+            stmt_start = max(self.masked.rfind(c, 0, m.start()) for c in ";{}") + 1
+            if not re.search(r"\btemplate\b", self.masked[stmt_start:m.start()]):
+                continue
+            depth, i = 0, m.end()
+            while i < len(self.masked) and not (self.masked[i] == "(" and depth == 0 and
+                                                re.search(r"\w\s*$", self.masked[m.end():i]) and
+                                                not re.search(r"__launch_bounds__\s*$", self.masked[m.end():i])):
+                if self.masked[i] == "(":
+                    i = match_close(self.masked, i, "(", ")")
+                    continue
+                i += 1
+            name = re.search(r"(\w+)\s*$", self.masked[m.end():i])
+            if name:
+                names.add(name.group(1))
+        return names
 
     def kernels(self):
         for m in re.finditer(r"\b__global__\b", self.masked):
@@ -211,10 +238,15 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
+    sources = {}
     for path in args.files:
         with open(path) as f:
-            src = f.read()
-        rewritten = Rewriter(src, path).run() if path.endswith((".cu", ".cuh")) else src
+            sources[path] = f.read()
+    cuda = [p for p in args.files if p.endswith((".cu", ".cuh"))]
+    template_kernels = frozenset().union(*[Rewriter(sources[p], p).template_kernel_names() for p in cuda])
+    for path in args.files:
+        src = sources[path]
+        rewritten = Rewriter(src, path, template_kernels).run() if path in cuda else src
         text = '#line 1 "%s"\n%s' % (path, rewritten) if path.endswith((".cu", ".cuh")) else rewritten
         dest = os.path.join(args.out, path)
         os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)

@@ -54,4 +54,28 @@ Launcher<Params...> make_launcher(const char* name, const char* file, int line, 
     return Launcher<Params...>{LaunchSpec{name, file, line, grid, block, shared_bytes, {}}, kernel, stream};
 }
 
+// A kernel template launched without its template arguments: the rewriter wraps it in a generic
+// lambda, which deduces them from the launch's arguments as nvcc does. (Such a kernel has no address
+// for cudaFuncSetAttribute, in CUDA as here, so none is recorded.)
+template <typename F>
+struct GenericLauncher {
+    LaunchSpec spec;
+    F kernel;
+    cudaStream_t stream;
+
+    template <typename... Args>
+    void operator()(Args&&... args) {
+        std::tuple<std::decay_t<Args>...> values(std::forward<Args>(args)...);
+        F k = kernel;
+        spec.body = [k, values]() { std::apply(k, values); };
+        launch(std::move(spec), nullptr, stream);
+    }
+};
+
+template <typename F, typename = std::enable_if_t<std::is_class<F>::value>>
+GenericLauncher<F> make_launcher(const char* name, const char* file, int line, F kernel, dim3 grid, dim3 block,
+                                 size_t shared_bytes = 0, cudaStream_t stream = 0) {
+    return GenericLauncher<F>{LaunchSpec{name, file, line, grid, block, shared_bytes, {}}, kernel, stream};
+}
+
 }  // namespace emu
