@@ -19,7 +19,8 @@ table5: Pre-LN and Mix-LN, plain / + scaled init / + scaled init and scaled embe
 CPU-scale studies (presets: shape, schedule and budget built in; --data DIR names a prepro_text.py
 output with --pad-to 128; flags after "--" are appended to every run and override the preset's):
 cpu_table1: Post-LN, DeepNorm (the official code's), Pre-LN, Mix-LN 0.25, at 8 and at 24 layers
-cpu_table3: Mix-LN alpha in {0, 0.125, 0.25, 0.333, 0.5, 0.75, 1} at 24 layers
+cpu_table3: Mix-LN alpha in {0, 0.125, 0.25, 0.333, 0.5, 0.75, 1} at 24 layers (0, 3, 6, 8, 12, 18, 24
+            Post-LN layers; 0.333 runs as -a 0.3334, since the trainer takes floor(alpha L))
 cpu_lr:     Pre-LN and Mix-LN 0.25 at peak learning rates 5e-4, 1e-3 and 5e-3, at 24 layers
 Each: d 64, 2 heads, ffn 176 (-e tiny -C 64 -H 2 -F 176), -b 16 -t 128 -d 2048 (2048 positions a
 step), 300 steps (614,400 positions: 0.59 of an epoch of the KJV's training split at BPE 4096, so no
@@ -37,7 +38,8 @@ the trainer's default seed or a -s given after "--".
 
 A run is finished when its log.csv has the validation loss at its last step (-x) and it has its
 final checkpoint or a DONE file (written when the trainer exits); a run that diverged (the trainer's
-exit code 3) is recorded as such in DONE. Finished runs are not run again; a rerun with other
+exit code 3, a non-finite loss, or 4, -N steps in a row whose update a non-finite gradient norm
+skipped) is recorded as such in DONE. Finished runs are not run again; a rerun with other
 trainer flags for a finished run stops with an error (OUT/CONFIG/.../reproduce.json holds the flags).
 An unfinished run resumes from its newest checkpoint (-r), or starts over (-W 1) if it has none (or
 only the final one, written just before the final validation that did not finish).
@@ -109,7 +111,9 @@ NORMS = [("Post-LN", ["-a", "1"]), ("DeepNorm", ["-n", "deepnorm_paper"]), ("Pre
 STUDIES = {
     "cpu_table1": [Config(f"L{L} {name}", ["-L", str(L)] + flags, f"L{L} Pre-LN", f"L{L}")
                    for L in (8, 24) for name, flags in NORMS],
-    "cpu_table3": [Config(f"alpha={a}", ["-L", "24", "-a", a], "alpha=0", "L24")
+    # 0, 3, 6, 8, 12, 18 and 24 of the 24 layers Post-LN (the trainer takes floor(alpha L + 1e-9) of them,
+    # so a third is passed as 0.3334: 0.333 would give 7)
+    "cpu_table3": [Config(f"alpha={a}", ["-L", "24", "-a", "0.3334" if a == "0.333" else a], "alpha=0", "L24")
                    for a in ["0", "0.125", "0.25", "0.333", "0.5", "0.75", "1"]],
     "cpu_lr": [Config(f"{name} lr={lr}", ["-L", "24", "-a", alpha, "-l", lr], f"Pre-LN lr={lr}", "L24")
                for lr in ["5e-4", "1e-3", "5e-3"] for name, alpha in [("Pre-LN", "0"), ("Mix-LN", "0.25")]],
@@ -284,8 +288,10 @@ def run_one(trainer, directory, flags, dry_run=False):
         json.dump({"flags": flags, "seconds": round(seconds + time.time() - start, 1)}, f)
     if rc == 0:
         status = "ok"
-    elif rc == 3:
-        status = "diverged"  # the trainer stops on a non-finite loss with exit code 3
+    elif rc in (3, 4):
+        # the trainer stops on a non-finite loss with exit code 3, and with 4 when -N steps in a row
+        # had a non-finite gradient norm and skipped their update (the 'skipped updates' stop)
+        status = "diverged"
     else:
         raise BadInput(f"{' '.join(cmd)} failed with exit code {rc}; rerun this script to resume")
     with open(os.path.join(directory, "DONE"), "w") as f:

@@ -230,7 +230,7 @@ presets_dry_run() {
     done
     grep -q -- "-l 1e-3 -u 0.1 -q 0.1 .* -L 24 -n deepnorm_paper -s 3 -o $tmp/cpu_table1/L24_DeepNorm/seed_3$" "$tmp/cpu_table1.log" &&
         grep -q -- "-L 24 -a 0 -l 5e-3 -s 1 -o $tmp/cpu_lr/Pre-LN_lr_5e-3/seed_1$" "$tmp/cpu_lr.log" &&
-        grep -q -- "-L 24 -a 0.333 -s 2 -o $tmp/cpu_table3/alpha_0.333/seed_2$" "$tmp/cpu_table3.log" || { cat "$tmp"/cpu_*.log; return 1; }
+        grep -q -- "-L 24 -a 0.3334 -s 2 -o $tmp/cpu_table3/alpha_0.333/seed_2$" "$tmp/cpu_table3.log" || { cat "$tmp"/cpu_*.log; return 1; }
 }
 check "the presets: 24, 21 and 18 runs of 3 seeds, with the official schedule (--dry-run)" presets_dry_run
 runs_a_preset() {
