@@ -7,8 +7,10 @@ Format version 3 (little-endian): a 512-byte header of 64 int64 slots, then floa
        n_layer, n_head, d_model, d_ffn  slots 17-26 train state (data position, RNG, batch, ranks, ...)
     slot 8  norm scheme (NORM_SCHEMES)  slot 27     CRC-32 of the file (below)
     slot 9  alpha (double bits)         slot 28     run id
-    slots 10, 11  scaled_init, scaled_embed        slots 29-63  0
-    slots 12, 13  rope_theta, norm_eps (double bits)
+    slots 10, 11  scaled_init,          slot 29     steps whose update was skipped (a non-finite
+       scaled_embed                                 gradient norm; AdamW did slot 15 - slot 29 updates)
+    slots 12, 13  rope_theta, norm_eps  slots 30-63 0
+       (double bits)
     then params[P] (the layout of param_layout), then, if slot 16 is 1, Adam's m[P] and v[P].
 Slot 27 is zlib's CRC-32 of the whole file with slot 27 read as zero. d_ffn is the model's F; the
 file stores the MLP ffn_stored(config) wide, with zeros in the padding (param_layout). Versions 1 and 2
