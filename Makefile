@@ -66,7 +66,7 @@ test: $(BUILD)/test_cpu $(CPU_TOOLS) logits_mixln_cpu
 endif
 
 # The sweep that calibrates the attention checks (test/attention_checks.h) on the CPU emulation of the
-# kernels' rounding; its table is in README ("GPU tolerances"). CPU only, ~3 CPU-minutes.
+# kernels' rounding; its table is in docs/tests.md, "GPU tolerances". CPU only, ~3 CPU-minutes.
 .PHONY: calibrate-attention
 calibrate-attention: $(BUILD)/calibrate_attention
 	$(BUILD)/calibrate_attention
@@ -202,7 +202,7 @@ test: GPU_TESTS += $(if $(NVCC_FOUND),test/test_gpu_runner.sh)
 test: export GPU_RUNNER := $(CUDA_BUILD)/test_gpu_kernels
 
 # ----------------------------------------------------------------------------------------------------
-# The first minutes on a GPU (README "First run on a GPU"). `make gpu-check-build`, on any machine with
+# The first minutes on a GPU (docs/gpu.md, "First run on a GPU"). `make gpu-check-build`, on any machine with
 # nvcc, builds what a GPU run needs and copies it into build/gpu_check (to carry to the GPU machine with
 # the source): both precisions' GPU tests (Catch2 compiled in, so they run wherever the CUDA libraries
 # are, whatever Catch2 that machine has), train_mixln, the dev/ benchmarks, two random shards, and

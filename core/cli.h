@@ -91,7 +91,7 @@ inline const char* train_usage() {
         "  -D 0|1     1: capture a micro-batch's forward and backward, and the update, as CUDA graphs and\n"
         "             replay them; 0: launch every kernel from the host (train_mixln only; default 1,\n"
         "             off on several ranks)\n"
-        "several GPUs (train_mixln launched by mpirun, torchrun or srun; see README)\n"
+        "several GPUs (train_mixln launched by mpirun, torchrun or srun; see docs/gpu.md, Multi-GPU)\n"
         "  -Z 0|1     1: ZeRO-1, each rank keeps and updates 1/N of the fp32 master weights and Adam\n"
         "             moments (reduce-scatter of the gradients, all-gather of the weights); 0: all-reduce\n"
         "             of the gradients, every rank updates everything (default 1)\n"

@@ -202,7 +202,7 @@ inline long parameter_count(const ModelConfig& cfg, long F) {
     return total;
 }
 
-// The model's parameter count N, without the padding: what the README's tables and MFU count.
+// The model's parameter count N, without the padding: what docs/model.md's presets table and MFU count.
 inline long num_model_parameters(const ModelConfig& cfg) { return parameter_count(cfg, cfg.d_ffn); }
 
 // Throws if the stored parameter count of a config does not fit in 64 bits.

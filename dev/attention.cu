@@ -762,7 +762,7 @@ int main(int argc, char** argv) {
                 return r;
             };
             // The checks and bounds of test/attention_checks.h, calibrated on the CPU emulation of
-            // versions 1-3 (README, "GPU tolerances").
+            // versions 1-3 (docs/tests.md, "GPU tolerances").
             const AttentionBounds bounds = FLOATX_IS_FP32 ? ATTENTION_BOUNDS_FP32 : ATTENTION_BOUNDS_BF16;
             auto check = [&](Validation& checks, const char* what, const std::vector<float>& got,
                              const std::vector<double>& ref, const std::vector<double>& scale, bool gradient) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first minutes on a GPU (README "First run on a GPU"): runs everything that needs one, from the
+# The first minutes on a GPU (docs/gpu.md, "First run on a GPU"): runs everything that needs one, from the
 # binaries `make gpu-check-build` left in build/gpu_check (built on a machine without a GPU; nothing is
 # compiled here), each step under its own time limit, so that a hang costs one step and a failure does
 # not stop the next. Writes OUT_DIR/report.md (each step's result and time, the test runners' pass

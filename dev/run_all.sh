@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs every kernel microbenchmark (dev/<kernel>.cu) at every one of its versions, then
 # prints one markdown table (kernel, shape, version, time, GB/s or TFLOP/s, % of the measured ceiling)
-# for README, and the ceilings measured in the same runs. Needs a GPU.
+# for docs/gpu.md ("Kernel benchmarks"), and the ceilings measured in the same runs. Needs a GPU.
 #
 #   dev/run_all.sh [KERNEL ...]       default: all of rmsnorm swiglu rope classifier adamw embedding attention
 #   PRECISION=FP32 dev/run_all.sh     the fp32 builds (build/fp32/dev) instead of bf16 (build/dev)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 
 def read_shard(path):
-    """Token ids of a MIXLNTOK shard (README: File formats), as an int64 tensor."""
+    """Token ids of a MIXLNTOK shard (docs/data-and-formats.md, Token shard), as an int64 tensor."""
     with open(path, "rb") as f:
         header = f.read(32)
         magic, version, width, count, vocab = struct.unpack("<8sIIQI", header[:28])

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the fuzz targets' seed corpora (fuzz/corpus/*), small valid files of each format:
     python3 fuzz/make_seeds.py
-Checkpoints follow README "File formats" (version 3, with the CRC-32 of slot 27 and the MLP's padding zero;
+Checkpoints follow docs/data-and-formats.md, "Checkpoint" (version 3, with the CRC-32 of slot 27 and the MLP's padding zero;
 and a version 2 file, which the reader refuses); optimizer shards version 3."""
 import os
 import struct

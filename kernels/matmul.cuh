@@ -7,7 +7,7 @@
 // one product with the weights stacked, and a residual's second gradient is added by the norm
 // backward that reads it (train_mixln.cu), so nothing needs a zeroed buffer or an add in the epilogue.
 // The weight gradient dW is fp32 in both builds, so that summing it over a step's micro-batches
-// through beta = 1 rounds to fp32, not to bf16, at each add (see README "Gradient accumulation").
+// through beta = 1 rounds to fp32, not to bf16, at each add (see docs/gpu.md, "Gradient accumulation").
 // Split-K algorithms may only reduce their partial sums in the compute type (fp32), never in a bf16
 // output type.
 //

@@ -11,7 +11,7 @@ steps=${DEMO_STEPS:-1000}
 data=${DEMO_DATA:-data/kjv}
 out=${DEMO_OUT:-out/demo}
 # Threads that wait at OpenMP barriers sleep instead of spinning: on a machine shared with other jobs
-# spinning threads steal each other's cores (the trainer ran 6.7x slower on 2 loaded cores; README).
+# spinning threads steal each other's cores (the trainer ran 6.7x slower on 2 loaded cores; docs/setup.md).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 echo "== 1/4 Python packages (scripts/requirements.txt)"
@@ -47,13 +47,13 @@ table_out=$(dirname $out)/table1
 cat <<EOF2
 
 Next, from this directory:
-  # layer measurements of the trained model: gradient norms, angular distance, pruning (README: Analysis)
+  # layer measurements of the trained model: gradient norms, angular distance, pruning (docs/analysis.md)
   \$ ./analyze_mixln_cpu -f $out -i $data/val.bin -o $out/analysis
   # more text from it
   \$ $trainer -f $out -x 0 -G 400 -P "And the LORD said"
   # the paper's Table 1 at this scale: Post-LN, DeepNorm, Pre-LN and Mix-LN, each trained as above
   \$ python3 scripts/reproduce.py table1 --protocol packed --out $table_out -- -e tiny -i $data/train.bin -j $data/val.bin -b 16 -t 128 -d 2048 -x $steps -v 500
-  # C4 as in the paper (downloads from the Hugging Face hub; README: Data), and larger models on a GPU
+  # C4 as in the paper (downloads from the Hugging Face hub; docs/data-and-formats.md), and larger models on a GPU
   \$ python3 scripts/prepro_c4.py --out data/c4
   \$ make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
 EOF2

@@ -3,7 +3,7 @@
 // (test/test_attention_numerics.cpp), the GPU tests (test/test_gpu_attention.cu) and the benchmark
 // (dev/attention.cu). The bounds come from the CPU emulation of the kernels' rounding
 // (test/attention_emulation.h) swept over T = 7 ... 4096 and head sizes 16 ... 128 by
-// `make calibrate-attention` (table in README, "GPU tolerances").
+// `make calibrate-attention` (table in docs/tests.md, "GPU tolerances").
 //
 // Metrics, per output tensor (out, dq, dk, dv):
 // - L2-relative error ||got - ref|| / ||ref||: the size of the error over the whole tensor; a systematic
@@ -23,7 +23,7 @@
 
 // Bounds on the metrics above: each at least 3x the worst case of the emulation over the calibration
 // sweep (T 7 ... 4096, hd 32 ... 128, versions 1-3); the emulated worst cases and the margins are in
-// README, "GPU tolerances". The per-element bound is what catches a bug confined to a few rows (a mask
+// docs/tests.md, "GPU tolerances". The per-element bound is what catches a bug confined to a few rows (a mask
 // off by one at a tile edge misses it by 2.5x or more at T = 200), the L2 bound a systematic error.
 struct AttentionBounds {
     double out_l2, out_element;    // forward output

@@ -2,7 +2,7 @@
 // in double on the same floatX-rounded inputs, with poisoned outputs (test/gpu_test_utils.cuh).
 //
 // Metrics and bounds: test/attention_checks.h, calibrated on the CPU emulation of these kernels'
-// rounding (README, "GPU tolerances"). The shapes cover one tile, partial tiles, many tiles (T 1024) and
+// rounding (docs/tests.md, "GPU tolerances"). The shapes cover one tile, partial tiles, many tiles (T 1024) and
 // every head size.
 #include <cmath>
 #include <vector>

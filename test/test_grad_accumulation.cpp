@@ -1,4 +1,4 @@
-// Why the GPU trainer keeps its weight gradients in fp32 (README "Gradient accumulation"): an
+// Why the GPU trainer keeps its weight gradients in fp32 (docs/gpu.md, "Gradient accumulation"): an
 // emulation, on the CPU, of summing one weight gradient dW (OC, C) += dout^T inp over a step's
 // micro-batches through cuBLAS's beta = 1. Each micro-batch's product is computed in fp32 from bf16
 // inputs (as the tensor cores do); the running sum is then either rounded to bf16 after every add (a
