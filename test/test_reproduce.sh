@@ -212,6 +212,31 @@ restarts_after_final_checkpoint() {
         { cat "$tmp/restart.log"; return 1; }
 }
 check "a seed killed in its final validation starts over, to the same result" restarts_after_final_checkpoint
+# Diverged runs, with a stand-in trainer: Post-LN stops on a non-finite loss (exit code 3), DeepNorm
+# on -N skipped updates (4), the others finish with a val loss of 5 + seed / 10 (Mix-LN 0.1 lower).
+diverged_runs() {
+    cat > "$tmp/stand_in" <<'EOF'
+#!/usr/bin/env bash
+out= seed= alpha= norm=
+while [ $# -gt 0 ]; do
+    case $1 in -o) out=$2;; -s) seed=$2;; -a) alpha=$2;; -n) norm=$2;; esac; shift
+done
+mkdir -p "$out"
+[ "$alpha" = 1 ] && exit 3
+[ -n "$norm" ] && exit 4
+loss=$(python3 -c "print(5 + $seed / 10 - (0.1 if '$alpha' == '0.25' else 0))")
+printf 'step,split,loss,lr,grad_norm\n2,train,%s,0.001,1\n2,val,%s,0.001,0\n' "$loss" "$loss" > "$out/log.csv"
+: > "$out/ckpt_00000002.bin"
+EOF
+    chmod +x "$tmp/stand_in"
+    local run=(python3 scripts/reproduce.py table1 --seeds 3 --protocol packed --trainer "$tmp/stand_in" --no-plots --out "$tmp/dv" -- -x 2 -j "$tmp/data/val.bin")
+    "${run[@]}" > "$tmp/dv.log" 2>&1 && "${run[@]}" > "$tmp/dv2.log" 2>&1 || { cat "$tmp/dv.log" "$tmp/dv2.log"; return 1; }
+    grep -q "^| Post-LN | 0/3, 3 diverged | - | - | - | - | diverged, diverged, diverged |$" "$tmp/dv/results.md" &&
+        grep -q "^| DeepNorm | 0/3, 3 diverged | - |" "$tmp/dv/results.md" &&
+        grep -q "^| Mix-LN | 3/3 | 5.1000 ± 0.1000 | .* | -0.1000 ± 0.0000 (n=3) | .* | 5.0000, 5.1000, 5.2000 |$" "$tmp/dv/results.md" &&
+        [ "$(cat "$tmp/dv/Post-LN/seed_2/DONE")" = diverged ] && ! grep -q "^+ " "$tmp/dv2.log" || { cat "$tmp/dv.log" "$tmp/dv/results.md"; return 1; }
+}
+check "diverged runs (exit codes 3 and 4) are recorded, shown as diverged, left out of the means and not rerun" diverged_runs
 check "other trainer flags for finished runs are refused" fails_with "was run with other trainer flags" \
     python3 scripts/reproduce.py table1 --seeds 2 --trainer ./train_mixln_cpu --out "$tmp/t1" -- "${flags[@]}" -l 0.01
 check "-s with --seeds is refused" fails_with "-s is set per run by --seeds" \
