@@ -32,7 +32,19 @@ namespace {
 
 constexpr size_t DEVICE_GUARD = 256;  // poisoned bytes before and after every allocation
 constexpr unsigned char POISON = 0xFF;
-constexpr size_t TOTAL_MEMORY = 80ull << 30;
+// The device's memory: 80 GiB, or EMU_DEVICE_MEMORY_MB (a smaller device, so that a test can run out
+// of memory without the host allocating 80 GiB). EMU_REPORT_MEMORY=1: the peak of the device memory
+// allocated (cudaMalloc, not pinned) is printed to stderr at exit, "emu: peak device memory N bytes".
+size_t total_memory() {
+    static const size_t total = [] {
+        const char* s = getenv("EMU_DEVICE_MEMORY_MB");
+        return s && *s ? (size_t)atoll(s) << 20 : 80ull << 30;
+    }();
+    return total;
+}
+#define TOTAL_MEMORY total_memory()
+size_t g_peak_device_bytes = 0;
+void report_peak_memory() { fprintf(stderr, "emu: peak device memory %zu bytes\n", g_peak_device_bytes); }
 
 struct Allocation {
     size_t bytes;
@@ -73,6 +85,14 @@ cudaError_t allocate(void** p, size_t bytes, bool pinned) {
     char* user = base + DEVICE_GUARD;
     allocations()[user] = {bytes, pinned};
     if (!pinned) g_device_bytes += bytes;
+    if (g_device_bytes > g_peak_device_bytes) {
+        static const bool report = [] {
+            const char* s = getenv("EMU_REPORT_MEMORY");
+            return s && *s && *s != '0' && atexit(report_peak_memory) == 0;
+        }();
+        (void)report;
+        g_peak_device_bytes = g_device_bytes;
+    }
     *p = user;
     return cudaSuccess;
 }
