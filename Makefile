@@ -311,6 +311,8 @@ train_mixln_emu: $(EMU)/$(EMU_PRECISION)/train_mixln_emu
 $(EMU)/test_gpu_trainer-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_trainer.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
 EMU_TRAINER_TESTS := $(EMU)/test_gpu_trainer-bf16 $(EMU)/test_gpu_trainer-fp32 test/emu/test_trainer_emu.sh
+EMU_TESTS += $(EMU_TRAINER_TESTS)
+test-emu: $(filter-out %.sh,$(EMU_TRAINER_TESTS)) $(EMU)/bf16/train_mixln_emu $(EMU)/fp32/train_mixln_emu train_mixln_cpu
 
 # The dev/ benchmarks in emulation: each version validated on its small shapes (DEV_SMALL_ONLY=1), no
 # ceilings, no timing (test/emu/dev_versions.sh runs them all).
