@@ -14,7 +14,8 @@
 #     grad_norms.csv (-y 1: each layer's attention, MLP and total norm per step) and the weights of the
 #     step-5 checkpoint, per tensor and layer (||w - w_cpu|| / ||w_cpu||), within the bounds below.
 #  2. bitwise (log.csv, grad_norms.csv, the checkpoint but its run id): CUDA graphs off (-D 0) and
-#     recomputation (-R 1) against the plain bf16 run; a run stopped by SIGTERM after step 3 (the
+#     recomputation (-R 1) against the plain bf16 run, and the plain run with the emulation's blocks and
+#     lanes in shuffled orders (no result depends on the order in which blocks or threads run); a run stopped by SIGTERM after step 3 (the
 #     trainer's own stop: it finishes the step, checkpoints and exits 130) and resumed with -r, against
 #     the uninterrupted run; one rank over NCCL (RANK=0 WORLD_SIZE=1), ZeRO-1 and all-reduce, against
 #     the process without NCCL (data_parallel.cuh: on one rank every collective leaves the numbers as
@@ -26,8 +27,8 @@
 #     device's peak of cudaMalloc'ed bytes (EMU_REPORT_MEMORY), and a -b too large for the device (EMU_DEVICE_MEMORY_MB,
 #     a 256 MiB device) refused: exit 1, "out of GPU memory allocating the activations ...", no files.
 #  5. 2 and 3 ranks as processes (torchrun's RANK/WORLD_SIZE, the NCCL id over MIXLN_RENDEZVOUS=file:),
-#     emulated NCCL (emu/nccl.cpp) in POSIX shared memory, ZeRO-1 and all-reduce (all-reduce in the fp32
-#     build only, for time; one rank's all-reduce is in 2.), 3 steps, against 1
+#     emulated NCCL (emu/nccl.cpp) in POSIX shared memory, ZeRO-1 and all-reduce, 3 steps, in the fp32
+#     build (tight bounds; for time, the bf16 build's ZeRO-1 runs only feed the resume), against 1
 #     rank with the same total batch (-d = ranks x 96 tokens: 1 rank accumulates the ranks' micro-
 #     batches); the optimizer shards written (one per rank) and a resume from step 2 bitwise the
 #     uninterrupted step 3 (weights, moments, shards, logs); a rank killed (SIGKILL) mid-run ends the
@@ -62,9 +63,8 @@
 # (a wrong slice differs by ~1: its whole update, 0.4 of the weights, or more).
 # N ranks against 1 rank: the same tokens and weights; the micro-batches' gradients are summed in
 # another order (each rank's own, then NCCL's sum in rank order, against one rank's sequential
-# accumulation), in fp32 in both builds: the step-1 loss and norm within 1e-5, and later steps as the
-# fp32 build's steps 2-5 above (the same AdamW amplification; in the bf16 build also the flip of a
-# weight's bf16 rounding): the fp32 bounds for fp32, the bf16 bounds for bf16.
+# accumulation), in fp32: the step-1 loss and norm within 1e-5, and later steps as the
+# fp32 build's steps 2-5 above (the same AdamW amplification): the fp32 bounds.
 set -u
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -205,6 +205,7 @@ export -f stop_and_resume
     done
     echo "$emu_bf16 $run -a 0.25 -D 0 -o $tmp/bf16_nographs > $tmp/bf16_nographs.log 2>&1"
     echo "$emu_bf16 $run -a 0.25 -R 1 -o $tmp/bf16_recompute > $tmp/bf16_recompute.log 2>&1"
+    echo "EMU_BLOCK_ORDER=shuffle EMU_LANE_ORDER=shuffle EMU_SEED=3 $emu_bf16 $run -a 0.25 -o $tmp/bf16_shuffled > $tmp/bf16_shuffled.log 2>&1"
     echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_z1 $emu_bf16 $run -a 0.25 -Z 1 -o $tmp/bf16_nccl_zero1 > $tmp/bf16_nccl_zero1.log 2>&1"
     echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_a1 $emu_bf16 $run -a 0.25 -Z 0 -o $tmp/bf16_nccl_allreduce > $tmp/bf16_nccl_allreduce.log 2>&1"
     echo "stop_and_resume $emu_bf16 bf16_stopped $run -a 0.25"
@@ -213,7 +214,8 @@ export -f stop_and_resume
         for n in 1 2 3; do
             for z in 1 0; do
                 [ $n -gt 1 ] || [ $z -eq 1 ] || continue  # one 1-rank run per -d: without NCCL
-                [ $p = fp32 ] || [ $z -eq 1 ] || continue  # all-reduce over several ranks: fp32 only (time)
+                [ $p = fp32 ] || [ $z -eq 1 ] || continue  # bf16: ZeRO-1 only, for the resume (time)
+                [ $p = fp32 ] || [ $n -gt 1 ] || continue  # bf16: no 1-rank comparison (time)
                 if [ $n -eq 1 ]; then
                     for d in 2 3; do
                         echo "$bin -e tiny -b 2 -t 48 -d $((d * 96)) -x 3 -s 7 -i $tmp/train.bin -y 1 -c 1 -k 0 -o $tmp/${p}_1rank_d$d > $tmp/${p}_1rank_d$d.log 2>&1"
@@ -240,6 +242,7 @@ done
 echo "bitwise: graphs, recompute, one rank over NCCL, stop and resume (bf16, Mix-LN 0.25)"
 check "-D 0 (kernels launched one by one) as -D 1 (CUDA graphs)" same_run bf16_nographs bf16_mix_ln
 check "-R 1 (layers recomputed in the backward) as -R 0" same_run bf16_recompute bf16_mix_ln
+check "blocks and lanes run in shuffled orders (EMU_BLOCK_ORDER, EMU_LANE_ORDER) as in order" same_run bf16_shuffled bf16_mix_ln
 check "one rank over NCCL, ZeRO-1, as one process without NCCL" same_run bf16_nccl_zero1 bf16_mix_ln
 check "one rank over NCCL, all-reduce, as one process without NCCL" same_run bf16_nccl_allreduce bf16_mix_ln
 stopped_resumed() {
@@ -256,7 +259,7 @@ echo "evaluate and sample only, from the CPU trainer's Mix-LN checkpoint"
 ckpt=cpu_mix_ln/ckpt_00000005.bin
 for who in cpu fp32 bf16; do
     bin=$cpu; [ $who = fp32 ] && bin=$emu_fp32; [ $who = bf16 ] && bin=$emu_bf16
-    echo "EMU_REPORT_MEMORY=1 $bin -f $ckpt -x 0 -j val.bin -b 32 -t 48 -m 1 -G 24 -T 0 -z vocab.bin > eval_$who.log 2>&1; echo exit \$? >> eval_$who.log"
+    echo "EMU_REPORT_MEMORY=1 $bin -f $ckpt -x 0 -j val.bin -b 32 -t 48 -m 1 -G 16 -T 0 -z vocab.bin > eval_$who.log 2>&1; echo exit \$? >> eval_$who.log"
 done > eval_jobs.txt
 pool eval_jobs.txt
 val_loss() { sed -n 's/^val loss \([0-9.]*\) .*/\1/p' "$1"; }
@@ -268,10 +271,10 @@ evaluates() {  # WHO TOL
 }
 check "fp32: -f CKPT -x 0 -j VAL: the val loss within 1e-5" evaluates fp32 1e-5
 check "bf16: -f CKPT -x 0 -j VAL: the val loss within 3e-3" evaluates bf16 3e-3
-samples_as_cpu() { [ "$(sample eval_fp32.log | wc -c)" -gt 30 ] && cmp <(sample eval_fp32.log) <(sample eval_cpu.log); }
-check "fp32: -f CKPT -x 0 -G 24 -T 0: the CPU trainer's greedy sample, byte for byte" samples_as_cpu
-samples() { [ "$(sample eval_bf16.log | wc -c)" -gt 30 ]; }
-check "bf16: -f CKPT -x 0 -G 24 -T 0 samples" samples
+samples_as_cpu() { [ "$(sample eval_fp32.log | wc -c)" -gt 35 ] && cmp <(sample eval_fp32.log) <(sample eval_cpu.log); }
+check "fp32: -f CKPT -x 0 -G 16 -T 0: the CPU trainer's greedy sample, byte for byte" samples_as_cpu
+samples() { [ "$(sample eval_bf16.log | wc -c)" -gt 35 ]; }
+check "bf16: -f CKPT -x 0 -G 16 -T 0 samples" samples
 
 echo "memory"
 estimate_is_peak() {
@@ -297,11 +300,10 @@ refuses_large_batch() {
 check "-b 400 on a 256 MiB device: refused (out of GPU memory, the activations named), exit 1, no checkpoint or log" refuses_large_batch
 
 echo "ranks as processes over emulated NCCL (3 steps; -d = ranks x 96 tokens)"
-for p in fp32 bf16; do
-    if [ $p = fp32 ]; then tols="1e-5 1e-5 1e-4 3e-4 1e-3"; else tols="1e-5 3e-3 5e-2 1.5e-1 2e-1"; fi
+for p in fp32; do
+    tols="1e-5 1e-5 1e-4 3e-4 1e-3"
     for n in 2 3; do
         for z in 1 0; do
-            [ $p = fp32 ] || [ $z -eq 1 ] || continue
             zname=ZeRO-1; [ $z = 1 ] || zname=all-reduce
             ranks_ok() {  # every rank exit 0; one optimizer shard per rank (ZeRO-1) or none
                 local r
@@ -361,6 +363,6 @@ check "bf16, 2 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 b
 check "bf16, 3 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 bitwise" resume_ranks bf16_3ranks_z1 3
 check "a rank killed mid-run: the other stops with an NCCL error; the checkpoints left verify" kill_rank
 
-echo "test_trainer_emu: $((SECONDS - start)) s"
+echo "(test_trainer_emu took $((SECONDS - start)) s)"
 echo "test_trainer_emu: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
