@@ -13,7 +13,8 @@
 #     fp32 and bf16 builds against train_mixln_cpu: log.csv (loss, gradient norm per step),
 #     grad_norms.csv (-y 1: each layer's attention, MLP and total norm per step) and the weights of the
 #     step-5 checkpoint, per tensor and layer (||w - w_cpu|| / ||w_cpu||), within the bounds below.
-#  2. bitwise (log.csv, grad_norms.csv, the checkpoint but its run id): CUDA graphs off (-D 0) and
+#     Mix-LN also clips (-g 1; the norms are about 1.15) and decays weights (-w 0.1).
+#  2. bitwise (log.csv, grad_norms.csv, the checkpoint but its run id), Mix-LN with -g 1 -w 0.1: CUDA graphs off (-D 0) and
 #     recomputation (-R 1) against the plain bf16 run, and the plain run with the emulation's blocks and
 #     lanes in shuffled orders (no result depends on the order in which blocks or threads run); a run stopped by SIGTERM after step 3 (the
 #     trainer's own stop: it finishes the step, checkpoints and exits 130) and resumed with -r, against
@@ -27,7 +28,8 @@
 #     device's peak of cudaMalloc'ed bytes (EMU_REPORT_MEMORY), and a -b too large for the device (EMU_DEVICE_MEMORY_MB,
 #     a 256 MiB device) refused: exit 1, "out of GPU memory allocating the activations ...", no files.
 #  5. 2 and 3 ranks as processes (torchrun's RANK/WORLD_SIZE, the NCCL id over MIXLN_RENDEZVOUS=file:),
-#     emulated NCCL (emu/nccl.cpp) in POSIX shared memory, ZeRO-1 and all-reduce, 3 steps, in the fp32
+#     emulated NCCL (emu/nccl.cpp) in POSIX shared memory, ZeRO-1 and all-reduce, 3 steps with clipping
+#     (-g 1: the global norm over the ranks' slices), weight decay and a validation at the end, in the fp32
 #     build (tight bounds; for time, the bf16 build's ZeRO-1 runs only feed the resume), against 1
 #     rank with the same total batch (-d = ranks x 96 tokens: 1 rank accumulates the ranks' micro-
 #     batches); the optimizer shards written (one per rank) and a resume from step 2 bitwise the
@@ -86,6 +88,7 @@ check() {
     shift
     if out=$("$@" 2>&1); then
         passed=$((passed + 1)); echo "  ok    $name"
+        grep -E '^(worst: |estimate: |stopped after |rank 0: exit )' <<<"$out" | sed 's/^/        /'  # the measured
     else
         failed=$((failed + 1)); echo "  FAIL  $name"; tail -n 20 <<<"$out" | sed 's/^/        /'
     fi
@@ -164,16 +167,20 @@ same_run() {
 }
 
 run="-e tiny -b 2 -t 48 -d 96 -x 5 -s 7 -i $tmp/train.bin -y 1 -c 5 -k 0"
-schemes=("pre_ln:-a 0" "mix_ln:-a 0.25" "post_ln:-a 1" "deepnorm:-n deepnorm" "deepnorm_paper:-n deepnorm_paper"
+mix="-a 0.25 -g 1 -w 0.1"  # clipping (the norms are about 1.15) and weight decay
+schemes=("pre_ln:-a 0" "mix_ln:$mix" "post_ln:-a 1" "deepnorm:-n deepnorm" "deepnorm_paper:-n deepnorm_paper"
          "scaled:-a 0.25 -S 1 -E 1")
 
+# The ranks' runs: clipping, weight decay, a validation of 6 batches at the end, -y, checkpoints every step.
+rank_flags="-i $tmp/train.bin -j $tmp/val.bin -m 6 -g 1 -w 0.1 -y 1 -c 1 -k 0"
+export rank_flags
 # 1 rank against N: -d = N x 96 tokens. $1 ranks, $2 -Z, $3 output, $4 the binary, then more flags.
 ranks_run() {
     local n=$1 z=$2 out=$3 bin=$4 r
     shift 4
     for r in $(seq 0 $((n - 1))); do
         (RANK=$r WORLD_SIZE=$n MIXLN_RENDEZVOUS=file:$tmp/rdv_$out $bin -e tiny -b 2 -t 48 -d $((n * 96)) -x 3 -s 7 \
-            -i $tmp/train.bin -y 1 -c 1 -k 0 -Z $z -o $tmp/$out "$@" > $tmp/$out.rank$r.log 2>&1; echo "exit $?" >> $tmp/$out.rank$r.log) &
+            $rank_flags -Z $z -o $tmp/$out "$@" > $tmp/$out.rank$r.log 2>&1; echo "exit $?" >> $tmp/$out.rank$r.log) &
     done
     wait
 }
@@ -203,12 +210,12 @@ export -f stop_and_resume
         echo "$emu_fp32 $run $f -o $tmp/fp32_$n > $tmp/fp32_$n.log 2>&1"
         echo "$emu_bf16 $run $f -o $tmp/bf16_$n > $tmp/bf16_$n.log 2>&1"
     done
-    echo "$emu_bf16 $run -a 0.25 -D 0 -o $tmp/bf16_nographs > $tmp/bf16_nographs.log 2>&1"
-    echo "$emu_bf16 $run -a 0.25 -R 1 -o $tmp/bf16_recompute > $tmp/bf16_recompute.log 2>&1"
-    echo "EMU_BLOCK_ORDER=shuffle EMU_LANE_ORDER=shuffle EMU_SEED=3 $emu_bf16 $run -a 0.25 -o $tmp/bf16_shuffled > $tmp/bf16_shuffled.log 2>&1"
-    echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_z1 $emu_bf16 $run -a 0.25 -Z 1 -o $tmp/bf16_nccl_zero1 > $tmp/bf16_nccl_zero1.log 2>&1"
-    echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_a1 $emu_bf16 $run -a 0.25 -Z 0 -o $tmp/bf16_nccl_allreduce > $tmp/bf16_nccl_allreduce.log 2>&1"
-    echo "stop_and_resume $emu_bf16 bf16_stopped $run -a 0.25"
+    echo "$emu_bf16 $run $mix -D 0 -o $tmp/bf16_nographs > $tmp/bf16_nographs.log 2>&1"
+    echo "$emu_bf16 $run $mix -R 1 -o $tmp/bf16_recompute > $tmp/bf16_recompute.log 2>&1"
+    echo "EMU_BLOCK_ORDER=shuffle EMU_LANE_ORDER=shuffle EMU_SEED=3 $emu_bf16 $run $mix -o $tmp/bf16_shuffled > $tmp/bf16_shuffled.log 2>&1"
+    echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_z1 $emu_bf16 $run $mix -Z 1 -o $tmp/bf16_nccl_zero1 > $tmp/bf16_nccl_zero1.log 2>&1"
+    echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_a1 $emu_bf16 $run $mix -Z 0 -o $tmp/bf16_nccl_allreduce > $tmp/bf16_nccl_allreduce.log 2>&1"
+    echo "stop_and_resume $emu_bf16 bf16_stopped $run $mix"
     for p in fp32 bf16; do
         bin=$emu_bf16; [ $p = bf16 ] || bin=$emu_fp32
         for n in 1 2 3; do
@@ -218,7 +225,7 @@ export -f stop_and_resume
                 [ $p = fp32 ] || [ $n -gt 1 ] || continue  # bf16: no 1-rank comparison (time)
                 if [ $n -eq 1 ]; then
                     for d in 2 3; do
-                        echo "$bin -e tiny -b 2 -t 48 -d $((d * 96)) -x 3 -s 7 -i $tmp/train.bin -y 1 -c 1 -k 0 -o $tmp/${p}_1rank_d$d > $tmp/${p}_1rank_d$d.log 2>&1"
+                        echo "$bin -e tiny -b 2 -t 48 -d $((d * 96)) -x 3 -s 7 $rank_flags -o $tmp/${p}_1rank_d$d > $tmp/${p}_1rank_d$d.log 2>&1"
                     done
                 else
                     echo "ranks_run $n $z ${p}_${n}ranks_z$z $bin"
@@ -328,7 +335,7 @@ resume_ranks() {
     head -n 3 $src/log.csv > $out/log.csv
     for r in $(seq 0 $((n - 1))); do
         RANK=$r WORLD_SIZE=$n MIXLN_RENDEZVOUS=file:$tmp/rdv_$out $emu_bf16 -e tiny -b 2 -t 48 -d $((n * 96)) -x 3 -s 7 \
-            -i $tmp/train.bin -y 1 -c 1 -k 0 -Z 1 -r $out -o $out > $out.rank$r.log 2>&1 &
+            $rank_flags -Z 1 -r $out -o $out > $out.rank$r.log 2>&1 &
     done
     wait
     for f in ckpt_00000003.bin $(cd $src && ls ckpt_00000003.rank*.bin); do
