@@ -320,3 +320,24 @@ $(EMU)/bf16/dev/%: $(EMU)/bf16/dev/%.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS)
 $(EMU)/fp32/dev/%: $(EMU)/fp32/dev/%.cu.o $(EMU_LIB)
 	$(CXX) $^ -o $@ $(EMU_LIBS)
+
+# The race checker (EMU_RACECHECK, docs/emulation.md): the kernels built with ThreadSanitizer, the
+# emulation library without it. `make test` runs a reduced set (test/emu/race_check.sh).
+EMU_RACE := $(EMU)/race
+EMU_RACE_FLAGS := -Iemu/include $(EMU_BASE_FLAGS) -O1 -fsanitize=thread -include emu/emu.h $(EMU_CXXFLAGS)
+$(EMU_RACE)/lib/%.o: emu/%.cpp $(EMU_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_BASE_FLAGS) -O1 -DEMU_RACECHECK -Iemu/include $(EMU_CXXFLAGS) -c $< -o $@
+$(EMU_RACE)/bf16/%.o: $(EMU_SRC)/.stamp $(EMU_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_RACE_FLAGS) -x c++ -c $(EMU_SRC)/$* -o $@
+$(EMU_RACE)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_BASE_FLAGS) -O1 -fsanitize=thread -c $< -o $@
+EMU_RACE_LIB := $(patsubst emu/%.cpp,$(EMU_RACE)/lib/%.o,$(EMU_LIB_SOURCES))
+$(EMU_RACE)/test_gpu_kernels: $(EMU_RACE)/main.o $(EMU_RACE)/bf16/test/test_gpu_kernels.cu.o $(EMU_RACE)/bf16/test/test_gpu_attention.cu.o $(EMU_RACE_LIB)
+	$(CXX) -fsanitize=thread $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
+$(EMU_RACE)/dev/%: $(EMU_RACE)/bf16/dev/%.cu.o $(EMU_RACE_LIB)
+	@mkdir -p $(@D)
+	$(CXX) -fsanitize=thread $^ -o $@ $(EMU_LIBS)
+EMU_RACE_BINS := $(addprefix $(EMU_RACE)/dev/,$(DEV_BENCHMARKS))

@@ -1,5 +1,6 @@
 // The emulated PTX instructions of ptx.h: mma.sync m16n8k16, ldmatrix, cp.async and ex2.approx.
 #include "ptx.h"
+#include "race_annotations.h"
 #include <cmath>
 #include <cstring>
 #include <deque>
@@ -150,11 +151,13 @@ struct CpAsyncState {
 std::vector<CpAsyncState*> g_states;  // every thread's state in the running block
 
 void cp_async_block_end() {
+    IgnoreEmulatorAccesses ignore;
     for (CpAsyncState* s : g_states) delete s;
     g_states.clear();
 }
 
 CpAsyncState& state() {
+    IgnoreEmulatorAccesses ignore;
     void*& slot = thread_slot();
     if (!slot) {
         CpAsyncState* s = new CpAsyncState;
@@ -182,15 +185,20 @@ void cp_async_check(const void* dst, const void* src, int cp_size, int src_size,
              src, cp_size);
 }
 
-void cp_async_push(const Copy& c) { state().uncommitted.push_back(c); }
+void cp_async_push(const Copy& c) {
+    IgnoreEmulatorAccesses ignore;
+    state().uncommitted.push_back(c);
+}
 
 void cp_async_commit_group() {
+    IgnoreEmulatorAccesses ignore;
     CpAsyncState& s = state();
     s.groups.push_back(std::move(s.uncommitted));  // an empty group when nothing is uncommitted
     s.uncommitted.clear();
 }
 
 void cp_async_retire(int keep, bool all, std::vector<Copy>& done) {
+    IgnoreEmulatorAccesses ignore;
     if (keep < 0) fail("cp.async.wait_group %d: N is a non-negative integer constant", keep);
     if (all) cp_async_commit_group();  // wait_all = commit_group + wait_group 0
     CpAsyncState& s = state();

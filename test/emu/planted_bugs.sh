@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Planted bugs: copies of real kernels with one change each, made at test time from the rewritten
+# sources (emu/plant_bug.py: the line must be found exactly once), built against the emulation and
+# run. Each must be caught, by the message named here: the emulation's error, a failed comparison with
+# the CPU reference, or the race checker's report. Ends with "planted_bugs_emu: N passed, M failed".
+# Needs the rewritten sources and the libraries: `make test-emu` builds them first.
+set -u
+emu=${EMU:-build/emu}
+cxx=${CXX:-g++}
+cuda_include=${CUDA_INCLUDE:-/usr/local/cuda/include}
+flags="-Iemu/include -std=c++17 -g0 -O1 -fno-strict-aliasing -w -I$cuda_include -include emu/emu.h"
+catch_libs=$(test -e /usr/include/catch2/catch_all.hpp && echo -lCatch2)
+passed=0; failed=0
+
+# build NAME SOURCE [race]: compiles SOURCE (a path in the rewritten tree) of the planted copy NAME
+# into $emu/planted/NAME/bin, with the Catch2 runner unless it is a dev/ benchmark.
+build() {
+    local dir=$emu/planted/$1 src=$2 race=${3:-}
+    local extra="" lib=("$emu"/lib/*.o) main=$emu/main.o
+    if [ -n "$race" ]; then extra="-fsanitize=thread"; lib=("$emu"/race/lib/*.o); main=$emu/race/main.o; fi
+    case $src in dev/*) main="";; esac
+    $cxx $flags $extra -x c++ -c "$dir/src/$src" -o "$dir/test.o" &&
+        $cxx $extra "$dir/test.o" $main "${lib[@]}" -o "$dir/bin" -lrt -lpthread $catch_libs
+}
+
+# plant NAME FILE OLD NEW: a copy of the rewritten tree with one change.
+plant() {
+    local dir=$emu/planted/$1
+    rm -rf "$dir" && mkdir -p "$dir" && cp -r "$emu/src" "$dir/src" && python3 emu/plant_bug.py "$dir/src/$2" "$3" "$4"
+}
+
+# expect NAME PATTERN COMMAND...: the command must fail, printing PATTERN (an extended regex).
+expect() {
+    local name=$1 pattern=$2; shift 2
+    local out status
+    out=$("$@" 2>&1); status=$?
+    if [ $status -ne 0 ] && grep -qE "$pattern" <<<"$out"; then
+        echo "ok    $name: caught ($(grep -m1 -oE "$pattern" <<<"$out" | head -c 150))"
+        passed=$((passed + 1))
+    else
+        echo "FAIL  $name: not caught (exit $status); expected /$pattern/ in:"; tail -n 8 <<<"$out" | sed 's/^/      /'
+        failed=$((failed + 1))
+    fi
+}
+
+bug() {  # bug NAME FILE OLD NEW SOURCE RACE PATTERN COMMAND...
+    local name=$1 file=$2 old=$3 new=$4 src=$5 race=$6 pattern=$7; shift 7
+    if plant "$name" "$file" "$old" "$new" && build "$name" "$src" "$race"; then
+        expect "$name" "$pattern" "$@"
+    else
+        echo "FAIL  $name: could not be planted or built"; failed=$((failed + 1))
+    fi
+}
+P=$emu/planted
+
+# 1. A barrier removed: block_reduce reads the warps' partial results without waiting for their writes.
+#    The race checker names both lines (the write and the read of warp_results).
+bug race_block_reduce kernels/common.cuh \
+    "    if (lane == 0) warp_results[warp] = v;
+    __syncthreads();" \
+    "    if (lane == 0) warp_results[warp] = v;" \
+    dev/rmsnorm.cu race "ThreadSanitizer: data race" \
+    env DEV_SMALL_ONLY=1 TSAN_OPTIONS=exitcode=66 $P/race_block_reduce/bin 1
+# 1b. The attention forward without its __syncwarp: lane 0 overwrites the row's running maximum that
+#     the other lanes read; the fibers' fixed order hides it, the race checker does not.
+bug race_attention_syncwarp kernels/attention.cuh \
+    "            __syncwarp();  // every lane has read row_max[r] (m_old) before lane 0 overwrites it" "" \
+    dev/attention.cu race "ThreadSanitizer: data race" \
+    env DEV_SMALL_ONLY=1 TSAN_OPTIONS=exitcode=66 $P/race_attention_syncwarp/bin 1
+# 2. The causal mask off by one at a tile edge: the second-to-last query of each tile sees one key ahead.
+bug causal_mask_tile_edge kernels/attention.cuh \
+    "(kj <= qi && kj < T)" "(kj <= qi + (qi % TILE == TILE - 2) && kj < T)" \
+    test/test_gpu_attention.cu "" "FAILED" \
+    $P/causal_mask_tile_edge/bin "flash attention forward*"
+# 3. ldmatrix without .trans where V's fragments need it (the register-level attention, version 2).
+bug ldmatrix_trans dev/attention.cu \
+    "    ldmatrix_x4_trans(b, tile + swz<HD>(row0 + lane % 8" "    ldmatrix_x4(b, tile + swz<HD>(row0 + lane % 8" \
+    dev/attention.cu "" "FAIL|failed" \
+    env DEV_SMALL_ONLY=1 $P/ldmatrix_trans/bin 2
+# 4. A cp.async destination read before its wait: the forward waits for all but the two newest groups.
+bug cp_async_before_wait dev/attention.cu \
+    "v + head, stride, (kb + 1) * BN);
+            cp_async_commit();
+            cp_async_wait<1>();" \
+    "v + head, stride, (kb + 1) * BN);
+            cp_async_commit();
+            cp_async_wait<2>();" \
+    dev/attention.cu "" "FAIL|failed" \
+    env DEV_SMALL_ONLY=1 $P/cp_async_before_wait/bin 2
+# 5. Lanes that exit before a full-mask shuffle: lanes without a column of a narrow row leave early.
+bug lanes_exit_before_shuffle kernels/rmsnorm.cuh \
+    "    if (n >= N) return;  // the whole warp leaves together" "    if (n >= N || lane >= C) return;" \
+    test/test_gpu_kernels.cu "" "emu: kernel rmsnorm_forward_kernel.*names lane [0-9]+, which has exited" \
+    $P/lanes_exit_before_shuffle/bin "rmsnorm forward normalizes each row"
+# 6. A shared-memory write one past the end of rmsnorm's dynamic dweight row.
+bug shared_one_past_end kernels/rmsnorm.cuh \
+    "c < C; c += blockDim.x) dw_row[c] = 0.0f;" "c <= C; c += blockDim.x) dw_row[c] = 0.0f;" \
+    test/test_gpu_kernels.cu "" "wrote [0-9]+ bytes past the end of __shared__ \(extern, dynamic\)" \
+    $P/shared_one_past_end/bin "rmsnorm backward, writing*"
+# 7. Dynamic shared memory above 48 KB without cudaFuncSetAttribute (the attention forward at head size
+#    128 needs 105 KB): the launch fails as on a GPU, and the launcher's check says where.
+bug smem_without_attribute kernels/attention.cuh \
+    "(cudaCheck(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes)), true);" "true;" \
+    test/test_gpu_attention.cu "" "CUDA error at kernels/attention.cuh:[0-9]+: invalid argument" \
+    $P/smem_without_attribute/bin "flash attention forward*"
+
+echo "planted_bugs_emu: $passed passed, $failed failed"
+[ $failed -eq 0 ]
