@@ -21,7 +21,8 @@
 #     the uninterrupted run; one rank over NCCL (RANK=0 WORLD_SIZE=1), ZeRO-1 and all-reduce, against
 #     the process without NCCL (data_parallel.cuh: on one rank every collective leaves the numbers as
 #     they are).
-#  3. evaluate-only (-f CKPT -x 0 -j VAL, 32 x 48 tokens) and sample-only (-f CKPT -x 0 -G N -T 0, greedy) from the
+#  3. training from a checkpoint's weights (-f CKPT, fresh optimizer), fp32 against the CPU trainer;
+#     evaluate-only (-f CKPT -x 0 -j VAL, 32 x 48 tokens) and sample-only (-f CKPT -x 0 -G N -T 0, greedy) from the
 #     CPU trainer's checkpoint: the fp32 build's val loss within 1e-5 relative and the same sampled
 #     bytes; the bf16 build's val loss within the step-1 loss bound.
 #  4. the memory estimate (the header's "memory per GPU") of the bf16 evaluation against the emulated
@@ -32,7 +33,7 @@
 #     (-g 1: the global norm over the ranks' slices), weight decay and a validation at the end, in the fp32
 #     build (tight bounds; for time, the bf16 build's ZeRO-1 runs only feed the resume), against 1
 #     rank with the same total batch (-d = ranks x 96 tokens: 1 rank accumulates the ranks' micro-
-#     batches); the optimizer shards written (one per rank) and a resume from step 2 bitwise the
+#     batches); 2 ranks with -R 1 bitwise as -R 0; the optimizer shards written (one per rank) and a resume from step 2 bitwise the
 #     uninterrupted step 3 (weights, moments, shards, logs); a rank killed (SIGKILL) mid-run ends the
 #     other with an NCCL error message and leaves only checkpoints that verify (CRC, size).
 #
@@ -229,6 +230,7 @@ export -f stop_and_resume
                     done
                 else
                     echo "ranks_run $n $z ${p}_${n}ranks_z$z $bin"
+                    [ $p$n$z != fp3221 ] || echo "ranks_run 2 1 fp32_2ranks_z1_recompute $bin -R 1"
                 fi
             done
         done
@@ -268,6 +270,10 @@ for who in cpu fp32 bf16; do
     bin=$cpu; [ $who = fp32 ] && bin=$emu_fp32; [ $who = bf16 ] && bin=$emu_bf16
     echo "EMU_REPORT_MEMORY=1 $bin -f $ckpt -x 0 -j val.bin -b 32 -t 48 -m 1 -G 16 -T 0 -z vocab.bin > eval_$who.log 2>&1; echo exit \$? >> eval_$who.log"
 done > eval_jobs.txt
+for who in cpu fp32; do  # -f: training from the checkpoint's weights with a fresh optimizer
+    bin=$cpu; [ $who = fp32 ] && bin=$emu_fp32
+    echo "$bin ${run/-x 5/-x 2} $mix -f $ckpt -o from_$who > from_$who.log 2>&1"
+done >> eval_jobs.txt
 pool eval_jobs.txt
 val_loss() { sed -n 's/^val loss \([0-9.]*\) .*/\1/p' "$1"; }
 sample() { sed -n '/^sample (temperature 0):/,$p' "$1" | grep -avE '^(exit |emu: )'; }
@@ -278,6 +284,7 @@ evaluates() {  # WHO TOL
 }
 check "fp32: -f CKPT -x 0 -j VAL: the val loss within 1e-5" evaluates fp32 1e-5
 check "bf16: -f CKPT -x 0 -j VAL: the val loss within 3e-3" evaluates bf16 3e-3
+check "fp32: -f CKPT (its weights, a fresh optimizer), 2 steps, against train_mixln_cpu" python3 compare.py from_fp32 from_cpu 2 1e-5 1e-5 1e-4 3e-4 1e-3
 samples_as_cpu() { [ "$(sample eval_fp32.log | wc -c)" -gt 35 ] && cmp <(sample eval_fp32.log) <(sample eval_cpu.log); }
 check "fp32: -f CKPT -x 0 -G 16 -T 0: the CPU trainer's greedy sample, byte for byte" samples_as_cpu
 samples() { [ "$(sample eval_bf16.log | wc -c)" -gt 35 ]; }
@@ -366,6 +373,8 @@ import glob, sys
 from checkpoint_format import read_checkpoint
 for p in sorted(glob.glob('$out/ckpt_????????.bin')): read_checkpoint(p); print('verifies:', p)"
 }
+check "fp32, 2 ranks, ZeRO-1, -R 1 (recomputed layers between the buckets' reduce-scatters) as -R 0" \
+    same_run fp32_2ranks_z1_recompute fp32_2ranks_z1 3
 check "bf16, 2 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 bitwise" resume_ranks bf16_2ranks_z1 2
 check "bf16, 3 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 bitwise" resume_ranks bf16_3ranks_z1 3
 check "a rank killed mid-run: the other stops with an NCCL error; the checkpoints left verify" kill_rank
