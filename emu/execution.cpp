@@ -203,8 +203,8 @@ void check_shared_guards() {
         for (size_t i = 0; i < GUARD; i++)
             if (guard[i] != POISON) {
                 e.current = nullptr;
-                fail("a thread wrote %zu bytes past the end of __shared__ %s (%zu bytes, %s:%d)", i, a.name, a.bytes,
-                     a.file, a.line);
+                fail("a thread wrote past the end of __shared__ %s (%zu bytes, %s:%d): byte %zu after its end changed",
+                     a.name, a.bytes, a.file, a.line, i);
             }
     }
 }

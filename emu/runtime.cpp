@@ -177,8 +177,8 @@ void check_device_guards(const char* after_what) {
                      after_what, a.pinned ? "pinned" : "device", a.bytes, (const void*)user, DEVICE_GUARD - i);
         for (size_t i = 0; i < padded - a.bytes + DEVICE_GUARD; i++)
             if (after[i] != POISON)
-                fail("%s: a write %zu bytes past the end of a %s allocation of %zu bytes at %p", after_what, i,
-                     a.pinned ? "pinned" : "device", a.bytes, (const void*)user);
+                fail("%s: a write past the end of a %s allocation of %zu bytes at %p (byte %zu after its end changed)",
+                     after_what, a.pinned ? "pinned" : "device", a.bytes, (const void*)user, i);
     }
 }
 
