@@ -293,10 +293,11 @@ $(EMU)/test_emu_%: $(EMU)/main.o $(EMU)/bf16/test/emu/test_%.cu.o $(EMU_LIB)
 
 EMU_DEV := $(foreach p,bf16 fp32,$(addprefix $(EMU)/$(p)/dev/,$(DEV_BENCHMARKS)))
 EMU_TESTS := $(EMU)/test_emu_execution $(EMU)/test_emu_cublaslt $(EMU)/test_emu_cub $(EMU)/test_emu_nccl $(EMU)/test_emu_ptx-bf16 \
-	$(EMU)/test_gpu_kernels-bf16 $(EMU)/test_gpu_kernels-fp32 test/emu/dev_versions.sh
-.PHONY: test-emu
-test-emu: $(filter-out %.sh,$(EMU_TESTS)) $(EMU_DEV)
-	test/run_tests.sh $(EMU_TESTS)
+	$(EMU)/test_gpu_kernels-bf16 $(EMU)/test_gpu_kernels-fp32 test/emu/dev_versions.sh test/emu/race_check.sh \
+	test/emu/planted_bugs.sh
+# What the test scripts run: the dev/ benchmarks (plain and race-checked), the planted bugs' libraries.
+EMU_SCRIPT_DEPS = $(EMU_DEV) $(EMU_RACE_BINS) $(EMU_LIB) $(EMU_RACE_LIB) $(EMU)/main.o $(EMU_RACE)/main.o \
+	$(EMU)/bf16/train_mixln_emu $(EMU)/fp32/train_mixln_emu
 
 # The GPU trainer on the emulation (issue 22): train_mixln.cu unchanged, same flags as train_mixln, a
 # binary to step through in gdb on any machine. ./train_mixln_emu links to the one built last
@@ -341,3 +342,13 @@ $(EMU_RACE)/dev/%: $(EMU_RACE)/bf16/dev/%.cu.o $(EMU_RACE_LIB)
 	@mkdir -p $(@D)
 	$(CXX) -fsanitize=thread $^ -o $@ $(EMU_LIBS)
 EMU_RACE_BINS := $(addprefix $(EMU_RACE)/dev/,$(DEV_BENCHMARKS))
+
+.PHONY: test-emu
+test-emu: $(filter-out %.sh,$(EMU_TESTS)) $(EMU_SCRIPT_DEPS)
+	test/run_tests.sh $(EMU_TESTS)
+
+# `make test` runs the emulated suites too (after the GPU tests, which skip without a GPU), wherever
+# NVIDIA's headers are: no GPU or driver needed. Not with SANITIZE=1.
+EMU_IN_TEST := $(if $(filter 1,$(SANITIZE)),,$(if $(wildcard $(CUDA_INCLUDE)/cuda_runtime_api.h),1))
+test: $(if $(EMU_IN_TEST),$(filter-out %.sh,$(EMU_TESTS)) $(EMU_SCRIPT_DEPS))
+test: GPU_TESTS += $(if $(EMU_IN_TEST),$(EMU_TESTS))
