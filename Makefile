@@ -247,7 +247,7 @@ gpu-check:
 EMU := build/emu
 EMU_SRC := $(EMU)/src
 CUDA_INCLUDE ?= $(firstword $(wildcard /usr/local/cuda/include) $(patsubst %/bin/nvcc,%/include,$(NVCC_FOUND)))
-EMU_SOURCES := $(wildcard *.cu *.cuh *.h core/*.h kernels/*.cuh kernels/cpu/*.h tokenizer/*.h dev/*.cu dev/*.cuh dev/*.h test/*.cu test/*.cuh test/*.h test/emu/*.cu)
+EMU_SOURCES := $(wildcard *.cu *.cuh *.h core/*.h kernels/*.cuh kernels/cpu/*.h tokenizer/*.h dev/*.cu dev/*.cuh dev/*.h dev/emu/*.cu test/*.cu test/*.cuh test/*.h test/emu/*.cu)
 EMU_HEADERS := $(wildcard emu/*.h emu/include/*.h emu/include/*/*.cuh emu/include/*/*/*.cuh)
 EMU_LIB_SOURCES := $(wildcard emu/*.cpp)
 EMU_BASE_FLAGS := -std=c++17 -g -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas -I$(CUDA_INCLUDE)
@@ -267,13 +267,16 @@ $(EMU)/lib/%.o: emu/%.cpp $(EMU_HEADERS)
 
 EMU_LIB := $(patsubst emu/%.cpp,$(EMU)/lib/%.o,$(EMU_LIB_SOURCES))
 
-# One object per (precision, source): build/emu/{bf16,fp32}/<path>.o from the rewritten source.
-$(EMU)/bf16/%.o: $(EMU_SRC)/.stamp $(EMU_HEADERS)
+# One object per (precision, source): build/emu/{bf16,fp32}/<path>.o from the rewritten source, with
+# the rewritten headers it includes as dependencies (-MMD; the rewriter rewrites only changed files).
+$(EMU_SRC)/%: $(EMU_SRC)/.stamp ;
+$(EMU)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
 	@mkdir -p $(@D)
-	$(CXX) $(EMU_FLAGS) -x c++ -c $(EMU_SRC)/$* -o $@
-$(EMU)/fp32/%.o: $(EMU_SRC)/.stamp $(EMU_HEADERS)
+	$(CXX) $(EMU_FLAGS) -MMD -MP -x c++ -c $< -o $@
+$(EMU)/fp32/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
 	@mkdir -p $(@D)
-	$(CXX) $(EMU_FLAGS) -DENABLE_FP32 -x c++ -c $(EMU_SRC)/$* -o $@
+	$(CXX) $(EMU_FLAGS) -MMD -MP -DENABLE_FP32 -x c++ -c $< -o $@
+-include $(shell find $(EMU) -name '*.d' 2>/dev/null)
 $(EMU)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) $(EMU_OPT) -c $< -o $@
@@ -329,9 +332,9 @@ EMU_RACE_FLAGS := -Iemu/include $(EMU_BASE_FLAGS) -O1 -fsanitize=thread -include
 $(EMU_RACE)/lib/%.o: emu/%.cpp $(EMU_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) -O1 -DEMU_RACECHECK -Iemu/include $(EMU_CXXFLAGS) -c $< -o $@
-$(EMU_RACE)/bf16/%.o: $(EMU_SRC)/.stamp $(EMU_HEADERS)
+$(EMU_RACE)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
 	@mkdir -p $(@D)
-	$(CXX) $(EMU_RACE_FLAGS) -x c++ -c $(EMU_SRC)/$* -o $@
+	$(CXX) $(EMU_RACE_FLAGS) -MMD -MP -x c++ -c $< -o $@
 $(EMU_RACE)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) -O1 -fsanitize=thread -c $< -o $@

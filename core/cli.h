@@ -277,6 +277,7 @@ inline TrainOptions check_evaluate_or_sample_options(const TrainOptions& o) {
     const bool evaluate = !o.val_files.empty(), sample = o.sample_tokens > 0;
     struct Refusal { const char* flags; const char* why; };
     const Refusal refusals[] = {
+        {"r", "-x 0 continues no run: the weights to evaluate or sample are those of -f"},
         {"i", "-x 0 trains nothing, so it reads no training shards (-G's vocabulary: -z, else beside -j's shards, "
               "else beside the checkpoint's run's training shards)"},
         {"d", "-x 0 trains nothing: there is no batch to accumulate (-b sets the evaluation's batch)"},

@@ -393,6 +393,7 @@ TEST_CASE("-x 0 refuses the flags it has no use for, saying why") {
     const std::vector<std::string> eval = {"-f", "ck", "-x", "0", "-j", "v"}, sample = {"-f", "ck", "-x", "0", "-G", "5"};
     CHECK(parse_error({"-x", "0", "-j", "v"}) == "-x 0 (evaluate or sample only) needs the weights of -f CHECKPOINT");
     CHECK(parse_error({"-x", "0", "-r", "out", "-j", "v"}).find("-r: -x 0 continues no run; give the checkpoint") == 0);
+    CHECK(parse_error(with(sample, {"-r", "out"})) == "-r: -x 0 continues no run: the weights to evaluate or sample are those of -f");
     CHECK(parse_error(with(eval, {"-i", "t"})).find("-i: -x 0 trains nothing, so it reads no training shards") == 0);
     CHECK(parse_error(with(eval, {"-d", "64"})).find("-d: -x 0 trains nothing: there is no batch to accumulate") == 0);
     CHECK(parse_error(with(eval, {"-l", "1e-3"})) == "-l: -x 0 trains nothing: no optimizer, schedule or backward");
