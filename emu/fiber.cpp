@@ -137,6 +137,8 @@ void Fiber::start(Entry entry, void* arg, size_t stack_bytes) {
     stack_was_started_ = true;
 #endif
 #if defined(EMU_ASAN)
+    // A reused stack still carries the redzones of the frames its last thread left: clear them.
+    ASAN_UNPOISON_MEMORY_REGION(stack_, stack_bytes_);
     StartArgs* start_args = (StartArgs*)(stack_ + stack_bytes_ - 64);  // the top of its own stack
     start_args->entry = entry;
     start_args->arg = arg;

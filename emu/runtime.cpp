@@ -12,6 +12,14 @@
 #include <vector>
 #include "execution.h"
 #include "launch.h"
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+// An AddressSanitizer build: the guard bytes are poisoned for it too, so an access past an allocation's
+// end is reported at the access, with its line, instead of at the next guard check.
+#define EMU_GUARDS_ASAN(poison, p, n) ((poison) ? ASAN_POISON_MEMORY_REGION(p, n) : ASAN_UNPOISON_MEMORY_REGION(p, n))
+#else
+#define EMU_GUARDS_ASAN(poison, p, n) ((void)0)
+#endif
 #include "runtime_internal.h"
 
 struct CUevent_st {
@@ -83,6 +91,8 @@ cudaError_t allocate(void** p, size_t bytes, bool pinned) {
     if (!base) return set_last_error(cudaErrorMemoryAllocation);
     std::memset(base, POISON, padded + 2 * DEVICE_GUARD);  // fresh memory reads as NaN
     char* user = base + DEVICE_GUARD;
+    EMU_GUARDS_ASAN(true, base, DEVICE_GUARD);
+    EMU_GUARDS_ASAN(true, user + bytes, padded - bytes + DEVICE_GUARD);
     allocations()[user] = {bytes, pinned};
     if (!pinned) g_device_bytes += bytes;
     if (g_device_bytes > g_peak_device_bytes) {
@@ -104,6 +114,7 @@ cudaError_t release(void* p, bool pinned) {
     if (it == allocations().end() || it->second.pinned != pinned) return set_last_error(cudaErrorInvalidValue);
     check_device_guards(pinned ? "cudaFreeHost" : "cudaFree");
     if (!pinned) g_device_bytes -= it->second.bytes;
+    EMU_GUARDS_ASAN(false, (char*)p - DEVICE_GUARD, (it->second.bytes + 255) / 256 * 256 + 2 * DEVICE_GUARD);
     allocations().erase(it);
     free((char*)p - DEVICE_GUARD);
     return cudaSuccess;
@@ -171,6 +182,8 @@ void check_device_guards(const char* after_what) {
         const size_t padded = (a.bytes + 255) / 256 * 256;
         const unsigned char* before = (const unsigned char*)user - DEVICE_GUARD;
         const unsigned char* after = (const unsigned char*)user + a.bytes;
+        EMU_GUARDS_ASAN(false, before, DEVICE_GUARD);
+        EMU_GUARDS_ASAN(false, after, padded - a.bytes + DEVICE_GUARD);
         for (size_t i = 0; i < DEVICE_GUARD; i++)
             if (before[i] != POISON)
                 fail("%s: bytes before the start of a %s allocation of %zu bytes at %p were written (%zu bytes before it)",
@@ -179,6 +192,8 @@ void check_device_guards(const char* after_what) {
             if (after[i] != POISON)
                 fail("%s: a write past the end of a %s allocation of %zu bytes at %p (byte %zu after its end changed)",
                      after_what, a.pinned ? "pinned" : "device", a.bytes, (const void*)user, i);
+        EMU_GUARDS_ASAN(true, before, DEVICE_GUARD);
+        EMU_GUARDS_ASAN(true, after, padded - a.bytes + DEVICE_GUARD);
     }
 }
 
