@@ -269,14 +269,16 @@ EMU_LIB := $(patsubst emu/%.cpp,$(EMU)/lib/%.o,$(EMU_LIB_SOURCES))
 
 # One object per (precision, source): build/emu/{bf16,fp32}/<path>.o from the rewritten source, with
 # the rewritten headers it includes as dependencies (-MMD; the rewriter rewrites only changed files).
+# The dependency files live apart (build/emu/deps), where no pattern rule of this Makefile matches them.
 $(EMU_SRC)/%: $(EMU_SRC)/.stamp ;
 $(EMU)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMU_FLAGS) -MMD -MP -x c++ -c $< -o $@
+	@mkdir -p $(@D) $(dir $(EMU)/deps/bf16/$*)
+	$(CXX) $(EMU_FLAGS) -MMD -MP -MF $(EMU)/deps/bf16/$*.d -x c++ -c $< -o $@
 $(EMU)/fp32/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMU_FLAGS) -MMD -MP -DENABLE_FP32 -x c++ -c $< -o $@
--include $(shell find $(EMU) -name '*.d' 2>/dev/null)
+	@mkdir -p $(@D) $(dir $(EMU)/deps/fp32/$*)
+	$(CXX) $(EMU_FLAGS) -MMD -MP -MF $(EMU)/deps/fp32/$*.d -DENABLE_FP32 -x c++ -c $< -o $@
+$(EMU)/deps/%.d: ;
+-include $(shell find $(EMU)/deps -name '*.d' 2>/dev/null)
 $(EMU)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) $(EMU_OPT) -c $< -o $@
@@ -333,8 +335,8 @@ $(EMU_RACE)/lib/%.o: emu/%.cpp $(EMU_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) -O1 -DEMU_RACECHECK -Iemu/include $(EMU_CXXFLAGS) -c $< -o $@
 $(EMU_RACE)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
-	@mkdir -p $(@D)
-	$(CXX) $(EMU_RACE_FLAGS) -MMD -MP -x c++ -c $< -o $@
+	@mkdir -p $(@D) $(dir $(EMU)/deps/race/$*)
+	$(CXX) $(EMU_RACE_FLAGS) -MMD -MP -MF $(EMU)/deps/race/$*.d -x c++ -c $< -o $@
 $(EMU_RACE)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) -O1 -fsanitize=thread -c $< -o $@
