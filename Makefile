@@ -271,10 +271,10 @@ EMU_LIB := $(patsubst emu/%.cpp,$(EMU)/lib/%.o,$(EMU_LIB_SOURCES))
 # the rewritten headers it includes as dependencies (-MMD; the rewriter rewrites only changed files).
 # The dependency files live apart (build/emu/deps), where no pattern rule of this Makefile matches them.
 $(EMU_SRC)/%: $(EMU_SRC)/.stamp ;
-$(EMU)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
+$(EMU)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS) | deps-test
 	@mkdir -p $(@D) $(dir $(EMU)/deps/bf16/$*)
 	$(CXX) $(EMU_FLAGS) -MMD -MP -MF $(EMU)/deps/bf16/$*.d -x c++ -c $< -o $@
-$(EMU)/fp32/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
+$(EMU)/fp32/%.o: $(EMU_SRC)/% $(EMU_HEADERS) | deps-test
 	@mkdir -p $(@D) $(dir $(EMU)/deps/fp32/$*)
 	$(CXX) $(EMU_FLAGS) -MMD -MP -MF $(EMU)/deps/fp32/$*.d -DENABLE_FP32 -x c++ -c $< -o $@
 $(EMU)/deps/%.d: ;
@@ -334,7 +334,7 @@ EMU_RACE_FLAGS := -Iemu/include $(EMU_BASE_FLAGS) -O1 -fsanitize=thread -include
 $(EMU_RACE)/lib/%.o: emu/%.cpp $(EMU_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(EMU_BASE_FLAGS) -O1 -DEMU_RACECHECK -Iemu/include $(EMU_CXXFLAGS) -c $< -o $@
-$(EMU_RACE)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS)
+$(EMU_RACE)/bf16/%.o: $(EMU_SRC)/% $(EMU_HEADERS) | deps-test
 	@mkdir -p $(@D) $(dir $(EMU)/deps/race/$*)
 	$(CXX) $(EMU_RACE_FLAGS) -MMD -MP -MF $(EMU)/deps/race/$*.d -x c++ -c $< -o $@
 $(EMU_RACE)/main.o: test/gpu_main.cpp test/summary_listener.h | deps-test
