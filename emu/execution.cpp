@@ -153,6 +153,18 @@ void yield_to_scheduler(Thread* t) {
     Fiber::switch_to(t->fiber, ex().scheduler);
 }
 
+// Parks t at a barrier or collective (`what` at file:line, for a deadlock's report) until the last
+// thread to arrive makes it runnable. The race checker's ignore state is per fiber: paused meanwhile.
+void wait_until_released(Thread* t, const char* what, const char* file, int line, IgnoreEmulatorAccesses& ignore) {
+    t->state = State::Waiting;
+    t->wait_what = what;
+    t->wait_file = file;
+    t->wait_line = line;
+    ignore.pause();
+    yield_to_scheduler(t);
+    ignore.resume();
+}
+
 std::string thread_range(const std::vector<int>& ids) {
     std::string s;
     for (size_t i = 0; i < ids.size();) {
@@ -321,14 +333,8 @@ void block_barrier(const char* what, const char* file, int line) {
                 e.threads[i].state = State::Runnable;
             }
     } else {
-        t->state = State::Waiting;
         t->at_barrier = true;
-        t->wait_what = what;
-        t->wait_file = file;
-        t->wait_line = line;
-        ignore.pause();
-        yield_to_scheduler(t);
-        ignore.resume();
+        wait_until_released(t, what, file, line, ignore);
     }
     EMU_TSAN_ACQUIRE(sync);
 }
@@ -379,13 +385,7 @@ void warp_collective(const char* what, unsigned mask, const char* file, int line
         // The rendezvous's sync object lives until the last lane has acquired it: the last to leave frees it.
         rv->arrived = __builtin_popcount(mask);
     } else {
-        t->state = State::Waiting;
-        t->wait_what = what;
-        t->wait_file = file;
-        t->wait_line = line;
-        ignore.pause();
-        yield_to_scheduler(t);
-        ignore.resume();
+        wait_until_released(t, what, file, line, ignore);
     }
     if (memory_order) EMU_TSAN_ACQUIRE(sync);
     if (--rv->arrived == 0) {

@@ -35,6 +35,7 @@ inline char* new_sync() { return new char; }
 #define EMU_TSAN_ACQUIRE(p) ((void)0)
 inline char* new_sync() { return nullptr; }
 struct IgnoreEmulatorAccesses {
+    IgnoreEmulatorAccesses() {}  // user-provided: a guard object, not an unused variable
     void pause() {}
     void resume() {}
 };
