@@ -1,7 +1,7 @@
 // The harness every dev/<kernel>.cu benchmark shares (issue 3): device buffers with random contents,
 // an L2 flush between timed runs, benchmark_kernel (CUDA events, warm-up, median of many runs), the
 // device's measured ceilings (copy bandwidth, bf16 GEMM rate), validation against the CPU references
-// of kernels/cpu, 128-bit vector loads and stores, and the one output format run_all.sh reads:
+// of kernels/cpu, and the one output format run_all.sh reads:
 //
 //   <kernel> <shape> v<version>: <value> <GB/s|TFLOP/s> (<pct>% of <copy|gemm>) <time> us ...
 //
@@ -193,35 +193,6 @@ struct Validation {
 inline int validation_exit_status() {
     if (failed_validations) fprintf(stderr, "%d validation(s) FAILED\n", failed_validations);
     return failed_validations ? EXIT_FAILURE : 0;
-}
-
-// ----------------------------------------------------------------------------
-// 128-bit loads and stores: VEC = 8 bf16 or 4 fp32 elements. The address must be 16-byte aligned
-// (cudaMalloc gives 256; each kernel states why its offsets are multiples of VEC).
-
-constexpr int VEC = 16 / sizeof(floatX);
-
-template <typename T>
-struct alignas(16) Packed {
-    static constexpr int size = 16 / sizeof(T);
-    T v[size];
-    __device__ T& operator[](int i) { return v[i]; }
-    __device__ const T& operator[](int i) const { return v[i]; }
-};
-using PackedX = Packed<floatX>;
-
-template <typename T>
-__device__ inline Packed<T> load128(const T* p) {
-    const int4 bits = *reinterpret_cast<const int4*>(p);
-    Packed<T> out;
-    memcpy(&out, &bits, 16);
-    return out;
-}
-template <typename T>
-__device__ inline void store128(T* p, const Packed<T>& value) {
-    int4 bits;
-    memcpy(&bits, &value, 16);
-    *reinterpret_cast<int4*>(p) = bits;
 }
 
 // 2^x on the SFU: ex2.approx.ftz, relative error ~2^-22; a result below 2^-126 flushes to 0. For

@@ -1,4 +1,5 @@
-// What every CUDA kernel header shares: the storage type floatX, checked calls, and fp32 reductions.
+// What every CUDA kernel header shares: the storage type floatX, checked calls, fp32 reductions and
+// 128-bit loads and stores.
 //
 // Storage and arithmetic: activations, weights and gradients are stored as floatX, bf16 by default or
 // fp32 when built with -DENABLE_FP32 (make PRECISION=FP32). Every kernel converts to fp32 on load,
@@ -10,6 +11,7 @@
 #pragma once
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <cublasLt.h>
 #include <cuda_bf16.h>
@@ -87,3 +89,34 @@ struct AddOp {
 
 __device__ inline float warp_reduce_sum(float v) { return warp_reduce(v, AddOp()); }
 __device__ inline float block_reduce_sum(float v) { return block_reduce(v, AddOp(), 0.0f); }
+
+// ----------------------------------------------------------------------------
+// 128-bit loads and stores: VEC = 8 bf16 or 4 fp32 elements. The address must be 16-byte aligned
+// (cudaMalloc gives 256; each kernel states why its offsets are multiples of VEC). One such access
+// moves 16 bytes per thread, 512 per warp instruction (LDG.E.128 / STG.E.128 in the SASS), where a
+// 16-bit access moves 64: memory-bound kernels need the wide form to keep enough bytes in flight.
+
+constexpr int VEC = 16 / sizeof(floatX);
+
+template <typename T>
+struct alignas(16) Packed {
+    static constexpr int size = 16 / sizeof(T);
+    T v[size];
+    __device__ T& operator[](int i) { return v[i]; }
+    __device__ const T& operator[](int i) const { return v[i]; }
+};
+using PackedX = Packed<floatX>;
+
+template <typename T>
+__device__ inline Packed<T> load128(const T* p) {
+    const int4 bits = *reinterpret_cast<const int4*>(p);
+    Packed<T> out;
+    memcpy(&out, &bits, 16);
+    return out;
+}
+template <typename T>
+__device__ inline void store128(T* p, const Packed<T>& value) {
+    int4 bits;
+    memcpy(&bits, &value, 16);
+    *reinterpret_cast<int4*>(p) = bits;
+}
