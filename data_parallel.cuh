@@ -162,7 +162,7 @@ struct ParameterMemory {
 
     // Padded (plan.padded_total elements; the padding stays zero: NCCL moves it, nothing reads it):
     floatX* params;         // the weights the forward and backward read
-    float* grads;           // fp32: accumulated over a step's micro-batches (in fp32, not bf16: README
+    float* grads;           // fp32: accumulated over a step's micro-batches (in fp32, not bf16: docs/gpu.md
                             // "Gradient accumulation"), then summed over the ranks
     // Owned (plan.owned_total elements): this rank's slice of every bucket. On a one-rank plan the
     // first two are the padded buffers themselves.

@@ -6,7 +6,7 @@
 //   make train_mixln && ./train_mixln -e 71m -i 'data/c4/train_*.bin' -j data/c4/val_000.bin
 //   -R 1 recomputes each layer's forward in the backward instead of storing it (less memory).
 //   -D 0 runs every kernel from the host instead of replaying CUDA graphs (see "CUDA graphs" below).
-//   mpirun -np 4 ./train_mixln ... (or torchrun, srun: see README) trains data-parallel over NCCL, with
+//   mpirun -np 4 ./train_mixln ... (or torchrun, srun: see docs/gpu.md, "Multi-GPU") trains data-parallel over NCCL, with
 //   ZeRO-1 (-Z 1, the default) or all-reduce (-Z 0).
 //
 // Reading order: the device; what crosses between the host and the device in a step; the activation
