@@ -4,12 +4,17 @@
 //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps));  bf16: p is the fp32 master, params = bf16(p)
 //
 // Versions:
-//   1  production, kernels/adamw.cuh: AdamW one parameter per thread (2-byte bf16 and 4-byte fp32
-//      accesses); the norm's first stage over 1024 blocks of 512 threads, one element per step.
+//   1  production, kernels/adamw.cuh: AdamW with 128-bit accesses, VEC parameters per thread and a
+//      scalar tail, the step's scalars read from device memory; the norm's first stage with 128-bit
+//      loads, four in flight per thread, over ceil(n / 2048) blocks of 512 threads (at most 1024: the
+//      grid depends only on n, as data parallelism needs).
 //   2  AdamW with 128-bit accesses, 8 parameters per thread in bf16 (one vector of weights, two of the
 //      fp32 gradients, master weights, m and v each); the norm's first stage with 128-bit loads,
 //      four independent ones in flight per thread, over one full wave of blocks. The second stage of
 //      the norm is version 1's (one block adding the partials in order: deterministic, as version 1).
+//   3  the production kernels before 128-bit accesses: AdamW one parameter per thread (2-byte bf16
+//      and 4-byte fp32 accesses); the norm's first stage over 1024 blocks of 512 threads, one element
+//      per step.
 //
 // Build and run (make dev builds every benchmark; make dev PRECISION=FP32 puts fp32 ones in build/fp32/dev):
 //   nvcc -O3 -std=c++17 -Xcompiler -fopenmp -gencode arch=compute_90a,code=sm_90a dev/adamw.cu -o adamw -lcublasLt -lcublas
@@ -28,6 +33,7 @@
 static const char* const VERSIONS[] = {
     "production (kernels/adamw.cuh)",
     "128-bit accesses: 8 parameters per thread (bf16); norm with 4 vectors in flight per thread",
+    "one parameter per thread, 2-byte bf16 accesses; norm one element per thread and step",
 };
 
 // ----------------------------------------------------------------------------
@@ -144,6 +150,48 @@ static void global_grad_norm_v2(float* norm, float* scratch, const float* grads,
 }
 
 // ----------------------------------------------------------------------------
+// Version 3
+
+// One thread per parameter i, with p the fp32 weight (master_params[i], or params[i] when null), as
+// version 1's adamw_param, the scalars read from device memory.
+__global__ void adamw_v3_kernel(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
+                                const AdamWScalars* s) {
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n || s->skip) return;
+    const float lr = s->lr, beta1 = s->beta1, beta2 = s->beta2, bc1 = s->bias_correction1,
+                bc2 = s->bias_correction2, eps = s->eps, weight_decay = s->weight_decay;
+    const float g = s->grad_scale * grads[i];
+    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float p = master_params ? master_params[i] : (float)params[i];
+    p -= lr * (weight_decay * p + (mi / bc1) / (sqrtf(vi / bc2) + eps));
+    if (master_params) master_params[i] = p;
+    params[i] = (floatX)p;
+}
+
+// Stage 1 of the norm: block b adds up g^2 over its grid-strided elements (a fixed set and order per
+// thread), reduces over the block, and writes partial[b].
+__global__ void grad_norm_partial_v3_kernel(float* partial, const float* grads, long n) {
+    float sum_sq = 0.0f;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const float g = grads[i];
+        sum_sq += g * g;
+    }
+    sum_sq = block_reduce_sum(sum_sq);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sum_sq;
+}
+
+static void global_grad_norm_v3(float* norm, float* scratch, const float* grads, long n) {
+    const int grid = (int)std::min<long>(ceil_div(n, NORM_BLOCK), GRAD_NORM_BLOCKS);
+    grad_norm_partial_v3_kernel<<<grid, NORM_BLOCK>>>(scratch, grads, n);
+    cudaCheck(cudaGetLastError());
+    grad_norm_final_kernel<<<1, NORM_BLOCK>>>(norm, scratch, grid);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
 
 // Validates n parameters, and times them if `timed`.
 static void run_shape(int version, const char* model, long n, bool timed) {
@@ -168,7 +216,8 @@ static void run_shape(int version, const char* model, long n, bool timed) {
     // up to ~5000 positive fp32 terms, typically 2^-24 sqrt(5000) ~ 4e-6 relative, bounded by 3e-4.
     auto run_norm = [&] {
         if (version == 1) global_grad_norm(norm.ptr, scratch.ptr, grads.ptr, n, 0);
-        else global_grad_norm_v2(norm.ptr, scratch.ptr, grads.ptr, n);
+        else if (version == 2) global_grad_norm_v2(norm.ptr, scratch.ptr, grads.ptr, n);
+        else global_grad_norm_v3(norm.ptr, scratch.ptr, grads.ptr, n);
     };
     norm.poison();
     run_norm();
@@ -183,12 +232,18 @@ static void run_shape(int version, const char* model, long n, bool timed) {
     // AdamW, checked on the first, middle and last 2^20 parameters (all of them if n < 3 * 2^20): m, v,
     // master FP32_TOL (a few fp32 operations per element), the floatX weights STORE_TOL.
     AdamWScalars scalars = adamw_step_scalars(lr, t, beta1, beta2, eps, wd, 0.0);
-    scalars.grad_scale = grad_scale;  // version 1 reads the step's scalars from device memory
+    scalars.grad_scale = grad_scale;  // versions 1 and 3 read the step's scalars from device memory
     DeviceBuffer<AdamWScalars> d_scalars(1);
     d_scalars.upload_raw({scalars});
     auto run_adamw = [&] {
-        if (version == 1) adamw_update(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, d_scalars.ptr, 0);
-        else adamw_update_v2(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, t, lr, beta1, beta2, eps, wd, grad_scale);
+        if (version == 1) {
+            adamw_update(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, d_scalars.ptr, 0);
+        } else if (version == 3) {
+            adamw_v3_kernel<<<ceil_div(n, 256), 256>>>(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, d_scalars.ptr);
+            cudaCheck(cudaGetLastError());
+        } else {
+            adamw_update_v2(params.ptr, master_ptr, grads.ptr, m.ptr, v.ptr, n, t, lr, beta1, beta2, eps, wd, grad_scale);
+        }
     };
     const long chunk = std::min(n, 1L << 20);
     const std::vector<long> starts = n < 3 * chunk ? std::vector<long>{0} : std::vector<long>{0, n / 2, n - chunk};
@@ -224,7 +279,7 @@ static void run_shape(int version, const char* model, long n, bool timed) {
 }
 
 int main(int argc, char** argv) {
-    const int version = parse_version(argc, argv, 2, VERSIONS);
+    const int version = parse_version(argc, argv, 3, VERSIONS);
     measure_ceilings();
     // A small shape first: 4099 = 512 vectors of 8 and a tail of 3 (bf16), 1024 of 4 and 3 (fp32).
     run_shape(version, "small", 4099, false);

@@ -9,6 +9,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include "common.cuh"
 #include "cpu/adamw.h"  // grad_clip_scale
 
@@ -49,36 +50,88 @@ __global__ void grad_clip_kernel(AdamWScalars* s, const float* norm) {
     s->grad_scale = (float)grad_clip_scale(n, s->max_norm);
 }
 
-// One thread per parameter i, with p the fp32 weight (master_params[i], or params[i] when null):
+// One parameter, with p its fp32 weight, m and v its moments (updated in place); returns the new weight:
 //   g = grad_scale * grad;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= lr * (wd * p + (m / bc1) / (sqrt(v / bc2) + eps)),   bc1 = 1 - b1^t,  bc2 = 1 - b2^t
-// With s->skip set (a non-finite gradient norm) it writes nothing: weights, master weights and
-// moments keep their bits.
-__global__ void adamw_kernel(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
-                             const AdamWScalars* s) {
-    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n || s->skip) return;
-    const float lr = s->lr, beta1 = s->beta1, beta2 = s->beta2, bc1 = s->bias_correction1,
-                bc2 = s->bias_correction2, eps = s->eps, weight_decay = s->weight_decay;
-    const float g = s->grad_scale * grads[i];
-    const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-    const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    float p = master_params ? master_params[i] : (float)params[i];
-    p -= lr * (weight_decay * p + (mi / bc1) / (sqrtf(vi / bc2) + eps));
-    if (master_params) master_params[i] = p;
-    params[i] = (floatX)p;
+__device__ inline float adamw_param(float p, float grad, float& m, float& v, const AdamWScalars& s) {
+    const float g = s.grad_scale * grad;
+    m = s.beta1 * m + (1.0f - s.beta1) * g;
+    v = s.beta2 * v + (1.0f - s.beta2) * g * g;
+    return p - s.lr * (s.weight_decay * p + (m / s.bias_correction1) / (sqrtf(v / s.bias_correction2) + s.eps));
 }
 
-// Stage 1 of the norm: block b adds up g^2 over its grid-strided elements (a fixed set and order per
-// thread), reduces over the block, and writes partial[b].
-__global__ void grad_norm_partial_kernel(float* partial, const float* grads, long n) {
-    float sum_sq = 0.0f;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const float g = grads[i];
-        sum_sq += g * g;
+// Thread t updates the VEC parameters [t VEC, (t + 1) VEC), with p the fp32 weight (master_params,
+// or params when null): 128-bit accesses, one vector of floatX weights and VEC / 4 of each fp32 array
+// (every array starts 16-byte aligned, which adamw_update checks, and t VEC is a multiple of VEC).
+// The thread of the last n % VEC parameters updates them one at a time. With s->skip set (a non-finite
+// gradient norm) it writes nothing: weights, master weights and moments keep their bits.
+constexpr int ADAMW_F4 = VEC / 4;  // vectors of 4 floats per VEC parameters
+__global__ void adamw_kernel(floatX* params, float* master_params, const float* grads, float* m, float* v, long n,
+                             const AdamWScalars* scalars) {
+    const long i = ((long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (i >= n || scalars->skip) return;
+    const AdamWScalars s = *scalars;
+    if (i + VEC > n) {
+        for (long k = i; k < n; k++) {
+            const float p = adamw_param(master_params ? master_params[k] : (float)params[k], grads[k], m[k], v[k], s);
+            if (master_params) master_params[k] = p;
+            params[k] = (floatX)p;
+        }
+        return;
     }
+    Packed<float> g[ADAMW_F4], mv[ADAMW_F4], vv[ADAMW_F4], p[ADAMW_F4];
+    if (master_params) {
+#pragma unroll
+        for (int q = 0; q < ADAMW_F4; q++) p[q] = load128(master_params + i + 4 * q);
+    } else {
+        const PackedX px = load128(params + i);
+#pragma unroll
+        for (int e = 0; e < VEC; e++) p[e / 4][e % 4] = (float)px[e];
+    }
+#pragma unroll
+    for (int q = 0; q < ADAMW_F4; q++) {
+        g[q] = load128(grads + i + 4 * q);
+        mv[q] = load128(m + i + 4 * q);
+        vv[q] = load128(v + i + 4 * q);
+    }
+    PackedX out;
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+        p[e / 4][e % 4] = adamw_param(p[e / 4][e % 4], g[e / 4][e % 4], mv[e / 4][e % 4], vv[e / 4][e % 4], s);
+        out[e] = (floatX)p[e / 4][e % 4];
+    }
+#pragma unroll
+    for (int q = 0; q < ADAMW_F4; q++) {
+        store128(m + i + 4 * q, mv[q]);
+        store128(v + i + 4 * q, vv[q]);
+        if (master_params) store128(master_params + i + 4 * q, p[q]);
+    }
+    store128(params + i, out);
+}
+
+// Stage 1 of the norm: block b adds up g^2 over its grid-strided vectors of 4 gradients (128-bit loads,
+// four in flight per thread; a fixed set and order per thread), block 0 also over the last n % 4
+// gradients; it reduces over the block and writes partial[b]. grads starts 16-byte aligned.
+__global__ void grad_norm_partial_kernel(float* partial, const float* grads, long n) {
+    const long nvec = n / 4, stride = (long)gridDim.x * blockDim.x;
+    float sum_sq = 0.0f;
+    long j = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; j + 3 * stride < nvec; j += 4 * stride) {
+        Packed<float> g[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) g[u] = load128(grads + 4 * (j + u * stride));
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sum_sq += g[u][e] * g[u][e];
+    }
+    for (; j < nvec; j += stride) {
+        const Packed<float> g = load128(grads + 4 * j);
+#pragma unroll
+        for (int e = 0; e < 4; e++) sum_sq += g[e] * g[e];
+    }
+    if (blockIdx.x == 0)
+        for (long k = 4 * nvec + threadIdx.x; k < n; k += blockDim.x) sum_sq += grads[k] * grads[k];
     sum_sq = block_reduce_sum(sum_sq);
     if (threadIdx.x == 0) partial[blockIdx.x] = sum_sq;
 }
@@ -98,11 +151,21 @@ constexpr int GRAD_NORM_BLOCKS = 1024;
 
 constexpr int GRAD_NORM_BLOCK_SIZE = 512;
 
+// The 128-bit kernels' precondition: every array they read or write starts 16-byte aligned (cudaMalloc
+// gives 256; the trainer's ZeRO-1 slices start at multiples of ZERO_SHARD_ALIGN elements).
+inline void require_16_byte_aligned(const void* p, const char* what) {
+    if ((uintptr_t)p % 16 != 0) {
+        fprintf(stderr, "%s must start 16-byte aligned (128-bit accesses)\n", what);
+        exit(EXIT_FAILURE);
+    }
+}
+
 // Stage 1 of the norm: the partial sums of grads^2 into scratch (GRAD_NORM_BLOCKS floats of device
 // memory). Returns how many there are, which depends only on n. Data parallelism sums the partials
 // of equal slices over the ranks (element by element) before stage 2.
 inline int grad_norm_partials(float* scratch, const float* grads, long n, cudaStream_t stream) {
-    const int grid = (int)std::min<long>(ceil_div(n, GRAD_NORM_BLOCK_SIZE), GRAD_NORM_BLOCKS);
+    require_16_byte_aligned(grads, "grad_norm_partials: the gradients");
+    const int grid = (int)std::min<long>(ceil_div(n, 4 * GRAD_NORM_BLOCK_SIZE), GRAD_NORM_BLOCKS);
     grad_norm_partial_kernel<<<grid, GRAD_NORM_BLOCK_SIZE, 0, stream>>>(scratch, grads, n);
     cudaCheck(cudaGetLastError());
     return grid;
@@ -135,7 +198,10 @@ inline void adamw_update(floatX* params, float* master_params, const float* grad
         fprintf(stderr, "adamw_update: master weights are required in BF16 mode and unused in FP32 mode\n");
         exit(EXIT_FAILURE);
     }
+    for (const void* p : {(const void*)params, (const void*)master_params, (const void*)grads, (const void*)m,
+                          (const void*)v})
+        require_16_byte_aligned(p, "adamw_update: params, master_params, grads, m and v");
     const int block = 256;
-    adamw_kernel<<<ceil_div(n, block), block, 0, stream>>>(params, master_params, grads, m, v, n, scalars);
+    adamw_kernel<<<ceil_div(ceil_div(n, VEC), block), block, 0, stream>>>(params, master_params, grads, m, v, n, scalars);
     cudaCheck(cudaGetLastError());
 }

@@ -483,10 +483,11 @@ TEST_CASE("classifier: losses alone leave the logits and the step's loss untouch
 
 TEST_CASE("adamw steps match the reference, on master weights in BF16 mode and in place in FP32 mode") {
     // The fp32 state (weights, m, v): FP32_TOL, a dozen fp32 operations per element with a sqrtf.
-    // The floatX weights rounded from the fp32 ones: STORE_TOL.
+    // The floatX weights rounded from the fp32 ones: STORE_TOL. n = 7: the tail alone (fewer than a
+    // vector of VEC); 4096: vectors only; 100003: vectors and a tail of 3.
     Rng rng(601);
     const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f, grad_scale = 0.5f;
-    for (const long n : {7L, 100003L}) {
+    for (const long n : {7L, 4096L, 100003L}) {
         INFO("n=" << n);
         const std::vector<float> weights = random_fp32(n, rng, 0.5), m = random_fp32(n, rng, 1e-2);
         std::vector<float> v = random_fp32(n, rng, 1e-2);
@@ -516,9 +517,10 @@ TEST_CASE("adamw steps match the reference, on master weights in BF16 mode and i
 
 TEST_CASE("global gradient norm matches the reference") {
     // FP32_TOL: each thread sums a few squares, then two tree reductions and a sqrtf. The sizes cover
-    // fewer elements than one block, and more than GRAD_NORM_BLOCKS blocks' worth.
+    // fewer elements than one vector of 4 and than one block, tails of 3, and more than GRAD_NORM_BLOCKS
+    // blocks' worth (each thread 4 elements per step).
     Rng rng(602);
-    for (const long n : {1L, 1000L, 1000003L, 3L * GRAD_NORM_BLOCKS * 512 + 7}) {
+    for (const long n : {1L, 1000L, 1000003L, 3L * GRAD_NORM_BLOCKS * 4 * GRAD_NORM_BLOCK_SIZE + 7}) {
         INFO("n=" << n);
         const std::vector<float> grads = random_fp32(n, rng, 1e-2);
         DeviceBuffer<float> d_grads(grads), d_norm(1), d_scratch(GRAD_NORM_BLOCKS);
