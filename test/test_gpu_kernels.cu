@@ -422,10 +422,13 @@ TEST_CASE("classifier: losses, mean and in-place dlogits, ignored rows zero; the
     // losses: FP32_TOL (a thread's online sum of V/512 <= 98 exps, a tree over the block, a logf); the
     // mean: FP32_TOL (a double sum of them, rounded to fp32). dlogits: STORE_TOL (an expf and two
     // products in fp32 per element, stored), with dloss = loss_scale / n_valid counted on the device.
-    // The step's loss (double) starts at 1.5 and gets loss_scale * mean added.
+    // The step's loss (double) starts at 1.5 and gets loss_scale * mean added. The kernel reads and
+    // writes 128 bits at a time: V = 11 and 100 (rows off 16-byte boundaries: heads and tails one
+    // logit at a time, fewer vectors than threads), 32000 (whole vectors, 4 in flight per thread and a
+    // remainder), 50001 (both).
     Rng rng(501);
     const float loss_scale = 0.25f;
-    for (const int V : {11, 32000, 50001}) {
+    for (const int V : {11, 100, 32000, 50001}) {
         INFO("V=" << V);
         ClassifierCase c(V, rng);
         DeviceBuffer<floatX> d_logits(c.logits);
