@@ -318,6 +318,8 @@ $(EMU)/test_gpu_trainer-%: $(EMU)/main.o $(EMU)/%/test/test_gpu_trainer.cu.o $(E
 	$(CXX) $^ -o $@ $(EMU_LIBS) $(CATCH_LIBS)
 EMU_TRAINER_TESTS := $(EMU)/test_gpu_trainer-bf16 $(EMU)/test_gpu_trainer-fp32 test/emu/test_trainer_emu.sh
 EMU_TESTS += $(EMU_TRAINER_TESTS)
+# make gpu-check's correctness phase on the emulated binaries (dev/gpu_check.sh with GPU_CHECK_EMULATED=1).
+EMU_TESTS += test/emu/gpu_check_emu.sh
 test-emu: $(filter-out %.sh,$(EMU_TRAINER_TESTS)) $(EMU)/bf16/train_mixln_emu $(EMU)/fp32/train_mixln_emu train_mixln_cpu
 
 # The dev/ benchmarks in emulation: each version validated on its small shapes (DEV_SMALL_ONLY=1), no

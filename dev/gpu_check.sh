@@ -8,6 +8,12 @@
 #   dev/gpu_check.sh [OUT_DIR]   default: $OUT if set, else build/gpu_check_report
 #   GPU_CHECK_BIN=DIR            the binaries (default build/gpu_check)
 #   GPU_CHECK_WORK=DIR           the trainer runs' scratch space (default build/gpu_check_work)
+#   GPU_CHECK_EMULATED=1         no GPU: phase 2 on the CPU, from the emulated binaries of make test-emu
+#                                (build/emu, or GPU_CHECK_EMU=DIR: test_gpu_{kernels,trainer}-{bf16,fp32},
+#                                bf16/train_mixln_emu), so that this script's own logic runs in CI
+#                                (test/emu/gpu_check_emu.sh). The test runners run a few test cases each
+#                                and the trainer the tiny shapes (see below); the steps that need a GPU
+#                                (nvidia-smi, compute-sanitizer, every timing) are reported as not run.
 # Where there is no GPU it says so in one line and exits 0; otherwise it exits 1 if any step failed.
 #
 # Phases run one after another. The steps of a phase run side by side: only checks of correctness
@@ -27,11 +33,13 @@
 # the host's initialization of 1.3B weights and, before issue 12, its 16 GB final checkpoint.)
 set -u
 cd "$(dirname "$0")/.."
-if [ ! -e /proc/driver/nvidia/version ] && ! command -v nvidia-smi >/dev/null; then
+emulated=${GPU_CHECK_EMULATED:-0}
+if [ "$emulated" = 1 ]; then
+    :  # no driver needed
+elif [ ! -e /proc/driver/nvidia/version ] && ! command -v nvidia-smi >/dev/null; then
     echo "gpu-check: no GPU here (no NVIDIA driver): nothing to run"
     exit 0
-fi
-if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then  # a driver, but no GPU it can use
+elif ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then  # a driver, but no GPU it can use
     echo "gpu-check: an NVIDIA driver is installed but nvidia-smi lists no GPU:"
     nvidia-smi -L 2>&1 | head -n 5
     exit 1
@@ -41,7 +49,22 @@ work=${GPU_CHECK_WORK:-build/gpu_check_work}
 out=${1:-${OUT:-build/gpu_check_report}}
 mkdir -p "$out"
 report=$out/report.md
-if [ ! -x $bin/bf16/test_gpu_kernels ]; then
+state=$(mktemp -d)  # per step: its log's name, output, result row, test summary, failure
+trap 'rm -rf "$state"' EXIT
+if [ "$emulated" = 1 ]; then
+    # build/gpu_check's layout, linked to the emulated binaries, and a small random shard.
+    emu=${GPU_CHECK_EMU:-build/emu}
+    bin=$state/emulated_bin
+    mkdir -p $bin/bf16 $bin/fp32
+    links=("bf16/train_mixln bf16/train_mixln_emu")
+    for p in bf16 fp32; do links+=("$p/test_gpu_kernels test_gpu_kernels-$p" "$p/test_gpu_trainer test_gpu_trainer-$p"); done
+    for link in "${links[@]}"; do
+        set -- $link
+        [ -x "$emu/$2" ] || { echo "gpu-check: no $emu/$2: run make test-emu (or the emulated targets) first" | tee "$report"; exit 1; }
+        ln -s "$(cd "$(dirname "$emu/$2")" && pwd)/$(basename "$2")" $bin/$1
+    done
+    python3 scripts/make_random_shard.py --out $bin/random_small.bin --tokens 20000 --vocab-size 256 >/dev/null
+elif [ ! -x $bin/bf16/test_gpu_kernels ]; then
     echo "gpu-check: no $bin/bf16/test_gpu_kernels: run make gpu-check-build (on any machine with nvcc) and carry $bin" |
         tee "$report"
     exit 1
@@ -49,8 +72,6 @@ fi
 export MIXLN_REQUIRE_GPU=1  # a GPU test runner that finds no usable device fails instead of skipping
 rm -rf "$work"
 mkdir -p "$work"
-state=$(mktemp -d)  # per step: its log's name, output, result row, test summary, failure
-trap 'rm -rf "$state"' EXIT
 
 steps=0        # steps started
 phase_limit=0  # the longest limit of the phase's steps
@@ -61,6 +82,12 @@ step() { begin_step "$3"; run_step $steps "$@"; }
 step_beside() { begin_step "$3"; run_step $steps "$@" & }
 begin_step() { steps=$((steps + 1)); [ "$1" -le $phase_limit ] || phase_limit=$1; }
 end_phase() { wait; worst_case=$((worst_case + phase_limit + 5)); phase_limit=0; }
+# not_run NAME REASON: a step that needs a GPU, in emulation: reported as not run, neither passed nor failed.
+not_run() {
+    steps=$((steps + 1))
+    echo "gpu-check: $1: not run in emulation ($2)"
+    echo "| $1 | not run in emulation: $2 | - |" >$state/$steps.row
+}
 
 run_step() {
     local id=$1 name=$2 log=$3 limit=$4; shift 4
@@ -88,15 +115,27 @@ run_step() {
 }
 
 # 1. The device and driver.
-step "device and driver" info.log 10 sh -c 'nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv'
-end_phase
+if [ "$emulated" = 1 ]; then
+    not_run "device and driver" "no NVIDIA driver for nvidia-smi"
+else
+    step "device and driver" info.log 10 sh -c 'nvidia-smi; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv'
+    end_phase
+fi
 
-# 2. Correctness, side by side (16 CPU cores: 2 OpenMP threads each).
+# 2. Correctness, side by side (16 CPU cores: 2 OpenMP threads each). In emulation, on a CPU that
+# the five steps share with whatever else runs there, each step may take 3 times its limit.
 export OMP_NUM_THREADS=2
+limit=120
+[ "$emulated" != 1 ] || limit=360
 #  The GPU tests in both precisions. Their closing lines "NAME: N passed, M failed" go to the report.
+#  In emulation, a few quick test cases of each (Catch2 filters): make test-emu runs them all, in 4
+#  minutes; here the step is what is tested.
+declare -A cases=([test_gpu_kernels]="" [test_gpu_trainer]="")
+[ "$emulated" != 1 ] || cases=([test_gpu_kernels]="rmsnorm forward*,swiglu forward*,adamw steps*"
+                              [test_gpu_trainer]="ZeRO-1's buckets padded*")
 for precision in bf16 fp32; do
     for test in test_gpu_kernels test_gpu_trainer; do
-        step_beside "$test $precision" tests.log 120 $bin/$precision/$test
+        step_beside "$test $precision" tests.log $limit $bin/$precision/$test ${cases[$test]:+"${cases[$test]}"}
     done
 done
 #  compute-sanitizer on the kernel tests with small shapes (Catch2 test names; a trailing * is a
@@ -104,19 +143,29 @@ done
 #  kernels with shared memory).
 sanitized="flash attention forward*,rmsnorm backward*,residual rmsnorm backward*,classifier: losses and*,global gradient norm matches*,embedding backward adds*,swiglu backward*,rope forward*,adamw steps*"
 raced="flash attention forward*,rmsnorm backward*,classifier: losses and*,global gradient norm matches*"
-step_beside "compute-sanitizer memcheck" sanitizer.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
-    $bin/bf16/test_gpu_kernels "$sanitized"
-step_beside "compute-sanitizer racecheck" sanitizer.log 120 compute-sanitizer --tool racecheck --error-exitcode 1 \
-    $bin/bf16/test_gpu_kernels "$raced"
+if [ "$emulated" = 1 ]; then
+    for tool in memcheck racecheck; do
+        not_run "compute-sanitizer $tool" "it instruments kernels on a GPU; emulation has its own: guard bytes, the race checker"
+    done
+else
+    step_beside "compute-sanitizer memcheck" sanitizer.log 120 compute-sanitizer --tool memcheck --error-exitcode 1 \
+        $bin/bf16/test_gpu_kernels "$sanitized"
+    step_beside "compute-sanitizer racecheck" sanitizer.log 120 compute-sanitizer --tool racecheck --error-exitcode 1 \
+        $bin/bf16/test_gpu_kernels "$raced"
+fi
 #  The whole trainer, bitwise, against the plain run (log, gradient norms, checkpoint): the NCCL path
 #  with one rank (RANK/WORLD_SIZE make train_mixln a rank of a torchrun-style launch), ZeRO-1 and
 #  all-reduce, with 2 micro-batches a step, so that the second one's backward starts the per-layer
 #  sums, and with -R 1 (recomputed layers run between the sums' starts); CUDA graphs off (-D 0, where
-#  the trainer has the flag); then a ZeRO-1 resume.
-step_beside "trainer bitwise: one-rank NCCL (ZeRO-1, all-reduce, -R 1, resume), graphs off" bitwise.log 120 bash -c '
+#  the trainer has the flag); then a ZeRO-1 resume. In emulation: micro-batches of 2 x 48 tokens
+#  (about 1.4 s of CPU each), 3 steps (the third replays both graphs), checkpoints at steps 2 and 3.
+shape="-b 8 -t 128 -d 2048 -x 20 -v 10 -m 4 -y 10 -c 10" middle=10 last=20
+[ "$emulated" != 1 ] || { shape="-b 2 -t 48 -d 192 -x 3 -v 3 -m 1 -y 1 -c 2" middle=2 last=3; }
+step_beside "trainer bitwise: one-rank NCCL (ZeRO-1, all-reduce, -R 1, resume), graphs off" bitwise.log $limit bash -c '
     set -e
     bin=$1; dir=$2/bitwise
-    run="-e tiny -H 2 -i $bin/random_small.bin -j $bin/random_small.bin -b 8 -t 128 -d 2048 -x 20 -v 10 -m 4 -y 10 -c 10 -k 0"
+    run="-e tiny -H 2 -i $bin/random_small.bin -j $bin/random_small.bin $3 -k 0"
+    middle=$(printf "ckpt_%08d.bin" $4) last=$(printf "ckpt_%08d.bin" $5)
     $bin/bf16/train_mixln $run -o $dir/plain
     RANK=0 WORLD_SIZE=1 $bin/bf16/train_mixln $run -o $dir/zero1
     RANK=0 WORLD_SIZE=1 $bin/bf16/train_mixln $run -Z 0 -o $dir/allreduce
@@ -132,47 +181,55 @@ step_beside "trainer bitwise: one-rank NCCL (ZeRO-1, all-reduce, -R 1, resume), 
     but_run_id() { head -c 216 "$1"; tail -c +233 "$1"; }
     for d in $variants; do
         for f in log.csv grad_norms.csv; do cmp $dir/plain/$f $dir/$d/$f; done
-        cmp <(but_run_id $dir/plain/ckpt_00000020.bin) <(but_run_id $dir/$d/ckpt_00000020.bin)
+        cmp <(but_run_id $dir/plain/$last) <(but_run_id $dir/$d/$last)
     done
-    mkdir -p $dir/resumed && cp $dir/zero1/ckpt_00000010.bin $dir/resumed/
+    mkdir -p $dir/resumed && cp $dir/zero1/$middle $dir/resumed/
     RANK=0 WORLD_SIZE=1 $bin/bf16/train_mixln $run -o $dir/resumed -r $dir/resumed
-    cmp $dir/zero1/ckpt_00000020.bin $dir/resumed/ckpt_00000020.bin
-    echo "bitwise the same: plain, $variants, ZeRO-1 resumed"' _ $bin "$work"
+    cmp $dir/zero1/$last $dir/resumed/$last
+    echo "bitwise the same: plain, $variants, ZeRO-1 resumed"' _ $bin "$work" "$shape" $middle $last
 end_phase
 unset OMP_NUM_THREADS
 
 # 3. Every dev/ benchmark at every version: each validates against the CPU reference, then times.
 kernel_table=$state/kernel_table.md
-step "dev/ benchmarks (dev/run_all.sh)" dev.log 120 bash -c \
-    'DEV_REPEATS=10 DEV_BIN_DIR=$1/bf16/dev dev/run_all.sh >$2' _ $bin "$kernel_table"
-end_phase
+if [ "$emulated" = 1 ]; then
+    not_run "dev/ benchmarks (dev/run_all.sh)" "timings (their validation: test/emu/dev_versions.sh)"
+    not_run "trainer throughput 71m 130m 250m (dev/bench_trainer.sh)" "timings"
+    not_run "trainer throughput 1b (dev/bench_trainer.sh)" "timings"
+else
+    step "dev/ benchmarks (dev/run_all.sh)" dev.log 120 bash -c \
+        'DEV_REPEATS=10 DEV_BIN_DIR=$1/bf16/dev dev/run_all.sh >$2' _ $bin "$kernel_table"
+    end_phase
 
-# 4, 5. Training throughput and peak memory of the Table 4 presets, the trainer before issue 12 (the
-# commit of make gpu-check-build's GPU_CHECK_BEFORE, where it was built) beside this one, with CUDA
-# graphs and, where the trainer has -D, without. 1b without graphs is left out: its steps are long
-# enough for launch gaps not to matter, and its runs are the slowest.
-new=$bin/bf16/train_mixln
-after=("after=$new -c -1")
-if $new -h | grep -qE '^ +-D '; then after=("after=$new -c -1 -D 1" "after-D0=$new -c -1 -D 0"); fi
-before=()
-[ ! -x $bin/before/train_mixln ] || before=("before=$bin/before/train_mixln")
-# env PRESETS=... "${bench[@]}" TABLE VARIANT...: dev/bench_trainer.sh, its table to TABLE
-bench=(STEPS=5 SKIP=2 TOKENS_PER_STEP=65536 SHARD=$bin/random.bin BENCH_DIR="$work/bench"
-       bash -c 'dev/bench_trainer.sh "${@:2}" >"$1"' _)
-step "trainer throughput 71m 130m 250m (dev/bench_trainer.sh)" bench.log 110 env PRESETS="71m 130m 250m" "${bench[@]}" \
-    $state/throughput_small.txt "${before[@]}" "${after[@]}"
-end_phase
-step "trainer throughput 1b (dev/bench_trainer.sh)" bench.log 140 env PRESETS=1b "${bench[@]}" \
-    $state/throughput_1b.txt "${before[@]}" "${after[0]}"
-end_phase
+    # 4, 5. Training throughput and peak memory of the Table 4 presets, the trainer before issue 12 (the
+    # commit of make gpu-check-build's GPU_CHECK_BEFORE, where it was built) beside this one, with CUDA
+    # graphs and, where the trainer has -D, without. 1b without graphs is left out: its steps are long
+    # enough for launch gaps not to matter, and its runs are the slowest.
+    new=$bin/bf16/train_mixln
+    after=("after=$new -c -1")
+    if $new -h | grep -qE '^ +-D '; then after=("after=$new -c -1 -D 1" "after-D0=$new -c -1 -D 0"); fi
+    before=()
+    [ ! -x $bin/before/train_mixln ] || before=("before=$bin/before/train_mixln")
+    # env PRESETS=... "${bench[@]}" TABLE VARIANT...: dev/bench_trainer.sh, its table to TABLE
+    bench=(STEPS=5 SKIP=2 TOKENS_PER_STEP=65536 SHARD=$bin/random.bin BENCH_DIR="$work/bench"
+           bash -c 'dev/bench_trainer.sh "${@:2}" >"$1"' _)
+    step "trainer throughput 71m 130m 250m (dev/bench_trainer.sh)" bench.log 110 env PRESETS="71m 130m 250m" "${bench[@]}" \
+        $state/throughput_small.txt "${before[@]}" "${after[@]}"
+    end_phase
+    step "trainer throughput 1b (dev/bench_trainer.sh)" bench.log 140 env PRESETS=1b "${bench[@]}" \
+        $state/throughput_1b.txt "${before[@]}" "${after[0]}"
+    end_phase
+fi
 
 # The logs, in step order, and the report.
-for id in $(seq 1 $steps); do rm -f "$out/$(cat $state/$id.log)"; done  # a previous run's
-for id in $(seq 1 $steps); do cat $state/$id.out >>"$out/$(cat $state/$id.log)"; done
+for id in $(seq 1 $steps); do [ ! -e $state/$id.log ] || rm -f "$out/$(cat $state/$id.log)"; done  # a previous run's
+for id in $(seq 1 $steps); do [ ! -e $state/$id.log ] || cat $state/$id.out >>"$out/$(cat $state/$id.log)"; done
 {
     echo "# gpu-check report"
     echo
-    echo "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1); $(date -u '+%Y-%m-%d %H:%M UTC'); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    if [ "$emulated" = 1 ]; then device="emulated on the CPU ($emu), no GPU"
+    else device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1); fi
+    echo "$device; $(date -u '+%Y-%m-%d %H:%M UTC'); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo
     echo "$steps steps in $SECONDS s (at most $worst_case s if every step had run to its limit)."
     echo
@@ -190,7 +247,9 @@ for id in $(seq 1 $steps); do cat $state/$id.out >>"$out/$(cat $state/$id.log)";
     echo
     echo "## Kernels (dev/run_all.sh, DEV_REPEATS=10)"
     echo
-    if [ -s "$kernel_table" ]; then cat "$kernel_table"; else echo "no table (see dev.log)"; fi
+    if [ -s "$kernel_table" ]; then cat "$kernel_table"
+    elif [ "$emulated" = 1 ]; then echo "not run in emulation"
+    else echo "no table (see dev.log)"; fi
     echo
     echo "## Trainer throughput (dev/bench_trainer.sh, 5 steps of 65536 tokens at T 256, the first 2 not counted)"
     echo
@@ -200,7 +259,9 @@ for id in $(seq 1 $steps); do cat $state/$id.out >>"$out/$(cat $state/$id.log)";
     for table in $state/throughput_small.txt $state/throughput_1b.txt; do
         echo
         echo '```'
-        if [ -s $table ]; then cat $table; else echo "no table (see bench.log)"; fi
+        if [ -s $table ]; then cat $table
+        elif [ "$emulated" = 1 ]; then echo "not run in emulation"
+        else echo "no table (see bench.log)"; fi
         echo '```'
     done
     if ls $state/*.failure >/dev/null 2>&1; then
