@@ -201,6 +201,23 @@ test: $(GPU_TESTS)
 test: GPU_TESTS += $(if $(NVCC_FOUND),test/test_gpu_runner.sh)
 test: export GPU_RUNNER := $(CUDA_BUILD)/test_gpu_kernels
 
+# The SASS guards (issue 23; scripts/sass_guards.py, docs/sass.md): every kernel of the trainer's sm_90a
+# code, read with cuobjdump (PyPI's nvidia-cuda-cuobjdump and -nvdisasm, scripts/requirements.txt),
+# against test/sass_expectations.txt. make test reads this precision's test_gpu_trainer.o (built for
+# it anyway); test/test_sass_guards.sh skips only where nvcc is missing. `make sass-table` rewrites
+# docs/sass.md's per-kernel tables for both precisions (the other one from a device-only cubin).
+SASS_PRECISION := $(if $(filter FP32,$(PRECISION)),fp32,bf16)
+sass_object = $(if $(filter $(1),$(SASS_PRECISION)),$(CUDA_BUILD)/test_gpu_trainer.o,$(BUILD)/sass/$(1)/train_mixln.cubin)
+$(BUILD)/sass/%/train_mixln.cubin: train_mixln.cu data_parallel.cuh $(CUDA_HEADERS) $(HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) -O3 -std=c++17 -cubin -arch=sm_90a $(if $(filter fp32,$*),-DENABLE_FP32) $< -o $@
+test: $(if $(NVCC_FOUND),$(if $(filter 1,$(SANITIZE)),,$(CUDA_BUILD)/test_gpu_trainer.o))
+test: GPU_TESTS += test/test_sass_guards.sh
+test: export SASS_OBJECTS := $(SASS_PRECISION)=$(CUDA_BUILD)/test_gpu_trainer.o
+.PHONY: sass-table
+sass-table: $(call sass_object,bf16) $(call sass_object,fp32) | deps-test
+	python3 scripts/sass_guards.py table --into docs/sass.md bf16=$(call sass_object,bf16) fp32=$(call sass_object,fp32)
+
 # ----------------------------------------------------------------------------------------------------
 # The first minutes on a GPU (docs/gpu.md, "First run on a GPU"). `make gpu-check-build`, on any machine with
 # nvcc, builds what a GPU run needs and copies it into build/gpu_check (to carry to the GPU machine with

@@ -21,7 +21,8 @@ if [ ${#packages[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null; }
 fi
-if ! python3 -c "import numpy, tokenizers, huggingface_hub, tqdm, matplotlib" 2>/dev/null; then
+if ! python3 -c "import numpy, tokenizers, huggingface_hub, tqdm, matplotlib" 2>/dev/null ||
+    ! python3 scripts/sass_guards.py where >/dev/null 2>&1; then  # cuobjdump and nvdisasm (PyPI) for the SASS guards
     echo "installing Python packages: scripts/requirements.txt" >&2
     python3 -m pip install -q -r scripts/requirements.txt 2>/dev/null ||
         python3 -m pip install -q --break-system-packages -r scripts/requirements.txt

@@ -7,7 +7,8 @@ printed as a per-kernel table (docs/sass.md). No GPU needed.
     python3 scripts/sass_guards.py table bf16=build/test_gpu_trainer.o fp32=build/sass/fp32/train_mixln.cubin
 
 An OBJECT is anything cuobjdump reads: a .cubin, or a host object or binary with an sm_90a fatbin in it.
-cuobjdump comes from $CUOBJDUMP, the PATH, or PyPI's nvidia-cuda-cuobjdump (scripts/requirements.txt).
+cuobjdump and the nvdisasm it runs come from $CUOBJDUMP and $NVDISASM, the PATH, or PyPI's
+nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (scripts/requirements.txt).
 
 Every kernel is checked for (the expectations file's header says how a line relaxes or adds to these):
   - no local memory: LOCAL and STACK 0 in `cuobjdump -res-usage` (a spill or a stack frame);
@@ -41,6 +42,7 @@ FEATURES = {
     "stg128": "a 128-bit global store (STG.E.128)",
     "ldgsts": "LDGSTS (cp.async: global to shared without registers)",
 }
+PRECISIONS = ("bf16", "fp32")  # the labels an expectations line may name besides the objects' own
 TABLE_COLUMNS = ["ldg128", "stg128", "ldg16", "stg16", "hmma", "ldsm", "ldgsts"]
 
 
@@ -48,28 +50,37 @@ class UsageError(Exception):
     pass
 
 
-def find_cuobjdump():
-    """$CUOBJDUMP, else cuobjdump on the PATH, else the binary of PyPI's nvidia-cuda-cuobjdump."""
-    if os.environ.get("CUOBJDUMP"):
-        return os.environ["CUOBJDUMP"]
-    on_path = shutil.which("cuobjdump")
+def find_tool(name, package):
+    """$NAME (upper case), else NAME on the PATH, else the binary that PyPI's PACKAGE installs."""
+    if os.environ.get(name.upper()):
+        return os.environ[name.upper()]
+    on_path = shutil.which(name)
     if on_path:
         return on_path
     try:
-        dist = importlib.metadata.distribution("nvidia-cuda-cuobjdump")
+        dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
         dist = None
     for f in (dist.files or []) if dist else []:
-        if f.name == "cuobjdump" and f.parent.name == "bin":
+        if f.name == name and f.parent.name == "bin":
             path = str(dist.locate_file(f))
             if os.access(path, os.X_OK):
                 return path
-    raise UsageError("cuobjdump not found (not on the PATH, no PyPI nvidia-cuda-cuobjdump): "
+    raise UsageError(f"{name} not found (not on the PATH, no PyPI {package}): "
                      "python3 -m pip install -r scripts/requirements.txt")
 
 
-def cuobjdump(tool, option, path):
-    result = subprocess.run([tool, option, "-arch", ARCH, path], capture_output=True, text=True)
+def find_tools():
+    """cuobjdump, nvdisasm, and the environment to run cuobjdump in: its -sass runs nvdisasm from the PATH."""
+    cuobjdump = find_tool("cuobjdump", "nvidia-cuda-cuobjdump")
+    nvdisasm = find_tool("nvdisasm", "nvidia-cuda-nvdisasm")
+    env = dict(os.environ, PATH=os.path.dirname(os.path.abspath(nvdisasm)) + os.pathsep + os.environ.get("PATH", ""))
+    return cuobjdump, nvdisasm, env
+
+
+def cuobjdump(tools, option, path):
+    tool, _, env = tools
+    result = subprocess.run([tool, option, "-arch", ARCH, path], capture_output=True, text=True, env=env)
     if result.returncode != 0 or ".nv.info." not in result.stdout and "Function" not in result.stdout:
         raise UsageError(f"{tool} {option} {path} found no {ARCH} code: {result.stderr.strip()[:300]}")
     return result.stdout
@@ -170,10 +181,10 @@ def read_kernels(path):
     """The kernels of one object: a list of dicts, one per kernel, sorted by name."""
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file (build it first: see the Makefile's sass-table)")
-    tool = find_cuobjdump()
-    usage = parse_res_usage(cuobjdump(tool, "-res-usage", path))
-    info = parse_kernel_info(cuobjdump(tool, "-elf", path))
-    sass = parse_sass(cuobjdump(tool, "-sass", path))
+    tools = find_tools()
+    usage = parse_res_usage(cuobjdump(tools, "-res-usage", path))
+    info = parse_kernel_info(cuobjdump(tools, "-elf", path))
+    sass = parse_sass(cuobjdump(tools, "-sass", path))
     names = demangle(info)
     kernels = []
     for mangled, name in names.items():
@@ -256,7 +267,7 @@ def check_kernel(kernel, rule, path, label):
 
 def run_check(expect, objects):
     rules = parse_expectations(expect)
-    labels = {label for label, _ in objects}
+    labels = {label for label, _ in objects} | set(PRECISIONS)
     for rule in rules:
         for feature, only, _ in rule["features"]:
             if only is not None and only not in labels:
@@ -345,11 +356,11 @@ def main():
     table.add_argument("objects", nargs="+", type=labelled, metavar="LABEL=OBJECT")
     table.add_argument("--into", metavar="FILE", help=f"replace the part of FILE between {TABLE_BEGIN} and "
                        f"{TABLE_END} (docs/sass.md) instead of printing")
-    sub.add_parser("where", help="print the cuobjdump this script would run")
+    sub.add_parser("where", help="print the cuobjdump and nvdisasm this script would run")
     args = parser.parse_args()
     try:
         if args.command == "where":
-            print(find_cuobjdump())
+            print(" ".join(find_tools()[:2]))
             return 0
         return run_check(args.expect, args.objects) if args.command == "check" else run_table(args.objects, args.into)
     except (UsageError, OSError) as e:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The SASS guards (scripts/sass_guards.py, issue 23 item 5): the trainer's sm_90a code in both precisions
-# ($SASS_OBJECTS, LABEL=OBJECT pairs that `make test` sets) against test/sass_expectations.txt, after the
-# checker is shown to catch each kind of wrong claim on a small CUDA file written here (a 16-bit and a
-# 128-bit copy, a local array, a kernel of 130+ registers, ldmatrix + mma.sync + cp.async), whose
-# instructions are known. No GPU needed; skipped only where nvcc is missing (a missing cuobjdump fails).
+# The SASS guards (scripts/sass_guards.py, issue 23 item 5): the trainer's sm_90a code against
+# test/sass_expectations.txt ($SASS_OBJECTS, LABEL=OBJECT pairs: `make test` sets this precision's
+# test_gpu_trainer.o, bf16=build/test_gpu_trainer.o by default), after the checker is shown to catch
+# each kind of wrong claim on a small CUDA file written here (a 16-bit and a 128-bit copy, a local
+# array, a kernel of 130+ registers, ldmatrix + mma.sync + cp.async) whose instructions are known.
+# No GPU needed; skipped only where nvcc is missing (a missing cuobjdump or nvdisasm fails).
 # Ends with "test_sass_guards: N passed, M failed, K skipped", K the trainer's PENDING checks.
 set -u
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ if ! command -v "$nvcc" >/dev/null; then
     echo "test_sass_guards: 0 passed, 0 failed, 1 skipped"
     exit 0
 fi
-objects=${SASS_OBJECTS:-bf16=build/test_gpu_trainer.o fp32=build/sass/fp32/train_mixln.cubin}
+objects=${SASS_OBJECTS:-bf16=build/test_gpu_trainer.o}
 guards="python3 scripts/sass_guards.py"
 tmp=$(mktemp -d /tmp/mixln_sass_XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
@@ -21,8 +22,8 @@ passed=0; failed=0; skipped=0
 pass() { passed=$((passed + 1)); echo "  ok    $1"; }
 fail() { failed=$((failed + 1)); echo "  FAIL  $1"; [ -n "${2:-}" ] && tail -n 15 <<<"$2" | sed 's/^/        /'; }
 
-if cuobjdump=$($guards where 2>&1); then pass "cuobjdump found: $cuobjdump"; else
-    fail "cuobjdump found (pip install -r scripts/requirements.txt)" "$cuobjdump"
+if cuobjdump=$($guards where 2>&1); then pass "cuobjdump and nvdisasm found: $cuobjdump"; else
+    fail "cuobjdump and nvdisasm found (pip install -r scripts/requirements.txt)" "$cuobjdump"
     echo "test_sass_guards: $passed passed, $failed failed"; exit 1
 fi
 
