@@ -272,7 +272,7 @@ def run_check(expect, objects):
         for feature, only, _ in rule["features"]:
             if only is not None and only not in labels:
                 raise UsageError(f"{expect}:{rule['line']}: {feature}@{only}: no object is labelled {only} "
-                                 f"(objects: {', '.join(sorted(labels))})")
+                                 f"(known labels: {', '.join(sorted(labels))})")
     totals = Counter()
     for label, path in objects:
         kernels = read_kernels(path)
