@@ -215,7 +215,7 @@ struct GpuActivations {
     floatX* d_final_norm;        // (N, C)
     float* attn_delta;           // (B, NH, T) attention backward's row terms
     float* rmsnorm_scratch;      // rmsnorm_backward_scratch_floats(C): the norm weights' partial sums
-    int* embedding_workspace;    // embedding_backward_workspace_ints(N)
+    int* embedding_workspace;    // embedding_backward_workspace_ints(N, C)
 
     // Points every tensor into base for N rows, and returns the bytes they take. With base null it
     // only counts (the pointers are then meaningless).
@@ -246,7 +246,7 @@ struct GpuActivations {
         for (int** p : {&tokens, &targets}) take(*p, N);
         take(attn_delta, heads_rows);
         take(rmsnorm_scratch, rmsnorm_backward_scratch_floats((int)C));
-        take(embedding_workspace, embedding_backward_workspace_ints((int)N));
+        take(embedding_workspace, embedding_backward_workspace_ints((int)N, (int)C));
         return bytes;
     }
 };

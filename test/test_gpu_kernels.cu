@@ -4,8 +4,10 @@
 // the error metric and the tolerances are described in test/gpu_test_utils.cuh.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 #include "gpu_test_utils.cuh"
 #include "../core/rng.h"
@@ -30,10 +32,11 @@
 // Embedding
 
 TEST_CASE("embedding forward gathers scaled rows") {
-    // STORE_TOL: scale * w is one fp32 product, then stored.
+    // STORE_TOL: scale * w is one fp32 product, then stored. C = 10 (and 12 in bf16) is not a multiple
+    // of VEC: one element at a time; 768 and 1000 are: 128-bit accesses.
     Rng rng(101);
     struct Size { int N, C, V; };
-    for (const Size& s : {Size{21, 12, 11}, Size{21, 768, 1000}, Size{257, 1000, 5001}}) {
+    for (const Size& s : {Size{21, 12, 11}, Size{33, 10, 7}, Size{21, 768, 1000}, Size{257, 1000, 5001}}) {
         for (const float scale : {1.0f, std::sqrt((float)s.C)}) {
             INFO("N=" << s.N << " C=" << s.C << " V=" << s.V << " scale=" << scale);
             const std::vector<float> wte = random_floatX((size_t)s.V * s.C, rng);
@@ -54,9 +57,11 @@ TEST_CASE("embedding backward adds scaled rows into each token's row") {
     // position order, added once. Small vocabularies make tokens repeat; rows of absent tokens must
     // stay as they were. The device sort reads only the bits of ids below V: the largest id, V - 1,
     // is always present (V = 65536 and 50: exactly 16 bits, and 6 bits of which the top one is set).
+    // C = 10 is not a multiple of VEC (one element at a time), the others are (128-bit accesses).
     Rng rng(102);
     struct Size { int N, C, V; };
-    for (const Size& s : {Size{21, 12, 5}, Size{21, 768, 1000}, Size{257, 1000, 50}, Size{4099, 64, 65536}}) {
+    for (const Size& s : {Size{21, 12, 5}, Size{300, 10, 3}, Size{21, 768, 1000}, Size{257, 1000, 50},
+                          Size{4099, 64, 65536}}) {
         INFO("N=" << s.N << " C=" << s.C << " V=" << s.V);
         const float scale = std::sqrt((float)s.C);
         const std::vector<float> dwte = random_fp32((size_t)s.V * s.C, rng), dout = random_floatX((size_t)s.N * s.C, rng);
@@ -64,7 +69,7 @@ TEST_CASE("embedding backward adds scaled rows into each token's row") {
         tokens[s.N / 2] = s.V - 1;
         DeviceBuffer<float> d_dwte(dwte);
         DeviceBuffer<floatX> d_dout(dout);
-        DeviceBuffer<int> d_tokens(tokens), d_workspace(embedding_backward_workspace_ints(s.N));
+        DeviceBuffer<int> d_tokens(tokens), d_workspace(embedding_backward_workspace_ints(s.N, s.C));
         d_workspace.poison();
         embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, s.N, s.C, s.V, scale, STREAM);
         std::vector<double> ref = to_double(dwte);
@@ -73,29 +78,100 @@ TEST_CASE("embedding backward adds scaled rows into each token's row") {
     }
 }
 
-TEST_CASE("embedding backward is deterministic") {
-    // 4096 positions over 64 tokens: each row sums ~64 positions, where atomics would vary the order.
-    // A workspace made for more positions serves a smaller batch.
+// Tokens whose sorted runs meet the backward's chunks (EMBEDDING_CHUNK positions) in every way: a
+// run of exactly one chunk, one of exactly two, a single position, runs ending exactly at a chunk's
+// edge and one past it, one starting mid-chunk across several chunks, and one token at most of the
+// positions (frequent tokens of real text), ending in a partial last chunk. Ids are spread over V = 40
+// (rows of absent tokens must stay as they were); positions shuffled, as in text.
+static std::vector<int> skewed_tokens(int N, Rng& rng) {
+    const int E = EMBEDDING_CHUNK;
+    const int counts[] = {E, 2 * E, 1, E - 2, E + 1, 3 * E + 5, E - 1};  // runs in token order; the rest: token 7
+    std::vector<int> tokens;
+    for (int t = 0; t < 7; t++) tokens.insert(tokens.end(), counts[t], 5 * t + 1);
+    REQUIRE((int)tokens.size() < N / 2);
+    tokens.resize(N, 5 * 7 + 1);
+    std::vector<int> order(N);
+    shuffle_indices(order.data(), N, rng);
+    std::vector<int> shuffled(N);
+    for (int i = 0; i < N; i++) shuffled[order[i]] = tokens[i];
+    return shuffled;
+}
+
+TEST_CASE("embedding backward splits long runs of one token across chunks: skewed tokens, runs at chunk edges") {
+    // FP32_TOL as above: the frequent token's ~3700 positions are summed a chunk at a time, and its
+    // chunks' fp32 partial rows added in order. C = 10 not a multiple of VEC, 72 and 520 are (520 in
+    // bf16: 65 vectors, threads of a partial warp).
+    Rng rng(104);
+    const int N = 4099, V = 40;
+    for (const int C : {10, 72, 520}) {
+        INFO("C=" << C);
+        const float scale = 1.5f;
+        const std::vector<float> dwte = random_fp32((size_t)V * C, rng), dout = random_floatX((size_t)N * C, rng);
+        const std::vector<int> tokens = skewed_tokens(N, rng);
+        DeviceBuffer<float> d_dwte(dwte);
+        DeviceBuffer<floatX> d_dout(dout);
+        DeviceBuffer<int> d_tokens(tokens), d_workspace(embedding_backward_workspace_ints(N, C));
+        d_workspace.poison();
+        embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, N, C, V, scale, STREAM);
+        std::vector<double> ref = to_double(dwte);
+        embedding_backward(ref.data(), to_double(dout).data(), tokens.data(), N, C, (double)scale);
+        CHECK(relative_error(d_dwte.download(), ref) <= FP32_TOL);
+    }
+}
+
+// Sets an environment variable for a scope: the emulation reads EMU_BLOCK_ORDER and EMU_SEED at every
+// launch (docs/emulation.md); on a GPU they change nothing and the hardware's own schedule varies.
+struct ScopedEnv {
+    std::string name, old;
+    bool had;
+    ScopedEnv(const char* n, const char* value) : name(n), had(getenv(n) != nullptr) {
+        if (had) old = getenv(n);
+        setenv(n, value, 1);
+    }
+    ~ScopedEnv() {
+        if (had) setenv(name.c_str(), old.c_str(), 1);
+        else unsetenv(name.c_str());
+    }
+};
+
+TEST_CASE("embedding backward is deterministic: bitwise over runs and block orders") {
+    // 4096 positions over 64 tokens (each row sums ~64 positions, across chunks), and the skewed
+    // tokens: where atomics would vary the order, each sum's order is fixed by the tokens. Run again,
+    // then with the blocks reversed and shuffled (two seeds). A workspace made for more positions and
+    // wider rows serves a smaller batch.
     Rng rng(103);
     const int N = 4096, C = 768, V = 64;
     const std::vector<float> dwte = random_fp32((size_t)V * C, rng), dout = random_floatX((size_t)N * C, rng);
-    const std::vector<int> tokens = random_tokens(N, rng, V);
-    DeviceBuffer<float> d_dwte(dwte);
-    DeviceBuffer<floatX> d_dout(dout);
-    DeviceBuffer<int> d_tokens(tokens), d_workspace(embedding_backward_workspace_ints(2 * N));
-    embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, N, C, V, 1.0f, STREAM);
-    const std::vector<float> first = d_dwte.raw();
-    d_dwte.upload(dwte);
-    d_workspace.poison();
-    embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, N, C, V, 1.0f, STREAM);
-    CHECK(bitwise_equal(first, d_dwte.raw()));
+    for (const std::vector<int>& tokens : {random_tokens(N, rng, V), skewed_tokens(N, rng)}) {
+        DeviceBuffer<float> d_dwte(dwte);
+        DeviceBuffer<floatX> d_dout(dout);
+        DeviceBuffer<int> d_tokens(tokens), d_workspace(embedding_backward_workspace_ints(2 * N, C + 8));
+        auto run = [&] {
+            d_dwte.upload(dwte);
+            d_workspace.poison();
+            embedding_backward(d_dwte.ptr, d_dout.ptr, d_tokens.ptr, d_workspace.ptr, N, C, V, 1.0f, STREAM);
+            return d_dwte.raw();
+        };
+        const std::vector<float> first = run();
+        CHECK(bitwise_equal(first, run()));
+        struct Schedule { const char* order, *seed; };
+        for (const Schedule& s : {Schedule{"reverse", "1"}, Schedule{"shuffle", "1"}, Schedule{"shuffle", "2"}}) {
+            INFO("EMU_BLOCK_ORDER=" << s.order << " EMU_SEED=" << s.seed);
+            ScopedEnv block_order("EMU_BLOCK_ORDER", s.order), block_seed("EMU_SEED", s.seed);
+            CHECK(bitwise_equal(first, run()));
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------
 // RMSNorm, alone and fused with the residual add
 
+// The kernels need C to be a multiple of VEC (8 bf16, 4 fp32; kernels/rmsnorm.cuh). 3 VEC (24 bf16,
+// 12 fp32: not a multiple of 8) leaves most lanes of the row's warp idle; 1000 (125 or 250 vectors)
+// gives the lanes of one row different numbers of vectors; 4096 is the largest C, 128 elements per lane.
 struct NormSize { int N, C; };
-static const NormSize NORM_SIZES[] = {{21, 12}, {21, 768}, {21, 1000}, {257, 12}, {257, 768}, {257, 1000}};
+static const NormSize NORM_SIZES[] = {{21, 3 * VEC}, {21, 768}, {21, 1000}, {257, 3 * VEC},
+                                      {257, 768},    {257, 1000}, {5, 4096}};
 static const float NORM_EPS = 1e-6f;
 
 // rstd of the rows of inp, computed in double and rounded to fp32, as the GPU forward would store it.
