@@ -301,6 +301,7 @@ struct GpuModel {
         cudaCheck(cudaGetDeviceProperties(&prop, device));
         device_name = prop.name;
         matmul_setup();  // the process-wide cuBLASLt handle, kept until exit
+        matmul_log_choices = dp_.rank == 0;
         grad_norm_scratch = device_alloc<float>(1 + (1 + mem.plan.world_size) * GRAD_NORM_BLOCKS, "the gradient norm's scratch");
         step_scalars = device_alloc<StepScalars>(1, "the step's scalars");
         use_graphs = cuda_graphs && !mem.dp.comm;

@@ -123,7 +123,9 @@ else
 fi
 
 # 2. Correctness, side by side (16 CPU cores: 2 OpenMP threads each). In emulation, on a CPU that
-# the five steps share with whatever else runs there, each step may take 3 times its limit.
+# the five steps share with whatever else runs there, each step may take 3 times its limit. The
+# trainer's runs compared bitwise keep cuBLASLt's first algorithm for each product
+# (MIXLN_MATMUL_TIMING=0, kernels/matmul.cuh): a timed choice may differ between runs.
 export OMP_NUM_THREADS=2
 limit=120
 [ "$emulated" != 1 ] || limit=360
@@ -135,7 +137,10 @@ declare -A cases=([test_gpu_kernels]="" [test_gpu_trainer]="")
                               [test_gpu_trainer]="ZeRO-1's buckets padded*")
 for precision in bf16 fp32; do
     for test in test_gpu_kernels test_gpu_trainer; do
-        step_beside "$test $precision" tests.log $limit $bin/$precision/$test ${cases[$test]:+"${cases[$test]}"}
+        first_algorithms=()
+        [ $test != test_gpu_trainer ] || first_algorithms=(env MIXLN_MATMUL_TIMING=0)
+        step_beside "$test $precision" tests.log $limit "${first_algorithms[@]}" $bin/$precision/$test \
+            ${cases[$test]:+"${cases[$test]}"}
     done
 done
 #  compute-sanitizer on the kernel tests with small shapes (Catch2 test names; a trailing * is a
@@ -164,6 +169,7 @@ shape="-b 8 -t 128 -d 2048 -x 20 -v 10 -m 4 -y 10 -c 10" middle=10 last=20
 step_beside "trainer bitwise: one-rank NCCL (ZeRO-1, all-reduce, -R 1, resume), graphs off" bitwise.log $limit bash -c '
     set -e
     bin=$1; dir=$2/bitwise
+    export MIXLN_MATMUL_TIMING=0
     run="-e tiny -H 2 -i $bin/random_small.bin -j $bin/random_small.bin $3 -k 0"
     middle=$(printf "ckpt_%08d.bin" $4) last=$(printf "ckpt_%08d.bin" $5)
     $bin/bf16/train_mixln $run -o $dir/plain

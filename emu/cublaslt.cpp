@@ -17,9 +17,15 @@
 // What is refused, with CUBLAS_STATUS_NOT_SUPPORTED (never silently ignored): every other compute,
 //   scale or matrix type; descriptor attributes other than TRANSA/TRANSB (N or T), EPILOGUE (DEFAULT
 //   only) and POINTER_MODE (HOST only); preference attributes other than MAX_WORKSPACE_BYTES,
-//   REDUCTION_SCHEME_MASK and MIN_ALIGNMENT_{A,B,C,D}_BYTES. Functions the project does not call
-//   (cublasLtMatrixLayoutSetAttribute: batches and row-major orders; the Get/Init functions) are not
-//   defined, so a new use fails to link instead of running unemulated.
+//   REDUCTION_SCHEME_MASK and MIN_ALIGNMENT_{A,B,C,D}_BYTES; algorithm configurations other than
+//   SPLITK_NUM and REDUCTION_SCHEME, and running a split-K configuration (see the heuristic's rule).
+//   Functions the project does not call (cublasLtMatrixLayoutSetAttribute: batches and row-major
+//   orders; the Get/Init functions) are not defined, so a new use fails to link instead of running
+//   unemulated.
+// Environment, to run the callers' rarer paths (kernels/matmul.cuh's timed choice and fallback):
+//   EMU_CUBLASLT_ALGORITHMS=N        the heuristic offers N algorithms (default 1), all computing alike
+//   EMU_CUBLASLT_SPLIT_K_ONLY=MxNxK,...  for D (M x N) with that k the heuristic offers only split-K
+//                                    algorithms that add their parts in D's type (see below)
 // What is checked more strictly than the GPU would (CUBLAS_STATUS_INVALID_VALUE and a line on
 //   stderr, where the GPU would fault or compute garbage): A, B, C and D inside live cudaMalloc
 //   allocations (emu::is_device_range), D overlapping A or B, C and D partly overlapping, pointers or
@@ -32,6 +38,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <unordered_set>
@@ -67,12 +74,17 @@ struct Preference {
     uint32_t min_alignment[4] = {256, 256, 256, 256};   // default: 256 bytes for each matrix
 };
 
-// The emulated algorithm, stored in cublasLtMatmulAlgo_t::data: a tag, and the alignment in bytes it
-// needs of each matrix's pointer and leading dimension (CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_*_BYTES).
+// The emulated algorithm, stored in cublasLtMatmulAlgo_t::data: a tag, the alignment in bytes it
+// needs of each matrix's pointer and leading dimension (CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_*_BYTES), its
+// configuration's number of k parts and reduction scheme (CUBLASLT_ALGO_CONFIG_SPLITK_NUM, default 1,
+// and _REDUCTION_SCHEME, default NONE), and its rank in the heuristic's answer (variants compute alike).
 constexpr uint64_t ALGO_TAG = 0x454d552d4c544d4dull;  // "EMU-LTMM"
 struct Algo {
     uint64_t tag;
     uint32_t alignment[4];
+    int32_t split_k;
+    uint32_t reduction;
+    uint32_t variant;
 };
 static_assert(sizeof(Algo) <= sizeof(cublasLtMatmulAlgo_t), "the algorithm fits cuBLASLt's semi-opaque struct");
 
@@ -217,7 +229,32 @@ cublasStatus_t make_problem(const char* function, const MatmulDesc& desc, const 
 // it); a 16-byte rule for all matrices would refuse those and the 1b preset's d_ffn 5461. Its "no
 // algorithm" path exits; it runs here for matrices misaligned for their element type.
 // The emulated algorithm never splits k (CUBLASLT_REDUCTION_SCHEME_NONE, which no mask excludes: the
-// mask filters the split-K schemes, "INPLACE", "COMPUTE_TYPE" and "OUTPUT_TYPE") and needs no workspace.
+// mask filters the split-K schemes, "INPLACE", "COMPUTE_TYPE" and "OUTPUT_TYPE") and needs no workspace;
+// the heuristic offers EMU_CUBLASLT_ALGORITHMS variants of it (default 1).
+// Except for the shapes of EMU_CUBLASLT_SPLIT_K_ONLY: there the heuristic offers only algorithms that
+// split k in 2 parts added in D's type (CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE), as the real heuristic
+// may rank only split-K configurations first for a long k, so a mask without OUTPUT_TYPE gets none.
+// Such an algorithm set to one part (SPLITK_NUM 1, REDUCTION_SCHEME NONE) is the unsplit one and runs;
+// with 2 parts cublasLtMatmulAlgoCheck and cublasLtMatmul refuse it (split-K is not emulated).
+
+// The number of variants the heuristic offers (EMU_CUBLASLT_ALGORITHMS, 1 to 64).
+int algorithm_variants() {
+    const char* s = getenv("EMU_CUBLASLT_ALGORITHMS");
+    const int n = s ? atoi(s) : 1;
+    return n < 1 ? 1 : n > 64 ? 64 : n;
+}
+
+// Whether D (m x n) with k is in EMU_CUBLASLT_SPLIT_K_ONLY ("MxNxK,MxNxK,...").
+bool split_k_only(const Problem& p) {
+    const char* s = getenv("EMU_CUBLASLT_SPLIT_K_ONLY");
+    while (s && *s) {
+        long long m = 0, n = 0, k = 0;
+        if (sscanf(s, "%lldx%lldx%lld", &m, &n, &k) == 3 && m == p.m && n == p.n && k == p.k) return true;
+        s = strchr(s, ',');
+        if (s) s++;
+    }
+    return false;
+}
 
 uint32_t needed_alignment(uint32_t promised, const Layout& layout) {
     const uint32_t element = (uint32_t)element_bytes(layout.type);
@@ -230,6 +267,9 @@ uint32_t needed_alignment(uint32_t promised, const Layout& layout) {
 bool choose_algo(const Problem& p, const uint32_t promised[4], Algo* algo) {
     const Layout* layouts[4] = {&p.a.layout, &p.b.layout, &p.c, &p.d};
     algo->tag = ALGO_TAG;
+    algo->split_k = 1;
+    algo->reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
+    algo->variant = 0;
     for (int i = 0; i < 4; i++) {
         algo->alignment[i] = needed_alignment(promised[i], *layouts[i]);
         if (!algo->alignment[i]) return false;
@@ -519,13 +559,82 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t hand
     *returned = 0;
     Algo algo;
     if (!choose_algo(problem, p->min_alignment, &algo)) return CUBLAS_STATUS_SUCCESS;
-    cublasLtMatmulHeuristicResult_t& r = results[0];
-    memset(&r, 0, sizeof(r));
-    memcpy(&r.algo, &algo, sizeof(algo));
-    r.workspaceSize = 0;
-    r.state = CUBLAS_STATUS_SUCCESS;
-    r.wavesCount = 1.0f;
-    *returned = 1;
+    if (split_k_only(problem)) {
+        algo.split_k = 2;
+        algo.reduction = CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+        if (!(p->reduction_mask & algo.reduction)) return CUBLAS_STATUS_SUCCESS;
+    }
+    const int offered = std::min(requested, algorithm_variants());
+    for (int i = 0; i < offered; i++) {
+        cublasLtMatmulHeuristicResult_t& r = results[i];
+        memset(&r, 0, sizeof(r));
+        algo.variant = (uint32_t)i;
+        memcpy(&r.algo, &algo, sizeof(algo));
+        r.workspaceSize = 0;
+        r.state = CUBLAS_STATUS_SUCCESS;
+        r.wavesCount = 1.0f;
+    }
+    *returned = offered;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// SPLITK_NUM: int32_t, at least 1. REDUCTION_SCHEME: uint32_t, one scheme (NONE, INPLACE,
+// COMPUTE_TYPE or OUTPUT_TYPE). Other attributes are not emulated.
+cublasStatus_t CUBLASWINAPI cublasLtMatmulAlgoConfigSetAttribute(cublasLtMatmulAlgo_t* algo_p,
+                                                                 cublasLtMatmulAlgoConfigAttributes_t attr,
+                                                                 const void* buf, size_t size) {
+    const char* f = "cublasLtMatmulAlgoConfigSetAttribute";
+    Algo algo;
+    if (!algo_p) return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "algo is null");
+    memcpy(&algo, algo_p, sizeof(algo));
+    if (algo.tag != ALGO_TAG) return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "algo is not from cublasLtMatmulAlgoGetHeuristic");
+    switch (attr) {
+        case CUBLASLT_ALGO_CONFIG_SPLITK_NUM:
+            if (!read_attribute(buf, size, &algo.split_k) || algo.split_k < 1)
+                return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "SPLITK_NUM is an int32_t of at least 1");
+            break;
+        case CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME:
+            if (!read_attribute(buf, size, &algo.reduction) || (algo.reduction & (algo.reduction - 1)) ||
+                (algo.reduction & ~(uint32_t)CUBLASLT_REDUCTION_SCHEME_MASK))
+                return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "REDUCTION_SCHEME is a uint32_t naming one scheme");
+            break;
+        default:
+            return refuse(CUBLAS_STATUS_NOT_SUPPORTED, f, "configuration attribute %d is not emulated", (int)attr);
+    }
+    memcpy(algo_p, &algo, sizeof(algo));
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+// The configured algorithm for the problem: one part of k and no reduction, or one split with a
+// reduction scheme (refused: split-K is not emulated); the alignments are checked at cublasLtMatmul,
+// where the pointers are known ("CUBLAS_STATUS_SUCCESS doesn't fully guarantee algo will run (will
+// fail if e.g. buffers are not correctly aligned)").
+cublasStatus_t CUBLASWINAPI cublasLtMatmulAlgoCheck(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
+                                                    cublasLtMatrixLayout_t a_desc, cublasLtMatrixLayout_t b_desc,
+                                                    cublasLtMatrixLayout_t c_desc, cublasLtMatrixLayout_t d_desc,
+                                                    const cublasLtMatmulAlgo_t* algo_p,
+                                                    cublasLtMatmulHeuristicResult_t* result) {
+    const char* f = "cublasLtMatmulAlgoCheck";
+    if (!lookup<Handle>(handle)) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, f, "not a live handle");
+    const MatmulDesc* d = lookup<MatmulDesc>(desc);
+    const Layout *a = lookup<Layout>(a_desc), *b = lookup<Layout>(b_desc), *c = lookup<Layout>(c_desc),
+                 *dd = lookup<Layout>(d_desc);
+    if (!d || !a || !b || !c || !dd || !algo_p || !result)
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "a descriptor is not live, or algo or result is null");
+    Algo algo;
+    memcpy(&algo, algo_p, sizeof(algo));
+    if (algo.tag != ALGO_TAG) return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "algo is not from cublasLtMatmulAlgoGetHeuristic");
+    Problem problem;
+    const cublasStatus_t status = make_problem(f, *d, *a, *b, *c, *dd, &problem);
+    if (status != CUBLAS_STATUS_SUCCESS) return status;
+    if ((algo.split_k == 1) != (algo.reduction == CUBLASLT_REDUCTION_SCHEME_NONE))
+        return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "%d parts of k with reduction scheme %u", algo.split_k, algo.reduction);
+    if (algo.split_k > 1) return refuse(CUBLAS_STATUS_NOT_SUPPORTED, f, "split-K (%d parts) is not emulated", algo.split_k);
+    memset(result, 0, sizeof(*result));
+    memcpy(&result->algo, &algo, sizeof(algo));
+    result->workspaceSize = 0;
+    result->state = CUBLAS_STATUS_SUCCESS;
+    result->wavesCount = 1.0f;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -553,7 +662,10 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatm
     if (algo_in) {
         memcpy(&algo, algo_in, sizeof(algo));
         if (algo.tag != ALGO_TAG) return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "algo is not from cublasLtMatmulAlgoGetHeuristic");
-    } else if (!choose_algo(problem, Preference().min_alignment, &algo)) {
+        if (algo.split_k != 1 || algo.reduction != CUBLASLT_REDUCTION_SCHEME_NONE)
+            return refuse(CUBLAS_STATUS_NOT_SUPPORTED, f, "split-K (%d parts, reduction scheme %u) is not emulated",
+                          algo.split_k, algo.reduction);
+    } else if (!choose_algo(problem, Preference().min_alignment, &algo) || split_k_only(problem)) {
         return refuse(CUBLAS_STATUS_NOT_SUPPORTED, f, "no algorithm for the default preferences");
     }
     // Scale type CUDA_R_32F, pointer mode host: alpha and beta are floats read now.

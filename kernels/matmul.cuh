@@ -17,11 +17,28 @@
 //   dinp^T (C, N) = W^T (C, OC) . dout^T (OC, N):  A = W (C x OC),                    B = dout (OC x N)
 //   dW^T (C, OC) = inp^T (C, N) . dout (N, OC):    A = inp (C x N),   B = dout transposed (stored OC x N)
 //
-// Plans: the descriptors, the matrix layouts and the heuristic's algorithm depend only on the key
-// below, so each is made once, on a key's first product, and kept until matmul_teardown(). A
-// trainer uses a dozen keys; the search is linear.
+// Plans: the descriptors, the matrix layouts and the algorithm depend only on the key below, so each
+// is made once, on a key's first product, and kept until matmul_teardown(). A trainer uses a dozen
+// keys; the search is linear.
+//
+// A plan's algorithm. The heuristic ranks up to MATMUL_CANDIDATES algorithms that meet the key's
+// constraints (split-K reduced in fp32 or not split, the alignments, the workspace). Where it offers
+// more than one, the first MATMUL_TIMED are timed on the product that asked for the plan, once, and
+// the fastest is kept and logged. The emulation's heuristic offers one (emu/cublaslt.cpp), so there
+// nothing is timed and the first is kept. The first is also kept during a stream capture (no
+// synchronization allowed) and with MIXLN_MATMUL_TIMING=0: a timed choice can differ from one process
+// to the next, and with it the order of a product's sums, so runs compared bitwise need the
+// heuristic's first (make gpu-check's trainer comparisons set it).
+// Where the heuristic offers nothing under the fp32-reduction mask, the request is repeated with every
+// reduction scheme allowed and each algorithm it offers is set to run unsplit (SPLITK_NUM 1, no
+// reduction), keeping those that cublasLtMatmulAlgoCheck accepts; logged once per key. Only when that
+// too leaves nothing does the run stop, naming the product.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <vector>
 #include "common.cuh"
@@ -60,6 +77,11 @@ struct MatmulPlan {
 
 inline std::vector<MatmulPlan> matmul_plans;
 
+constexpr int MATMUL_CANDIDATES = 8;   // algorithms asked of the heuristic
+constexpr int MATMUL_TIMED = 4;        // of which the first this many are timed
+constexpr int MATMUL_TIMING_RUNS = 3;  // runs timed per algorithm, after one untimed
+inline bool matmul_log_choices = true;  // print each timed choice and fallback (the trainer: rank 0 only)
+
 inline void matmul_setup() {
     if (cublaslt_handle) return;
     cublasCheck(cublasLtCreate(&cublaslt_handle));
@@ -81,11 +103,145 @@ inline void matmul_teardown() {
     cublaslt_workspace = nullptr;
 }
 
-// The plan for key: the cached one, or a new one from the heuristic. Each matrix is stored densely,
-// its leading dimension the number of rows it is stored with. If no algorithm satisfies the
-// constraints (fp32 split-K reduction, the alignments, the workspace), exits naming the product:
-// there is no fallback that would keep the fp32 reduction.
-inline const MatmulPlan& matmul_plan(const MatmulKey& key) {
+// The product of a key, for logs and errors.
+inline std::string matmul_name(const MatmulKey& key) {
+    char name[200];
+    snprintf(name, sizeof(name), "D (%d x %d, %s) = op(A) op(B) with k = %d, transa %d, transb %d, alignments A %u B %u D %u bytes",
+             key.m, key.n, key.d_fp32 || FLOATX_IS_FP32 ? "fp32" : "bf16", key.k, key.transpose_a, key.transpose_b,
+             key.align_a, key.align_b, key.align_d);
+    return name;
+}
+
+// The heuristic's algorithms for the plan's problem, best first, with split-K's partial sums reduced
+// only by the schemes in reduction_schemes (an unsplit algorithm passes any mask).
+inline std::vector<cublasLtMatmulAlgo_t> matmul_heuristic(const MatmulPlan& plan, uint32_t reduction_schemes) {
+    cublasLtMatmulPreference_t preference;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
+    const uint64_t workspace_bytes = CUBLASLT_WORKSPACE_BYTES;
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                     &workspace_bytes, sizeof(workspace_bytes)));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                     &reduction_schemes, sizeof(reduction_schemes)));
+    const MatmulKey& key = plan.key;
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
+    for (const auto& [attribute, bytes] : alignments)
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &bytes, sizeof(bytes)));
+    cublasLtMatmulHeuristicResult_t results[MATMUL_CANDIDATES];
+    int found = 0;
+    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, plan.desc, plan.a_layout, plan.b_layout, plan.d_layout,
+                                               plan.d_layout, preference, MATMUL_CANDIDATES, results, &found));
+    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
+    std::vector<cublasLtMatmulAlgo_t> algos;
+    for (int i = 0; i < found; i++)
+        if (results[i].state == CUBLAS_STATUS_SUCCESS) algos.push_back(results[i].algo);
+    return algos;
+}
+
+// The fallback: the heuristic's algorithms under any reduction scheme, each set to run unsplit
+// (one part of k, nothing to reduce), those cuBLASLt accepts for the problem.
+inline std::vector<cublasLtMatmulAlgo_t> matmul_unsplit_algorithms(const MatmulPlan& plan) {
+    std::vector<cublasLtMatmulAlgo_t> unsplit;
+    for (cublasLtMatmulAlgo_t algo : matmul_heuristic(plan, CUBLASLT_REDUCTION_SCHEME_MASK)) {
+        const int32_t parts = 1;
+        const uint32_t scheme = CUBLASLT_REDUCTION_SCHEME_NONE;
+        cublasLtMatmulHeuristicResult_t check;
+        if (cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &parts, sizeof(parts)) ==
+                CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof(scheme)) ==
+                CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulAlgoCheck(cublaslt_handle, plan.desc, plan.a_layout, plan.b_layout, plan.d_layout,
+                                    plan.d_layout, &algo, &check) == CUBLAS_STATUS_SUCCESS &&
+            check.workspaceSize <= CUBLASLT_WORKSPACE_BYTES)
+            unsplit.push_back(algo);
+    }
+    return unsplit;
+}
+
+// The product that asked for a plan: its operands, for timing.
+struct MatmulOperands {
+    const void *a, *b;
+    void* d;
+    float beta;
+};
+
+// Milliseconds per product with algo: MATMUL_TIMING_RUNS runs after one untimed, between two events
+// on the stream; infinity if cuBLASLt refuses the algorithm.
+inline float matmul_milliseconds(const MatmulPlan& plan, const cublasLtMatmulAlgo_t& algo, const MatmulOperands& op,
+                                 cudaStream_t stream) {
+    const float alpha = 1.0f;
+    auto run = [&] {
+        return cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, op.a, plan.a_layout, op.b, plan.b_layout, &op.beta,
+                              op.d, plan.d_layout, op.d, plan.d_layout, &algo, cublaslt_workspace,
+                              CUBLASLT_WORKSPACE_BYTES, stream);
+    };
+    if (run() != CUBLAS_STATUS_SUCCESS) return INFINITY;
+    cudaEvent_t start, stop;
+    cudaCheck(cudaEventCreate(&start));
+    cudaCheck(cudaEventCreate(&stop));
+    cudaCheck(cudaEventRecord(start, stream));
+    for (int i = 0; i < MATMUL_TIMING_RUNS; i++) cublasCheck(run());
+    cudaCheck(cudaEventRecord(stop, stream));
+    cudaCheck(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    cudaCheck(cudaEventElapsedTime(&ms, start, stop));
+    cudaCheck(cudaEventDestroy(start));
+    cudaCheck(cudaEventDestroy(stop));
+    return ms / MATMUL_TIMING_RUNS;
+}
+
+// The fastest of the first MATMUL_TIMED algorithms, timed on the product's A and B and on its D when
+// beta is 0 (the product overwrites D next), else on a scratch D of D's size (an accumulated dW must
+// not change); the first where there is nothing to time or timing is not possible.
+inline cublasLtMatmulAlgo_t matmul_fastest(const MatmulPlan& plan, const std::vector<cublasLtMatmulAlgo_t>& algos,
+                                           MatmulOperands op, cudaStream_t stream) {
+    const int timed = std::min((int)algos.size(), MATMUL_TIMED);
+    const char* timing = getenv("MIXLN_MATMUL_TIMING");
+    if (timed < 2 || (timing && strcmp(timing, "0") == 0)) return algos[0];
+    const std::string name = matmul_name(plan.key);
+    cudaStreamCaptureStatus capture;
+    cudaCheck(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone) {
+        if (matmul_log_choices)
+            printf("cuBLASLt: %s: the heuristic's first of %zu (first seen during a stream capture: not timed)\n",
+                   name.c_str(), algos.size());
+        return algos[0];
+    }
+    void* scratch = nullptr;
+    if (op.beta != 0.0f) {
+        const size_t bytes = (size_t)plan.key.m * plan.key.n * (plan.key.d_fp32 ? sizeof(float) : sizeof(floatX));
+        if (cudaMalloc(&scratch, bytes) != cudaSuccess) {
+            (void)cudaGetLastError();
+            if (matmul_log_choices)
+                printf("cuBLASLt: %s: the heuristic's first of %zu (no memory for a scratch D: not timed)\n",
+                       name.c_str(), algos.size());
+            return algos[0];
+        }
+        cudaCheck(cudaMemsetAsync(scratch, 0, bytes, stream));
+        op.d = scratch;
+    }
+    std::vector<float> ms(timed);
+    for (int i = 0; i < timed; i++) ms[i] = matmul_milliseconds(plan, algos[i], op, stream);
+    if (scratch) cudaCheck(cudaFree(scratch));
+    const int best = (int)(std::min_element(ms.begin(), ms.end()) - ms.begin());
+    std::string times;
+    for (int i = 0; i < timed; i++) {
+        char t[32];
+        snprintf(t, sizeof(t), "%s%.1f", i ? ", " : "", ms[i] * 1000.0f);
+        times += t;
+    }
+    if (matmul_log_choices)
+        printf("cuBLASLt: %s: algorithm %d of the heuristic's %zu, fastest of the first %d (us: %s)\n", name.c_str(),
+               best + 1, algos.size(), timed, times.c_str());
+    return algos[best];
+}
+
+// The plan for key: the cached one, or a new one (see "A plan's algorithm" above). Each matrix is
+// stored densely, its leading dimension the number of rows it is stored with.
+inline const MatmulPlan& matmul_plan(const MatmulKey& key, const MatmulOperands& operands, cudaStream_t stream) {
     for (const MatmulPlan& plan : matmul_plans)
         if (plan.key == key) return plan;
     MatmulPlan plan;
@@ -101,37 +257,21 @@ inline const MatmulPlan& matmul_plan(const MatmulKey& key) {
     cublasCheck(cublasLtMatrixLayoutCreate(&plan.b_layout, type, b_rows, key.transpose_b ? key.k : key.n, b_rows));
     cublasCheck(cublasLtMatrixLayoutCreate(&plan.d_layout, key.d_fp32 ? CUDA_R_32F : type, key.m, key.n, key.m));
 
-    cublasLtMatmulPreference_t preference;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&preference));
-    const uint64_t workspace_bytes = CUBLASLT_WORKSPACE_BYTES;
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                     &workspace_bytes, sizeof(workspace_bytes)));
     // Split-K partial sums are added in fp32 (the compute type) in the workspace, or not split at all;
     // the in-place and output-type schemes would add them in D's type, bf16 for out and dinp.
-    const uint32_t reduction_schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                                                     &reduction_schemes, sizeof(reduction_schemes)));
-    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> alignments[] = {
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
-    for (const auto& [attribute, bytes] : alignments)
-        cublasCheck(cublasLtMatmulPreferenceSetAttribute(preference, attribute, &bytes, sizeof(bytes)));
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, plan.desc, plan.a_layout, plan.b_layout, plan.d_layout,
-                                               plan.d_layout, preference, 1, &heuristic, &found));
-    cublasCheck(cublasLtMatmulPreferenceDestroy(preference));
-    if (found == 0) {
-        fprintf(stderr,
-                "cuBLASLt has no algorithm for D (%d x %d, %s) = op(A) op(B) with k = %d, transa %d, transb %d, "
-                "alignments A %u B %u D %u bytes, split-K reduced in fp32 only\n",
-                key.m, key.n, key.d_fp32 || FLOATX_IS_FP32 ? "fp32" : "bf16", key.k, key.transpose_a,
-                key.transpose_b, key.align_a, key.align_b, key.align_d);
-        exit(EXIT_FAILURE);
+    std::vector<cublasLtMatmulAlgo_t> algos = matmul_heuristic(plan, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE);
+    if (algos.empty()) {
+        algos = matmul_unsplit_algorithms(plan);
+        if (algos.empty()) {
+            fprintf(stderr, "cuBLASLt has no algorithm for %s, neither with split-K reduced in fp32 nor unsplit\n",
+                    matmul_name(key).c_str());
+            exit(EXIT_FAILURE);
+        }
+        if (matmul_log_choices)
+            printf("cuBLASLt: %s: no algorithm reduces split-K in fp32; using %zu that do not split k\n",
+                   matmul_name(key).c_str(), algos.size());
     }
-    plan.algo = heuristic.algo;
+    plan.algo = matmul_fastest(plan, algos, operands, stream);
     matmul_plans.push_back(plan);
     return matmul_plans.back();
 }
@@ -143,7 +283,8 @@ void cublaslt_matmul(OutT* d, const floatX* a, const floatX* b, int m, int n, in
                      bool transpose_b, float beta, cudaStream_t stream) {
     static_assert(std::is_same<OutT, floatX>::value || std::is_same<OutT, float>::value, "D is floatX or fp32");
     const MatmulPlan& plan = matmul_plan({m, n, k, transpose_a, transpose_b, std::is_same<OutT, float>::value,
-                                          pointer_alignment(a), pointer_alignment(b), pointer_alignment(d)});
+                                          pointer_alignment(a), pointer_alignment(b), pointer_alignment(d)},
+                                         {a, b, d, beta}, stream);
     // C and D are the same matrix: with beta = 1 the product is added to it.
     const float alpha = 1.0f;
     cublasCheck(cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, a, plan.a_layout, b, plan.b_layout, &beta, d,

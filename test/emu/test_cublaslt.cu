@@ -2,6 +2,9 @@
 // products use (kernels/matmul.cuh: forward T,N; weight gradient N,T with fp32 D and beta 1; input
 // gradient N,N), every other transpose pair, bf16 and fp32, beta 0 and 1, odd and fused (q|k|v,
 // gate|up) shapes; the heuristic's "no algorithm" answer; the stream semantics; what is refused.
+// Then kernels/matmul.cuh itself on the emulation's rarer answers: a heuristic that offers several
+// algorithms (the timed choice) and one that offers only split-K reduced in bf16 for a shape (the
+// fallback to unsplit algorithms).
 //
 // Tolerance, per element (derived, not calibrated). The emulation computes s = sum over k in order
 // with an fp32 multiply-add (one rounding each), r = fma(beta, c, alpha * s) (two roundings), then
@@ -23,6 +26,7 @@
 #include <vector>
 #include "../catch_compat.h"
 #include "../../core/rng.h"
+#include "../../kernels/matmul.cuh"
 
 namespace {
 
@@ -188,13 +192,6 @@ struct Pref {
         LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &value, sizeof(value)));
     }
 };
-
-// kernels/matmul.cuh's pointer_alignment: the largest power of two, up to 256, dividing the address.
-uint32_t pointer_alignment(const void* p) {
-    uint32_t alignment = 256;
-    while ((uintptr_t)p % alignment) alignment /= 2;
-    return alignment;
-}
 
 // The heuristic as matmul.cuh's matmul_plan asks it: 32 MiB workspace, split-K reduced in fp32 only,
 // each matrix's actual alignment (C is D). Returns the number of algorithms.
@@ -537,4 +534,125 @@ TEST_CASE("cublasLtMatmul: matrices outside device memory, and D overlapping its
     CHECK(run(a.ptr(), b.ptr(), dbuf.ptr() + 16, dbuf.ptr(), l, &one) == CUBLAS_STATUS_INVALID_VALUE);  // C, D partly overlap
     CHECK(run(a.ptr(), b.ptr(), host.data(), dbuf.ptr(), l, &beta) == CUBLAS_STATUS_SUCCESS);  // beta 0: C is not read
     REQUIRE(cudaStreamSynchronize(0) == cudaSuccess);
+}
+
+// ----------------------------------------------------------------------------
+// The emulation's environment switches, and kernels/matmul.cuh on them
+
+// Sets an environment variable for a scope.
+struct ScopedEnv {
+    const char* name;
+    ScopedEnv(const char* name_, const char* value) : name(name_) { setenv(name, value, 1); }
+    ~ScopedEnv() { unsetenv(name); }
+};
+
+TEST_CASE("EMU_CUBLASLT_ALGORITHMS and EMU_CUBLASLT_SPLIT_K_ONLY: several algorithms; split-K only for a shape") {
+    Lt lt;
+    DeviceBytes buffer(1 << 16);
+    unsigned char* base = buffer.ptr();
+    Desc forward(true, false);
+    LayoutHandle a(CUDA_R_16BF, 24, 56, 24), b(CUDA_R_16BF, 24, 40, 24), d(CUDA_R_16BF, 56, 40, 56);
+    cublasLtMatmulHeuristicResult_t results[8];
+    auto offered = [&](uint32_t mask, int requested) {
+        Pref pref;
+        pref.set_u32(CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, mask);
+        int found = -1;
+        LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt.handle, forward.desc, a.layout, b.layout, d.layout, d.layout,
+                                                pref.pref, requested, results, &found));
+        return found;
+    };
+    CHECK(offered(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, 8) == 1);
+    {
+        ScopedEnv several("EMU_CUBLASLT_ALGORITHMS", "3");
+        CHECK(offered(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, 8) == 3);
+        CHECK(offered(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, 2) == 2);
+    }
+    // D (56 x 40) with k 24 offers only split-K reduced in D's type: nothing under the fp32 mask (nor
+    // under no split at all, mask 0); under every scheme an algorithm that neither the check nor the
+    // product accept until it is set to one part of k with no reduction.
+    ScopedEnv split_only("EMU_CUBLASLT_SPLIT_K_ONLY", "8x8x8,56x40x24");
+    CHECK(offered(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE, 8) == 0);
+    CHECK(offered(CUBLASLT_REDUCTION_SCHEME_NONE, 8) == 0);
+    REQUIRE(offered(CUBLASLT_REDUCTION_SCHEME_MASK, 8) == 1);
+    cublasLtMatmulAlgo_t algo = results[0].algo;
+    cublasLtMatmulHeuristicResult_t check;
+    CHECK(cublasLtMatmulAlgoCheck(lt.handle, forward.desc, a.layout, b.layout, d.layout, d.layout, &algo, &check) ==
+          CUBLAS_STATUS_NOT_SUPPORTED);
+    const float alpha = 1, beta = 0;
+    auto product = [&] {
+        return cublasLtMatmul(lt.handle, forward.desc, &alpha, base, a.layout, base + 8192, b.layout, &beta, base + 16384,
+                              d.layout, base + 16384, d.layout, &algo, nullptr, 0, 0);
+    };
+    CHECK(product() == CUBLAS_STATUS_NOT_SUPPORTED);
+    const int32_t one = 1, two = 2;
+    const uint32_t none = CUBLASLT_REDUCTION_SCHEME_NONE, both = 3;
+    LT_CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one, sizeof(one)));
+    CHECK(cublasLtMatmulAlgoCheck(lt.handle, forward.desc, a.layout, b.layout, d.layout, d.layout, &algo, &check) ==
+          CUBLAS_STATUS_INVALID_VALUE);  // one part, but a reduction scheme
+    LT_CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &none, sizeof(none)));
+    LT_CHECK(cublasLtMatmulAlgoCheck(lt.handle, forward.desc, a.layout, b.layout, d.layout, d.layout, &algo, &check));
+    CHECK(check.workspaceSize == 0);
+    CHECK(product() == CUBLAS_STATUS_SUCCESS);
+    REQUIRE(cudaStreamSynchronize(0) == cudaSuccess);
+    // What is refused: a scheme naming two, a split below 1, an attribute not emulated.
+    CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &both, sizeof(both)) ==
+          CUBLAS_STATUS_INVALID_VALUE);
+    const int32_t zero = 0;
+    CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &zero, sizeof(zero)) ==
+          CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &one, sizeof(one)) ==
+          CUBLAS_STATUS_NOT_SUPPORTED);
+    LT_CHECK(cublasLtMatmulAlgoConfigSetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &two, sizeof(two)));
+    CHECK(product() == CUBLAS_STATUS_NOT_SUPPORTED);  // split-K is not emulated
+}
+
+namespace {
+
+// The trainer's three products through kernels/matmul.cuh (N rows, C in, OC out; row-major as the
+// trainer stores them): out = inp W^T, dW += dout^T inp from a random dW (beta 1, fp32), dinp =
+// dout W, each checked against the double reference of the header's bound.
+void check_trainer_products(int N, int C, int OC) {
+    Rng rng(7);
+    // Row-major (R, K) is column-major K x R.
+    const HostMatrix inp = random_matrix(CUDA_R_16BF, C, N, rng), W = random_matrix(CUDA_R_16BF, C, OC, rng),
+                     dout = random_matrix(CUDA_R_16BF, OC, N, rng), dW0 = random_matrix(CUDA_R_32F, C, OC, rng);
+    DeviceBytes d_inp(inp.v.size() * 2), d_W(W.v.size() * 2), d_dout(dout.v.size() * 2), d_out((size_t)N * OC * 2),
+        d_dW(dW0.v.size() * 4), d_dinp((size_t)N * C * 2);
+    d_inp.upload(encode(inp));
+    d_W.upload(encode(W));
+    d_dout.upload(encode(dout));
+    d_dW.upload(encode(dW0));
+    d_out.poison();
+    d_dinp.poison();
+    matmul_setup();
+    matmul_forward((floatX*)d_out.ptr(), (const floatX*)d_inp.ptr(), (const floatX*)d_W.ptr(), N, C, OC, 0);
+    matmul_backward((floatX*)d_dinp.ptr(), (float*)d_dW.ptr(), (const floatX*)d_dout.ptr(), (const floatX*)d_inp.ptr(),
+                    (const floatX*)d_W.ptr(), N, C, OC, 0);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    CHECK(matmul_plan_count() == 3);
+    matmul_teardown();
+    const HostMatrix none{CUDA_R_16BF, 0, 0, 0, {}};
+    const Product out{true, false, 1.0f, 0.0f, &W, &inp, &none};      // out^T (OC x N) = W . inp^T
+    const Product dW{false, true, 1.0f, 1.0f, &inp, &dout, &dW0};     // dW^T (C x OC) += inp^T . dout
+    const Product dinp{false, false, 1.0f, 0.0f, &W, &dout, &none};   // dinp^T (C x N) = W^T . dout^T
+    CHECK(check_product(out, decode(d_out.download(), CUDA_R_16BF), OC, CUDA_R_16BF).outside == 0);
+    CHECK(check_product(dW, decode(d_dW.download(), CUDA_R_32F), C, CUDA_R_32F).outside == 0);
+    CHECK(check_product(dinp, decode(d_dinp.download(), CUDA_R_16BF), C, CUDA_R_16BF).outside == 0);
+}
+
+}  // namespace
+
+TEST_CASE("kernels/matmul.cuh: several algorithms offered, the choice timed on the products' own operands") {
+    // With beta 1 (dW) the timing runs write a scratch D: were they run on dW, it would hold the
+    // product added 5 times more (one untimed and MATMUL_TIMING_RUNS timed runs of 1 + 3 algorithms).
+    ScopedEnv several("EMU_CUBLASLT_ALGORITHMS", "6");
+    check_trainer_products(40, 24, 56);
+}
+
+TEST_CASE("kernels/matmul.cuh: where only split-K reduced in bf16 is offered, the product runs unsplit") {
+    // The forward (D 56 x 40, k 24) and the weight gradient (D 24 x 56, k 40) get nothing under the
+    // fp32-reduction mask: matmul_plan falls back to the heuristic's algorithms set to one part of k
+    // (without the fallback it exits naming the product; used as offered, cublasLtMatmul refuses them).
+    ScopedEnv split_only("EMU_CUBLASLT_SPLIT_K_ONLY", "56x40x24,24x56x40");
+    check_trainer_products(40, 24, 56);
 }
