@@ -14,7 +14,7 @@ Every kernel is checked for (the expectations file's header says how a line rela
   - no local memory: LOCAL and STACK 0 in `cuobjdump -res-usage` (a spill or a stack frame);
   - registers: at most 255, at most the cap ptxas applied (EIATTR_MAXREG_COUNT: __launch_bounds__,
     min blocks included), and the block's registers (per warp rounded up to 256, the allocation unit
-    of sm_90) at most 65536, for the threads of __launch_bounds__ (EIATTR_MAX_THREADS) or threads=N;
+    of sm_90) at most 65536, for the threads of __launch_bounds__ (EIATTR_MAX_THREADS), else threads=N;
   - the features its line requires: at least one instruction of that kind in its SASS.
 check ends with "sass_guards: N passed, M failed, K pending" and exits 1 if any check failed, 2 on
 a usage error (an unreadable object, a malformed expectations line, no cuobjdump).
@@ -232,8 +232,9 @@ def check_kernel(kernel, rule, path, label):
         results.append(("PASS" if local == 0 else "FAIL", "local memory",
                         f"LOCAL {kernel['LOCAL']} STACK {kernel['STACK']} (want 0: a spill or a stack frame)"))
 
+    # The threads of __launch_bounds__ where the kernel has one (a launch with more fails), else threads=.
     regs, cap, bound = kernel["REG"], kernel["maxreg"], kernel["max_threads"]
-    threads = rule["threads"] or bound
+    threads = bound or rule["threads"]
     problems = []
     if regs > REGISTERS_PER_THREAD:
         problems.append(f"over {REGISTERS_PER_THREAD} per thread")
@@ -241,14 +242,14 @@ def check_kernel(kernel, rule, path, label):
         problems.append(f"over ptxas's cap {cap}")
     if threads is None:
         problems.append("no __launch_bounds__ and no threads= in " + os.path.basename(path))
-    elif bound is not None and threads > bound:
-        problems.append(f"threads={threads} over __launch_bounds__ {bound}")
     else:
         warps = -(-threads // 32)
         per_warp = -(-regs * 32 // WARP_REGISTER_UNIT) * WARP_REGISTER_UNIT
         if warps * per_warp > REGISTER_FILE:
             problems.append(f"{warps} warps x {per_warp} = {warps * per_warp} registers per block, over {REGISTER_FILE}")
-    source = "__launch_bounds__" if rule["threads"] is None else "threads="
+    source = "__launch_bounds__" if bound else "threads="
+    if bound and rule["threads"] and rule["threads"] != bound:
+        source += f"; the line's threads={rule['threads']} not used"
     detail = f"{regs} per thread x {threads} threads ({source}), cap {cap}"
     results.append(("FAIL" if problems else "PASS", "registers", detail + ("; " + "; ".join(problems) if problems else "")))
 

@@ -106,7 +106,7 @@ expect "LDGSTS claimed of a copy fails" 1 "FAIL +fixture copy128_kernel: ldgsts:
 expect "a feature for the object's label is checked" 1 "FAIL +fixture copy128_kernel: hmma: 0 x" "s/^copy128_kernel .*/& hmma@fixture/"
 expect "local memory without local-ok fails" 1 "FAIL +fixture local_array_kernel: local memory: LOCAL 0 STACK [1-9]" "s/ local-ok//"
 expect "130+ registers x 512 threads fail" 1 "FAIL +fixture many_registers_kernel: registers: 1[3-9][0-9] per thread x 512 .*over 65536" "s/threads=256/threads=512/"
-expect "threads= over __launch_bounds__ fails" 1 "FAIL +fixture copy128_kernel: registers: .*over __launch_bounds__ 256" "s/^copy128_kernel /& threads=512 /"
+expect "__launch_bounds__ wins over threads=" 0 "PASS +fixture copy128_kernel: registers: 14 per thread x 256 threads \(__launch_bounds__; the line's threads=512 not used" "s/^copy128_kernel /& threads=512 /"
 expect "no launch bounds and no threads= fails" 1 "FAIL +fixture copy16_kernel: registers: .*no __launch_bounds__ and no threads=" "s/threads=1024//"
 expect "a kernel without a line fails" 1 "FAIL +fixture copy16_kernel: listed: matches no line" "/^copy16_kernel/d"
 expect "a line matching no kernel fails" 1 "FAIL +fixture .*case.txt:6: renamed_kernel matches no kernel" "\$a renamed_kernel threads=32"
