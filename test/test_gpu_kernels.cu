@@ -312,10 +312,11 @@ TEST_CASE("rmsnorm backward dweight over many blocks matches the reference and i
 
 TEST_CASE("residual forward adds the sublayer output to the scaled stream") {
     // STORE_TOL: one fp32 multiply-add, stored. s = 1: Pre-LN's residual; s = 1.7: as DeepNorm's,
-    // where the Post-LN backward adds d x = s * dsum + d attn_in.
+    // where the Post-LN backward adds d x = s * dsum + d attn_in. n = 1001 and 257 * 1368 + 3 end in
+    // a partial vector in both precisions; 21 * 12 in bf16.
     Rng rng(311);
     for (const float s_res : {1.0f, 1.7f}) {
-        for (const long n : {21L * 12, 21L * 1000, 257L * 1368}) {
+        for (const long n : {21L * 12, 1001L, 21L * 1000, 257L * 1368 + 3}) {
             INFO("n=" << n << " s=" << s_res);
             const std::vector<float> x = random_floatX(n, rng), f = random_floatX(n, rng, 0.1);
             DeviceBuffer<floatX> d_x(x), d_f(f), d_out(n);
