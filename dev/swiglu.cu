@@ -7,20 +7,21 @@
 // of 64 (core/config.h's ffn_stored: the 1b preset's 5461 is stored as 5504), as the shapes here.
 //
 // Versions:
-//   1  production, kernels/swiglu.cuh: one element per thread (a grid of columns by rows, gate and up
-//      read by row stride), 2-byte loads and stores in bf16.
-//   2  (N, 2F) layout, one 128-bit vector (8 bf16, 4 fp32) per thread for every load and store; a block
-//      of 128 threads covers 128 vectors of one row (grid: rows x column blocks, so no thread divides by
-//      the row length). Needs F to be a multiple of VEC, checked at launch (ffn_stored makes it 64).
-//      Arithmetic as version 1 (expf and an IEEE division per sigmoid).
-//   3  version 2 with the fast sigmoid s = __fdividef(1, 1 + __expf(-g)), and 1 - s computed as e * s
-//      where s >= 1/2 (no cancellation). Error bound from the CUDA Programming Guide's table (__expf
+//   1  production, kernels/swiglu.cuh: one 128-bit vector (8 bf16, 4 fp32) per thread for every load
+//      and store, gate and up read by row stride (here the (N, 2F) layout, stride 2F); a block of 128
+//      threads covers 128 vectors of one row (grid: rows x column blocks, so no thread divides by the
+//      row length). Needs F and the stride to be multiples of VEC, checked at launch (ffn_stored makes
+//      F a multiple of 64). Arithmetic as version 2 (expf and an IEEE division per sigmoid).
+//   2  the production kernel before 128-bit accesses (the simple version): one element per thread (a
+//      grid of columns by rows, gate and up read by row stride), 2-byte loads and stores in bf16; any F.
+//   3  version 1 on the (N, 2F) layout with the fast sigmoid s = __fdividef(1, 1 + __expf(-g)), and
+//      1 - s computed as e * s where s >= 1/2 (no cancellation). Error bound from the CUDA Programming Guide's table (__expf
 //      2 + floor(1.173 |x|) ulp, __fdividef 2 ulp): dev/tolerances.h's fast_sigmoid_tol, checked on the
 //      CPU by test/test_dev_tolerances.cpp.
 //
 // Build and run (make dev builds every benchmark; make dev PRECISION=FP32 puts fp32 ones in build/fp32/dev):
 //   nvcc -O3 -std=c++17 -Xcompiler -fopenmp -gencode arch=compute_90a,code=sm_90a dev/swiglu.cu -o swiglu -lcublasLt -lcublas
-//   ./swiglu 2
+//   ./swiglu 1
 //
 // Bytes counted (X = sizeof(floatX), n = N * F elements of out, N = 16384 tokens):
 //   forward   reads gate|up, writes out:                   3 n X
@@ -33,33 +34,73 @@
 #include "../kernels/swiglu.cuh"
 
 static const char* const VERSIONS[] = {
-    "production (kernels/swiglu.cuh)",
-    "(N, 2F) gate|up by row stride, 128-bit loads and stores",
-    "(N, 2F) gate|up by row stride, 128-bit loads and stores, fast sigmoid (__expf, __fdividef)",
+    "production (kernels/swiglu.cuh): gate and up by row stride, 128-bit loads and stores",
+    "one element per thread, gate and up by row stride",
+    "128-bit loads and stores on the (N, 2F) gate|up, fast sigmoid (__expf, __fdividef)",
 };
 
 // ----------------------------------------------------------------------------
-// Versions 2 and 3
+// Version 2
 
-// s = sigmoid(g) and 1 - s.
-template <bool FAST>
-__device__ inline void sigmoid_pair(float g, float* s, float* one_minus_s) {
-    if (FAST) {
-        const float e = __expf(-g);  // inf below g = -88: s = 0 (__fdividef gives 0 past 2^126), 1 - s = 1
-        *s = __fdividef(1.0f, 1.0f + e);
-        *one_minus_s = g < 0.0f ? 1.0f - *s : e * *s;  // 1 - s = e / (1 + e); e <= 1 here, finite
-    } else {
-        *s = sigmoid(g);
-        *one_minus_s = 1.0f - *s;
+// Grid: (ceil(F / blockDim.x), up to 65535 rows). Thread (f, y) handles column f of rows y, y +
+// gridDim.y, ...: element (n, f) of out, dout is n * F + f; of gate, up, dgate, dup n * stride + f.
+constexpr int SWIGLU_V2_BLOCK = 256;
+static dim3 swiglu_v2_grid(int N, int F) {
+    return dim3((unsigned)ceil_div(F, SWIGLU_V2_BLOCK), (unsigned)std::min(N, 65535));
+}
+
+__global__ void swiglu_forward_v2_kernel(floatX* out, const floatX* gate, const floatX* up, long stride, int N, int F) {
+    const int f = blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= F) return;
+    for (long n = blockIdx.y; n < N; n += gridDim.y) {
+        const float g = (float)gate[n * stride + f];
+        out[n * F + f] = (floatX)(g * sigmoid(g) * (float)up[n * stride + f]);
     }
 }
 
-// Block (n, b): thread t handles columns f = (b * 128 + t) * VEC .. + VEC - 1 of row n.
-constexpr int SWIGLU_V2_BLOCK = 128;
+// Both input gradients in one pass, with s = sigmoid(g) and d silu(g)/dg = s * (1 + g * (1 - s)):
+//   dgate = dout * up * s * (1 + g * (1 - s)),   dup = dout * silu(g)
+// Writes (the CPU reference accumulates into zeroed buffers). dgate and dup may alias gate and up:
+// each thread reads its elements before writing them.
+__global__ void swiglu_backward_v2_kernel(floatX* dgate, floatX* dup, const floatX* dout, const floatX* gate,
+                                          const floatX* up, long stride, int N, int F) {
+    const int f = blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= F) return;
+    for (long n = blockIdx.y; n < N; n += gridDim.y) {
+        const long j = n * stride + f;
+        const float g = (float)gate[j], u = (float)up[j], dy = (float)dout[n * F + f];
+        const float s = sigmoid(g);
+        dgate[j] = (floatX)(dy * u * s * (1.0f + g * (1.0f - s)));
+        dup[j] = (floatX)(dy * g * s);
+    }
+}
 
-template <bool FAST>
-__global__ void __launch_bounds__(SWIGLU_V2_BLOCK) swiglu_forward_v2_kernel(floatX* out, const floatX* gate_up, int F) {
-    const int f = (blockIdx.y * SWIGLU_V2_BLOCK + threadIdx.x) * VEC;
+// Version 2 on the (N, 2F) gate|up buffer (version 1 is the production launchers with gate_up,
+// gate_up + F and stride 2F).
+static void swiglu_forward_v2(floatX* out, const floatX* gate_up, int N, int F) {
+    swiglu_forward_v2_kernel<<<swiglu_v2_grid(N, F), SWIGLU_V2_BLOCK>>>(out, gate_up, gate_up + F, 2L * F, N, F);
+    cudaCheck(cudaGetLastError());
+}
+
+static void swiglu_backward_v2(floatX* d_gate_up, const floatX* dout, const floatX* gate_up, int N, int F) {
+    swiglu_backward_v2_kernel<<<swiglu_v2_grid(N, F), SWIGLU_V2_BLOCK>>>(d_gate_up, d_gate_up + F, dout, gate_up,
+                                                                         gate_up + F, 2L * F, N, F);
+    cudaCheck(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// Version 3: version 1's kernels on the (N, 2F) layout with the fast sigmoid.
+
+// s = sigmoid(g) and 1 - s.
+__device__ inline void fast_sigmoid_pair(float g, float* s, float* one_minus_s) {
+    const float e = __expf(-g);  // inf below g = -88: s = 0 (__fdividef gives 0 past 2^126), 1 - s = 1
+    *s = __fdividef(1.0f, 1.0f + e);
+    *one_minus_s = g < 0.0f ? 1.0f - *s : e * *s;  // 1 - s = e / (1 + e); e <= 1 here, finite
+}
+
+// Block (n, b): thread t handles columns f = (b * 128 + t) * VEC .. + VEC - 1 of row n.
+__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_forward_v3_kernel(floatX* out, const floatX* gate_up, int F) {
+    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
     if (f >= F) return;
     const floatX* gate = gate_up + (long)blockIdx.x * 2 * F + f;
     const PackedX g = load128(gate), u = load128(gate + F);
@@ -68,17 +109,16 @@ __global__ void __launch_bounds__(SWIGLU_V2_BLOCK) swiglu_forward_v2_kernel(floa
     for (int e = 0; e < VEC; e++) {
         const float gf = (float)g[e];
         float s, one_minus_s;
-        sigmoid_pair<FAST>(gf, &s, &one_minus_s);
+        fast_sigmoid_pair(gf, &s, &one_minus_s);
         o[e] = (floatX)(gf * s * (float)u[e]);
     }
     store128(out + (long)blockIdx.x * F + f, o);
 }
 
 // d_gate_up may alias gate_up: a thread reads its two vectors before writing them.
-template <bool FAST>
-__global__ void __launch_bounds__(SWIGLU_V2_BLOCK) swiglu_backward_v2_kernel(floatX* d_gate_up, const floatX* dout,
+__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_backward_v3_kernel(floatX* d_gate_up, const floatX* dout,
                                                                           const floatX* gate_up, int F) {
-    const int f = (blockIdx.y * SWIGLU_V2_BLOCK + threadIdx.x) * VEC;
+    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
     if (f >= F) return;
     const long in = (long)blockIdx.x * 2 * F + f;
     const PackedX g = load128(gate_up + in), u = load128(gate_up + in + F);
@@ -88,7 +128,7 @@ __global__ void __launch_bounds__(SWIGLU_V2_BLOCK) swiglu_backward_v2_kernel(flo
     for (int e = 0; e < VEC; e++) {
         const float gf = (float)g[e], uf = (float)u[e], dyf = (float)dy[e];
         float s, one_minus_s;
-        sigmoid_pair<FAST>(gf, &s, &one_minus_s);
+        fast_sigmoid_pair(gf, &s, &one_minus_s);
         dg[e] = (floatX)(dyf * uf * s * (1.0f + gf * one_minus_s));
         du[e] = (floatX)(dyf * gf * s);
     }
@@ -96,22 +136,15 @@ __global__ void __launch_bounds__(SWIGLU_V2_BLOCK) swiglu_backward_v2_kernel(flo
     store128(d_gate_up + in + F, du);
 }
 
-static dim3 swiglu_v2_grid(int N, int F) {
-    if (F % VEC) unsupported("swiglu v2/v3: F must be a multiple of 8 (bf16) or 4 (fp32)");
-    return dim3(N, (unsigned)ceil_div(F / VEC, SWIGLU_V2_BLOCK));
-}
-
-static void swiglu_forward_v2(floatX* out, const floatX* gate_up, int N, int F, bool fast) {
-    const dim3 grid = swiglu_v2_grid(N, F);
-    if (fast) swiglu_forward_v2_kernel<true><<<grid, SWIGLU_V2_BLOCK>>>(out, gate_up, F);
-    else swiglu_forward_v2_kernel<false><<<grid, SWIGLU_V2_BLOCK>>>(out, gate_up, F);
+static void swiglu_forward_v3(floatX* out, const floatX* gate_up, int N, int F) {
+    swiglu_check_shape("swiglu v3 forward", F, 2L * F, out, gate_up, nullptr, nullptr);
+    swiglu_forward_v3_kernel<<<swiglu_grid(N, F), SWIGLU_BLOCK>>>(out, gate_up, F);
     cudaCheck(cudaGetLastError());
 }
 
-static void swiglu_backward_v2(floatX* d_gate_up, const floatX* dout, const floatX* gate_up, int N, int F, bool fast) {
-    const dim3 grid = swiglu_v2_grid(N, F);
-    if (fast) swiglu_backward_v2_kernel<true><<<grid, SWIGLU_V2_BLOCK>>>(d_gate_up, dout, gate_up, F);
-    else swiglu_backward_v2_kernel<false><<<grid, SWIGLU_V2_BLOCK>>>(d_gate_up, dout, gate_up, F);
+static void swiglu_backward_v3(floatX* d_gate_up, const floatX* dout, const floatX* gate_up, int N, int F) {
+    swiglu_check_shape("swiglu v3 backward", F, 2L * F, d_gate_up, dout, gate_up, nullptr);
+    swiglu_backward_v3_kernel<<<swiglu_grid(N, F), SWIGLU_BLOCK>>>(d_gate_up, dout, gate_up, F);
     cudaCheck(cudaGetLastError());
 }
 
@@ -151,8 +184,9 @@ static void run_shape(int version, const char* model, int N, int F, bool timed) 
            max_abs_gate, tol);
 
     auto forward = [&] {
-        if (version == 1) swiglu_forward(out.ptr, gate_up.ptr, gate_up.ptr + F, 2L * F, N, F, 0);
-        else swiglu_forward_v2(out.ptr, gate_up.ptr, N, F, version == 3);
+        if (version == 2) swiglu_forward_v2(out.ptr, gate_up.ptr, N, F);
+        else if (version == 1) swiglu_forward(out.ptr, gate_up.ptr, gate_up.ptr + F, 2L * F, N, F, 0);
+        else swiglu_forward_v3(out.ptr, gate_up.ptr, N, F);
     };
     out.poison();
     forward();
@@ -163,8 +197,10 @@ static void run_shape(int version, const char* model, int N, int F, bool timed) 
     if (forward_checks.passed && timed) report_bandwidth("swiglu_forward", shape, version, 3 * n * X, benchmark_kernel(forward));
 
     auto backward = [&] {
-        if (version == 1) swiglu_backward(d_gate_up.ptr, d_gate_up.ptr + F, dout.ptr, gate_up.ptr, gate_up.ptr + F, 2L * F, N, F, 0);
-        else swiglu_backward_v2(d_gate_up.ptr, dout.ptr, gate_up.ptr, N, F, version == 3);
+        if (version == 2) swiglu_backward_v2(d_gate_up.ptr, dout.ptr, gate_up.ptr, N, F);
+        else if (version == 1)
+            swiglu_backward(d_gate_up.ptr, d_gate_up.ptr + F, dout.ptr, gate_up.ptr, gate_up.ptr + F, 2L * F, N, F, 0);
+        else swiglu_backward_v3(d_gate_up.ptr, dout.ptr, gate_up.ptr, N, F);
     };
     d_gate_up.poison();
     backward();

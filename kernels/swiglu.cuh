@@ -4,53 +4,85 @@
 // rows of 2F, (N, 2F) = [gate | up] with up = gate + F and stride 2F; separate (N, F) tensors are
 // stride F. The backward writes dgate and dup with the same stride (d gate|up for the one dW and
 // d mlp_in products).
+//
+// Memory access: each thread loads and stores 128 bits (VEC = 8 bf16 or 4 fp32 elements) of each
+// tensor (LDG.E.128 / STG.E.128). Preconditions, checked at launch: F and the stride multiples of VEC
+// and every pointer 16-byte aligned, so that each thread's vectors start on 16-byte boundaries. The
+// trainer always meets them: its F is the stored ffn, a multiple of 64 (core/config.h's ffn_stored),
+// and its tensors start on 256-byte boundaries. dev/swiglu.cu keeps version 1, one element per
+// thread, which has no such preconditions.
 #pragma once
-#include <algorithm>
+#include <cstdint>
 #include "common.cuh"
 
 __device__ inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// Grid: (ceil(F / blockDim.x), up to 65535 rows). Thread (f, y) handles column f of rows y, y +
-// gridDim.y, ...: element (n, f) of out, dout is n * F + f; of gate, up, dgate, dup n * stride + f.
-constexpr int SWIGLU_BLOCK = 256;
-inline dim3 swiglu_grid(int N, int F) { return dim3((unsigned)ceil_div(F, SWIGLU_BLOCK), (unsigned)std::min(N, 65535)); }
+// Grid: (N, ceil(F / VEC / SWIGLU_BLOCK)). Thread t of block (n, b) handles the VEC columns from
+// f = (b * SWIGLU_BLOCK + t) * VEC of row n: element (n, f) of out, dout is n * F + f; of gate, up,
+// dgate, dup n * stride + f.
+constexpr int SWIGLU_BLOCK = 128;
+inline dim3 swiglu_grid(int N, int F) { return dim3((unsigned)N, (unsigned)ceil_div(F / VEC, SWIGLU_BLOCK)); }
 
-__global__ void swiglu_forward_kernel(floatX* out, const floatX* gate, const floatX* up, long stride, int N, int F) {
-    const int f = blockIdx.x * blockDim.x + threadIdx.x;
+__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_forward_kernel(floatX* out, const floatX* gate,
+                                                                      const floatX* up, long stride, int F) {
+    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
     if (f >= F) return;
-    for (long n = blockIdx.y; n < N; n += gridDim.y) {
-        const float g = (float)gate[n * stride + f];
-        out[n * F + f] = (floatX)(g * sigmoid(g) * (float)up[n * stride + f]);
+    const long n = blockIdx.x, in = n * stride + f;
+    const PackedX g = load128(gate + in), u = load128(up + in);
+    PackedX o;
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+        const float gf = (float)g[e];
+        o[e] = (floatX)(gf * sigmoid(gf) * (float)u[e]);
     }
+    store128(out + n * F + f, o);
 }
 
 // Both input gradients in one pass, with s = sigmoid(g) and d silu(g)/dg = s * (1 + g * (1 - s)):
 //   dgate = dout * up * s * (1 + g * (1 - s)),   dup = dout * silu(g)
 // Writes (the CPU reference accumulates into zeroed buffers). dgate and dup may alias gate and up:
-// each thread reads its elements before writing them.
-__global__ void swiglu_backward_kernel(floatX* dgate, floatX* dup, const floatX* dout, const floatX* gate,
-                                       const floatX* up, long stride, int N, int F) {
-    const int f = blockIdx.x * blockDim.x + threadIdx.x;
+// each thread reads its vectors before writing them.
+__global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_backward_kernel(floatX* dgate, floatX* dup, const floatX* dout,
+                                                                       const floatX* gate, const floatX* up,
+                                                                       long stride, int F) {
+    const int f = (blockIdx.y * SWIGLU_BLOCK + threadIdx.x) * VEC;
     if (f >= F) return;
-    for (long n = blockIdx.y; n < N; n += gridDim.y) {
-        const long j = n * stride + f;
-        const float g = (float)gate[j], u = (float)up[j], dy = (float)dout[n * F + f];
-        const float s = sigmoid(g);
-        dgate[j] = (floatX)(dy * u * s * (1.0f + g * (1.0f - s)));
-        dup[j] = (floatX)(dy * g * s);
+    const long n = blockIdx.x, in = n * stride + f;
+    const PackedX g = load128(gate + in), u = load128(up + in), dy = load128(dout + n * F + f);
+    PackedX dg, du;
+#pragma unroll
+    for (int e = 0; e < VEC; e++) {
+        const float gf = (float)g[e], uf = (float)u[e], dyf = (float)dy[e];
+        const float s = sigmoid(gf);
+        dg[e] = (floatX)(dyf * uf * s * (1.0f + gf * (1.0f - s)));
+        du[e] = (floatX)(dyf * gf * s);
     }
+    store128(dgate + in, dg);
+    store128(dup + in, du);
+}
+
+// Exits with a message unless F, the stride and the pointers meet the kernels' preconditions (above).
+inline void swiglu_check_shape(const char* launcher, int F, long stride, const void* a, const void* b, const void* c,
+                               const void* d, const void* e = nullptr) {
+    const uintptr_t bits = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d | (uintptr_t)e;
+    if (F % VEC == 0 && stride % VEC == 0 && bits % 16 == 0) return;
+    fprintf(stderr, "%s: F %d and the stride %ld must be multiples of %d, and every pointer 16-byte aligned\n",
+            launcher, F, stride, VEC);
+    exit(EXIT_FAILURE);
 }
 
 // out (N, F) from gate and up in rows of `stride` elements.
 inline void swiglu_forward(floatX* out, const floatX* gate, const floatX* up, long stride, int N, int F,
                            cudaStream_t stream) {
-    swiglu_forward_kernel<<<swiglu_grid(N, F), SWIGLU_BLOCK, 0, stream>>>(out, gate, up, stride, N, F);
+    swiglu_check_shape("swiglu forward", F, stride, out, gate, up, nullptr);
+    swiglu_forward_kernel<<<swiglu_grid(N, F), SWIGLU_BLOCK, 0, stream>>>(out, gate, up, stride, F);
     cudaCheck(cudaGetLastError());
 }
 
 // dgate, dup in rows of `stride` elements, as gate and up; dout (N, F).
 inline void swiglu_backward(floatX* dgate, floatX* dup, const floatX* dout, const floatX* gate, const floatX* up,
                             long stride, int N, int F, cudaStream_t stream) {
-    swiglu_backward_kernel<<<swiglu_grid(N, F), SWIGLU_BLOCK, 0, stream>>>(dgate, dup, dout, gate, up, stride, N, F);
+    swiglu_check_shape("swiglu backward", F, stride, dgate, dup, dout, gate, up);
+    swiglu_backward_kernel<<<swiglu_grid(N, F), SWIGLU_BLOCK, 0, stream>>>(dgate, dup, dout, gate, up, stride, F);
     cudaCheck(cudaGetLastError());
 }

@@ -333,7 +333,9 @@ TEST_CASE("residual forward adds the sublayer output to the scaled stream") {
 // SwiGLU
 
 // gate and up side by side in rows of 2F, as the model's one gate|up product leaves them (stride 2F),
-// or as two (N, F) tensors (stride F). N 70000 is more rows than the kernels' grid has (65535).
+// or as two (N, F) tensors (stride F). F must be a multiple of VEC (kernels/swiglu.cuh): 3 VEC (24
+// bf16, 12 fp32) is a block with few threads, 1000 (125 or 250 vectors) and 1368 (171 or 342) a
+// partial second block; N 70000 is more rows than a grid's y dimension holds (65535).
 struct SwigluCase {
     int N, F;
     bool fused;
@@ -361,7 +363,7 @@ struct SwigluCase {
 };
 
 struct SwigluSize { int N, F; };
-static const SwigluSize SWIGLU_SIZES[] = {{21, 12}, {21, 1000}, {257, 1368}, {70000, 3}};
+static const SwigluSize SWIGLU_SIZES[] = {{21, 3 * VEC}, {21, 1000}, {257, 1368}, {70000, VEC}};
 
 TEST_CASE("swiglu forward, gate and up side by side (stride 2F) and separate (stride F)") {
     // STORE_TOL: an expf, a division and two products in fp32, stored.
