@@ -3,14 +3,16 @@
 // The backward is the same kernel with the angle negated, so only the forward is timed; both are checked.
 //
 // Versions:
-//   1  production, kernels/rope.cuh: one thread per rotated pair, two 2-byte loads and stores in bf16
-//      and one 8-byte (cos, sin) table load.
-//   2  one thread per 8 pairs (bf16; 4 in fp32): two 128-bit loads and stores of x and four 128-bit
-//      table loads, an eighth of the memory instructions; a warp covers 8 whole heads of hd 64.
+//   1  production, kernels/rope.cuh: one thread per 8 pairs (bf16; 4 in fp32): two 128-bit loads and
+//      stores of x and four 128-bit table loads, an eighth of the memory instructions; a warp covers 8
+//      whole heads of hd 64. Needs hd / 2 and the row stride to be multiples of 8 / 4 (checked at
+//      launch; the trainer's heads are multiples of 16).
+//   2  the production kernel before 128-bit accesses (the simple version): one thread per rotated pair,
+//      two 2-byte loads and stores in bf16 and one 8-byte (cos, sin) table load; any even hd.
 //
 // Build and run (make dev builds every benchmark; make dev PRECISION=FP32 puts fp32 ones in build/fp32/dev):
 //   nvcc -O3 -std=c++17 -Xcompiler -fopenmp -gencode arch=compute_90a,code=sm_90a dev/rope.cu -o rope -lcublasLt -lcublas
-//   ./rope 2
+//   ./rope 1
 //
 // Shapes: B = 64 sequences of T = 256 (16384 tokens), NH heads of hd = 64 (d 768 and 2048).
 // Bytes counted (X = sizeof(floatX)): reads x, writes out: 2 N C X. The (T, hd/2) fp32 (cos, sin)
@@ -21,47 +23,30 @@
 #include "../kernels/rope.cuh"
 
 static const char* const VERSIONS[] = {
-    "production (kernels/rope.cuh)",
-    "128-bit loads and stores, VEC pairs per thread",
+    "production (kernels/rope.cuh): 128-bit loads and stores, VEC pairs per thread",
+    "one pair per thread",
 };
 
 // ----------------------------------------------------------------------------
-// Version 2. Thread idx handles pairs i0 .. i0 + VEC - 1 of head `head` (over (b, t, h)), i0 = VEC *
-// (idx % (hd / 2 / VEC)). Needs hd / 2 to be a multiple of VEC, so that x + head * hd + hd / 2 + i0
-// and the table row t * hd / 2 + i0 are 16-byte aligned.
-__global__ void rope_v2_kernel(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd,
-                               int direction) {
-    const int half = hd / 2, chunks = half / VEC;
-    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)B * T * NH * chunks) return;
-    const int i0 = (int)(idx % chunks) * VEC;
-    const long head = idx / chunks;  // (b * T + t) * NH + h
-    const int t = (int)((head / NH) % T);
-    const long base = head * hd + i0;
-    const PackedX x1 = load128(inp + base), x2 = load128(inp + base + half);
-    const float2* cs = table + (long)t * half + i0;
-    PackedX o1, o2;
-#pragma unroll
-    for (int p = 0; p < VEC / 2; p++) {
-        const float4 c4 = *reinterpret_cast<const float4*>(cs + 2 * p);  // (cos, sin) of pairs 2p and 2p + 1
-        const float c[2] = {c4.x, c4.z}, s[2] = {direction * c4.y, direction * c4.w};
-#pragma unroll
-        for (int q = 0; q < 2; q++) {
-            const int e = 2 * p + q;
-            const float a = (float)x1[e], b = (float)x2[e];
-            o1[e] = (floatX)(a * c[q] - b * s[q]);
-            o2[e] = (floatX)(b * c[q] + a * s[q]);
-        }
-    }
-    store128(out + base, o1);
-    store128(out + base + half, o2);
-}
+// Version 2
 
-static void rope_v2(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd, int direction) {
-    if ((hd / 2) % VEC) unsupported("rope v2: hd / 2 must be a multiple of 8 (bf16) or 4 (fp32)");
-    const long threads = (long)B * T * NH * (hd / 2 / VEC);
-    rope_v2_kernel<<<ceil_div(threads, 256), 256>>>(out, inp, table, B, T, NH, hd, direction);
-    cudaCheck(cudaGetLastError());
+// One thread per pair (b, t, h, i). direction = +1 rotates by the angle (forward), -1 back (backward).
+// out may alias inp: each thread reads its pair before writing it.
+__global__ void rope_v2_kernel(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd,
+                               long stride, int direction) {
+    const int half = hd / 2;
+    const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)B * T * NH * half) return;
+    const int i = idx % half;
+    const long head = idx / half;  // (b * T + t) * NH + h
+    const long row = head / NH;    // b * T + t
+    const int t = row % T;
+    const float2 cs = table[t * half + i];
+    const float c = cs.x, s = direction * cs.y;
+    const long base = row * stride + (head % NH) * hd;
+    const float x1 = (float)inp[base + i], x2 = (float)inp[base + i + half];
+    out[base + i] = (floatX)(x1 * c - x2 * s);
+    out[base + i + half] = (floatX)(x2 * c + x1 * s);
 }
 
 // ----------------------------------------------------------------------------
@@ -80,8 +65,11 @@ static void run_shape(int version, const char* model, int B, int T, int NH, int 
     const std::vector<double> x_h = to_double(x.download());
 
     auto run = [&](int direction) {
-        if (version == 1) launch_rope(out.ptr, x.ptr, table.ptr, B, T, NH, hd, /*stride=*/C, direction, 0);
-        else rope_v2(out.ptr, x.ptr, table.ptr, B, T, NH, hd, direction);
+        if (version == 2)
+            rope_v2_kernel<<<ceil_div((long)B * T * NH * (hd / 2), 256), 256>>>(out.ptr, x.ptr, table.ptr, B, T, NH, hd,
+                                                                                /*stride=*/C, direction);
+        else launch_rope(out.ptr, x.ptr, table.ptr, B, T, NH, hd, /*stride=*/C, direction, 0);
+        cudaCheck(cudaGetLastError());
     };
     // STORE_TOL: cos and sin rounded to fp32, two products and a sum in fp32, stored once.
     std::vector<double> ref(n);

@@ -6,7 +6,14 @@
 //   out[i]        = x[i] * cos - x[i + hd/2] * sin
 //   out[i + hd/2] = x[i + hd/2] * cos + x[i] * sin
 // The rotation is orthogonal, so the backward is the same map with the angle negated.
+//
+// Preconditions of the 128-bit accesses, checked at launch: hd / 2 and the stride multiples of VEC (8
+// bf16, 4 fp32) and the pointers 16-byte aligned, so that both halves of every head start on 16-byte
+// boundaries. The trainer always meets them: its heads are multiples of 16 (the attention kernel's
+// requirement) and its tensors start on 256-byte boundaries. dev/rope.cu keeps version 1, one pair
+// per thread, which has no such preconditions.
 #pragma once
+#include <cstdint>
 #include "common.cuh"
 
 // table[t * hd/2 + i] = (cos, sin) of angle(t, i), for t < T. Built once, in double as the reference
@@ -20,23 +27,38 @@ __global__ void rope_table_kernel(float2* table, int T, int hd, double theta) {
     table[idx] = make_float2((float)cos(angle), (float)sin(angle));
 }
 
-// One thread per pair (b, t, h, i). direction = +1 rotates by the angle (forward), -1 back (backward).
-// out may alias inp: each thread reads its pair before writing it.
+// One thread per VEC pairs (8 bf16, 4 fp32): pairs i0 .. i0 + VEC - 1 of head `head` (over (b, t, h)),
+// i0 = VEC * (idx % (hd / 2 / VEC)): two 128-bit loads and stores of x (its first and second half)
+// and VEC / 2 128-bit loads of the (cos, sin) table, where one pair per thread takes 2-byte accesses
+// (LDG.E.128 / STG.E.128 in the SASS). direction = +1 rotates by the angle (forward), -1 back
+// (backward). out may alias inp: each thread reads its vectors before writing them.
 __global__ void rope_kernel(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd,
                             long stride, int direction) {
-    const int half = hd / 2;
+    const int half = hd / 2, chunks = half / VEC;
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)B * T * NH * half) return;
-    const int i = idx % half;
-    const long head = idx / half;  // (b * T + t) * NH + h
-    const long row = head / NH;    // b * T + t
-    const int t = row % T;
-    const float2 cs = table[t * half + i];
-    const float c = cs.x, s = direction * cs.y;
-    const long base = row * stride + (head % NH) * hd;
-    const float x1 = (float)inp[base + i], x2 = (float)inp[base + i + half];
-    out[base + i] = (floatX)(x1 * c - x2 * s);
-    out[base + i + half] = (floatX)(x2 * c + x1 * s);
+    if (idx >= (long)B * T * NH * chunks) return;
+    const int i0 = (int)(idx % chunks) * VEC;
+    const long head = idx / chunks;  // (b * T + t) * NH + h
+    const long row = head / NH;      // b * T + t
+    const int t = (int)(row % T);
+    const long base = row * stride + (head % NH) * hd + i0;
+    const PackedX x1 = load128(inp + base), x2 = load128(inp + base + half);
+    const float2* cs = table + (long)t * half + i0;
+    PackedX o1, o2;
+#pragma unroll
+    for (int p = 0; p < VEC / 2; p++) {
+        const float4 c4 = *reinterpret_cast<const float4*>(cs + 2 * p);  // (cos, sin) of pairs 2p and 2p + 1
+        const float c[2] = {c4.x, c4.z}, s[2] = {direction * c4.y, direction * c4.w};
+#pragma unroll
+        for (int q = 0; q < 2; q++) {
+            const int e = 2 * p + q;
+            const float a = (float)x1[e], b = (float)x2[e];
+            o1[e] = (floatX)(a * c[q] - b * s[q]);
+            o2[e] = (floatX)(b * c[q] + a * s[q]);
+        }
+    }
+    store128(out + base, o1);
+    store128(out + base + half, o2);
 }
 
 // table: (T, hd/2) float2 of device memory; it serves every sequence length up to T.
@@ -48,9 +70,15 @@ inline void rope_table_init(float2* table, int T, int hd, double theta, cudaStre
 
 inline void launch_rope(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd,
                         long stride, int direction, cudaStream_t stream) {
+    const uintptr_t bits = (uintptr_t)out | (uintptr_t)inp | (uintptr_t)table;
+    if ((hd / 2) % VEC || stride % VEC || bits % 16) {
+        fprintf(stderr, "rope: hd / 2 (%d) and the stride (%ld) must be multiples of %d, the pointers 16-byte "
+                "aligned\n", hd / 2, stride, VEC);
+        exit(EXIT_FAILURE);
+    }
     const int block = 256;
-    rope_kernel<<<ceil_div((long)B * T * NH * (hd / 2), block), block, 0, stream>>>(out, inp, table, B, T, NH, hd,
-                                                                                    stride, direction);
+    rope_kernel<<<ceil_div((long)B * T * NH * (hd / 2 / VEC), block), block, 0, stream>>>(out, inp, table, B, T, NH, hd,
+                                                                                          stride, direction);
     cudaCheck(cudaGetLastError());
 }
 

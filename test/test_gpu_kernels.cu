@@ -409,8 +409,10 @@ TEST_CASE("swiglu backward writes both input gradients by stride, into a new buf
 // ----------------------------------------------------------------------------
 // RoPE
 
+// hd / 2 must be a multiple of VEC (kernels/rope.cuh): hd 16 is one vector per half in bf16 (two in
+// fp32), 48 (250m's) three (six).
 struct RopeSize { int B, T, NH, hd; };
-static const RopeSize ROPE_SIZES[] = {{3, 7, 3, 4}, {2, 64, 12, 64}, {1, 256, 8, 128}};
+static const RopeSize ROPE_SIZES[] = {{3, 7, 3, 16}, {2, 5, 3, 48}, {2, 64, 12, 64}, {1, 256, 8, 128}};
 static const double ROPE_THETA = 10000.0;
 
 // The (cos, sin) table for more positions than used, to catch a wrong position index.
