@@ -65,7 +65,7 @@ bug race_block_reduce kernels/common.cuh \
     __syncthreads();" \
     "    if (lane == 0) warp_results[warp] = v;" \
     dev/rmsnorm.cu race "#0 .*kernels/common.cuh:[0-9]+" \
-    env DEV_SMALL_ONLY=1 TSAN_OPTIONS=exitcode=66 $P/race_block_reduce/bin 1
+    env DEV_SMALL_ONLY=1 TSAN_OPTIONS=exitcode=66 $P/race_block_reduce/bin 2
 # 1b. The attention forward without its __syncwarp: lane 0 overwrites the row's running maximum that
 #     the other lanes read; the fibers' fixed order hides it, the race checker does not.
 bug race_attention_syncwarp kernels/attention.cuh \
