@@ -32,6 +32,7 @@
 #include <type_traits>
 #include <vector>
 #include "../kernels/common.cuh"
+#include "../kernels/ptx.cuh"  // fast_exp2, LOG2E and the PTX wrappers
 #include "tolerances.h"
 
 // ----------------------------------------------------------------------------
@@ -193,20 +194,6 @@ struct Validation {
 inline int validation_exit_status() {
     if (failed_validations) fprintf(stderr, "%d validation(s) FAILED\n", failed_validations);
     return failed_validations ? EXIT_FAILURE : 0;
-}
-
-// 2^x on the SFU: ex2.approx.ftz, relative error ~2^-22; a result below 2^-126 flushes to 0. For
-// softmax-style sums (each >= 1) and values then stored in bf16, neither is visible; exp(x) is
-// fast_exp2(x * LOG2E), with the multiply folded into an FFMA where there is one.
-constexpr float LOG2E = 1.4426950408889634f;
-__device__ inline float fast_exp2(float x) {
-    float y;
-#ifdef MIXLN_EMU
-    y = emu::ex2_approx_ftz(x);
-#else
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-#endif
-    return y;
 }
 
 // Kernels templated on a count of vectors per thread are instantiated for powers of two: this calls

@@ -1,158 +1,343 @@
-// Causal multi-head attention, flash style (Dao et al., 2022): tiled over queries and keys with an
-// online softmax, never materializing the T x T scores; the forward saves one logsumexp per row for
-// the backward. CPU reference: kernels/cpu/attention.h.
+// Causal multi-head attention, FlashAttention-2 style (Dao, 2023): tiled over queries and keys with an
+// online softmax held in registers, never materializing the T x T scores; the forward saves one
+// logsumexp per row for the backward. CPU reference: kernels/cpu/attention.h. The simpler version
+// this one replaced (WMMA from shared memory) and a one-kernel backward with atomics are dev/attention.cu.
 //
 //   q, k, v: rows of `stride` elements, (B, T, stride); head h occupies columns [h*HD, (h+1)*HD).
 //            stride = C for separate q, k, v buffers, 3C for a fused qkv buffer (k = q + C, v = q + 2C).
 //   out, dout: (B, T, C);  lse: (B, NH, T) fp32, lse = log(sum_j exp(s_j)) with s = q.k / sqrt(HD).
+// Any T >= 1 and HD in {16, 32, ..., 128}, each HD a template instance.
 //
-// Every block works on one (batch, head) pair and one tile of TILE rows (queries in the forward and in
-// the dq kernel, keys in the dk/dv kernel). The tile products run on tensor cores (WMMA, bf16 in,
-// fp32 accumulate) from shared memory; in the fp32 build (-DENABLE_FP32) the same products run as
-// plain fp32 FMAs, so that build checks the algorithm tightly against the CPU reference.
+// Tiles are copied to shared memory by cp.async (16 bytes a copy, rows past T zero-filled), the next
+// tile's copy overlapping this tile's math (double buffering). Each warp owns 16 rows of its block and
+// computes with mma.sync m16n8k16 (bf16 in, fp32 accumulate) from fragments loaded by ldmatrix; the
+// scores, the softmax and the probabilities stay in the warp's registers: an m16n8 accumulator has the
+// layout of an m16n8k16 A operand, so P is the A operand of P V as it stands (FlashAttention-2). In the
+// fp32 build (-DENABLE_FP32) the same code runs on fp32 fragments of the same layout, read from shared
+// memory by each lane, and the product is fp32 FMAs after shuffles (a checking build, not a fast one).
 //
-// The backward avoids atomics, so it is deterministic: one kernel per key tile accumulates dk and dv
-// over the query tiles, another per query tile accumulates dq over the key tiles. Both recompute the
-// probabilities P = exp(s - lse): 7 tile products per tile pair instead of FlashAttention-2's 5.
-// Head dimensions: any multiple of 16 (WMMA's tile edge) from 16 to 128, each a template instance:
-// 32 (the tiny preset), 48 (250m), 64, 128. Version 1: the faster register-level (mma.sync / wgmma)
-// versions belong in dev/ until measured.
+// The causal mask: blocks wholly after the diagonal are never visited, warps skip key blocks wholly
+// after their queries, only blocks that straddle the diagonal are masked. Keys past T are after every
+// query before T, so the causal mask covers them too; rows past T are computed on zeros and not stored.
+//
+// The backward is deterministic (no atomics): one kernel per key block accumulates dK and dV in
+// registers over the query blocks that see it, another per query block accumulates dQ over the key
+// blocks; both recompute P = exp(s - lse) from the forward's lse, with delta = rowsum(dO * O) from a
+// small kernel first: 7 tile products per tile pair instead of FlashAttention-2's 5.
 #pragma once
-#include <mma.h>
 #include "common.cuh"
+#include "ptx.cuh"
 
 namespace attention_detail {
 
-// Rows of a query or key tile: 64 in bf16; 32 in the fp32 build, whose fp32 tiles would not fit the
-// 227 KB of shared memory an H100 block can have at head dimension 128.
-constexpr int TILE = FLOATX_IS_FP32 ? 32 : 64;
-constexpr int THREADS = 128;  // 4 warps
-constexpr int WARPS = THREADS / 32;
+constexpr float LN2 = 0.6931471805599453f;
 
-// C (M x N, fp32, leading dimension ldc) = or += A (M x K) B (K x N), all in shared memory. A is read
-// as A[m*lda + k], or A[k*lda + m] when A_T; B as B[k*ldb + n], or B[n*ldb + k] when B_T. M, N, K are
-// multiples of 16. Ends with a barrier.
-template <int M, int N, int K, bool A_T, bool B_T>
-__device__ void smem_gemm(float* C, int ldc, const floatX* A, int lda, const floatX* B, int ldb, bool accumulate) {
-    if constexpr (FLOATX_IS_FP32) {
-        for (int idx = threadIdx.x; idx < M * N; idx += blockDim.x) {
-            const int m = idx / N, n = idx % N;
-            float sum = accumulate ? C[m * ldc + n] : 0.0f;
-            for (int k = 0; k < K; k++)
-                sum += (float)A[A_T ? k * lda + m : m * lda + k] * (float)B[B_T ? n * ldb + k : k * ldb + n];
-            C[m * ldc + n] = sum;
+// ----------------------------------------------------------------------------
+// Shared-memory tiles: R rows of HD floatX, rows PITCH bytes apart: HD * sizeof(floatX) + 16. The
+// 16 extra bytes make a row an odd number of 16-byte chunks (HD is a multiple of 16), so 8 consecutive
+// rows at the same column sit in the 8 different 16-byte bank groups of a 128-byte line: ldmatrix
+// (8 rows of 16 bytes a matrix) and the cp.async fills are free of bank conflicts at every HD.
+
+template <int HD>
+constexpr int PITCH = HD * (int)sizeof(floatX) + 16;
+constexpr int CHUNK = 16 / (int)sizeof(floatX);  // elements per 16-byte copy
+
+template <int HD>
+__device__ inline int at(int row, int col) { return row * PITCH<HD> + col * (int)sizeof(floatX); }  // byte offset
+
+// Starts copying rows row0 .. row0 + R - 1 of a (T, stride) slice into a tile (the caller commits);
+// rows past T become zeros.
+template <int R, int HD, int THREADS>
+__device__ inline void load_tile(unsigned char* tile, const floatX* src, long stride, int row0, int T) {
+    constexpr int CH = HD / CHUNK;
+#pragma unroll
+    for (int i = threadIdx.x; i < R * CH; i += THREADS) {
+        const int r = i / CH, c = i % CH;
+        const bool valid = row0 + r < T;
+        cp_async16(tile + at<HD>(r, c * CHUNK), src + (long)(valid ? row0 + r : 0) * stride + c * CHUNK, valid);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Fragments of m16n8k16 (the layouts: kernels/ptx.cuh). FragA: a 16x16 A operand; FragB: two 16x8 B
+// operands side by side (columns 0..7 and 8..15 of a 16x16 block).
+//   bf16: the tensor-core registers, loaded by ldmatrix (x[0], x[1] the first B operand, x[2], x[3]
+//         the second), each register two bf16 of consecutive columns, low half first.
+//   fp32: a lane keeps all 16 k of its rows of A (g and g + 8) in registers; a B fragment is a view of
+//         its shared-memory tile, read inside the product. The product is then 64 FMAs a lane with no
+//         exchange between lanes; only an A operand made from accumulators (c_to_a) gathers its rows
+//         from the quad by shuffles.
+
+#ifdef ENABLE_FP32
+struct FragA {
+    float x[2][16];  // [row g, g + 8][k]
+};
+struct FragB {
+    const unsigned char* tile;
+    int pitch;       // the tile's row pitch in bytes
+    int row0, col0;  // B(k, n) = tile(row0 + n, col0 + k), or with cols tile(row0 + k, col0 + n)
+    bool cols;
+    __device__ float operator()(int k, int n) const {
+        const int row = cols ? row0 + k : row0 + n, col = cols ? col0 + n : col0 + k;
+        return *reinterpret_cast<const float*>(tile + row * pitch + col * 4);
+    }
+};
+#else
+struct FragA {
+    unsigned x[4];
+};
+struct FragB {
+    unsigned x[4];
+};
+#endif
+
+// The A fragment of rows row0 .. row0 + 15, columns 16 kc .. 16 kc + 15 of a tile.
+template <int HD>
+__device__ inline void load_a(FragA& a, const unsigned char* tile, int row0, int kc) {
+    const int lane = threadIdx.x % 32;
+#ifdef ENABLE_FP32
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int k = 0; k < 16; k++)
+            a.x[r][k] = *reinterpret_cast<const float*>(tile + at<HD>(row0 + lane / 4 + 8 * r, 16 * kc + k));
+#else
+    ldmatrix_x4(a.x, tile + at<HD>(row0 + lane % 16, 16 * kc + 8 * (lane / 16)));
+#endif
+}
+// The B fragments of a 16x16 block where B(k, n) = tile(row0 + n, 16 kc + k): the tile holds B^T (K for
+// S = Q K^T). Columns n in rows row0 .. + 7 for the first operand, row0 + 8 .. + 15 for the second.
+template <int HD>
+__device__ inline void load_b_rows(FragB& b, const unsigned char* tile, int row0, int kc) {
+#ifdef ENABLE_FP32
+    b = FragB{tile, PITCH<HD>, row0, 16 * kc, false};
+#else
+    const int lane = threadIdx.x % 32;
+    ldmatrix_x4(b.x, tile + at<HD>(row0 + lane % 8 + 8 * (lane / 16), 16 * kc + 8 * ((lane / 8) % 2)));
+#endif
+}
+// The B fragments of a 16x16 block where B(k, n) = tile(row0 + k, 16 dp + n): the tile holds B (V for
+// O = P V). Columns 16 dp .. + 7 for the first operand, 16 dp + 8 .. + 15 for the second.
+template <int HD>
+__device__ inline void load_b_cols(FragB& b, const unsigned char* tile, int row0, int dp) {
+#ifdef ENABLE_FP32
+    b = FragB{tile, PITCH<HD>, row0, 16 * dp, true};
+#else
+    const int lane = threadIdx.x % 32;
+    ldmatrix_x4_trans(b.x, tile + at<HD>(row0 + lane % 8 + 8 * ((lane / 8) % 2), 16 * dp + 8 * (lane / 16)));
+#endif
+}
+
+// d (16x8 fp32) += A (16x16) B(:, 8 half .. 8 half + 7) for the B fragment's half 0 or 1.
+__device__ inline void mma(float (&d)[4], const FragA& a, const FragB& b, int half) {
+#ifdef ENABLE_FP32
+    const int t = threadIdx.x % 4;
+#pragma unroll
+    for (int j = 0; j < 2; j++) {  // d[j] = D(g, 2t + j), d[2 + j] = D(g + 8, 2t + j)
+        const int n = 8 * half + 2 * t + j;
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            const float bk = b(k, n);
+            d[j] = fmaf(a.x[0][k], bk, d[j]);
+            d[2 + j] = fmaf(a.x[1][k], bk, d[2 + j]);
         }
-    } else {
-        using namespace nvcuda;
-        using LayoutA = typename std::conditional<A_T, wmma::col_major, wmma::row_major>::type;
-        using LayoutB = typename std::conditional<B_T, wmma::col_major, wmma::row_major>::type;
-        const int warp = threadIdx.x / 32;
-        for (int tile = warp; tile < (M / 16) * (N / 16); tile += blockDim.x / 32) {
-            const int m0 = (tile / (N / 16)) * 16, n0 = (tile % (N / 16)) * 16;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-            if (accumulate) wmma::load_matrix_sync(c, C + m0 * ldc + n0, ldc, wmma::mem_row_major);
-            else wmma::fill_fragment(c, 0.0f);
-            for (int k0 = 0; k0 < K; k0 += 16) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> b;
-                wmma::load_matrix_sync(a, A + (A_T ? k0 * lda + m0 : m0 * lda + k0), lda);
-                wmma::load_matrix_sync(b, B + (B_T ? n0 * ldb + k0 : k0 * ldb + n0), ldb);
-                wmma::mma_sync(c, a, b, c);
+    }
+#else
+    mma_bf16_16816(d, a.x, b.x[2 * half], b.x[2 * half + 1]);
+#endif
+}
+
+// The accumulators of two adjacent 8-column blocks c0, c1 as the A operand of columns 0..15 (the C
+// layout of m16n8 is the A layout of m16n8k16), rounded to floatX.
+__device__ inline void c_to_a(FragA& a, const float (&c0)[4], const float (&c1)[4]) {
+#ifdef ENABLE_FP32
+    // column 2s + j of row g (+8 r) is c0[2r + j] of quad member s; column 8 + 2s + j is its c1[2r + j]
+    const int g = threadIdx.x % 32 / 4;
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                a.x[r][2 * s + j] = __shfl_sync(FULL_WARP_MASK, c0[2 * r + j], 4 * g + s);
+                a.x[r][8 + 2 * s + j] = __shfl_sync(FULL_WARP_MASK, c1[2 * r + j], 4 * g + s);
             }
-            wmma::store_matrix_sync(C + m0 * ldc + n0, c, ldc, wmma::mem_row_major);
-        }
+#else
+    auto pack = [](float lo, float hi) {
+        const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<const unsigned*>(&v);
+    };
+    a.x[0] = pack(c0[0], c0[1]);
+    a.x[1] = pack(c0[2], c0[3]);
+    a.x[2] = pack(c1[0], c1[1]);
+    a.x[3] = pack(c1[2], c1[3]);
+#endif
+}
+
+// Two fp32 values as floatX at p (aligned to the pair).
+__device__ inline void store_pair(unsigned char* p, float lo, float hi) {
+    if constexpr (FLOATX_IS_FP32) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
+    else *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(lo, hi);
+}
+
+// Writes a warp's 16 x HD fp32 accumulators (rows g and g + 8 scaled by scale[0] and scale[1]) as
+// floatX to dst (row r at dst + r * dst_stride, the first `rows` rows only), through the warp's own 16
+// rows row0.. of a shared tile, so that the global stores are 16-byte vectors covering whole rows.
+template <int HD>
+__device__ inline void store_rows(unsigned char* tile, int row0, const float (&acc)[HD / 8][4], const float (&scale)[2],
+                                  floatX* dst, long dst_stride, int rows) {
+    constexpr int CH = HD / CHUNK;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; nd++)
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++)
+            store_pair(tile + at<HD>(row0 + g + 8 * hr, 8 * nd + 2 * t), acc[nd][2 * hr] * scale[hr],
+                       acc[nd][2 * hr + 1] * scale[hr]);
+    __syncwarp();
+    for (int i = lane; i < 16 * CH; i += 32) {
+        const int r = i / CH, c = i % CH;
+        if (r < rows)
+            *reinterpret_cast<int4*>(dst + (long)r * dst_stride + c * CHUNK) =
+                *reinterpret_cast<const int4*>(tile + at<HD>(row0 + r, c * CHUNK));
     }
-    __syncthreads();
 }
 
-// Copies rows [row0, row0 + TILE) of one head (HD columns) into a TILE x HD shared tile, zero past T.
-template <int HD>
-__device__ void load_tile(floatX* tile, const floatX* src, long stride, int row0, int T) {
-    for (int idx = threadIdx.x; idx < TILE * HD; idx += blockDim.x) {
-        const int r = idx / HD, c = idx % HD;
-        tile[idx] = row0 + r < T ? src[(long)(row0 + r) * stride + c] : (floatX)0.0f;
-    }
-}
+// ----------------------------------------------------------------------------
+// Forward. Grid (B * NH, ceil(T / FWD_BM)); 8 warps; warp w owns queries q0 + 16w .. q0 + 16w + 15; its
+// Q fragments are read from shared memory once per key block (HD / 16 ldmatrix against the block's
+// 2 BN HD / 256 for K and V), which leaves the registers to the scores and the output.
 
-// Shared memory of the forward: the Q, K, V tiles (floatX), S and O (fp32), P (floatX), row max and sum.
-template <int HD>
-constexpr size_t forward_smem_bytes() {
-    return 3 * TILE * HD * sizeof(floatX) + TILE * TILE * sizeof(float) + TILE * HD * sizeof(float) +
-           TILE * TILE * sizeof(floatX) + 2 * TILE * sizeof(float);
-}
+constexpr int FWD_BM = 128, FWD_BN = 64, FWD_THREADS = 256;
 
-// Grid: (ceil(T / TILE), B * NH). One block: queries [q0, q0 + TILE) of one (b, h).
 template <int HD>
-__global__ void __launch_bounds__(THREADS) attention_forward_kernel(floatX* out, float* lse, const floatX* q,
-                                                                     const floatX* k, const floatX* v, long stride,
-                                                                     int T, int C, int NH) {
+constexpr int forward_smem_bytes() { return (FWD_BM + 4 * FWD_BN) * PITCH<HD>; }  // Q; K, V double-buffered
+
+template <int HD>
+__global__ void __launch_bounds__(FWD_THREADS, HD <= 64 ? 2 : 1)
+    attention_forward_kernel(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
+                             int T, int C, int NH) {
+    constexpr int BM = FWD_BM, BN = FWD_BN, TILE_KV = BN * PITCH<HD>;
     extern __shared__ __align__(128) unsigned char smem[];
-    floatX* Qs = (floatX*)smem;
-    floatX* Ks = Qs + TILE * HD;
-    floatX* Vs = Ks + TILE * HD;
-    float* S = (float*)(Vs + TILE * HD);   // TILE x TILE scores, then probabilities
-    float* O = S + TILE * TILE;            // TILE x HD unnormalized output
-    floatX* P = (floatX*)(O + TILE * HD);  // TILE x TILE probabilities in floatX for the P V product
-    float* row_max = (float*)(P + TILE * TILE);
-    float* row_sum = row_max + TILE;
-
-    const int q0 = blockIdx.x * TILE, b = blockIdx.y / NH, h = blockIdx.y % NH;
+    unsigned char* Qs = smem;
+    unsigned char* Ks = Qs + BM * PITCH<HD>;  // [2][BN rows]
+    unsigned char* Vs = Ks + 2 * TILE_KV;     // [2][BN rows]
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int b = blockIdx.x / NH, h = blockIdx.x % NH;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows of keys first
     const long head = (long)b * T * stride + h * HD;
-    const float scale = rsqrtf((float)HD);
-    load_tile<HD>(Qs, q + head, stride, q0, T);
-    for (int i = threadIdx.x; i < TILE * HD; i += blockDim.x) O[i] = 0.0f;
-    for (int i = threadIdx.x; i < TILE; i += blockDim.x) { row_max[i] = -INFINITY; row_sum[i] = 0.0f; }
-    __syncthreads();
+    const float scale_log2 = rsqrtf((float)HD) * LOG2E;
 
-    const int last_key = min(q0 + TILE, T) - 1;  // causal: no key after the tile's last query
-    for (int k0 = 0; k0 <= last_key; k0 += TILE) {
-        load_tile<HD>(Ks, k + head, stride, k0, T);
-        load_tile<HD>(Vs, v + head, stride, k0, T);
-        __syncthreads();
-        smem_gemm<TILE, TILE, HD, false, true>(S, TILE, Qs, HD, Ks, HD, false);  // S = Q K^T
-        // Online softmax, one warp per row: the running max m and sum l absorb this tile, and the
-        // output so far is rescaled by exp(m_old - m_new) (FlashAttention, Algorithm 1).
-        for (int r = threadIdx.x / 32; r < TILE; r += WARPS) {
-            const int lane = threadIdx.x % 32, qi = q0 + r;
-            float local_max = -INFINITY;
-            for (int c = lane; c < TILE; c += 32) {
-                const int kj = k0 + c;
-                const float s = (kj <= qi && kj < T) ? S[r * TILE + c] * scale : -INFINITY;
-                S[r * TILE + c] = s;
-                local_max = fmaxf(local_max, s);
-            }
-            const float m_old = row_max[r];
-            const float m_new = fmaxf(m_old, warp_reduce(local_max, [](float a, float x) { return fmaxf(a, x); }));
-            // a row with no visible key yet (only rows past T) keeps m = -inf: use 0 to avoid inf - inf
-            const float m_safe = m_new == -INFINITY ? 0.0f : m_new;
-            float local_sum = 0.0f;
-            for (int c = lane; c < TILE; c += 32) {
-                const float p = __expf(S[r * TILE + c] - m_safe);
-                P[r * TILE + c] = (floatX)p;
-                local_sum += p;
-            }
-            const float correction = __expf(m_old - m_safe);
-            const float tile_sum = warp_reduce_sum(local_sum);
-            for (int c = lane; c < HD; c += 32) O[r * HD + c] *= correction;
-            __syncwarp();  // every lane has read row_max[r] (m_old) before lane 0 overwrites it
-            if (lane == 0) { row_max[r] = m_new; row_sum[r] = row_sum[r] * correction + tile_sum; }
+    load_tile<BM, HD, FWD_THREADS>(Qs, q + head, stride, q0, T);
+    load_tile<BN, HD, FWD_THREADS>(Ks, k + head, stride, 0, T);
+    load_tile<BN, HD, FWD_THREADS>(Vs, v + head, stride, 0, T);
+    cp_async_commit();
+
+    const int num_kb = (int)ceil_div(min(q0 + BM, T), BN);  // causal: keys before the block's last query
+    const int qw = q0 + 16 * warp;                          // the warp's first query
+    const bool warp_active = qw < T;                        // else all its rows are past T
+    float o[HD / 8][4] = {};
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};  // rows g, g + 8; m in log2 units
+
+    for (int kb = 0; kb < num_kb; kb++) {
+        if (kb + 1 < num_kb) {
+            load_tile<BN, HD, FWD_THREADS>(Ks + ((kb + 1) & 1) * TILE_KV, k + head, stride, (kb + 1) * BN, T);
+            load_tile<BN, HD, FWD_THREADS>(Vs + ((kb + 1) & 1) * TILE_KV, v + head, stride, (kb + 1) * BN, T);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
-        smem_gemm<TILE, HD, TILE, false, false>(O, HD, P, TILE, Vs, HD, true);  // O += P V
+        const unsigned char* Kt = Ks + (kb & 1) * TILE_KV;
+        const unsigned char* Vt = Vs + (kb & 1) * TILE_KV;
+        const int k0 = kb * BN;
+        if (warp_active && k0 <= qw + 15) {  // else every key of the block is after every query of the warp
+            float s[BN / 8][4] = {};  // S = Q K^T, the warp's Q fragments read once per key block
+#pragma unroll
+            for (int kc = 0; kc < HD / 16; kc++) {
+                FragA qf;
+                load_a<HD>(qf, Qs, 16 * warp, kc);
+#pragma unroll
+                for (int np = 0; np < BN / 16; np++) {
+                    FragB kf;
+                    load_b_rows<HD>(kf, Kt, 16 * np, kc);
+                    mma(s[2 * np], qf, kf, 0);
+                    mma(s[2 * np + 1], qf, kf, 1);
+                }
+            }
+            if (k0 + BN - 1 > qw) {  // the diagonal: mask keys after the query (and so every key past T)
+#pragma unroll
+                for (int nb = 0; nb < BN / 8; nb++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (k0 + 8 * nb + 2 * t + (e & 1) > qw + g + 8 * (e >> 1)) s[nb][e] = -INFINITY;
+            }
+            // Online softmax (FlashAttention-2): per row, the running max m and sum l absorb this block,
+            // and the output so far is rescaled by 2^(m_old - m_new). The 4 lanes of a quad hold a row.
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int nb = 0; nb < BN / 8; nb++) mx = fmaxf(mx, fmaxf(s[nb][2 * hr], s[nb][2 * hr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_WARP_MASK, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(FULL_WARP_MASK, mx, 2));
+                const float m_new = fmaxf(m_run[hr], mx * scale_log2);  // finite: key 0 is in block 0
+                const float correction = fast_exp2(m_run[hr] - m_new);
+                m_run[hr] = m_new;
+                float sum = 0.0f;
+#pragma unroll
+                for (int nb = 0; nb < BN / 8; nb++)
+#pragma unroll
+                    for (int e = 2 * hr; e < 2 * hr + 2; e++) {
+                        s[nb][e] = fast_exp2(fmaf(s[nb][e], scale_log2, -m_new));
+                        sum += s[nb][e];
+                    }
+                l_run[hr] = l_run[hr] * correction + sum;  // this lane's share; the quad adds up at the end
+#pragma unroll
+                for (int nd = 0; nd < HD / 8; nd++) {
+                    o[nd][2 * hr] *= correction;
+                    o[nd][2 * hr + 1] *= correction;
+                }
+            }
+            // O += P V, P rounded to floatX as the A operand
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                FragA pa;
+                c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; dp++) {
+                    FragB vf;
+                    load_b_cols<HD>(vf, Vt, 16 * kk, dp);
+                    mma(o[2 * dp], pa, vf, 0);
+                    mma(o[2 * dp + 1], pa, vf, 1);
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with this K, V buffer before the next iteration refills it
     }
-    for (int idx = threadIdx.x; idx < TILE * HD; idx += blockDim.x) {
-        const int r = idx / HD, c = idx % HD;
-        if (q0 + r < T) out[((long)b * T + q0 + r) * C + h * HD + c] = (floatX)(O[idx] / row_sum[r]);
+    if (!warp_active) return;
+
+    float inv_l[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        float l = l_run[hr];
+        l += __shfl_xor_sync(FULL_WARP_MASK, l, 1);
+        l += __shfl_xor_sync(FULL_WARP_MASK, l, 2);
+        inv_l[hr] = 1.0f / l;
+        // lse = ln(sum_j e^{s_j}) = ln(2^m l) with m in log2 units
+        const int row = qw + g + 8 * hr;
+        if (t == 0 && row < T) lse[((long)b * NH + h) * T + row] = m_run[hr] * LN2 + logf(l);
     }
-    for (int r = threadIdx.x; r < TILE; r += blockDim.x)
-        if (q0 + r < T) lse[((long)b * NH + h) * T + q0 + r] = row_max[r] + logf(row_sum[r]);
+    store_rows<HD>(Qs, 16 * warp, o, inv_l, out + ((long)b * T + qw) * C + h * HD, C, T - qw);  // the warp's own Q rows
 }
 
 // delta[b,h,t] = sum_d dout[t,d] * out[t,d]: the row term of the softmax backward,
 // dS = P * (dP - delta), since sum_j P_j dP_j = dout . (sum_j P_j v_j) = dout . out. One warp per row.
+constexpr int DELTA_THREADS = 128;
 template <int HD>
 __global__ void attention_delta_kernel(float* delta, const floatX* out, const floatX* dout, int B, int T, int C, int NH) {
-    const long row = (long)blockIdx.x * WARPS + threadIdx.x / 32;  // over (b, h, t)
+    const long row = (long)blockIdx.x * (DELTA_THREADS / 32) + threadIdx.x / 32;  // over (b, h, t)
     if (row >= (long)B * NH * T) return;
     const int t = row % T, h = (row / T) % NH, b = row / ((long)T * NH);
     const long base = ((long)b * T + t) * C + h * HD;
@@ -162,136 +347,259 @@ __global__ void attention_delta_kernel(float* delta, const floatX* out, const fl
     if (threadIdx.x % 32 == 0) delta[row] = sum;
 }
 
-// Shared memory of both backward kernels: four floatX tiles (Q, K, V, dO), one fp32 TILE x TILE
-// buffer (the scores, then dP), the probabilities and dS (floatX), two fp32 accumulators for this
-// block's gradients (the dq kernel uses one), lse and delta.
-template <int HD>
-constexpr size_t backward_smem_bytes() {
-    return 4 * TILE * HD * sizeof(floatX) + TILE * TILE * sizeof(float) + 2 * TILE * TILE * sizeof(floatX) +
-           2 * TILE * HD * sizeof(float) + 2 * TILE * sizeof(float);
-}
+// ----------------------------------------------------------------------------
+// Backward, dK and dV. Grid (B * NH, ceil(T / BWD_BN)); 4 warps; warp w owns keys k0 + 16w .. + 15, and
+// the block walks the query blocks of BWD_BM rows that can see its keys. Per query block, with the
+// row statistics of the queries (columns here):
+//   S^T = K Q^T,  P^T = exp(S^T / sqrt(hd) - lse),  dP^T = V dO^T,  dS^T = P^T * (dP^T - delta) / sqrt(hd)
+//   dV += P^T dO,  dK += dS^T Q
 
-// The backward kernels' shared memory, as laid out by backward_smem_bytes.
+constexpr int BWD_BN = 64, BWD_THREADS = 128;
 template <int HD>
-struct BackwardTiles {
-    floatX *Qs, *Ks, *Vs, *dOs;  // TILE x HD each
-    float* SdP;                  // TILE x TILE: the scores, then dP
-    floatX *P, *dS;              // TILE x TILE each
-    float* acc;                  // 2 x TILE x HD: the block's gradient accumulators
-    float *lse_tile, *delta_tile;  // TILE each
+constexpr int BWD_BM = HD > 64 || FLOATX_IS_FP32 ? 32 : 64;  // query rows per step: registers at large HD
 
-    __device__ explicit BackwardTiles(unsigned char* smem) {
-        Qs = (floatX*)smem;
-        Ks = Qs + TILE * HD;
-        Vs = Ks + TILE * HD;
-        dOs = Vs + TILE * HD;
-        SdP = (float*)(dOs + TILE * HD);
-        P = (floatX*)(SdP + TILE * TILE);
-        dS = P + TILE * TILE;
-        acc = (float*)(dS + TILE * TILE);
-        lse_tile = acc + 2 * TILE * HD;
-        delta_tile = lse_tile + TILE;
-    }
-};
-
-// Recomputes, for query tile q0 and key tile k0 already in shared memory, P = exp(s - lse) (masked)
-// and dS = P * (dP - delta) * scale with dP = dO V^T, both as floatX for the next products. SdP holds
-// the scores, then dP. dS uses P as rounded to floatX (exact in the fp32 build; in bf16 a 2^-8
-// relative rounding, the same the P^T dO product already sees).
 template <int HD>
-__device__ void probabilities_and_dscores(floatX* P, floatX* dS, float* SdP, const floatX* Qs, const floatX* Ks,
-                                          const floatX* Vs, const floatX* dOs, const float* lse_tile,
-                                          const float* delta_tile, int q0, int k0, int T) {
-    const float scale = rsqrtf((float)HD);
-    smem_gemm<TILE, TILE, HD, false, true>(SdP, TILE, Qs, HD, Ks, HD, false);  // S = Q K^T
-    for (int idx = threadIdx.x; idx < TILE * TILE; idx += blockDim.x) {
-        const int r = idx / TILE, c = idx % TILE, qi = q0 + r, kj = k0 + c;
-        const bool visible = qi < T && kj < T && kj <= qi;
-        P[idx] = (floatX)(visible ? __expf(SdP[idx] * scale - lse_tile[r]) : 0.0f);
-    }
-    __syncthreads();
-    smem_gemm<TILE, TILE, HD, false, true>(SdP, TILE, dOs, HD, Vs, HD, false);  // dP = dO V^T
-    for (int idx = threadIdx.x; idx < TILE * TILE; idx += blockDim.x) {
-        const int r = idx / TILE;
-        dS[idx] = (floatX)((float)P[idx] * (SdP[idx] - delta_tile[r]) * scale);
-    }
-    __syncthreads();
+constexpr int dkdv_smem_bytes() {  // K, V; Q, dO double-buffered; lse, delta double-buffered
+    return (2 * BWD_BN + 4 * BWD_BM<HD>) * PITCH<HD> + 4 * BWD_BM<HD> * (int)sizeof(float);
 }
 
 template <int HD>
-__device__ void load_row_stats(float* lse_tile, float* delta_tile, const float* lse, const float* delta, int q0, int T) {
-    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
-        lse_tile[r] = q0 + r < T ? lse[q0 + r] : 0.0f;
-        delta_tile[r] = q0 + r < T ? delta[q0 + r] : 0.0f;
-    }
-}
-
-// Grid: (ceil(T / TILE), B * NH). One block: keys [k0, k0 + TILE) of one (b, h); sums over the query
-// tiles that can see them: dV = sum_i P_i^T dO_i,  dK = sum_i dS_i^T Q_i.
-template <int HD>
-__global__ void __launch_bounds__(THREADS) attention_backward_dkdv_kernel(floatX* dk, floatX* dv, const floatX* dout,
-                                                                           const float* lse, const float* delta, const floatX* q,
-                                                                           const floatX* k, const floatX* v, long stride,
-                                                                           long dstride, int T, int C, int NH) {
+__global__ void __launch_bounds__(BWD_THREADS)
+    attention_backward_dkdv_kernel(floatX* dk, floatX* dv, const floatX* dout, const float* lse, const float* delta,
+                                   const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int T,
+                                   int C, int NH) {
+    constexpr int BN = BWD_BN, BM = BWD_BM<HD>, TILE_Q = BM * PITCH<HD>;
     extern __shared__ __align__(128) unsigned char smem[];
-    BackwardTiles<HD> t(smem);
-    float* dK = t.acc;
-    float* dV = t.acc + TILE * HD;
+    unsigned char* Ks = smem;
+    unsigned char* Vs = Ks + BN * PITCH<HD>;
+    unsigned char* Qs = Vs + BN * PITCH<HD>;    // [2][BM rows]
+    unsigned char* dOs = Qs + 2 * TILE_Q;       // [2][BM rows]
+    float* lse_s = (float*)(dOs + 2 * TILE_Q);  // [2][BM]
+    float* delta_s = lse_s + 2 * BM;            // [2][BM]
 
-    const int k0 = blockIdx.x * TILE, b = blockIdx.y / NH, h = blockIdx.y % NH;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int b = blockIdx.x / NH, h = blockIdx.x % NH;
+    const int k0 = blockIdx.y * BN;  // key block 0 first: it is seen by every query
     const long head = (long)b * T * stride + h * HD, out_head = (long)b * T * C + h * HD;
     const long stats = ((long)b * NH + h) * T;
-    load_tile<HD>(t.Ks, k + head, stride, k0, T);
-    load_tile<HD>(t.Vs, v + head, stride, k0, T);
-    for (int i = threadIdx.x; i < TILE * HD; i += blockDim.x) { dK[i] = 0.0f; dV[i] = 0.0f; }
-    for (int q0 = k0; q0 < T; q0 += TILE) {  // causal: query tiles before k0 see none of these keys
-        load_tile<HD>(t.Qs, q + head, stride, q0, T);
-        load_tile<HD>(t.dOs, dout + out_head, C, q0, T);
-        load_row_stats<HD>(t.lse_tile, t.delta_tile, lse + stats, delta + stats, q0, T);
+    const float scale = rsqrtf((float)HD), scale_log2 = scale * LOG2E;
+
+    load_tile<BN, HD, BWD_THREADS>(Ks, k + head, stride, k0, T);
+    load_tile<BN, HD, BWD_THREADS>(Vs, v + head, stride, k0, T);
+    // Copies and stores into buffer buf: its readers finished before the last loop iteration's barrier.
+    auto load_query_block = [&](int q0, int buf) {
+        load_tile<BM, HD, BWD_THREADS>(Qs + buf * TILE_Q, q + head, stride, q0, T);
+        load_tile<BM, HD, BWD_THREADS>(dOs + buf * TILE_Q, dout + out_head, C, q0, T);
+        for (int i = threadIdx.x; i < BM; i += BWD_THREADS) {  // lse 0 past T: P = 1 there, on zero Q and dO rows
+            lse_s[buf * BM + i] = q0 + i < T ? lse[stats + q0 + i] * LOG2E : 0.0f;
+            delta_s[buf * BM + i] = q0 + i < T ? delta[stats + q0 + i] : 0.0f;
+        }
+    };
+    load_query_block(k0, 0);  // query blocks before k0 see none of these keys (BM divides BN)
+    cp_async_commit();
+
+    const int kw = k0 + 16 * warp;  // the warp's first key
+    float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
+    for (int q0 = k0, step = 0; q0 < T; q0 += BM, step++) {
+        const int buf = step & 1;
+        if (q0 + BM < T) {
+            load_query_block(q0 + BM, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
-        probabilities_and_dscores<HD>(t.P, t.dS, t.SdP, t.Qs, t.Ks, t.Vs, t.dOs, t.lse_tile, t.delta_tile, q0, k0, T);
-        smem_gemm<TILE, HD, TILE, true, false>(dV, HD, t.P, TILE, t.dOs, HD, true);  // dV += P^T dO
-        smem_gemm<TILE, HD, TILE, true, false>(dK, HD, t.dS, TILE, t.Qs, HD, true);  // dK += dS^T Q
+        const unsigned char* Qt = Qs + buf * TILE_Q;
+        const unsigned char* dOt = dOs + buf * TILE_Q;
+        const float* lse_t = lse_s + buf * BM;  // in log2 units
+        const float* delta_t = delta_s + buf * BM;
+        // some query of the block sees some key of the warp, and the warp has a key before T
+        if (q0 + BM - 1 >= kw && kw < T) {
+            float st[BM / 8][4] = {}, dpt[BM / 8][4] = {};
+#pragma unroll
+            for (int kc = 0; kc < HD / 16; kc++) {  // S^T = K Q^T
+                FragA kf;
+                load_a<HD>(kf, Ks, 16 * warp, kc);
+#pragma unroll
+                for (int np = 0; np < BM / 16; np++) {
+                    FragB qf;
+                    load_b_rows<HD>(qf, Qt, 16 * np, kc);
+                    mma(st[2 * np], kf, qf, 0);
+                    mma(st[2 * np + 1], kf, qf, 1);
+                }
+            }
+#pragma unroll
+            for (int kc = 0; kc < HD / 16; kc++) {  // dP^T = V dO^T
+                FragA vf;
+                load_a<HD>(vf, Vs, 16 * warp, kc);
+#pragma unroll
+                for (int np = 0; np < BM / 16; np++) {
+                    FragB of;
+                    load_b_rows<HD>(of, dOt, 16 * np, kc);
+                    mma(dpt[2 * np], vf, of, 0);
+                    mma(dpt[2 * np + 1], vf, of, 1);
+                }
+            }
+            const bool diagonal = q0 < kw + 15;  // some query of the block is before some key of the warp
+            // element (key kw + i, query q0 + j): i = g + 8 (e / 2), j = 8 nb + 2t + e % 2
+#pragma unroll
+            for (int nb = 0; nb < BM / 8; nb++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = g + 8 * (e >> 1), j = 8 * nb + 2 * t + (e & 1);
+                    float p = fast_exp2(fmaf(st[nb][e], scale_log2, -lse_t[j]));
+                    if (diagonal && q0 + j < kw + i) p = 0.0f;
+                    st[nb][e] = p;
+                    dpt[nb][e] = p * (dpt[nb][e] - delta_t[j]) * scale;  // dS^T
+                }
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) {
+                FragA pa;  // dV += P^T dO
+                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; dp++) {
+                    FragB of;
+                    load_b_cols<HD>(of, dOt, 16 * kk, dp);
+                    mma(dv_acc[2 * dp], pa, of, 0);
+                    mma(dv_acc[2 * dp + 1], pa, of, 1);
+                }
+                FragA sa;  // dK += dS^T Q
+                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; dp++) {
+                    FragB qf;
+                    load_b_cols<HD>(qf, Qt, 16 * kk, dp);
+                    mma(dk_acc[2 * dp], sa, qf, 0);
+                    mma(dk_acc[2 * dp + 1], sa, qf, 1);
+                }
+            }
+        }
+        __syncthreads();  // before the next iteration's copy overwrites this buffer
     }
-    for (int idx = threadIdx.x; idx < TILE * HD; idx += blockDim.x) {
-        const int r = idx / HD, c = idx % HD;
-        if (k0 + r >= T) continue;
-        const long o = ((long)b * T + k0 + r) * dstride + h * HD + c;
-        dk[o] = (floatX)dK[idx];
-        dv[o] = (floatX)dV[idx];
-    }
+    if (kw >= T) return;
+    const float one[2] = {1.0f, 1.0f};
+    const long dst = ((long)b * T + kw) * dstride + h * HD;
+    store_rows<HD>(Ks, 16 * warp, dk_acc, one, dk + dst, dstride, T - kw);  // the warp's own K and V rows
+    store_rows<HD>(Vs, 16 * warp, dv_acc, one, dv + dst, dstride, T - kw);
 }
 
-// Grid: (ceil(T / TILE), B * NH). One block: queries [q0, q0 + TILE); dQ = sum_j dS_j K_j over the
-// key tiles up to the diagonal.
-template <int HD>
-__global__ void __launch_bounds__(THREADS) attention_backward_dq_kernel(floatX* dq, const floatX* dout, const float* lse,
-                                                                         const float* delta, const floatX* q, const floatX* k,
-                                                                         const floatX* v, long stride, long dstride,
-                                                                         int T, int C, int NH) {
-    extern __shared__ __align__(128) unsigned char smem[];
-    BackwardTiles<HD> t(smem);
-    float* dQ = t.acc;
+// ----------------------------------------------------------------------------
+// Backward, dQ. Grid (B * NH, ceil(T / DQ_BM)); 4 warps; warp w owns queries q0 + 16w .. + 15 (Q and
+// dO fragments read once per key block) and walks the key blocks up to the diagonal: S = Q K^T,
+// P = exp(S / sqrt(hd) - lse), dP = dO V^T, dS = P * (dP - delta) / sqrt(hd), dQ += dS K.
 
-    const int q0 = blockIdx.x * TILE, b = blockIdx.y / NH, h = blockIdx.y % NH;
+constexpr int DQ_BM = 64, DQ_THREADS = 128;
+template <int HD>
+constexpr int DQ_BN = HD > 64 ? 32 : 64;  // key rows per step
+template <int HD>
+constexpr int dq_smem_bytes() { return (2 * DQ_BM + 4 * DQ_BN<HD>) * PITCH<HD>; }  // Q, dO; K, V double-buffered
+
+template <int HD>
+__global__ void __launch_bounds__(DQ_THREADS)
+    attention_backward_dq_kernel(floatX* dq, const floatX* dout, const float* lse, const float* delta, const floatX* q,
+                                 const floatX* k, const floatX* v, long stride, long dstride, int T, int C, int NH) {
+    constexpr int BM = DQ_BM, BN = DQ_BN<HD>, TILE_KV = BN * PITCH<HD>;
+    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned char* Qs = smem;
+    unsigned char* dOs = Qs + BM * PITCH<HD>;
+    unsigned char* Ks = dOs + BM * PITCH<HD>;  // [2][BN rows]
+    unsigned char* Vs = Ks + 2 * TILE_KV;      // [2][BN rows]
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int b = blockIdx.x / NH, h = blockIdx.x % NH;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BM;  // the longest rows of keys first
     const long head = (long)b * T * stride + h * HD, out_head = (long)b * T * C + h * HD;
     const long stats = ((long)b * NH + h) * T;
-    load_tile<HD>(t.Qs, q + head, stride, q0, T);
-    load_tile<HD>(t.dOs, dout + out_head, C, q0, T);
-    load_row_stats<HD>(t.lse_tile, t.delta_tile, lse + stats, delta + stats, q0, T);
-    for (int i = threadIdx.x; i < TILE * HD; i += blockDim.x) dQ[i] = 0.0f;
-    for (int k0 = 0; k0 < min(q0 + TILE, T); k0 += TILE) {
-        load_tile<HD>(t.Ks, k + head, stride, k0, T);
-        load_tile<HD>(t.Vs, v + head, stride, k0, T);
+    const float scale = rsqrtf((float)HD), scale_log2 = scale * LOG2E;
+
+    load_tile<BM, HD, DQ_THREADS>(Qs, q + head, stride, q0, T);
+    load_tile<BM, HD, DQ_THREADS>(dOs, dout + out_head, C, q0, T);
+    load_tile<BN, HD, DQ_THREADS>(Ks, k + head, stride, 0, T);
+    load_tile<BN, HD, DQ_THREADS>(Vs, v + head, stride, 0, T);
+    cp_async_commit();
+
+    const int qw = q0 + 16 * warp;
+    const bool warp_active = qw < T;
+    float lse2[2], dlt[2];  // rows g, g + 8; lse in log2 units
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int row = qw + g + 8 * hr;
+        lse2[hr] = row < T ? lse[stats + row] * LOG2E : 0.0f;
+        dlt[hr] = row < T ? delta[stats + row] : 0.0f;
+    }
+    float dq_acc[HD / 8][4] = {};
+    const int num_kb = (int)ceil_div(min(q0 + BM, T), BN);
+    for (int kb = 0; kb < num_kb; kb++) {
+        if (kb + 1 < num_kb) {
+            load_tile<BN, HD, DQ_THREADS>(Ks + ((kb + 1) & 1) * TILE_KV, k + head, stride, (kb + 1) * BN, T);
+            load_tile<BN, HD, DQ_THREADS>(Vs + ((kb + 1) & 1) * TILE_KV, v + head, stride, (kb + 1) * BN, T);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
-        probabilities_and_dscores<HD>(t.P, t.dS, t.SdP, t.Qs, t.Ks, t.Vs, t.dOs, t.lse_tile, t.delta_tile, q0, k0, T);
-        smem_gemm<TILE, HD, TILE, false, false>(dQ, HD, t.dS, TILE, t.Ks, HD, true);  // dQ += dS K
+        const unsigned char* Kt = Ks + (kb & 1) * TILE_KV;
+        const unsigned char* Vt = Vs + (kb & 1) * TILE_KV;
+        const int k0 = kb * BN;
+        if (warp_active && k0 <= qw + 15) {
+            float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
+#pragma unroll
+            for (int kc = 0; kc < HD / 16; kc++) {  // S = Q K^T
+                FragA qf;
+                load_a<HD>(qf, Qs, 16 * warp, kc);
+#pragma unroll
+                for (int np = 0; np < BN / 16; np++) {
+                    FragB kf;
+                    load_b_rows<HD>(kf, Kt, 16 * np, kc);
+                    mma(s[2 * np], qf, kf, 0);
+                    mma(s[2 * np + 1], qf, kf, 1);
+                }
+            }
+#pragma unroll
+            for (int kc = 0; kc < HD / 16; kc++) {  // dP = dO V^T
+                FragA of;
+                load_a<HD>(of, dOs, 16 * warp, kc);
+#pragma unroll
+                for (int np = 0; np < BN / 16; np++) {
+                    FragB vf;
+                    load_b_rows<HD>(vf, Vt, 16 * np, kc);
+                    mma(dp[2 * np], of, vf, 0);
+                    mma(dp[2 * np + 1], of, vf, 1);
+                }
+            }
+            const bool diagonal = k0 + BN - 1 > qw;
+#pragma unroll
+            for (int nb = 0; nb < BN / 8; nb++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int hr = e >> 1;
+                    float p = fast_exp2(fmaf(s[nb][e], scale_log2, -lse2[hr]));
+                    if (diagonal && k0 + 8 * nb + 2 * t + (e & 1) > qw + g + 8 * hr) p = 0.0f;
+                    s[nb][e] = p * (dp[nb][e] - dlt[hr]) * scale;  // dS
+                }
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                FragA sa;
+                c_to_a(sa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+                for (int dp2 = 0; dp2 < HD / 16; dp2++) {
+                    FragB kf;
+                    load_b_cols<HD>(kf, Kt, 16 * kk, dp2);
+                    mma(dq_acc[2 * dp2], sa, kf, 0);
+                    mma(dq_acc[2 * dp2 + 1], sa, kf, 1);
+                }
+            }
+        }
+        __syncthreads();  // before the next iteration's copy overwrites this buffer
     }
-    for (int idx = threadIdx.x; idx < TILE * HD; idx += blockDim.x) {
-        const int r = idx / HD, c = idx % HD;
-        if (q0 + r < T) dq[((long)b * T + q0 + r) * dstride + h * HD + c] = (floatX)dQ[idx];
-    }
+    if (!warp_active) return;
+    const float one[2] = {1.0f, 1.0f};
+    store_rows<HD>(Qs, 16 * warp, dq_acc, one, dq + ((long)b * T + qw) * dstride + h * HD, dstride, T - qw);
 }
+
+// ----------------------------------------------------------------------------
+// Launchers
 
 // Opts a kernel in to `bytes` of dynamic shared memory (above the default 48 KB) on its first launch
 // only: a static per kernel remembers it. The attribute stays set for the process, which uses one
@@ -306,10 +614,10 @@ void allow_smem(size_t bytes) {
 template <int HD>
 void forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride, int B, int T,
              int C, int NH, cudaStream_t stream) {
-    const size_t smem = forward_smem_bytes<HD>();
+    constexpr int smem = forward_smem_bytes<HD>();
     allow_smem<attention_forward_kernel<HD>>(smem);
-    const dim3 grid((unsigned)ceil_div(T, TILE), B * NH);
-    attention_forward_kernel<HD><<<grid, THREADS, smem, stream>>>(out, lse, q, k, v, stride, T, C, NH);
+    const dim3 grid(B * NH, (unsigned)ceil_div(T, FWD_BM));
+    attention_forward_kernel<HD><<<grid, FWD_THREADS, smem, stream>>>(out, lse, q, k, v, stride, T, C, NH);
     cudaCheck(cudaGetLastError());
 }
 
@@ -317,15 +625,16 @@ template <int HD>
 void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* dout, const floatX* out, const float* lse,
               const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int B, int T, int C, int NH,
               cudaStream_t stream) {
-    attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, WARPS), THREADS, 0, stream>>>(delta, out, dout, B, T, C, NH);
+    attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, DELTA_THREADS / 32), DELTA_THREADS, 0, stream>>>(
+        delta, out, dout, B, T, C, NH);
     cudaCheck(cudaGetLastError());
-    const size_t smem = backward_smem_bytes<HD>();
-    allow_smem<attention_backward_dkdv_kernel<HD>>(smem);
-    allow_smem<attention_backward_dq_kernel<HD>>(smem);
-    const dim3 grid((unsigned)ceil_div(T, TILE), B * NH);
-    attention_backward_dkdv_kernel<HD><<<grid, THREADS, smem, stream>>>(dk, dv, dout, lse, delta, q, k, v, stride, dstride, T, C, NH);
+    allow_smem<attention_backward_dkdv_kernel<HD>>(dkdv_smem_bytes<HD>());
+    attention_backward_dkdv_kernel<HD><<<dim3(B * NH, (unsigned)ceil_div(T, BWD_BN)), BWD_THREADS, dkdv_smem_bytes<HD>(),
+                                         stream>>>(dk, dv, dout, lse, delta, q, k, v, stride, dstride, T, C, NH);
     cudaCheck(cudaGetLastError());
-    attention_backward_dq_kernel<HD><<<grid, THREADS, smem, stream>>>(dq, dout, lse, delta, q, k, v, stride, dstride, T, C, NH);
+    allow_smem<attention_backward_dq_kernel<HD>>(dq_smem_bytes<HD>());
+    attention_backward_dq_kernel<HD><<<dim3(B * NH, (unsigned)ceil_div(T, DQ_BM)), DQ_THREADS, dq_smem_bytes<HD>(),
+                                       stream>>>(dq, dout, lse, delta, q, k, v, stride, dstride, T, C, NH);
     cudaCheck(cudaGetLastError());
 }
 
@@ -344,7 +653,7 @@ void with_head_dim(int C, int NH, F&& f) {
 
 }  // namespace attention_detail
 
-// The head dimensions the kernels are built for: multiples of 16 (WMMA's tile edge) up to 128.
+// The head dimensions the kernels are built for: multiples of 16 (the mma's k) up to 128.
 inline bool attention_head_dim_supported(int hd) { return hd >= 16 && hd <= 128 && hd % 16 == 0; }
 
 // out (B, T, C) and lse (B, NH, T) from q, k, v with rows of `stride` elements (C, or 3C when fused).

@@ -7,7 +7,8 @@
 //
 // Metrics, per output tensor (out, dq, dk, dv):
 // - L2-relative error ||got - ref|| / ||ref||: the size of the error over the whole tensor; a systematic
-//   error (a missing scale, a wrong lse) moves it far past rounding, which averages out.
+//   error (a missing scale, a wrong lse) moves it far past rounding, which averages out. (Relative to
+//   the per-element scales' norm where the reference vanishes against them: see attention_error.)
 // - per-element error |got_i - ref_i| / max(|ref_i|, rss_i), where rss_i is the root-sum-square of the
 //   terms whose sum gives element i (see attention_error_scales): the kernels round each term (P or dS to
 //   bf16, one tile product at a time) and then the sum, so the error of a sum of n terms is a random walk
@@ -156,15 +157,18 @@ AttentionError attention_error(const std::vector<Got>& got, const std::vector<do
                                const std::vector<double>& scale) {
     AttentionError e;
     if (got.size() != ref.size() || scale.size() != ref.size()) return {INFINITY, INFINITY};
-    double err_sq = 0, ref_sq = 0;
+    double err_sq = 0, ref_sq = 0, scale_sq = 0;
     for (size_t i = 0; i < got.size(); i++) {
         if (!std::isfinite((double)got[i])) return {INFINITY, INFINITY};
         const double d = (double)got[i] - ref[i];
         err_sq += d * d;
         ref_sq += ref[i] * ref[i];
+        scale_sq += scale[i] * scale[i];
         e.element = std::max(e.element, std::fabs(d) / std::max(scale[i], 1e-300));
     }
-    e.l2 = std::sqrt(err_sq / std::max(ref_sq, 1e-300));
+    // A tensor that vanishes against its terms (||ref|| < 2^-20 ||scale||) is zero analytically, as dq
+    // and dk at T = 1 (a softmax over one key has no gradient): its L2 error is relative to the terms.
+    e.l2 = std::sqrt(err_sq / std::max(ref_sq > 0x1p-40 * scale_sq ? ref_sq : scale_sq, 1e-300));
     return e;
 }
 

@@ -2,7 +2,8 @@
 // rounding to bf16 exactly where each kernel rounds, so that the checks of attention_checks.h can be
 // calibrated without a GPU (test/test_attention_numerics.cpp, dev/calibrate_attention.cpp).
 //
-// Version 1 (kernels/attention.cuh): tiles of 64 queries and 64 keys (32 in the fp32 build).
+// Version 1 (dev/attention_v1.cuh, the simple version): tiles of 64 queries and 64 keys (32 in the fp32
+// build).
 //   forward   S = Q K^T (bf16 inputs, fp32 accumulation), s = S * scale; per key tile the running max m
 //             absorbs the tile, p = __expf(s - m), P = bf16(p) for the P V product while the row sum l
 //             adds the unrounded p; O and l are rescaled by __expf(m_old - m_new); out = bf16(O / l),
@@ -10,7 +11,8 @@
 //   backward  delta = sum_d dout * out (the bf16 output); P = bf16(__expf(s - lse)), dP = dO V^T (fp32),
 //             dS = bf16(P * (dP - delta) * scale) from the rounded P; dV += P^T dO, dK += dS^T Q,
 //             dQ += dS K in fp32, stored in bf16.
-// Versions 2 and 3 (dev/attention.cu, bf16 only): key blocks of 64 in the forward, the scale folded into
+// Version 2 (kernels/attention.cuh, the trainer's; fp32 build too) and 3 (dev/attention.cu, bf16 only): key
+//   blocks of 64 in the forward (at any T: blocks start at multiples of 64), the scale folded into
 //   exp2: p = ex2(fmaf(S, scale log2 e, -m)) with m in log2 units, out = bf16(O * (1 / l)),
 //   lse = m ln 2 + logf(l); backward p = ex2(fmaf(S, scale log2 e, -lse log2 e)), dS = bf16(p (dP - delta)
 //   scale) from the unrounded p, P = bf16(p) for dV. Version 3 sums dQ per key block of 64 and adds the
@@ -41,12 +43,12 @@ enum class AttentionBug {
 };
 
 struct EmulatedKernel {
-    int version = 1;                   // 1: kernels/attention.cuh; 2, 3: dev/attention.cu
-    bool bf16 = true;                  // storage precision; false: the fp32 build of version 1
+    int version = 1;                   // 1: dev/attention_v1.cuh; 2: kernels/attention.cuh; 3: dev/attention.cu
+    bool bf16 = true;                  // storage precision; false: the fp32 build of version 1 or 2
     bool truncating_accumulation = true;  // tensor-core fp32 adds round toward zero (bf16 only)
     AttentionBug bug = AttentionBug::none;
 
-    int key_tile() const { return bf16 ? 64 : 32; }  // version 1's TILE, versions 2/3's forward BN
+    int key_tile() const { return version == 1 && !bf16 ? 32 : 64; }  // version 1's TILE, 2/3's forward BN
 };
 
 namespace attention_emulation {

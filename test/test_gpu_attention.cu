@@ -2,8 +2,8 @@
 // in double on the same floatX-rounded inputs, with poisoned outputs (test/gpu_test_utils.cuh).
 //
 // Metrics and bounds: test/attention_checks.h, calibrated on the CPU emulation of these kernels'
-// rounding (docs/tests.md, "GPU tolerances"). The shapes cover one tile, partial tiles, many tiles (T 1024) and
-// every head size.
+// rounding (docs/tests.md, "GPU tolerances"). The shapes cover every tile edge, partial tiles, many tiles
+// (T 1024) and every head size.
 #include <cmath>
 #include <vector>
 #include "gpu_test_utils.cuh"
@@ -14,18 +14,22 @@ constexpr AttentionBounds BOUNDS = FLOATX_IS_FP32 ? ATTENTION_BOUNDS_FP32 : ATTE
 
 struct AttentionShape { int B, T, NH, HD; };
 // The long shapes: T = 1024 on a GPU; in emulation (docs/emulation.md) 384, the same edges (a multiple
-// of the tile, and 24 less for a partial last tile) at a seventh of the work: the emulated suites' time.
+// of every tile, and 24 less for a partial last tile) at a seventh of the work: the emulated suites' time.
 #ifdef MIXLN_EMU
 constexpr int LONG = 384;
 #else
 constexpr int LONG = 1024;
 #endif
-// one tile, partial tiles, several tiles, many tiles (T 1000, 1024 on a GPU); head sizes 64, 128, 32 (tiny),
-// 48 (250m), and 16 and 80 for the other multiples of 16
-static const AttentionShape SHAPES[] = {{2, 7, 2, 64},    {1, 64, 1, 64},    {2, 130, 2, 64},   {1, 100, 3, 128},
-                                        {1, 300, 1, 128}, {2, 77, 4, 32},    {2, 77, 2, 48},    {1, 200, 3, 48},
-                                        {1, 70, 2, 16},   {1, 90, 1, 80},    {1, LONG, 2, 64},  {1, LONG, 1, 128},
-                                        {1, LONG - 24, 2, 32}, {1, LONG, 2, 48}};
+// The kernels' tiles (kernels/attention.cuh): forward blocks of 128 queries and key blocks of 64; the
+// backward's key blocks of 64 with query steps of 64 (32 above head size 64), its query blocks of 64
+// with key steps of 64 (32). Every edge of them: T = 1, 63, 64, 65, 127, 128, 129, odd T (7, 48, 100,
+// 257), many blocks (LONG); every head size, 16, 32, 48 (250m), 64, 128 at several edges each, and 80,
+// 96, 112 once.
+static const AttentionShape SHAPES[] = {
+    {2, 1, 2, 64},   {1, 7, 2, 16},    {2, 48, 2, 48},   {1, 63, 2, 32},   {1, 64, 1, 128}, {1, 65, 2, 64},
+    {1, 65, 1, 128}, {2, 100, 2, 16},  {1, 127, 1, 48},  {1, 128, 2, 64},  {1, 129, 1, 128}, {1, 130, 2, 32},
+    {1, 257, 1, 64}, {1, 257, 1, 48},  {1, 90, 1, 80},   {1, 100, 1, 96},  {1, 70, 1, 112}, {1, LONG, 2, 64},
+    {1, LONG, 1, 128}, {1, LONG - 24, 2, 32}, {1, LONG, 2, 48}, {1, LONG + 1, 1, 16}};
 
 // q, k, v of `stride`-element rows (C, or 3C for a fused qkv buffer) and what the reference computes.
 struct AttentionCase {
