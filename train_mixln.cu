@@ -295,6 +295,10 @@ struct GpuModel {
             throw std::runtime_error("the attention kernel supports heads of 16, 32, ..., 128 dimensions (multiples of 16); d " +
                                      std::to_string(cfg.d_model) + " in " + std::to_string(cfg.n_head) + " heads has " +
                                      std::to_string(hd) + " (set -H)");
+        if (cfg.d_model > RMSNORM_MAX_C)
+            throw std::runtime_error("the rmsnorm kernels hold a row in one warp's registers, at most " +
+                                     std::to_string(RMSNORM_MAX_C) + " wide; -C " + std::to_string(cfg.d_model) +
+                                     " is wider");
         int device = 0;
         cudaCheck(cudaGetDevice(&device));
         cudaDeviceProp prop;
