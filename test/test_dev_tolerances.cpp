@@ -2,10 +2,12 @@
 // GPU with) on CPU emulations of the vectorized kernels' arithmetic, on the benchmarks' small shapes
 // and inputs: each check passes the emulated kernel with at least half of its fp32 part (FP32_TOL) unused,
 // and fails each planted bug by 2x or more. (In bf16 the one rounding of the stored result alone comes
-// to 2^-8 / (1 + 2^-8), 0.99 of store_tol: the tolerance is that rounding plus the fp32 part, by design.) Emulated: rmsnorm version 2 (forward, both backwards with their dweight partial rows),
-// swiglu versions 2 and 3 on the (N, 2F) gate|up layout (3 with __expf and __fdividef off by the
-// CUDA Programming Guide's largest error, both signs), adamw version 2 with its scalar tail, and the
-// classifier's version 2 (exp2f of a folded argument, off by its largest error), rope version 2.
+// to 2^-8 / (1 + 2^-8), 0.99 of store_tol: the tolerance is that rounding plus the fp32 part, by design.)
+// Emulated (dev/ numbering, where version 1 is the kernel in kernels/): rmsnorm version 1 (forward,
+// both backwards with their dweight partial rows), swiglu versions 1 and 3 on the (N, 2F) gate|up
+// layout (3 with __expf and __fdividef off by the CUDA Programming Guide's largest error, both signs),
+// adamw version 2 with its scalar tail, the classifier's version 2 (exp2f of a folded argument, off by
+// its largest error), rope version 1.
 #include <functional>
 #include <string>
 #include <vector>
@@ -43,7 +45,7 @@ float warp_sum(std::vector<float> lanes) {
     return lanes[0];
 }
 
-// Lane `lane` of a row's warp owns the vectors j = lane + 32 k of the row (dev/rmsnorm.cu version 2);
+// Lane `lane` of a row's warp owns the vectors j = lane + 32 k of the row (dev/rmsnorm.cu version 1);
 // f(c) is called for its elements in the kernel's order.
 void for_lane_elements(int lane, int C, int VEC, const std::function<void(int)>& f) {
     for (int j = lane; j < C / VEC; j += 32)
@@ -51,7 +53,7 @@ void for_lane_elements(int lane, int C, int VEC, const std::function<void(int)>&
 }
 
 // ----------------------------------------------------------------------------
-// rmsnorm version 2
+// rmsnorm version 1
 
 enum class NormBug { none, missing_eps, tail_vector_not_summed, weight_stride, dropped_partial, dres_unscaled };
 
@@ -59,7 +61,7 @@ struct NormErrors {
     double out = 0, rstd = 0, dinp = 0, dw = 0;
 };
 
-// The forward and a backward of dev/rmsnorm.cu version 2 on N rows of C, x with std x_std, with `blocks`
+// The forward and a backward of dev/rmsnorm.cu version 1 on N rows of C, x with std x_std, with `blocks`
 // blocks of 8 warps in the backward (partial rows of dweight), against the double references; returns
 // each output's error as the benchmark measures it. The backward is the accumulating one (Pre-LN), or
 // with `residual` the Post-LN one: dy = dout + s * dres (s = 1.7, dres with std x_std / 3 as the
@@ -169,7 +171,7 @@ struct NormShape {
 const NormShape NORM_SHAPES[] = {{7, 296, 3.0, 1}, {3, 40, 1e-3, 1}, {256, 296, 3.0, 32}};
 
 // ----------------------------------------------------------------------------
-// swiglu versions 2 and 3
+// swiglu versions 1 and 3
 
 enum class GluBug { none, row_stride_F, up_one_vector_late, tail_vector_unwritten, half_precision_exp };
 
@@ -179,7 +181,7 @@ struct GluKernel {
     GluBug bug = GluBug::none;
 };
 
-// expf (2 ulp; version 2) or __expf (2 + floor(1.173 |x|) ulp; version 3), off by its largest error.
+// expf (2 ulp; version 1) or __expf (2 + floor(1.173 |x|) ulp; version 3), off by its largest error.
 float emulated_exp(float x, const GluKernel& k) {
     double rel = k.fast ? fast_exp_relative_error(x) : 2 * 0x1p-23;
     if (k.bug == GluBug::half_precision_exp) rel = 0x1p-11;
@@ -371,7 +373,7 @@ double classifier_excess(const CeErrors& e, bool bf16, double reserve) {
 }
 
 // ----------------------------------------------------------------------------
-// rope version 2: a thread rotates VEC pairs (i0 .. i0 + VEC - 1) of one head, reading the fp32 (cos, sin)
+// rope version 1: a thread rotates VEC pairs (i0 .. i0 + VEC - 1) of one head, reading the fp32 (cos, sin)
 // table two pairs at a time.
 
 enum class RopeBug { none, table_stride, backward_not_negated };
@@ -419,7 +421,7 @@ double rope_error(int B, int T, int NH, int hd, bool bf16, RopeBug bug) {
 
 // ----------------------------------------------------------------------------
 
-TEST_CASE("dev checks: rmsnorm version 2 emulated passes (both backwards), planted bugs fail by 2x") {
+TEST_CASE("dev checks: rmsnorm version 1 emulated passes (both backwards), planted bugs fail by 2x") {
     const NormBug bugs[] = {NormBug::missing_eps, NormBug::tail_vector_not_summed, NormBug::weight_stride,
                             NormBug::dropped_partial};
     const char* names[] = {"eps missing", "last vector left out of the sum of squares", "weight read at w + j",
@@ -449,7 +451,7 @@ TEST_CASE("dev checks: rmsnorm version 2 emulated passes (both backwards), plant
     CHECK(rmsnorm_excess(rmsnorm_errors(7, 296, 3.0, 1, false, NormBug::missing_eps), false, 0) < 1.0);
 }
 
-TEST_CASE("dev checks: swiglu versions 2 and 3 emulated at their largest math errors pass, planted bugs fail by 2x") {
+TEST_CASE("dev checks: swiglu versions 1 and 3 emulated at their largest math errors pass, planted bugs fail by 2x") {
     for (bool bf16 : {true, false})
         for (const GluShape& s : GLU_SHAPES)
             for (bool fast : {false, true})
@@ -514,7 +516,7 @@ TEST_CASE("dev checks: classifier version 2 emulated with exp2f's largest error 
         }
 }
 
-TEST_CASE("dev checks: rope version 2 emulated passes, a wrong table stride and an unnegated backward fail by 2x") {
+TEST_CASE("dev checks: rope version 1 emulated passes, a wrong table stride and an unnegated backward fail by 2x") {
     for (bool bf16 : {true, false})
         for (int hd : {16, 48}) {  // dev/rope.cu's small shapes
             const int B = hd == 16 ? 2 : 1, T = hd == 16 ? 5 : 7, NH = hd == 16 ? 3 : 2;

@@ -179,7 +179,7 @@ TEST_CASE("SortPairs is queued on its stream and uses its temp storage") {
 }
 
 TEST_CASE("SortPairs as kernels/embedding.cuh calls it: token ids, a workspace sized for 32 bits") {
-    // embedding_backward_workspace_ints(N) sizes the scratch for 32 key bits and N positions; the sort
+    // embedding_backward_workspace_ints(N, C) sizes the scratch for 32 key bits and N positions; the sort
     // then asks for key_bits (the bits of V - 1) and may run on fewer positions.
     Rng rng(2214);
     const int N_max = 4099;
