@@ -23,7 +23,11 @@
 //   orders; the Get/Init functions) are not defined, so a new use fails to link instead of running
 //   unemulated.
 // Environment, to run the callers' rarer paths (kernels/matmul.cuh's timed choice and fallback):
-//   EMU_CUBLASLT_ALGORITHMS=N        the heuristic offers N algorithms (default 1), all computing alike
+//   EMU_CUBLASLT_ALGORITHMS=N        the heuristic offers N algorithms (default 1); the i-th (from 0)
+//                                    sums k in i + 1 parts (see MatmulWork), so they differ in the last bits
+//   EMU_CUBLASLT_FASTEST=I           every algorithm but the I-th takes 50 ms longer per product (far
+//                                    above an emulated product's few ms and their noise), so that a
+//                                    timed choice (kernels/matmul.cuh) picks the I-th
 //   EMU_CUBLASLT_SPLIT_K_ONLY=MxNxK,...  for D (M x N) with that k the heuristic offers only split-K
 //                                    algorithms that add their parts in D's type (see below)
 // What is checked more strictly than the GPU would (CUBLAS_STATUS_INVALID_VALUE and a line on
@@ -34,6 +38,7 @@
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -41,6 +46,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 #include "stream.h"
@@ -77,7 +83,8 @@ struct Preference {
 // The emulated algorithm, stored in cublasLtMatmulAlgo_t::data: a tag, the alignment in bytes it
 // needs of each matrix's pointer and leading dimension (CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_*_BYTES), its
 // configuration's number of k parts and reduction scheme (CUBLASLT_ALGO_CONFIG_SPLITK_NUM, default 1,
-// and _REDUCTION_SCHEME, default NONE), and its rank in the heuristic's answer (variants compute alike).
+// and _REDUCTION_SCHEME, default NONE), and its rank in the heuristic's answer, its variant, which
+// sets how each sum runs over k (MatmulWork).
 constexpr uint64_t ALGO_TAG = 0x454d552d4c544d4dull;  // "EMU-LTMM"
 struct Algo {
     uint64_t tag;
@@ -244,6 +251,12 @@ int algorithm_variants() {
     return n < 1 ? 1 : n > 64 ? 64 : n;
 }
 
+// Whether variant is slowed down (EMU_CUBLASLT_FASTEST names another one).
+bool slowed(uint32_t variant) {
+    const char* s = getenv("EMU_CUBLASLT_FASTEST");
+    return s && *s && (uint32_t)atoi(s) != variant;
+}
+
 // Whether D (m x n) with k is in EMU_CUBLASLT_SPLIT_K_ONLY ("MxNxK,MxNxK,...").
 bool split_k_only(const Problem& p) {
     const char* s = getenv("EMU_CUBLASLT_SPLIT_K_ONLY");
@@ -266,6 +279,7 @@ uint32_t needed_alignment(uint32_t promised, const Layout& layout) {
 // The algorithm for p under the promised alignments, or false.
 bool choose_algo(const Problem& p, const uint32_t promised[4], Algo* algo) {
     const Layout* layouts[4] = {&p.a.layout, &p.b.layout, &p.c, &p.d};
+    memset(algo, 0, sizeof(*algo));  // the padding too: callers compare and store the algorithm's bytes
     algo->tag = ALGO_TAG;
     algo->split_k = 1;
     algo->reduction = CUBLASLT_REDUCTION_SCHEME_NONE;
@@ -327,19 +341,32 @@ void step_fma(float* __restrict acc, const float* __restrict a, float s, int64_t
     for (int64_t i = 0; i < m; i++) acc[i] = std::fma(a[i], s, acc[i]);
 }
 
+// The product. Algorithm variant v splits each element's sum over k into v + 1 consecutive parts
+// (as equal as k allows), sums each in order from zero, and adds the parts in order, all in fp32: the
+// order of a split-K reduced in the compute type. Variant 0 is the one sum over k in order; the
+// others round differently in the last bits, as the real library's algorithms do.
 struct MatmulWork {
     Problem p;
     float alpha, beta;
     const void *a, *b, *c;
     void* d;
+    uint32_t variant;
 
     void operator()() const {
+        if (slowed(variant)) std::this_thread::sleep_for(std::chrono::milliseconds(50));
         const std::vector<float> op_a = gather(a, p.a), op_b = gather(b, p.b);  // m x k and k x n
         const auto step = p.a.layout.type == CUDA_R_16BF ? step_exact_products : step_fma;
-        std::vector<float> sum((size_t)p.m);
+        const int64_t parts = std::min<int64_t>(variant + 1, std::max<int64_t>(p.k, 1));
+        std::vector<float> sum((size_t)p.m), part((size_t)p.m);
         for (int64_t j = 0; j < p.n; j++) {
-            std::fill(sum.begin(), sum.end(), 0.0f);
-            for (int64_t t = 0; t < p.k; t++) step(sum.data(), op_a.data() + t * p.m, op_b[(size_t)(j * p.k + t)], p.m);
+            for (int64_t q = 0; q < parts; q++) {
+                float* acc = q == 0 ? sum.data() : part.data();
+                std::fill(acc, acc + p.m, 0.0f);
+                for (int64_t t = p.k * q / parts; t < p.k * (q + 1) / parts; t++)
+                    step(acc, op_a.data() + t * p.m, op_b[(size_t)(j * p.k + t)], p.m);
+                if (q > 0)
+                    for (int64_t i = 0; i < p.m; i++) sum[(size_t)i] += part[(size_t)i];
+            }
             for (int64_t i = 0; i < p.m; i++) {
                 float result = alpha * sum[(size_t)i];
                 // beta == 0: C is not read, so it need not hold valid data (cuBLAS, cublas<t>gemm: "If
@@ -669,7 +696,7 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatm
         return refuse(CUBLAS_STATUS_NOT_SUPPORTED, f, "no algorithm for the default preferences");
     }
     // Scale type CUDA_R_32F, pointer mode host: alpha and beta are floats read now.
-    MatmulWork work{problem, *(const float*)alpha, *(const float*)beta, a, b, c, d};
+    MatmulWork work{problem, *(const float*)alpha, *(const float*)beta, a, b, c, d, algo.variant};
     status = check_pointers(problem, algo, a, b, c, d, work.beta != 0.0f);
     if (status != CUBLAS_STATUS_SUCCESS) return status;
     if (problem.m == 0 || problem.n == 0) return CUBLAS_STATUS_SUCCESS;

@@ -29,6 +29,14 @@
 // synchronization allowed) and with MIXLN_MATMUL_TIMING=0: a timed choice can differ from one process
 // to the next, and with it the order of a product's sums, so runs compared bitwise need the
 // heuristic's first (make gpu-check's trainer comparisons set it).
+// Recorded choices: matmul_choices_text() writes each plan's algorithm (cuBLASLt's serialized
+// cublasLtMatmulAlgo_t, "can be serialized into host storage for later use with the same version of
+// the library", with the key and the build's precision), and matmul_use_choices() reads such a text
+// back: a key recorded there takes its recorded algorithm, without timing, if the heuristic offers it
+// again; if not (another GPU or library), that is said once and the key is timed anew. The trainer
+// records its run's choices beside its checkpoints so that -r computes as the uninterrupted run did.
+// matmul_timing (default on) permits the timing at all: the trainer permits it only in its training
+// steps, so evaluation and sampling (a new key per context length) keep the heuristic's first.
 // Where the heuristic offers nothing under the fp32-reduction mask, the request is repeated with every
 // reduction scheme allowed and each algorithm it offers is set to run unsplit (SPLITK_NUM 1, no
 // reduction), keeping those that cublasLtMatmulAlgoCheck accepts; logged once per key. Only when that
@@ -38,6 +46,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -73,9 +82,20 @@ struct MatmulPlan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a_layout, b_layout, d_layout;
     cublasLtMatmulAlgo_t algo;
+    int choice;  // algo's index (from 0) in the heuristic's list
 };
 
 inline std::vector<MatmulPlan> matmul_plans;
+
+// A choice read back by matmul_use_choices.
+struct MatmulRecord {
+    MatmulKey key;
+    cublasLtMatmulAlgo_t algo;
+};
+inline std::vector<MatmulRecord> matmul_records;
+inline std::string matmul_records_source;  // where they were read from, for the log
+inline bool matmul_records_stale = false;  // one of them was not offered again (said once)
+inline bool matmul_timing = true;           // timing permitted (see "Recorded choices" above)
 
 constexpr int MATMUL_CANDIDATES = 8;   // algorithms asked of the heuristic
 constexpr int MATMUL_TIMED = 4;        // of which the first this many are timed
@@ -97,6 +117,8 @@ inline void matmul_teardown() {
         cublasCheck(cublasLtMatmulDescDestroy(plan.desc));
     }
     matmul_plans.clear();
+    matmul_records.clear();
+    matmul_records_stale = false;
     cublasCheck(cublasLtDestroy(cublaslt_handle));
     cudaCheck(cudaFree(cublaslt_workspace));
     cublaslt_handle = nullptr;
@@ -196,11 +218,12 @@ inline float matmul_milliseconds(const MatmulPlan& plan, const cublasLtMatmulAlg
 // The fastest of the first MATMUL_TIMED algorithms, timed on the product's A and B and on its D when
 // beta is 0 (the product overwrites D next), else on a scratch D of D's size (an accumulated dW must
 // not change); the first where there is nothing to time or timing is not possible.
-inline cublasLtMatmulAlgo_t matmul_fastest(const MatmulPlan& plan, const std::vector<cublasLtMatmulAlgo_t>& algos,
-                                           MatmulOperands op, cudaStream_t stream) {
+// Returns the chosen algorithm's index in algos.
+inline int matmul_fastest(const MatmulPlan& plan, const std::vector<cublasLtMatmulAlgo_t>& algos, MatmulOperands op,
+                          cudaStream_t stream) {
     const int timed = std::min((int)algos.size(), MATMUL_TIMED);
     const char* timing = getenv("MIXLN_MATMUL_TIMING");
-    if (timed < 2 || (timing && strcmp(timing, "0") == 0)) return algos[0];
+    if (timed < 2 || !matmul_timing || (timing && strcmp(timing, "0") == 0)) return 0;
     const std::string name = matmul_name(plan.key);
     cudaStreamCaptureStatus capture;
     cudaCheck(cudaStreamIsCapturing(stream, &capture));
@@ -208,7 +231,7 @@ inline cublasLtMatmulAlgo_t matmul_fastest(const MatmulPlan& plan, const std::ve
         if (matmul_log_choices)
             printf("cuBLASLt: %s: the heuristic's first of %zu (first seen during a stream capture: not timed)\n",
                    name.c_str(), algos.size());
-        return algos[0];
+        return 0;
     }
     void* scratch = nullptr;
     if (op.beta != 0.0f) {
@@ -218,7 +241,7 @@ inline cublasLtMatmulAlgo_t matmul_fastest(const MatmulPlan& plan, const std::ve
             if (matmul_log_choices)
                 printf("cuBLASLt: %s: the heuristic's first of %zu (no memory for a scratch D: not timed)\n",
                        name.c_str(), algos.size());
-            return algos[0];
+            return 0;
         }
         cudaCheck(cudaMemsetAsync(scratch, 0, bytes, stream));
         op.d = scratch;
@@ -236,7 +259,74 @@ inline cublasLtMatmulAlgo_t matmul_fastest(const MatmulPlan& plan, const std::ve
     if (matmul_log_choices)
         printf("cuBLASLt: %s: algorithm %d of the heuristic's %zu, fastest of the first %d (us: %s)\n", name.c_str(),
                best + 1, algos.size(), timed, times.c_str());
-    return algos[best];
+    return best;
+}
+
+// The index in algos of key's recorded algorithm, or -1: none recorded, or not offered again (said once).
+inline int matmul_recorded_choice(const MatmulKey& key, const std::vector<cublasLtMatmulAlgo_t>& algos) {
+    for (const MatmulRecord& record : matmul_records) {
+        if (!(record.key == key)) continue;
+        for (size_t i = 0; i < algos.size(); i++)
+            if (memcmp(&algos[i], &record.algo, sizeof(record.algo)) == 0) return (int)i;
+        if (!matmul_records_stale && matmul_log_choices)
+            printf("cuBLASLt: %s records an algorithm for %s that the heuristic no longer offers (another GPU or "
+                   "cuBLASLt?): such products are chosen anew\n", matmul_records_source.c_str(), matmul_name(key).c_str());
+        matmul_records_stale = true;
+        return -1;
+    }
+    return -1;
+}
+
+// The text of the choices: one line per plan, and per record whose key has no plan (yet) in this
+// process: the build's precision, the key's fields and the algorithm's bytes in hex.
+inline std::string matmul_choices_text() {
+    std::vector<MatmulRecord> all;
+    for (const MatmulPlan& plan : matmul_plans) all.push_back({plan.key, plan.algo});
+    for (const MatmulRecord& record : matmul_records)
+        if (std::none_of(matmul_plans.begin(), matmul_plans.end(), [&](const MatmulPlan& p) { return p.key == record.key; }))
+            all.push_back(record);
+    std::string text = "# cuBLASLt's algorithm per product (kernels/matmul.cuh): precision m n k transa transb d_fp32 "
+                       "align_a align_b align_d algorithm\n";
+    for (const MatmulRecord& r : all) {
+        char line[400];
+        int at = snprintf(line, sizeof(line), "%s %d %d %d %d %d %d %u %u %u ", FLOATX_IS_FP32 ? "fp32" : "bf16",
+                          r.key.m, r.key.n, r.key.k, r.key.transpose_a, r.key.transpose_b, r.key.d_fp32, r.key.align_a,
+                          r.key.align_b, r.key.align_d);
+        const unsigned char* bytes = (const unsigned char*)&r.algo;
+        for (size_t i = 0; i < sizeof(r.algo); i++) at += snprintf(line + at, sizeof(line) - at, "%02x", bytes[i]);
+        text += std::string(line) + "\n";
+    }
+    return text;
+}
+
+// Takes the choices of a matmul_choices_text() (read from source) for the keys not planned yet;
+// lines of the other precision are skipped. Throws on a line it cannot read.
+inline void matmul_use_choices(const std::string& text, const std::string& source) {
+    matmul_records_source = source;
+    size_t start = 0;
+    while (start < text.size()) {
+        size_t end = text.find('\n', start);
+        if (end == std::string::npos) end = text.size();
+        const std::string line = text.substr(start, end - start);
+        start = end + 1;
+        if (line.empty() || line[0] == '#') continue;
+        char precision[8], hex[2 * sizeof(cublasLtMatmulAlgo_t) + 2];
+        MatmulRecord r;
+        int ta, tb, df, used = 0;
+        if (sscanf(line.c_str(), "%7s %d %d %d %d %d %d %u %u %u %129s%n", precision, &r.key.m, &r.key.n, &r.key.k, &ta,
+                   &tb, &df, &r.key.align_a, &r.key.align_b, &r.key.align_d, hex, &used) != 11 ||
+            used != (int)line.size() || strlen(hex) != 2 * sizeof(r.algo))
+            throw std::runtime_error(source + ": cannot read the line '" + line + "'");
+        if (strcmp(precision, FLOATX_IS_FP32 ? "fp32" : "bf16") != 0) continue;
+        r.key.transpose_a = ta, r.key.transpose_b = tb, r.key.d_fp32 = df;
+        unsigned char* bytes = (unsigned char*)&r.algo;
+        for (size_t i = 0; i < sizeof(r.algo); i++) {
+            unsigned byte;
+            if (sscanf(hex + 2 * i, "%2x", &byte) != 1) throw std::runtime_error(source + ": cannot read the line '" + line + "'");
+            bytes[i] = (unsigned char)byte;
+        }
+        matmul_records.push_back(r);
+    }
 }
 
 // The plan for key: the cached one, or a new one (see "A plan's algorithm" above). Each matrix is
@@ -271,7 +361,9 @@ inline const MatmulPlan& matmul_plan(const MatmulKey& key, const MatmulOperands&
             printf("cuBLASLt: %s: no algorithm reduces split-K in fp32; using %zu that do not split k\n",
                    matmul_name(key).c_str(), algos.size());
     }
-    plan.algo = matmul_fastest(plan, algos, operands, stream);
+    plan.choice = matmul_recorded_choice(key, algos);
+    if (plan.choice < 0) plan.choice = matmul_fastest(plan, algos, operands, stream);
+    plan.algo = algos[plan.choice];
     matmul_plans.push_back(plan);
     return matmul_plans.back();
 }

@@ -656,3 +656,78 @@ TEST_CASE("kernels/matmul.cuh: where only split-K reduced in bf16 is offered, th
     ScopedEnv split_only("EMU_CUBLASLT_SPLIT_K_ONLY", "56x40x24,24x56x40");
     check_trainer_products(40, 24, 56);
 }
+
+namespace {
+
+// D (24 x 40, fp32) = A (24 x 56) B (56 x 40) through kernels/matmul.cuh from a fresh plan (fp32, so
+// that the algorithms' different last bits are not rounded away as in a bf16 D): the bytes of D, the
+// index of the algorithm its plan chose, and matmul_choices_text() after it. records: a text to use.
+struct ProductRun {
+    std::vector<unsigned char> d;
+    int choice;
+    std::string text;
+};
+ProductRun product_with_fresh_plan(const std::string& records = "") {
+    Rng rng(11);
+    const int m = 24, n = 40, k = 56;
+    HostMatrix a = random_matrix(CUDA_R_16BF, m, k, rng);
+    const HostMatrix b = random_matrix(CUDA_R_16BF, k, n, rng);
+    // Magnitudes from 2^-8 to 2^8 (powers of two keep them bf16): sums that round in fp32, in an
+    // order of their terms' own (random_value's 0.25 to 1 would sum exactly in any order).
+    for (float& x : a.v) x = std::ldexp(x, (int)(rng.uniform() * 17) - 8);
+    DeviceBytes d_a(a.v.size() * 2), d_b(b.v.size() * 2), d_d((size_t)m * n * 4);
+    d_a.upload(encode(a));
+    d_b.upload(encode(b));
+    d_d.poison();
+    matmul_setup();
+    if (!records.empty()) matmul_use_choices(records, "the test's record");
+    cublaslt_matmul((float*)d_d.ptr(), (const floatX*)d_a.ptr(), (const floatX*)d_b.ptr(), m, n, k, false, false, 0.0f, 0);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    REQUIRE(matmul_plan_count() == 1);
+    ProductRun run{d_d.download(), matmul_plans[0].choice, matmul_choices_text()};
+    matmul_teardown();
+    return run;
+}
+
+}  // namespace
+
+TEST_CASE("kernels/matmul.cuh: a recorded choice is used instead of timing, where the heuristic still offers it") {
+    // EMU_CUBLASLT_FASTEST makes the timing pick that algorithm; the algorithms sum k in 1, 2, 3, 4
+    // parts, so two choices give different last bits.
+    ScopedEnv several("EMU_CUBLASLT_ALGORITHMS", "4");
+    ProductRun timed_2, timed_0;
+    {
+        ScopedEnv fastest("EMU_CUBLASLT_FASTEST", "2");
+        timed_2 = product_with_fresh_plan();
+    }
+    ScopedEnv fastest("EMU_CUBLASLT_FASTEST", "0");
+    timed_0 = product_with_fresh_plan();
+    CHECK(timed_2.choice == 2);
+    CHECK(timed_0.choice == 0);
+    CHECK(timed_2.d != timed_0.d);  // the algorithms are told apart by their results
+    // The record of algorithm 2 is used although the timing would pick 0: the same bytes.
+    const ProductRun replayed = product_with_fresh_plan(timed_2.text);
+    CHECK(replayed.choice == 2);
+    CHECK(replayed.d == timed_2.d);
+    CHECK(replayed.text == timed_2.text);
+    // Without timing (evaluation and sampling in the trainer), the heuristic's first.
+    matmul_timing = false;
+    CHECK(product_with_fresh_plan().choice == 0);
+    matmul_timing = true;
+    // A record the heuristic no longer offers (2 algorithms now): said, and timed anew.
+    {
+        ScopedEnv fewer("EMU_CUBLASLT_ALGORITHMS", "2");
+        matmul_setup();  // matmul_teardown clears the flag
+        const ProductRun stale = product_with_fresh_plan(timed_2.text);
+        CHECK(stale.choice == 0);
+        CHECK(stale.d == timed_0.d);
+    }
+    // A record of another precision is skipped; a line that cannot be read is an error.
+    std::string other = timed_2.text;
+    const size_t at = other.find(FLOATX_IS_FP32 ? "\nfp32 " : "\nbf16 ");
+    REQUIRE(at != std::string::npos);
+    other.replace(at + 1, 4, FLOATX_IS_FP32 ? "bf16" : "fp32");
+    CHECK(product_with_fresh_plan(other).choice == 0);
+    CHECK_THROWS(matmul_use_choices("bf16 1 2 3\n", "a bad record"));
+    matmul_records.clear();
+}
