@@ -1,7 +1,8 @@
 // Causal multi-head attention, FlashAttention-2 style (Dao, 2023): tiled over queries and keys with an
 // online softmax held in registers, never materializing the T x T scores; the forward saves one
 // logsumexp per row for the backward. CPU reference: kernels/cpu/attention.h. The simpler version
-// this one replaced (WMMA from shared memory) and a one-kernel backward with atomics are dev/attention.cu.
+// this one replaced (WMMA from shared memory) and a one-kernel backward with atomics are versions 1 and 3
+// of dev/attention.cu (this is version 2).
 //
 //   q, k, v: rows of `stride` elements, (B, T, stride); head h occupies columns [h*HD, (h+1)*HD).
 //            stride = C for separate q, k, v buffers, 3C for a fused qkv buffer (k = q + C, v = q + 2C).
@@ -13,8 +14,8 @@
 // computes with mma.sync m16n8k16 (bf16 in, fp32 accumulate) from fragments loaded by ldmatrix; the
 // scores, the softmax and the probabilities stay in the warp's registers: an m16n8 accumulator has the
 // layout of an m16n8k16 A operand, so P is the A operand of P V as it stands (FlashAttention-2). In the
-// fp32 build (-DENABLE_FP32) the same code runs on fp32 fragments of the same layout, read from shared
-// memory by each lane, and the product is fp32 FMAs after shuffles (a checking build, not a fast one).
+// fp32 build (-DENABLE_FP32) the same code runs on fp32 fragments (see FragA): plain FMAs, no tensor
+// cores (a checking build, not a fast one).
 //
 // The causal mask: blocks wholly after the diagonal are never visited, warps skip key blocks wholly
 // after their queries, only blocks that straddle the diagonal are masked. Keys past T are after every
@@ -363,8 +364,10 @@ constexpr int dkdv_smem_bytes() {  // K, V; Q, dO double-buffered; lse, delta do
     return (2 * BWD_BN + 4 * BWD_BM<HD>) * PITCH<HD> + 4 * BWD_BM<HD> * (int)sizeof(float);
 }
 
+// (Launch bounds with 1 block per SM said outright: without it ptxas spilled 60 bytes in the fp32 build
+// at HD 80, at 168 of its 255 registers.)
 template <int HD>
-__global__ void __launch_bounds__(BWD_THREADS)
+__global__ void __launch_bounds__(BWD_THREADS, 1)
     attention_backward_dkdv_kernel(floatX* dk, floatX* dv, const floatX* dout, const float* lse, const float* delta,
                                    const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int T,
                                    int C, int NH) {
