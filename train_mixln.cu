@@ -20,8 +20,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -660,12 +662,20 @@ struct GpuModel {
 // ----------------------------------------------------------------------------
 // The backend the training driver (core/trainer.h) calls
 
+// cuBLASLt's choice of algorithm per product (kernels/matmul.cuh), recorded beside the checkpoints.
+constexpr const char* MATMUL_CHOICES_FILE = "cublaslt_algorithms.txt";
+
 struct GpuBackend : TrainerBackend {
     GpuModel model;
+    // Where this run records cuBLASLt's choices ("" for none), and how many plans that record holds.
+    std::string choices_path;
+    size_t choices_recorded = 0;
 
     GpuBackend(const ModelConfig& cfg, int B, int T, bool recompute, const DataParallel& dp = DataParallel(),
                bool cuda_graphs = true)
-        : model(cfg, B, T, recompute, dp, cuda_graphs) {}
+        : model(cfg, B, T, recompute, dp, cuda_graphs) {
+        matmul_timing = false;  // permitted in forward_backward only
+    }
 
     std::string description() const override {
         char text[768];
@@ -693,15 +703,22 @@ struct GpuBackend : TrainerBackend {
     // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.
     double peak_flops() const override { return FLOATX_IS_FP32 ? 0 : peak_bf16_flops(model.device_name); }
     void zero_grad() override { model.zero_grad(); }
+    // Only a training step's new products are timed, and only in one process: evaluation and
+    // sampling keep the heuristic's first (sampling would time each context length), and ranks that
+    // timed apart could choose apart, which no record of rank 0's choices would reproduce on -r.
     void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool last_micro) override {
         model.last_micro = last_micro;
         model.load_batch(inputs, targets, B, T);
+        matmul_timing = !model.mem.dp.comm;
         model.forward_backward(loss_scale);
+        matmul_timing = false;
+        record_matmul_choices();
     }
     float forward_loss(const int* inputs, const int* targets, int B, int T) override {
         model.load_batch(inputs, targets, B, T);
         model.forward();
         model.classifier(1.0f, /*write_dlogits=*/false);
+        record_matmul_choices();
         return model.mean_loss();
     }
     void next_token_logits(const int* tokens, int T, float* logits) override {
@@ -719,7 +736,31 @@ struct GpuBackend : TrainerBackend {
     void write_state(const float* params, const float* m, const float* v) override {
         model.mem.write_state(params, m, v, model.stream);
     }
+
+    // Rewrites the record when this process has made new plans: at the first step (and a first
+    // evaluation), before any checkpoint that it is to reproduce.
+    void record_matmul_choices() {
+        if (choices_path.empty() || matmul_plan_count() == choices_recorded) return;
+        const std::string text = matmul_choices_text();
+        write_file_atomically(choices_path, [&](FILE* f) { return fwrite(text.data(), 1, text.size(), f) == text.size(); });
+        choices_recorded = matmul_plan_count();
+    }
 };
+
+// -r: the choices recorded beside the checkpoint, if any (a run from before the record is timed anew).
+inline void use_recorded_matmul_choices(const std::string& resume) {
+    struct stat st;
+    const bool is_directory = stat(resume.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    const std::string path = (is_directory ? resume : directory_of(resume)) + "/" + MATMUL_CHOICES_FILE;
+    std::ifstream in(path);
+    if (!in) {
+        printf("cuBLASLt: no %s to resume with: products are chosen anew\n", path.c_str());
+        return;
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    matmul_use_choices(text.str(), path);
+}
 
 #ifndef TESTING
 int main(int argc, char** argv) {
@@ -759,8 +800,14 @@ int main(int argc, char** argv) {
         if (launched) dp = DataParallel{open_communicator(env), env.rank, env.world_size, opts.zero1};
         const int status = run_training(opts, [&](const ModelConfig& cfg) {
             const std::pair<int, int> batch = largest_batch(opts, cfg);
-            return std::unique_ptr<TrainerBackend>(
-                new GpuBackend(cfg, batch.first, batch.second, opts.recompute, dp, opts.cuda_graphs));
+            std::unique_ptr<GpuBackend> backend(new GpuBackend(cfg, batch.first, batch.second, opts.recompute, dp, opts.cuda_graphs));
+            // One process (not timed across ranks: see GpuBackend::forward_backward) records its
+            // choices beside its checkpoints and takes them back on -r.
+            if (!dp.comm && opts.steps > 0 && opts.ckpt_interval >= 0) {
+                if (!opts.resume.empty()) use_recorded_matmul_choices(opts.resume);
+                backend->choices_path = opts.out_dir + "/" + MATMUL_CHOICES_FILE;
+            }
+            return std::unique_ptr<TrainerBackend>(std::move(backend));
         }, env);
         if (dp.comm) close_communicator(dp.comm);
         return status;

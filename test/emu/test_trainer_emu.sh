@@ -19,7 +19,9 @@
 #     recomputation (-R 1) against the plain bf16 run, and the plain run with the emulation's blocks and
 #     lanes in shuffled orders (no result depends on the order in which blocks or threads run); a run stopped by SIGTERM after step 3 (the
 #     trainer's own stop: it finishes the step, checkpoints and exits 130) and resumed with -r, against
-#     the uninterrupted run; one rank over NCCL (RANK=0 WORLD_SIZE=1), ZeRO-1 and all-reduce, against
+#     the uninterrupted run, and again with cuBLASLt's choice timed among 4 emulated algorithms that
+#     differ in the last bits and timed to another on resume (it takes the run's recorded choices; the
+#     runs timed to either differ); one rank over NCCL (RANK=0 WORLD_SIZE=1), ZeRO-1 and all-reduce, against
 #     the process without NCCL (data_parallel.cuh: on one rank every collective leaves the numbers as
 #     they are).
 #  3. training from a checkpoint's weights (-f CKPT, fresh optimizer), fp32 against the CPU trainer;
@@ -216,6 +218,24 @@ stop_and_resume() {
 }
 export -f stop_and_resume
 
+# The same with cuBLASLt's choices timed (kernels/matmul.cuh): the emulated heuristic offers 4
+# algorithms, the i-th summing k in i + 1 parts (other last bits), and EMU_CUBLASLT_FASTEST makes the
+# timing pick the 3rd before the stop and the 2nd on resume, which must take the run's recorded
+# choices (cublaslt_algorithms.txt) instead.
+stop_and_resume_retimed() {
+    local bin=$1 out=$2
+    shift 2
+    EMU_CUBLASLT_ALGORITHMS=4 EMU_CUBLASLT_FASTEST=2 $bin "$@" -o $tmp/$out > $tmp/$out.log 2>&1 &
+    local pid=$!
+    until grep -q '^step *2/5' $tmp/$out.log 2>/dev/null || ! kill -0 $pid 2>/dev/null; do sleep 0.05; done
+    kill -TERM $pid 2>/dev/null
+    wait $pid
+    echo "exit $?" >> $tmp/$out.log
+    EMU_CUBLASLT_ALGORITHMS=4 EMU_CUBLASLT_FASTEST=1 $bin "$@" -r $tmp/$out -o $tmp/$out > $tmp/$out.resumed.log 2>&1
+    echo "exit $?" >> $tmp/$out.resumed.log
+}
+export -f stop_and_resume_retimed
+
 {
     for s in "${schemes[@]}"; do
         n=${s%%:*} f=${s#*:}
@@ -229,6 +249,10 @@ export -f stop_and_resume
     echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_z1 $emu_bf16 $run $mix -Z 1 -o $tmp/bf16_nccl_zero1 > $tmp/bf16_nccl_zero1.log 2>&1"
     echo "RANK=0 WORLD_SIZE=1 MIXLN_RENDEZVOUS=file:$tmp/rdv_a1 $emu_bf16 $run $mix -Z 0 -o $tmp/bf16_nccl_allreduce > $tmp/bf16_nccl_allreduce.log 2>&1"
     echo "stop_and_resume $emu_bf16 bf16_stopped $run $mix"
+    for i in 1 2; do
+        echo "EMU_CUBLASLT_ALGORITHMS=4 EMU_CUBLASLT_FASTEST=$i $emu_bf16 $run $mix -o $tmp/bf16_timed$i > $tmp/bf16_timed$i.log 2>&1"
+    done
+    echo "stop_and_resume_retimed $emu_bf16 bf16_retimed $run $mix"
     for p in fp32 bf16; do
         bin=$emu_bf16; [ $p = bf16 ] || bin=$emu_fp32
         for n in 1 2 3; do
@@ -275,6 +299,15 @@ stopped_resumed() {
     same_run bf16_stopped bf16_mix_ln
 }
 check "SIGTERM after step 3: a checkpoint, exit 130; -r continues bitwise as the uninterrupted run" stopped_resumed
+retimed_resumed() {
+    grep -q '^exit 130$' bf16_retimed.log && grep -q '^exit 0$' bf16_retimed.resumed.log || { cat bf16_retimed.log bf16_retimed.resumed.log; return 1; }
+    grep -q 'algorithm 3 of the heuristic.s 4, fastest' bf16_retimed.log || { cat bf16_retimed.log; return 1; }
+    ! grep -q 'fastest of' bf16_retimed.resumed.log || { cat bf16_retimed.resumed.log; return 1; }  # nothing timed anew
+    echo "stopped after step $(ls bf16_retimed | sed -n 's/^ckpt_0*\([0-9]*\)\.bin$/\1/p' | head -n 1)"
+    ! same_run bf16_timed1 bf16_timed2 2>/dev/null || { echo "the 2nd and 3rd algorithms' runs are the same"; return 1; }
+    same_run bf16_retimed bf16_timed2
+}
+check "cuBLASLt's choice timed (4 algorithms differing in the last bits): -r takes the recorded choice, bitwise" retimed_resumed
 
 echo "evaluate and sample only, from the CPU trainer's Mix-LN checkpoint"
 ckpt=cpu_mix_ln/ckpt_00000005.bin
