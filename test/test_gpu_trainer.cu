@@ -42,6 +42,12 @@
 #include "catch_compat.h"
 #include "../core/backend_cpu.h"
 
+// The bitwise cases compare backends whose products can have other keys (other buffers, so other
+// alignments; another B x T) and so plans of their own: timed apart, their cuBLASLt algorithms and
+// with them the last bits could differ on a GPU. This process keeps the heuristic's first for every
+// product (kernels/matmul.cuh reads MIXLN_MATMUL_TIMING at each new plan), set before any test runs.
+static const bool matmul_untimed = setenv("MIXLN_MATMUL_TIMING", "0", 1) == 0;
+
 constexpr double LOSS_TOL = FLOATX_IS_FP32 ? 1e-5 : 1e-3;         // relative
 constexpr double GRAD_MAX_TOL = FLOATX_IS_FP32 ? 1e-4 : 7e-2;
 constexpr double GRAD_L2_TOL = FLOATX_IS_FP32 ? 1e-4 : 5e-2;
