@@ -189,7 +189,7 @@ DEV_BENCHMARKS := rmsnorm swiglu rope classifier adamw embedding attention
 .PHONY: dev
 dev: $(addprefix $(CUDA_BUILD)/dev/,$(DEV_BENCHMARKS))
 
-$(CUDA_BUILD)/dev/%: dev/%.cu dev/common.cuh dev/tolerances.h $(CUDA_HEADERS) $(HEADERS) test/attention_checks.h
+$(CUDA_BUILD)/dev/%: dev/%.cu $(wildcard dev/*.cuh) dev/tolerances.h $(CUDA_HEADERS) $(HEADERS) test/attention_checks.h
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCC_FLAGS) $(PRECISION_FLAGS) $< -o $@ $(NVCC_LIBS)
 
