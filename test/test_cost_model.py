@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Checks of dev/cost_model.py (make test): its kernel list against the code's own totals, its options.
+
+The GEMMs it lists for one micro-batch, counted with the model's ffn, must add up to the trainer's MFU
+formula (core/config.h's flops_per_token) less the norm weights' share: 6*(N - V*d) - 6*(2*L*d + d)
+FLOPs per token (N - V*d holds the LM head's V*d, which the head's three GEMMs count); its causal
+attention to 7*L*T*d (the formula's 6*L*T*d with the backward at 2.5x the forward, as FlashAttention
+counts); its N to the parameter counts test/test_presets.cpp checks against num_model_parameters and
+docs/model.md prints. A planted wrong count (a q|k|v GEMM of 2d instead of 3d) must fail these checks.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "dev"))
+import cost_model as cm  # noqa: E402
+
+FACTS = cm.code_facts()
+PAPER = ["71m", "130m", "250m", "350m", "1b"]
+
+
+def model(name):
+    return cm.Model(name, ffn_align=FACTS["ffn_align"], **FACTS["presets"][name])
+
+
+def count_problems(m, T=256, B=2):
+    """Where the kernel list disagrees with the code's totals: a list of messages (empty: agrees)."""
+    ks = cm.micro_batch_kernels(m, B, T, F=m.F)
+    tokens = B * T
+    gemm = sum(k.flops for k in ks if k.kind == "gemm") / tokens
+    attention = sum(k.flops for k in ks if k.kind == "attention") / tokens
+    N, V, C, L = m.params(), m.V, m.C, m.L
+    problems = []
+    want_gemm = 6.0 * (N - V * C) - 6.0 * (2 * L * C + C)
+    if gemm != want_gemm:
+        problems.append("%s: GEMM FLOPs/token %.0f, the MFU formula's less the norms' %.0f" % (m.name, gemm, want_gemm))
+    if abs(attention - 7.0 * L * T * C) > 1e-6 * attention:
+        problems.append("%s: attention FLOPs/token %.0f, 7*L*T*d %.0f" % (m.name, attention, 7.0 * L * T * C))
+    if abs(gemm + 6.0 * (2 * L * C + C) + attention * 6 / 7 - m.mfu_flops_per_token(T)) > 1e-9 * gemm:
+        problems.append("%s: the parts do not add up to the MFU formula" % m.name)
+    return problems
+
+
+def test_presets_parsed_from_the_code():
+    assert set(PAPER) <= set(FACTS["presets"]), FACTS["presets"]
+    assert FACTS["defaults"] == dict(micro_batch=32, seq_len=256, total_batch=131072), FACTS["defaults"]
+    assert FACTS["peak"] == 989.4e12, FACTS["peak"]
+
+
+def test_parameter_counts_match_the_codes_checked_literals():
+    text = open(os.path.join(ROOT, "test/test_presets.cpp")).read()
+    literals = {m[0]: int(m[1]) for m in re.findall(r'\{"(\w+)", \d+, \d+, \d+, \d+, (\d+)\}', text)}
+    docs = open(os.path.join(ROOT, "docs/model.md")).read()
+    printed = {m[0]: int(m[1].replace(",", "")) for m in re.findall(r"\| `(\w+)` \|[^\n]*\| ([0-9,]+)", docs)}
+    assert set(PAPER) <= set(literals), literals
+    for name in PAPER:
+        assert model(name).params() == literals[name] == printed[name], (name, model(name).params(), literals, printed)
+
+
+def test_mfu_formula_is_the_trainers():
+    config = open(os.path.join(ROOT, "core/config.h")).read()
+    assert "6.0 * (double)(num_model_parameters(cfg) - (long)cfg.vocab_size * cfg.d_model) + " \
+           "6.0 * cfg.n_layer * (double)T * cfg.d_model" in config
+    m = model("130m")
+    assert m.mfu_flops_per_token(256) == 6.0 * (134105856 - 32000 * 768) + 6.0 * 12 * 256 * 768
+
+
+def test_kernel_counts_agree_with_the_code_for_every_preset():
+    for name in PAPER + ["tiny"]:
+        problems = count_problems(model(name))
+        assert not problems, problems
+
+
+def test_a_planted_wrong_count_fails():
+    real = cm.gemm
+
+    def planted(name, m, n, k, *args, **kw):  # the q|k|v product as if it were 2d wide
+        if name == "q|k|v":
+            n = 2 * n // 3
+        return real(name, m, n, k, *args, **kw)
+    cm.gemm = planted
+    try:
+        problems = count_problems(model("130m"))
+    finally:
+        cm.gemm = real
+    assert problems and "GEMM FLOPs/token" in problems[0], problems
+
+
+def test_padding_only_adds_executed_flops():
+    m = model("1b")
+    assert m.Fs == 5504 and m.F == 5461
+    ks_model = cm.micro_batch_kernels(m, 1, 256, F=m.F)
+    ks_run = cm.micro_batch_kernels(m, 1, 256)
+    assert sum(k.flops for k in ks_run) > sum(k.flops for k in ks_model)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "dev/cost_model.py"), *args], capture_output=True,
+                          text=True)
+
+
+def test_json_output_and_measured_ceilings():
+    a = json.loads(run("--json", "--preset", "130m").stdout)
+    b = json.loads(run("--json", "--preset", "130m", "--copy-gbs", "6000", "--gemm-tflops", "1600",
+                      "--attn-fwd-tflops", "300", "--attn-bwd-tflops", "150").stdout)
+    assert a["predicted"] is True and a["inputs"]["copy_gbs"] == 3000 and b["inputs"]["gemm_tflops"] == 1600
+    pa, pb = a["presets"][0], b["presets"][0]
+    # everything but the launches is twice as fast
+    launches = pa["shares"]["launches"] * pa["step_ms"]
+    assert abs(pb["step_ms"] - (pa["step_ms"] - launches) / 2 - launches) < 1e-6 * pa["step_ms"], (pa, pb)
+    assert abs(sum(pa["shares"].values()) - 1) < 1e-9
+    mfu = model("130m").mfu_flops_per_token(256) * pa["tokens_per_s"] / 989.4e12
+    assert abs(pa["mfu"] - mfu) < 1e-12
+    gpus = [r["gpus"] for r in a["data_parallel"]]
+    assert gpus == [8, 16, 32, 64, 128, 256, 512], gpus
+    for r in a["data_parallel"]:
+        assert r["overlap"]["step_ms"] <= r["no_overlap"]["step_ms"]
+        assert r["micro_batch"] * r["accumulation"] * r["gpus"] == 512
+
+
+def test_csv_and_text_and_errors():
+    lines = run("--csv").stdout.splitlines()
+    assert lines[0].startswith("preset,parameters,") and [l.split(",")[0] for l in lines[1:]] == PAPER, lines
+    text = run("--preset", "1b", "--no-graphs").stdout
+    assert "PREDICTED" in text and "| 1b |" in text and "4 us per launch" in text, text
+    bad = run("--preset", "2b")
+    assert bad.returncode != 0 and "unknown preset 2b" in bad.stderr
+
+
+def main():
+    tests = [v for k, v in globals().items() if k.startswith("test_")]
+    passed = failed = 0
+    for fn in tests:
+        try:
+            fn()
+            passed += 1
+            print("  ok    " + fn.__name__)
+        except Exception:
+            failed += 1
+            print("  FAIL  " + fn.__name__)
+            print("\n".join("        " + line for line in traceback.format_exc().splitlines()[-12:]))
+    print("test_cost_model: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
