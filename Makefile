@@ -62,7 +62,7 @@ test: $(BUILD)/test_cpu $(CPU_TOOLS)
 	MIXLN_CPU_TRAINER=$(BUILD)/train_mixln_cpu MIXLN_CPU_ANALYZER=$(BUILD)/analyze_mixln_cpu test/run_tests.sh $(BUILD)/test_cpu
 else
 test: $(BUILD)/test_cpu $(CPU_TOOLS) logits_mixln_cpu
-	test/run_tests.sh $(BUILD)/test_cpu test/test_scripts.sh test/test_hf_bridge.py test/test_reproduce.sh $(GPU_TESTS)
+	test/run_tests.sh $(BUILD)/test_cpu test/test_scripts.sh test/test_hf_bridge.py test/test_reproduce.sh test/test_cost_model.py $(GPU_TESTS)
 endif
 
 # The sweep that calibrates the attention checks (test/attention_checks.h) on the CPU emulation of the
