@@ -28,6 +28,7 @@ here): NVLink 4 within a node of 8, 370 GB/s bus bandwidth, 1 us per hop; across
 NDR 400 Gb/s, 45 GB/s per GPU, 3 us per hop (a flat ring; NCCL's trees/NVLS may do better).
 
   dev/cost_model.py [--preset NAME ...] [--json | --csv] [--copy-gbs X] [--gemm-tflops Y] [--no-graphs]
+                    [--kernels] [--tokens-per-step N] [--gpus 8,16,...]     (--help: all options)
 """
 import argparse
 import json
@@ -349,7 +350,8 @@ def main(argv=None):
     ap.add_argument("--memory-efficiency", type=float, default=0.85, help="of the copy bandwidth (default 0.85)")
     ap.add_argument("--no-graphs", action="store_true", help="-D 0: 4 us per launch instead of 1 us")
     ap.add_argument("--kernels", action="store_true", help="also each kernel's time in one micro-batch")
-    ap.add_argument("--gpus", default="8,16,32,64,128,256,512", help="data-parallel GPU counts")
+    ap.add_argument("--tokens-per-step", type=int, help="the batch (default core/cli.h's -d, the paper's)")
+    ap.add_argument("--gpus", default="8,16,32,64,128,256,512", help="data-parallel GPU counts ('' for none)")
     a = ap.parse_args(argv)
 
     facts = code_facts()
@@ -360,7 +362,9 @@ def main(argv=None):
     c = Ceilings(a.copy_gbs, a.gemm_tflops, a.attn_fwd_tflops, a.attn_bwd_tflops, a.memory_efficiency,
                  4.0 if a.no_graphs else 1.0)
     d = facts["defaults"]
-    T, B, total = d["seq_len"], d["micro_batch"], d["total_batch"]
+    T, B, total = d["seq_len"], d["micro_batch"], a.tokens_per_step or d["total_batch"]
+    if total % (T * B) and total % T:
+        ap.error("--tokens-per-step %d is not a multiple of T = %d" % (total, T))
     rows, dp = [], []
     for n in names:
         m = Model(n, ffn_align=facts["ffn_align"], **facts["presets"][n])
@@ -372,7 +376,7 @@ def main(argv=None):
         p.update(parameters=m.params(), torch_eager=eager, torch_compile=compiled,
                  vs_compile=p["tokens_per_s"] / compiled if compiled else None)
         rows.append(p)
-        for g in [int(x) for x in a.gpus.split(",")]:
+        for g in [int(x) for x in a.gpus.split(",") if x]:
             if total // T % g == 0:
                 dp.append(data_parallel(m, T, B, total, c, facts["peak"], g))
     inputs = dict(copy_gbs=a.copy_gbs, gemm_tflops=a.gemm_tflops, attn_fwd_tflops=a.attn_fwd_tflops,
@@ -418,6 +422,8 @@ def main(argv=None):
         print("|---|---|---|---|")
         for name, (kind, n, ms) in r["kernel_ms"].items():
             print("| %s | %s | %d | %.3f |" % (name.replace("|", "\\|"), kind, n, ms))
+    if not dp:
+        return
     print()
     print("Data parallelism, ZeRO-1 (PREDICTED; ASSUMED links: NVLink %(nv).0f GB/s bus within a node of 8, "
           "InfiniBand %(ib).0f GB/s per GPU across nodes):" % dict(nv=LINKS["nvlink"]["gbs"], ib=LINKS["infiniband"]["gbs"]))

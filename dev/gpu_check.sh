@@ -3,8 +3,8 @@
 # binaries `make gpu-check-build` left in build/gpu_check (built on a machine without a GPU; nothing is
 # compiled here), each step under its own time limit, so that a hang costs one step and a failure does
 # not stop the next. Writes OUT_DIR/report.md (each step's result and time, the test runners' pass
-# counts, the kernel table, the trainer's throughput before and after issue 12, the first lines of
-# each failure) and one log per group of steps: 7 files.
+# counts, the kernel table, the trainer's throughput before and after issue 12 with dev/cost_model.py's
+# prediction for the same runs, the first lines of each failure) and one log per group of steps: 7 files.
 #   dev/gpu_check.sh [OUT_DIR]   default: $OUT if set, else build/gpu_check_report
 #   GPU_CHECK_BIN=DIR            the binaries (default build/gpu_check)
 #   GPU_CHECK_WORK=DIR           the trainer runs' scratch space (default build/gpu_check_work)
@@ -270,6 +270,23 @@ for id in $(seq 1 $steps); do [ ! -e $state/$id.log ] || cat $state/$id.out >>"$
         else echo "no table (see bench.log)"; fi
         echo '```'
     done
+    # What dev/cost_model.py predicts for the same runs (65536 tokens a step), with the copy bandwidth and
+    # GEMM rate the dev step measured (the best of its runs), else gpu-machine.md's H100 figures.
+    echo
+    echo "## Predicted by the cost model (dev/cost_model.py), beside the measured throughput above"
+    echo
+    ceilings=()
+    dev_log=$bin/bf16/dev/run_all.log
+    if [ "$emulated" != 1 ] && [ -s "$dev_log" ]; then
+        copy=$(awk '$1 == "ceiling" && $2 == "copy:" && $3 > m { m = $3 } END { if (m) print m }' "$dev_log")
+        gemm=$(awk '$1 == "ceiling" && $2 == "gemm:" && $3 > m { m = $3 } END { if (m) print m }' "$dev_log")
+        [ -z "$copy" ] || ceilings+=(--copy-gbs "$copy")
+        [ -z "$gemm" ] || ceilings+=(--gemm-tflops "$gemm")
+    fi
+    echo "Ceilings: ${ceilings[*]:-none measured in this run, the H100 figures of gpu-machine.md}."
+    echo
+    python3 dev/cost_model.py --tokens-per-step 65536 --gpus "" --preset 71m --preset 130m --preset 250m --preset 1b \
+        "${ceilings[@]}" 2>&1 || echo "(dev/cost_model.py failed)"
     if ls $state/*.failure >/dev/null 2>&1; then
         echo
         echo "## Failures"
