@@ -404,7 +404,7 @@ def main(argv=None):
              c.launch * 1e6, facts["peak"] / 1e12))
     print()
     print("| preset | params | step ms | tokens/s | MFU | GEMM | attention | memory | optimizer | launches "
-          "| torch eager | torch.compile | x compile |")
+          "| torch eager (H100) | torch.compile (H100) | x compile |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     k = lambda x: "%.0fK" % (x / 1e3) if x else "-"
     for r in rows:
