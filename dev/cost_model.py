@@ -330,7 +330,8 @@ def data_parallel(m, T, B, total_batch, c, peak, gpus):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The measured baselines (../shared/gpu-machine.md, H100, PyTorch, T = 256): tokens/s eager, compiled
+# The measured baselines (an H100, 2026-11-23: a PyTorch version of the same model, bf16 autocast, SDPA
+# flash attention, fused AdamW, T = 256): tokens/s eager, torch.compile
 
 TORCH_H100 = {"71m": (267e3, 566e3), "130m": (211e3, 507e3), "1b": (15e3, 44e3)}
 
@@ -342,9 +343,9 @@ def main(argv=None):
     out.add_argument("--json", action="store_true", help="print JSON")
     out.add_argument("--csv", action="store_true", help="print CSV (the per-preset table only)")
     ap.add_argument("--copy-gbs", type=float, default=3000.0,
-                    help="device copy bandwidth, read + written (default 3000: the H100's, gpu-machine.md)")
+                    help="device copy bandwidth, read + written (default 3000: an H100's, measured with PyTorch)")
     ap.add_argument("--gemm-tflops", type=float, default=800.0,
-                    help="bf16 GEMM 8192^3 rate (default 800: the H100's, gpu-machine.md)")
+                    help="bf16 GEMM 8192^3 rate (default 800: an H100's, measured with PyTorch)")
     ap.add_argument("--attn-fwd-tflops", type=float, default=150.0, help="assumed at T 256 (default 150)")
     ap.add_argument("--attn-bwd-tflops", type=float, default=75.0, help="assumed at T 256 (default 75)")
     ap.add_argument("--memory-efficiency", type=float, default=0.85, help="of the copy bandwidth (default 0.85)")

@@ -271,7 +271,8 @@ for id in $(seq 1 $steps); do [ ! -e $state/$id.log ] || cat $state/$id.out >>"$
         echo '```'
     done
     # What dev/cost_model.py predicts for the same runs (65536 tokens a step), with the copy bandwidth and
-    # GEMM rate the dev step measured (the best of its runs), else gpu-machine.md's H100 figures.
+    # GEMM rate the dev step measured (the best of its runs), else the H100's measured with PyTorch
+    # (dev/cost_model.py's defaults).
     echo
     echo "## Predicted by the cost model (dev/cost_model.py), beside the measured throughput above"
     echo
@@ -283,7 +284,7 @@ for id in $(seq 1 $steps); do [ ! -e $state/$id.log ] || cat $state/$id.out >>"$
         [ -z "$copy" ] || ceilings+=(--copy-gbs "$copy")
         [ -z "$gemm" ] || ceilings+=(--gemm-tflops "$gemm")
     fi
-    echo "Ceilings: ${ceilings[*]:-none measured in this run, the H100 figures of gpu-machine.md}."
+    echo "Ceilings: ${ceilings[*]:-none measured in this run, the H100 defaults of dev/cost_model.py}."
     echo
     python3 dev/cost_model.py --tokens-per-step 65536 --gpus "" --preset 71m --preset 130m --preset 250m --preset 1b \
         "${ceilings[@]}" 2>&1 || echo "(dev/cost_model.py failed)"
