@@ -182,7 +182,7 @@ def micro_batch_kernels(m, B, T, F=None):
     # embedding backward: positions, radix sort of the token ids (about 4 launches of CUB's onesweep
     # for 15-bit keys), per-chunk sums, then their combination into the fp32 rows of dwte
     ks.append(mem("embedding positions", N * 4))
-    ks += [mem("embedding sort", 4 * N * 8 / 4) for _ in range(4)]
+    ks += [mem("embedding sort", 2 * N * (4 + 4)) for _ in range(4)]  # each pass: keys and values in and out
     ks += [mem("embedding chunks", act + N * C * FP32), mem("embedding combine", N * C * FP32 * 3)]
     return ks
 
@@ -312,7 +312,7 @@ def data_parallel(m, T, B, total_batch, c, peak, gpus):
     backward_end = t
     comm = 0.0
     rs_total = 0.0
-    for (name, n), ready in zip(buckets_in_backward_order(m), done):
+    for (_, n), ready in zip(buckets_in_backward_order(m), done):
         rs = collective_seconds(n * FP32, gpus)
         rs_total += rs
         comm = max(comm, ready) + rs
@@ -364,7 +364,7 @@ def main(argv=None):
                  4.0 if a.no_graphs else 1.0)
     d = facts["defaults"]
     T, B, total = d["seq_len"], d["micro_batch"], a.tokens_per_step or d["total_batch"]
-    if total % (T * B) and total % T:
+    if total % T:
         ap.error("--tokens-per-step %d is not a multiple of T = %d" % (total, T))
     rows, dp = [], []
     for n in names:
