@@ -116,30 +116,8 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_dq_kernel(floatX* dk, floatX
         const bool active = q0 + BM - 1 >= kw && kw < T;
         float st[BM / 8][4] = {}, dpt[BM / 8][4] = {};
         if (active) {
-#pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {  // S^T = K Q^T
-                FragA kf;
-                load_a<HD>(kf, Ks, 16 * warp, kc);
-#pragma unroll
-                for (int np = 0; np < BM / 16; np++) {
-                    FragB qf;
-                    load_b_rows<HD>(qf, Qt, 16 * np, kc);
-                    mma(st[2 * np], kf, qf, 0);
-                    mma(st[2 * np + 1], kf, qf, 1);
-                }
-            }
-#pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {  // dP^T = V dO^T
-                FragA vf;
-                load_a<HD>(vf, Vs, 16 * warp, kc);
-#pragma unroll
-                for (int np = 0; np < BM / 16; np++) {
-                    FragB of;
-                    load_b_rows<HD>(of, dOt, 16 * np, kc);
-                    mma(dpt[2 * np], vf, of, 0);
-                    mma(dpt[2 * np + 1], vf, of, 1);
-                }
-            }
+            warp_product_rows<HD, BM>(st, Ks, 16 * warp, Qt);   // S^T = K Q^T
+            warp_product_rows<HD, BM>(dpt, Vs, 16 * warp, dOt);  // dP^T = V dO^T
             const bool diagonal = q0 < kw + 15;
 #pragma unroll
             for (int nb = 0; nb < BM / 8; nb++)
@@ -151,27 +129,8 @@ __global__ void __launch_bounds__(BWD_THREADS) dkdv_dq_kernel(floatX* dk, floatX
                     st[nb][e] = p;
                     dpt[nb][e] = p * (dpt[nb][e] - delta_t[j]) * scale;  // dS^T
                 }
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-                FragA pa;  // dV += P^T dO
-                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-#pragma unroll
-                for (int dp = 0; dp < HD / 16; dp++) {
-                    FragB of;
-                    load_b_cols<HD>(of, dOt, 16 * kk, dp);
-                    mma(dv_acc[2 * dp], pa, of, 0);
-                    mma(dv_acc[2 * dp + 1], pa, of, 1);
-                }
-                FragA sa;  // dK += dS^T Q
-                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-                for (int dp = 0; dp < HD / 16; dp++) {
-                    FragB qf;
-                    load_b_cols<HD>(qf, Qt, 16 * kk, dp);
-                    mma(dk_acc[2 * dp], sa, qf, 0);
-                    mma(dk_acc[2 * dp + 1], sa, qf, 1);
-                }
-            }
+            warp_product_cols<HD, BM>(dv_acc, st, dOt);  // dV += P^T dO
+            warp_product_cols<HD, BM>(dk_acc, dpt, Qt);  // dK += dS^T Q
         }
         // dQ (BM x HD) += dS (BM x BN) K (BN x HD). The warps hold dS^T in pieces, so dS goes through
         // shared memory: warp w writes dS^T rows (its keys) as columns 16w .. 16w + 15 of dS (zeros

@@ -175,6 +175,43 @@ __device__ inline void c_to_a(FragA& a, const float (&c0)[4], const float (&c1)[
 #endif
 }
 
+// The two products every kernel here is made of, for one warp's 16 rows. acc (16 x N) += A B^T, with A
+// the 16 rows of tile a from a_row and B^T the N rows of tile b from its first (S = Q K^T, dP = dO V^T,
+// and with keys and queries swapped their transposes).
+template <int HD, int N>
+__device__ inline void warp_product_rows(float (&acc)[N / 8][4], const unsigned char* a, int a_row,
+                                         const unsigned char* b) {
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; kc++) {
+        FragA af;
+        load_a<HD>(af, a, a_row, kc);
+#pragma unroll
+        for (int np = 0; np < N / 16; np++) {
+            FragB bf;
+            load_b_rows<HD>(bf, b, 16 * np, kc);
+            mma(acc[2 * np], af, bf, 0);
+            mma(acc[2 * np + 1], af, bf, 1);
+        }
+    }
+}
+// acc (16 x HD) += P B, with P (16 x N) the warp's accumulators, rounded to floatX as the A operand,
+// and B the N rows of tile b from its first (O = P V, dV = P^T dO, dK = dS^T Q, dQ = dS K).
+template <int HD, int N>
+__device__ inline void warp_product_cols(float (&acc)[HD / 8][4], const float (&p)[N / 8][4], const unsigned char* b) {
+#pragma unroll
+    for (int kk = 0; kk < N / 16; kk++) {
+        FragA pa;
+        c_to_a(pa, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; dp++) {
+            FragB bf;
+            load_b_cols<HD>(bf, b, 16 * kk, dp);
+            mma(acc[2 * dp], pa, bf, 0);
+            mma(acc[2 * dp + 1], pa, bf, 1);
+        }
+    }
+}
+
 // Two fp32 values as floatX at p (aligned to the pair).
 __device__ inline void store_pair(unsigned char* p, float lo, float hi) {
     if constexpr (FLOATX_IS_FP32) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
@@ -255,18 +292,7 @@ __global__ void __launch_bounds__(FWD_THREADS, HD <= 64 ? 2 : 1)
         const int k0 = kb * BN;
         if (warp_active && k0 <= qw + 15) {  // else every key of the block is after every query of the warp
             float s[BN / 8][4] = {};  // S = Q K^T, the warp's Q fragments read once per key block
-#pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {
-                FragA qf;
-                load_a<HD>(qf, Qs, 16 * warp, kc);
-#pragma unroll
-                for (int np = 0; np < BN / 16; np++) {
-                    FragB kf;
-                    load_b_rows<HD>(kf, Kt, 16 * np, kc);
-                    mma(s[2 * np], qf, kf, 0);
-                    mma(s[2 * np + 1], qf, kf, 1);
-                }
-            }
+            warp_product_rows<HD, BN>(s, Qs, 16 * warp, Kt);
             if (k0 + BN - 1 > qw) {  // the diagonal: mask keys after the query (and so every key past T)
 #pragma unroll
                 for (int nb = 0; nb < BN / 8; nb++)
@@ -301,19 +327,7 @@ __global__ void __launch_bounds__(FWD_THREADS, HD <= 64 ? 2 : 1)
                     o[nd][2 * hr + 1] *= correction;
                 }
             }
-            // O += P V, P rounded to floatX as the A operand
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                FragA pa;
-                c_to_a(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int dp = 0; dp < HD / 16; dp++) {
-                    FragB vf;
-                    load_b_cols<HD>(vf, Vt, 16 * kk, dp);
-                    mma(o[2 * dp], pa, vf, 0);
-                    mma(o[2 * dp + 1], pa, vf, 1);
-                }
-            }
+            warp_product_cols<HD, BN>(o, s, Vt);  // O += P V, P rounded to floatX as the A operand
         }
         __syncthreads();  // every warp is done with this K, V buffer before the next iteration refills it
     }
@@ -420,30 +434,8 @@ __global__ void __launch_bounds__(BWD_THREADS, 1)
         // some query of the block sees some key of the warp, and the warp has a key before T
         if (q0 + BM - 1 >= kw && kw < T) {
             float st[BM / 8][4] = {}, dpt[BM / 8][4] = {};
-#pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {  // S^T = K Q^T
-                FragA kf;
-                load_a<HD>(kf, Ks, 16 * warp, kc);
-#pragma unroll
-                for (int np = 0; np < BM / 16; np++) {
-                    FragB qf;
-                    load_b_rows<HD>(qf, Qt, 16 * np, kc);
-                    mma(st[2 * np], kf, qf, 0);
-                    mma(st[2 * np + 1], kf, qf, 1);
-                }
-            }
-#pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {  // dP^T = V dO^T
-                FragA vf;
-                load_a<HD>(vf, Vs, 16 * warp, kc);
-#pragma unroll
-                for (int np = 0; np < BM / 16; np++) {
-                    FragB of;
-                    load_b_rows<HD>(of, dOt, 16 * np, kc);
-                    mma(dpt[2 * np], vf, of, 0);
-                    mma(dpt[2 * np + 1], vf, of, 1);
-                }
-            }
+            warp_product_rows<HD, BM>(st, Ks, 16 * warp, Qt);   // S^T = K Q^T
+            warp_product_rows<HD, BM>(dpt, Vs, 16 * warp, dOt);  // dP^T = V dO^T
             const bool diagonal = q0 < kw + 15;  // some query of the block is before some key of the warp
             // element (key kw + i, query q0 + j): i = g + 8 (e / 2), j = 8 nb + 2t + e % 2
 #pragma unroll
@@ -456,27 +448,8 @@ __global__ void __launch_bounds__(BWD_THREADS, 1)
                     st[nb][e] = p;
                     dpt[nb][e] = p * (dpt[nb][e] - delta_t[j]) * scale;  // dS^T
                 }
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) {
-                FragA pa;  // dV += P^T dO
-                c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-#pragma unroll
-                for (int dp = 0; dp < HD / 16; dp++) {
-                    FragB of;
-                    load_b_cols<HD>(of, dOt, 16 * kk, dp);
-                    mma(dv_acc[2 * dp], pa, of, 0);
-                    mma(dv_acc[2 * dp + 1], pa, of, 1);
-                }
-                FragA sa;  // dK += dS^T Q
-                c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-                for (int dp = 0; dp < HD / 16; dp++) {
-                    FragB qf;
-                    load_b_cols<HD>(qf, Qt, 16 * kk, dp);
-                    mma(dk_acc[2 * dp], sa, qf, 0);
-                    mma(dk_acc[2 * dp + 1], sa, qf, 1);
-                }
-            }
+            warp_product_cols<HD, BM>(dv_acc, st, dOt);  // dV += P^T dO
+            warp_product_cols<HD, BM>(dk_acc, dpt, Qt);  // dK += dS^T Q
         }
         __syncthreads();  // before the next iteration's copy overwrites this buffer
     }
@@ -547,30 +520,8 @@ __global__ void __launch_bounds__(DQ_THREADS)
         const int k0 = kb * BN;
         if (warp_active && k0 <= qw + 15) {
             float s[BN / 8][4] = {}, dp[BN / 8][4] = {};
-#pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {  // S = Q K^T
-                FragA qf;
-                load_a<HD>(qf, Qs, 16 * warp, kc);
-#pragma unroll
-                for (int np = 0; np < BN / 16; np++) {
-                    FragB kf;
-                    load_b_rows<HD>(kf, Kt, 16 * np, kc);
-                    mma(s[2 * np], qf, kf, 0);
-                    mma(s[2 * np + 1], qf, kf, 1);
-                }
-            }
-#pragma unroll
-            for (int kc = 0; kc < HD / 16; kc++) {  // dP = dO V^T
-                FragA of;
-                load_a<HD>(of, dOs, 16 * warp, kc);
-#pragma unroll
-                for (int np = 0; np < BN / 16; np++) {
-                    FragB vf;
-                    load_b_rows<HD>(vf, Vt, 16 * np, kc);
-                    mma(dp[2 * np], of, vf, 0);
-                    mma(dp[2 * np + 1], of, vf, 1);
-                }
-            }
+            warp_product_rows<HD, BN>(s, Qs, 16 * warp, Kt);   // S = Q K^T
+            warp_product_rows<HD, BN>(dp, dOs, 16 * warp, Vt);  // dP = dO V^T
             const bool diagonal = k0 + BN - 1 > qw;
 #pragma unroll
             for (int nb = 0; nb < BN / 8; nb++)
@@ -581,18 +532,7 @@ __global__ void __launch_bounds__(DQ_THREADS)
                     if (diagonal && k0 + 8 * nb + 2 * t + (e & 1) > qw + g + 8 * hr) p = 0.0f;
                     s[nb][e] = p * (dp[nb][e] - dlt[hr]) * scale;  // dS
                 }
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                FragA sa;
-                c_to_a(sa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int dp2 = 0; dp2 < HD / 16; dp2++) {
-                    FragB kf;
-                    load_b_cols<HD>(kf, Kt, 16 * kk, dp2);
-                    mma(dq_acc[2 * dp2], sa, kf, 0);
-                    mma(dq_acc[2 * dp2 + 1], sa, kf, 1);
-                }
-            }
+            warp_product_cols<HD, BN>(dq_acc, s, Kt);  // dQ += dS K
         }
         __syncthreads();  // before the next iteration's copy overwrites this buffer
     }
