@@ -43,6 +43,11 @@ skipped) is recorded as such in DONE. Finished runs are not run again; a rerun w
 trainer flags for a finished run stops with an error (OUT/CONFIG/.../reproduce.json holds the flags).
 An unfinished run resumes from its newest checkpoint (-r), or starts over (-W 1) if it has none (or
 only the final one, written just before the final validation that did not finish).
+--reuse DIR (another run of this script's --out; repeatable): a run not started yet whose trainer
+flags have the same values as a finished run under DIR is copied from there, with its checkpoint and
+analysis, instead of trained again (the CPU trainer is deterministic: the run would be bitwise the
+same); runs.csv names its source and results.md leaves its wall time out of this table's. For
+example cpu_table3's alpha 0, 0.25 and 1 and cpu_lr's lr 1e-3 are cpu_table1's 24-layer runs.
 
 Output in --out: runs.csv (every seed's final validation loss and perplexity), results.csv and
 results.md (per configuration: the seeds' mean and standard deviation (n - 1) of the final
@@ -71,6 +76,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -244,16 +250,58 @@ def check_flags(directory, flags):
                        "use another --out, or delete that directory to run it again")
 
 
+def run_record(directory):
+    """reproduce.json of a run: {} if there is none or it is unreadable."""
+    try:
+        with open(os.path.join(directory, "reproduce.json")) as f:
+            record = json.load(f)
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def run_seconds(directory):
     """The trainer's wall time of a run so far, as reproduce.json records it (0 if unknown)."""
     try:
-        with open(os.path.join(directory, "reproduce.json")) as f:
-            return float(json.load(f).get("seconds", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return float(run_record(directory).get("seconds", 0))
+    except (ValueError, TypeError):
         return 0.0
 
 
-def run_one(trainer, directory, flags, dry_run=False):
+def effective_flags(flags):
+    """A trainer command line as {flag: value}: every trainer flag takes one value, and the last wins."""
+    return dict(zip(flags[::2], flags[1::2]))
+
+
+def find_reusable(reuse_dirs, flags):
+    """A finished run under one of reuse_dirs (another study's --out) that ran these very flags, or None."""
+    want = effective_flags(flags)
+    for root in reuse_dirs:
+        for path in sorted(glob.glob(os.path.join(root, "**", "reproduce.json"), recursive=True)):
+            directory = os.path.dirname(path)
+            try:
+                with open(path) as f:
+                    recorded = json.load(f)["flags"]
+            except (ValueError, KeyError, TypeError, OSError):
+                continue
+            if effective_flags(recorded) == want and done_status(directory) == "ok" \
+                    and finished_status(directory, recorded) == "ok":
+                return directory
+    return None
+
+
+def reuse_run(source, directory, flags):
+    """Copies a finished run of the same flags from another study (the trainer is deterministic: its
+    rerun would be bitwise the same) and records where it came from and its original wall time."""
+    shutil.copytree(source, directory)
+    with open(os.path.join(source, "reproduce.json")) as f:
+        seconds = json.load(f).get("seconds", 0)
+    with open(os.path.join(directory, "reproduce.json"), "w") as f:
+        json.dump({"flags": flags, "seconds": seconds, "copied_from": os.path.abspath(source)}, f)
+    print(f"copied {source} -> {directory} (same trainer flags)", flush=True)
+
+
+def run_one(trainer, directory, flags, dry_run=False, reuse_dirs=()):
     """Runs (or resumes) one run unless it is finished; returns ('ok' | 'diverged' | 'pending', ran)."""
     check_flags(directory, flags)
     status = finished_status(directory, flags)
@@ -262,6 +310,13 @@ def run_one(trainer, directory, flags, dry_run=False):
             with open(os.path.join(directory, "DONE"), "w") as f:
                 f.write(status + "\n")
         return status, False
+    source = find_reusable(reuse_dirs, flags) if not os.path.exists(directory) else None
+    if source:
+        if not dry_run:
+            reuse_run(source, directory, flags)
+            return "ok", False
+        print(f"+ copy {source} -> {directory}", flush=True)
+        return "pending", False
     cmd = [trainer] + flags + ["-o", directory]
     steps = parse_steps(flags)
     if steps is not None and os.path.exists(os.path.join(directory, f"ckpt_{steps:08d}.bin")):
@@ -391,17 +446,24 @@ def unigram_baseline(common):
 def write_tables(out, name, protocol, common, seeds, configs, runs, dirs):
     """runs.csv, results.csv and results.md; returns the markdown table and the unigram baseline."""
     rows = summarize(configs, runs)
-    total = 0.0
+    total, copied = 0.0, {}  # copied: the wall time of the runs copied from other studies, by source study
     with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["config", "seed", "status", "val_loss", "val_ppl", "wall_s", "dir"])
+        w.writerow(["config", "seed", "status", "val_loss", "val_ppl", "wall_s", "dir", "copied_from"])
         for c in configs:
             for s in seeds:
                 status, loss = runs[(c.name, s)]
                 seconds = run_seconds(dirs[(c.name, s)])
-                total += seconds
+                source = run_record(dirs[(c.name, s)]).get("copied_from", "")
+                if source:
+                    study = os.path.basename(os.path.dirname(os.path.dirname(source)) if s is not None
+                                             else os.path.dirname(source))
+                    copied[study] = copied.get(study, 0.0) + seconds
+                else:
+                    total += seconds
                 w.writerow([c.name, "" if s is None else s, status, fmt(loss, 6),
-                            fmt(math.exp(loss), 4) if loss is not None else "", fmt(seconds, 1), dirs[(c.name, s)]])
+                            fmt(math.exp(loss), 4) if loss is not None else "", fmt(seconds, 1), dirs[(c.name, s)],
+                            source])
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["config", "seeds", "ok", "diverged", "val_loss_mean", "val_loss_std", "val_ppl_mean", "val_ppl_std",
@@ -451,6 +513,9 @@ def write_tables(out, name, protocol, common, seeds, configs, runs, dirs):
                      "same seed)")
     if total:
         notes.append(f"the trainer's wall time over these runs: {total / 60:.1f} min (runs.csv has each run's)")
+    for study, seconds in sorted(copied.items()):
+        notes.append(f"runs with the same trainer flags copied from {study} (--reuse; {seconds / 60:.1f} min of "
+                     "trainer wall time there, not counted above): runs.csv names them")
     if baseline:
         notes.append(f"unigram baseline: the cross-entropy on val of train's token frequencies ({baseline[1]})")
     with open(os.path.join(out, "results.md"), "w") as f:
@@ -602,6 +667,9 @@ def main():
     ap.add_argument("--configs", help="only the configurations whose name matches this regular expression")
     ap.add_argument("--protocol", choices=["paper", "packed"], default="paper",
                     help="paper: the official code's data, validation and DeepNorm (default); packed: this project's")
+    ap.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                    help="another run's --out (repeatable): a run not started here whose trainer flags match a "
+                    "finished run there (same values, any order) is copied instead of run again")
     ap.add_argument("--dry-run", action="store_true", help="print the commands of the runs still to do, run nothing")
     ap.add_argument("--no-plots", action="store_true", help="no plots")
     args = ap.parse_args(argv[:split])
@@ -672,7 +740,7 @@ def main():
             if seed is not None:
                 directory = os.path.join(directory, f"seed_{seed}")
                 flags = flags + ["-s", str(seed)]
-            status, did = run_one(args.trainer, directory, flags, args.dry_run)
+            status, did = run_one(args.trainer, directory, flags, args.dry_run, args.reuse)
             ran += did
             loss = final_val_loss(os.path.join(directory, "log.csv"), parse_steps(flags)) if status == "ok" else None
             runs[(c.name, seed)], dirs[(c.name, seed)] = (status, loss), directory

@@ -212,6 +212,20 @@ restarts_after_final_checkpoint() {
         { cat "$tmp/restart.log"; return 1; }
 }
 check "a seed killed in its final validation starts over, to the same result" restarts_after_final_checkpoint
+# --reuse: a run whose flags match a finished run of another --out (the same values, here with -x
+# given twice) is copied with its analysis, not run; seed 3, not in t1, runs.
+reuses_finished_runs() {
+    python3 scripts/reproduce.py table1 --trainer ./train_mixln_cpu --analyze --analysis-batches 1 --no-plots --seeds 1,3 \
+        --configs Mix-LN --reuse "$tmp/t1" --out "$tmp/re" -- "${flags[@]}" -x 4 > "$tmp/re.log" 2>&1 || { cat "$tmp/re.log"; return 1; }
+    [ "$(grep -c "^copied $tmp/t1/.*/seed_1 -> $tmp/re/.*/seed_1 " "$tmp/re.log")" -eq 2 ] &&
+        [ "$(grep -c '^+ ./train_mixln_cpu' "$tmp/re.log")" -eq 2 ] && [ "$(grep -c '^+ ./train_mixln_cpu.* -s 3 ' "$tmp/re.log")" -eq 2 ] &&
+        [ "$(grep -c '^+ .*analyze_mixln_cpu' "$tmp/re.log")" -eq 2 ] &&
+        cmp "$tmp/t1/Mix-LN/seed_1/log.csv" "$tmp/re/Mix-LN/seed_1/log.csv" &&
+        tr -d '\r' < "$tmp/re/runs.csv" > "$tmp/re_runs.csv" && grep -q "^Mix-LN,1,ok,.*,$tmp/t1/Mix-LN/seed_1$" "$tmp/re_runs.csv" &&
+        grep -q "^Mix-LN,3,ok,.*,$" "$tmp/re_runs.csv" &&
+        grep -q "copied from t1 (--reuse" "$tmp/re/results.md" || { cat "$tmp/re.log" "$tmp/re/runs.csv"; return 1; }
+}
+check "--reuse copies finished runs of the same flags from another study and runs the others" reuses_finished_runs
 # Diverged runs, with a stand-in trainer: Post-LN stops on a non-finite loss (exit code 3), DeepNorm
 # on -N skipped updates (4), the others finish with a val loss of 5 + seed / 10 (Mix-LN 0.1 lower).
 diverged_runs() {
