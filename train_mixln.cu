@@ -379,14 +379,14 @@ struct GpuModel {
     // ---- forward ----
 
     // The sublayers: the F(x) of eq. 1 and 2, written to f.
-    // Attention: one q|k|v projection with the layer's (3C, C) weight (wq, wk, wv stacked), RoPE on q
-    // and k (the first 2 NH heads of each 3C row), causal flash attention reading q, k, v from those
-    // rows, o projection.
+    // Attention: one q|k|v projection with the layer's (3C, C) weight (wq, wk, wv stacked), causal flash
+    // attention reading q, k, v from those rows and turning q and k by RoPE as it reads them (q|k|v
+    // stays unturned in memory), o projection.
     void attention_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
-        const int N = B * T, C = cfg.d_model, NH = cfg.n_head, hd = cfg.head_dim();
+        const int N = B * T, C = cfg.d_model, NH = cfg.n_head;
         matmul_forward(a.qkv, a.attn_in, param(WQ, l), N, C, 3 * C, stream);
-        rope_forward(a.qkv, a.qkv, rope_table, B, T, 2 * NH, hd, /*stride=*/3 * C, stream);
-        attention_forward(a.attn_y, a.lse, a.qkv, a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, B, T, C, NH, stream);
+        attention_forward(a.attn_y, a.lse, a.qkv, a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, B, T, C, NH, rope_table,
+                          stream);
         matmul_forward(f, a.attn_y, param(WO, l), N, C, C, stream);
     }
 
@@ -460,12 +460,12 @@ struct GpuModel {
 
     // dout = d attn_out; writes d attn_in into dinp: one product from d q|k|v, laid out as q|k|v.
     void attention_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
-        const int N = B * T, C = cfg.d_model, NH = cfg.n_head, hd = cfg.head_dim();
+        const int N = B * T, C = cfg.d_model, NH = cfg.n_head;
         floatX* d_qkv = acts.d_qkv;
         matmul_backward(acts.d_attn_y, grad(WO, l), dout, a.attn_y, param(WO, l), N, C, C, stream);
         attention_backward(d_qkv, d_qkv + C, d_qkv + 2 * C, acts.attn_delta, acts.d_attn_y, a.attn_y, a.lse, a.qkv,
-                           a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, /*dstride=*/3 * C, B, T, C, NH, stream);
-        rope_backward(d_qkv, d_qkv, rope_table, B, T, 2 * NH, hd, /*stride=*/3 * C, stream);
+                           a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, /*dstride=*/3 * C, B, T, C, NH, rope_table,
+                           stream);  // d q|k|v with respect to the unturned q and k
         matmul_backward(dinp, grad(WQ, l), d_qkv, a.attn_in, param(WQ, l), N, C, 3 * C, stream);
     }
 

@@ -24,6 +24,11 @@
 //      small kernel rounds dq to bf16. Not deterministic (the order of the fp32 adds varies run to
 //      run); it measures what version 2's determinism costs. Forward as 2. bf16 only, head sizes 64
 //      and 128.
+//   4  as 2 with RoPE fused, the trainer's call: q and k given unturned with the rope table; each tile
+//      is turned in shared memory as it lands (one more pass and barrier per tile), dQ and dK turned
+//      back in registers before their stores. What it replaces is version 2 after the standalone rope
+//      kernel and before it again in the backward: compare version 4's times with version 2's plus
+//      twice dev/rope.cu's at the same shape (q and k: 2 NH heads).
 //
 // Build and run (make dev builds every benchmark; make dev PRECISION=FP32 puts fp32 ones in build/fp32/dev):
 //   nvcc -O3 -std=c++17 -Xcompiler -fopenmp -gencode arch=compute_90a,code=sm_90a dev/attention.cu -o attention -lcublasLt -lcublas
@@ -41,13 +46,17 @@
 #include "common.cuh"
 #include "attention_v1.cuh"
 #include "../kernels/attention.cuh"
+#include "../kernels/cpu/rope.h"
 #include "../test/attention_checks.h"
+#include "../test/rope_checks.h"
 
 static const char* const VERSIONS[] = {
     "simple (dev/attention_v1.cuh, WMMA from shared memory)",
     "production (kernels/attention.cuh, mma.sync register-level, deterministic 2-kernel backward)",
     "as 2, backward in one kernel with fp32 atomics for dq (5 products, not deterministic)",
+    "as 2 with RoPE fused: q and k turned as their tiles land, dQ and dK turned back (the trainer's call)",
 };
+static const double ROPE_THETA = 10000.0;
 
 #ifndef ENABLE_FP32
 namespace atomic_dq {  // version 3's backward, on the building blocks of kernels/attention.cuh
@@ -213,26 +222,27 @@ void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, float* dq_accum,
 
 // ----------------------------------------------------------------------------
 
-static void run_forward(int version, floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, int B,
-                        int T, int C, int NH) {
+// rope: the table, for version 4 (nullptr for the others).
+static void run_forward(int version, floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v,
+                        const float2* rope, int B, int T, int C, int NH) {
     if (version == 1) {
         attention_detail::with_head_dim(C, NH, [&](auto hd) {
             attention_v1::forward<decltype(hd)::value>(out, lse, q, k, v, C, B, T, C, NH, 0);
         });
         return;
     }
-    attention_forward(out, lse, q, k, v, C, B, T, C, NH, 0);  // versions 2 and 3
+    attention_forward(out, lse, q, k, v, C, B, T, C, NH, rope, 0);  // versions 2, 3 and 4
 }
 
 static void run_backward(int version, floatX* dq, floatX* dk, floatX* dv, float* delta, float* dq_accum, const floatX* dout,
-                         const floatX* out, const float* lse, const floatX* q, const floatX* k, const floatX* v, int B,
-                         int T, int C, int NH) {
+                         const floatX* out, const float* lse, const floatX* q, const floatX* k, const floatX* v,
+                         const float2* rope, int B, int T, int C, int NH) {
     if (version == 1) {
         attention_detail::with_head_dim(C, NH, [&](auto hd) {
             attention_v1::backward<decltype(hd)::value>(dq, dk, dv, delta, dout, out, lse, q, k, v, C, C, B, T, C, NH, 0);
         });
-    } else if (version == 2) {
-        attention_backward(dq, dk, dv, delta, dout, out, lse, q, k, v, C, C, B, T, C, NH, 0);
+    } else if (version == 2 || version == 4) {
+        attention_backward(dq, dk, dv, delta, dout, out, lse, q, k, v, C, C, B, T, C, NH, rope, 0);
     } else {
 #ifndef ENABLE_FP32
         if (C / NH == 64) atomic_dq::backward<64>(dq, dk, dv, delta, dq_accum, dout, out, lse, q, k, v, B, T, C, NH);
@@ -255,7 +265,7 @@ static std::vector<Out> gather_heads(const std::vector<float>& x, const std::vec
 }
 
 int main(int argc, char** argv) {
-    const int version = parse_version(argc, argv, 3, VERSIONS);
+    const int version = parse_version(argc, argv, 4, VERSIONS);
     if (version == 3) require_bf16(version);
     measure_ceilings();
     // Small shapes first, validated only (tile edges: T of one and two forward blocks, partial tiles;
@@ -286,12 +296,22 @@ int main(int argc, char** argv) {
             k.fill_normal(72);
             v.fill_normal(73);
             dout.fill_normal(74);
+            // Version 4: the table; the reference's q and k are the inputs turned as the kernels turn them.
+            const bool rope = version == 4;
+            const std::vector<float2> table_host = rope ? rope_table_reference(T, hd, ROPE_THETA) : std::vector<float2>();
+            DeviceBuffer<float2> table(table_host.size());
+            cudaCheck(cudaMemcpy(table.ptr, table_host.data(), table_host.size() * sizeof(float2), cudaMemcpyHostToDevice));
+            const float2* rope_table = rope ? table.ptr : nullptr;
+            std::vector<float> q_in = q.download(), k_in = k.download();
+            if (rope) {
+                rope_turn_reference(q_in, table_host, N, T, NH, hd, C);
+                rope_turn_reference(k_in, table_host, N, T, NH, hd, C);
+            }
 
             // Reference on two heads, gathered as B = 2 sequences of one head (hd columns).
             const std::vector<std::pair<int, int>> heads = {{0, 0}, {B - 1, NH - 1}};
             const int H = (int)heads.size();
-            const std::vector<double> q_h = gather_heads(q.download(), heads, T, C, hd),
-                                      k_h = gather_heads(k.download(), heads, T, C, hd),
+            const std::vector<double> q_h = gather_heads(q_in, heads, T, C, hd), k_h = gather_heads(k_in, heads, T, C, hd),
                                       v_h = gather_heads(v.download(), heads, T, C, hd),
                                       dout_h = gather_heads(dout.download(), heads, T, C, hd);
             std::vector<double> out_ref((size_t)H * T * hd), probs((size_t)H * T * T);
@@ -301,8 +321,14 @@ int main(int argc, char** argv) {
                 dv_ref((size_t)H * T * hd, 0.0);
             attention_backward(dq_ref.data(), dk_ref.data(), dv_ref.data(), dout_h.data(), probs.data(), q_h.data(),
                                k_h.data(), v_h.data(), H, T, hd, 1);
-            const AttentionScales scales = attention_error_scales(probs, q_h, k_h, v_h, out_ref, dout_h, dq_ref, dk_ref,
-                                                                  dv_ref, H, T, hd, 1);
+            AttentionScales scales = attention_error_scales(probs, q_h, k_h, v_h, out_ref, dout_h, dq_ref, dk_ref, dv_ref,
+                                                            H, T, hd, 1);
+            if (rope) {  // the gradients with respect to the unturned q and k
+                rope_backward(dq_ref.data(), dq_ref.data(), H, T, 1, hd, ROPE_THETA);
+                rope_backward(dk_ref.data(), dk_ref.data(), H, T, 1, hd, ROPE_THETA);
+                rope_combine_scales(scales.dq, (long)H * T, 1, hd);
+                rope_combine_scales(scales.dk, (long)H * T, 1, hd);
+            }
             auto gpu_lse = [&] {
                 std::vector<float> r;
                 for (auto [b, h] : heads) {
@@ -324,7 +350,7 @@ int main(int argc, char** argv) {
                               gradient ? bounds.grad_element : bounds.out_element);
             };
 
-            auto forward = [&] { run_forward(version, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, B, T, C, NH); };
+            auto forward = [&] { run_forward(version, out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, rope_table, B, T, C, NH); };
             out.poison();
             lse.poison();
             forward();
@@ -337,7 +363,7 @@ int main(int argc, char** argv) {
 
             auto backward = [&] {
                 run_backward(version, dq.ptr, dk.ptr, dv.ptr, delta.ptr, dq_accum.ptr, dout.ptr, out.ptr, lse.ptr, q.ptr,
-                             k.ptr, v.ptr, B, T, C, NH);
+                             k.ptr, v.ptr, rope_table, B, T, C, NH);
             };
             dq.poison();
             dk.poison();

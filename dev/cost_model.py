@@ -129,7 +129,9 @@ def micro_batch_kernels(m, B, T, F=None):
     ks.append(mem("embedding forward", 2 * act + N * 4))
 
     def attention_forward():
-        return [gemm("q|k|v", N, 3 * C, C), mem("rope q,k", 2 * N * 2 * C * BF16),
+        # RoPE is turned inside the attention kernels (no kernel of its own): the turn, one pass over
+        # each tile in shared memory, is not charged (dev/attention.cu's version 4 against 2 measures it)
+        return [gemm("q|k|v", N, 3 * C, C),
                 Kernel("attention forward", "attention", attn_fwd_flops, (3 * act + act + N * NH * FP32)),
                 gemm("o", N, C, C)]
 
@@ -163,8 +165,7 @@ def micro_batch_kernels(m, B, T, F=None):
         return (gemm_backward("o", N, C, C) +
                 [mem("attention delta", 2 * act + N * NH * FP32),
                  Kernel("attention backward dk dv", "attention", 2.5 * attn_fwd_flops * 0.6, 5 * act + 2 * act),
-                 Kernel("attention backward dq", "attention", 2.5 * attn_fwd_flops * 0.4, 4 * act + act),
-                 mem("rope backward", 2 * N * 2 * C * BF16)] +
+                 Kernel("attention backward dq", "attention", 2.5 * attn_fwd_flops * 0.4, 4 * act + act)] +
                 gemm_backward("q|k|v", N, C, 3 * C))
 
     def mlp_backward():

@@ -25,9 +25,16 @@
 // registers over the query blocks that see it, another per query block accumulates dQ over the key
 // blocks; both recompute P = exp(s - lse) from the forward's lse, with delta = rowsum(dO * O) from a
 // small kernel first: 7 tile products per tile pair instead of FlashAttention-2's 5.
+//
+// RoPE fused (the `rope` table of kernels/rope.cuh's rope_table_init; nullptr: q and k are used as given): q and k are read
+// as the q|k|v product wrote them and each tile is turned in shared memory as it lands, by the
+// standalone kernel's own rope_turn (the same bits); the backward turns dQ and dK back in registers
+// before storing them (q' = R q gives dq = R^T dq'). The trainer saves RoPE's two round trips through
+// memory per layer; the turn costs one pass over each tile in shared memory and a barrier.
 #pragma once
 #include "common.cuh"
 #include "ptx.cuh"
+#include "rope_turn.cuh"
 
 namespace attention_detail {
 
@@ -56,6 +63,23 @@ __device__ inline void load_tile(unsigned char* tile, const floatX* src, long st
         const int r = i / CH, c = i % CH;
         const bool valid = row0 + r < T;
         cp_async16(tile + at<HD>(r, c * CHUNK), src + (long)(valid ? row0 + r : 0) * stride + c * CHUNK, valid);
+    }
+}
+
+// Turns the rows of a tile that are before T by RoPE: row r is position pos0 + r.
+template <int R, int HD, int THREADS>
+__device__ inline void rope_tile(unsigned char* tile, const float2* rope, int pos0, int T) {
+    constexpr int HALF = HD / 2, CH = HALF / CHUNK;  // a row: CH 16-byte chunks per half (HD / 2 % 8 == 0)
+#pragma unroll 1  // one chunk's registers at a time: unrolled, the fp32 build spilled (forward at HD 64)
+    for (int i = threadIdx.x; i < R * CH; i += THREADS) {
+        const int r = i / CH, c = i % CH * CHUNK;
+        if (pos0 + r >= T) continue;  // rows past T are zeros and stay so
+        PackedX* first = reinterpret_cast<PackedX*>(tile + at<HD>(r, c));
+        PackedX* second = reinterpret_cast<PackedX*>(tile + at<HD>(r, c + HALF));
+        PackedX x1 = *first, x2 = *second;
+        rope_turn(x1, x2, rope + (long)(pos0 + r) * HALF + c, 1.0f);
+        *first = x1;
+        *second = x2;
     }
 }
 
@@ -212,6 +236,30 @@ __device__ inline void warp_product_cols(float (&acc)[HD / 8][4], const float (&
     }
 }
 
+// Turns a warp's 16 x HD fp32 accumulators of rows pos0 .. pos0 + 15 back by RoPE (R^T: the gradient
+// with respect to the unrotated q or k). A lane holds columns 8 nd + 2t + j of rows g and g + 8 for
+// every nd, so column i and its partner i + HD/2 (block nd + HD/16) are in the same lane.
+template <int HD>
+__device__ inline void rope_turn_back(float (&acc)[HD / 8][4], const float2* rope, int pos0, int T) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int pos = pos0 + g + 8 * hr;
+        if (pos >= T) continue;  // not stored
+#pragma unroll
+        for (int nd = 0; nd < HD / 16; nd++) {
+            const float4 cs = *reinterpret_cast<const float4*>(rope + (long)pos * (HD / 2) + 8 * nd + 2 * t);
+            const float c[2] = {cs.x, cs.z}, sn[2] = {cs.y, cs.w};
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const float a = acc[nd][2 * hr + j], b = acc[nd + HD / 16][2 * hr + j];
+                acc[nd][2 * hr + j] = fmaf(a, c[j], b * sn[j]);
+                acc[nd + HD / 16][2 * hr + j] = fmaf(b, c[j], -a * sn[j]);
+            }
+        }
+    }
+}
+
 // Two fp32 values as floatX at p (aligned to the pair).
 __device__ inline void store_pair(unsigned char* p, float lo, float hi) {
     if constexpr (FLOATX_IS_FP32) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
@@ -254,7 +302,7 @@ constexpr int forward_smem_bytes() { return (FWD_BM + 4 * FWD_BN) * PITCH<HD>; }
 template <int HD>
 __global__ void __launch_bounds__(FWD_THREADS, HD <= 64 ? 2 : 1)
     attention_forward_kernel(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
-                             int T, int C, int NH) {
+                             int T, int C, int NH, const float2* rope) {
     constexpr int BM = FWD_BM, BN = FWD_BN, TILE_KV = BN * PITCH<HD>;
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* Qs = smem;
@@ -287,6 +335,11 @@ __global__ void __launch_bounds__(FWD_THREADS, HD <= 64 ? 2 : 1)
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (rope) {  // the tiles that just landed: Q once, each K block
+            if (kb == 0) rope_tile<BM, HD, FWD_THREADS>(Qs, rope, q0, T);
+            rope_tile<BN, HD, FWD_THREADS>(Ks + (kb & 1) * TILE_KV, rope, kb * BN, T);
+            __syncthreads();
+        }
         const unsigned char* Kt = Ks + (kb & 1) * TILE_KV;
         const unsigned char* Vt = Vs + (kb & 1) * TILE_KV;
         const int k0 = kb * BN;
@@ -384,7 +437,7 @@ template <int HD>
 __global__ void __launch_bounds__(BWD_THREADS, 1)
     attention_backward_dkdv_kernel(floatX* dk, floatX* dv, const floatX* dout, const float* lse, const float* delta,
                                    const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int T,
-                                   int C, int NH) {
+                                   int C, int NH, const float2* rope) {
     constexpr int BN = BWD_BN, BM = BWD_BM<HD>, TILE_Q = BM * PITCH<HD>;
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* Ks = smem;
@@ -414,6 +467,11 @@ __global__ void __launch_bounds__(BWD_THREADS, 1)
     };
     load_query_block(k0, 0);  // query blocks before k0 see none of these keys (BM divides BN)
     cp_async_commit();
+    if (rope) {  // K turned once, here: in the loop, where dK and dV fill the registers, the fp32 build spilled
+        cp_async_wait<0>();
+        __syncthreads();
+        rope_tile<BN, HD, BWD_THREADS>(Ks, rope, k0, T);  // ordered before its readers by the loop's barrier
+    }
 
     const int kw = k0 + 16 * warp;  // the warp's first key
     float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
@@ -427,6 +485,10 @@ __global__ void __launch_bounds__(BWD_THREADS, 1)
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (rope) {  // the Q block that just landed
+            rope_tile<BM, HD, BWD_THREADS>(Qs + buf * TILE_Q, rope, q0, T);
+            __syncthreads();
+        }
         const unsigned char* Qt = Qs + buf * TILE_Q;
         const unsigned char* dOt = dOs + buf * TILE_Q;
         const float* lse_t = lse_s + buf * BM;  // in log2 units
@@ -454,6 +516,7 @@ __global__ void __launch_bounds__(BWD_THREADS, 1)
         __syncthreads();  // before the next iteration's copy overwrites this buffer
     }
     if (kw >= T) return;
+    if (rope) rope_turn_back<HD>(dk_acc, rope, kw, T);
     const float one[2] = {1.0f, 1.0f};
     const long dst = ((long)b * T + kw) * dstride + h * HD;
     store_rows<HD>(Ks, 16 * warp, dk_acc, one, dk + dst, dstride, T - kw);  // the warp's own K and V rows
@@ -474,7 +537,8 @@ constexpr int dq_smem_bytes() { return (2 * DQ_BM + 4 * DQ_BN<HD>) * PITCH<HD>; 
 template <int HD>
 __global__ void __launch_bounds__(DQ_THREADS)
     attention_backward_dq_kernel(floatX* dq, const floatX* dout, const float* lse, const float* delta, const floatX* q,
-                                 const floatX* k, const floatX* v, long stride, long dstride, int T, int C, int NH) {
+                                 const floatX* k, const floatX* v, long stride, long dstride, int T, int C, int NH,
+                                 const float2* rope) {
     constexpr int BM = DQ_BM, BN = DQ_BN<HD>, TILE_KV = BN * PITCH<HD>;
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* Qs = smem;
@@ -515,6 +579,11 @@ __global__ void __launch_bounds__(DQ_THREADS)
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (rope) {  // the tiles that just landed: Q once, each K block
+            if (kb == 0) rope_tile<BM, HD, DQ_THREADS>(Qs, rope, q0, T);
+            rope_tile<BN, HD, DQ_THREADS>(Ks + (kb & 1) * TILE_KV, rope, kb * BN, T);
+            __syncthreads();
+        }
         const unsigned char* Kt = Ks + (kb & 1) * TILE_KV;
         const unsigned char* Vt = Vs + (kb & 1) * TILE_KV;
         const int k0 = kb * BN;
@@ -537,6 +606,7 @@ __global__ void __launch_bounds__(DQ_THREADS)
         __syncthreads();  // before the next iteration's copy overwrites this buffer
     }
     if (!warp_active) return;
+    if (rope) rope_turn_back<HD>(dq_acc, rope, qw, T);
     const float one[2] = {1.0f, 1.0f};
     store_rows<HD>(Qs, 16 * warp, dq_acc, one, dq + ((long)b * T + qw) * dstride + h * HD, dstride, T - qw);
 }
@@ -556,28 +626,28 @@ void allow_smem(size_t bytes) {
 
 template <int HD>
 void forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride, int B, int T,
-             int C, int NH, cudaStream_t stream) {
+             int C, int NH, const float2* rope, cudaStream_t stream) {
     constexpr int smem = forward_smem_bytes<HD>();
     allow_smem<attention_forward_kernel<HD>>(smem);
     const dim3 grid(B * NH, (unsigned)ceil_div(T, FWD_BM));
-    attention_forward_kernel<HD><<<grid, FWD_THREADS, smem, stream>>>(out, lse, q, k, v, stride, T, C, NH);
+    attention_forward_kernel<HD><<<grid, FWD_THREADS, smem, stream>>>(out, lse, q, k, v, stride, T, C, NH, rope);
     cudaCheck(cudaGetLastError());
 }
 
 template <int HD>
 void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* dout, const floatX* out, const float* lse,
               const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int B, int T, int C, int NH,
-              cudaStream_t stream) {
+              const float2* rope, cudaStream_t stream) {
     attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, DELTA_THREADS / 32), DELTA_THREADS, 0, stream>>>(
         delta, out, dout, B, T, C, NH);
     cudaCheck(cudaGetLastError());
     allow_smem<attention_backward_dkdv_kernel<HD>>(dkdv_smem_bytes<HD>());
     attention_backward_dkdv_kernel<HD><<<dim3(B * NH, (unsigned)ceil_div(T, BWD_BN)), BWD_THREADS, dkdv_smem_bytes<HD>(),
-                                         stream>>>(dk, dv, dout, lse, delta, q, k, v, stride, dstride, T, C, NH);
+                                         stream>>>(dk, dv, dout, lse, delta, q, k, v, stride, dstride, T, C, NH, rope);
     cudaCheck(cudaGetLastError());
     allow_smem<attention_backward_dq_kernel<HD>>(dq_smem_bytes<HD>());
     attention_backward_dq_kernel<HD><<<dim3(B * NH, (unsigned)ceil_div(T, DQ_BM)), DQ_THREADS, dq_smem_bytes<HD>(),
-                                       stream>>>(dq, dout, lse, delta, q, k, v, stride, dstride, T, C, NH);
+                                       stream>>>(dq, dout, lse, delta, q, k, v, stride, dstride, T, C, NH, rope);
     cudaCheck(cudaGetLastError());
 }
 
@@ -600,20 +670,23 @@ void with_head_dim(int C, int NH, F&& f) {
 inline bool attention_head_dim_supported(int hd) { return hd >= 16 && hd <= 128 && hd % 16 == 0; }
 
 // out (B, T, C) and lse (B, NH, T) from q, k, v with rows of `stride` elements (C, or 3C when fused).
+// rope: RoPE's (cos, sin) table of at least T positions (rope_table_init), turning q and k as they are
+// read; nullptr: q and k are used as they are.
 inline void attention_forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
-                              int B, int T, int C, int NH, cudaStream_t stream) {
+                              int B, int T, int C, int NH, const float2* rope, cudaStream_t stream) {
     attention_detail::with_head_dim(C, NH, [&](auto hd) {
-        attention_detail::forward<decltype(hd)::value>(out, lse, q, k, v, stride, B, T, C, NH, stream);
+        attention_detail::forward<decltype(hd)::value>(out, lse, q, k, v, stride, B, T, C, NH, rope, stream);
     });
 }
 
 // Writes (does not accumulate) dq, dk, dv with rows of `dstride` elements; delta is (B, NH, T) fp32
-// scratch. out and lse are the forward's.
+// scratch. out and lse are the forward's, q, k, v and rope the forward's inputs: with rope, dq and dk
+// are the gradients with respect to the unturned q and k.
 inline void attention_backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* dout, const floatX* out,
                                const float* lse, const floatX* q, const floatX* k, const floatX* v, long stride,
-                               long dstride, int B, int T, int C, int NH, cudaStream_t stream) {
+                               long dstride, int B, int T, int C, int NH, const float2* rope, cudaStream_t stream) {
     attention_detail::with_head_dim(C, NH, [&](auto hd) {
         attention_detail::backward<decltype(hd)::value>(dq, dk, dv, delta, dout, out, lse, q, k, v, stride, dstride, B, T, C,
-                                                        NH, stream);
+                                                        NH, rope, stream);
     });
 }

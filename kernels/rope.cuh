@@ -7,6 +7,10 @@
 //   out[i + hd/2] = x[i + hd/2] * cos + x[i] * sin
 // The rotation is orthogonal, so the backward is the same map with the angle negated.
 //
+// The trainer turns q and k inside the attention kernels (attention_forward / attention_backward with
+// the table: kernels/attention.cuh), saving this kernel's round trip through memory in both passes;
+// the standalone kernel here is the unfused path that dev/attention.cu and the tests compare with.
+//
 // Preconditions of the 128-bit accesses, checked at launch: hd / 2 and the stride multiples of VEC (8
 // bf16, 4 fp32) and the pointers 16-byte aligned, so that both halves of every head start on 16-byte
 // boundaries. The trainer always meets them: its heads are multiples of 16 (the attention kernel's
@@ -15,6 +19,7 @@
 #pragma once
 #include <cstdint>
 #include "common.cuh"
+#include "rope_turn.cuh"
 
 // table[t * hd/2 + i] = (cos, sin) of angle(t, i), for t < T. Built once, in double as the reference
 // (then rounded to fp32), so positions far into the sequence keep their accuracy.
@@ -30,8 +35,8 @@ __global__ void rope_table_kernel(float2* table, int T, int hd, double theta) {
 // One thread per VEC pairs (8 bf16, 4 fp32): pairs i0 .. i0 + VEC - 1 of head `head` (over (b, t, h)),
 // i0 = VEC * (idx % (hd / 2 / VEC)): two 128-bit loads and stores of x (its first and second half)
 // and VEC / 2 128-bit loads of the (cos, sin) table, where one pair per thread takes 2-byte accesses
-// (LDG.E.128 / STG.E.128 in the SASS). direction = +1 rotates by the angle (forward), -1 back
-// (backward). out may alias inp: each thread reads its vectors before writing them.
+// (LDG.E.128 / STG.E.128 in the SASS). out may alias inp: each thread reads its vectors before
+// writing them.
 __global__ void rope_kernel(floatX* out, const floatX* inp, const float2* table, int B, int T, int NH, int hd,
                             long stride, int direction) {
     const int half = hd / 2, chunks = half / VEC;
@@ -42,23 +47,10 @@ __global__ void rope_kernel(floatX* out, const floatX* inp, const float2* table,
     const long row = head / NH;      // b * T + t
     const int t = (int)(row % T);
     const long base = row * stride + (head % NH) * hd + i0;
-    const PackedX x1 = load128(inp + base), x2 = load128(inp + base + half);
-    const float2* cs = table + (long)t * half + i0;
-    PackedX o1, o2;
-#pragma unroll
-    for (int p = 0; p < VEC / 2; p++) {
-        const float4 c4 = *reinterpret_cast<const float4*>(cs + 2 * p);  // (cos, sin) of pairs 2p and 2p + 1
-        const float c[2] = {c4.x, c4.z}, s[2] = {direction * c4.y, direction * c4.w};
-#pragma unroll
-        for (int q = 0; q < 2; q++) {
-            const int e = 2 * p + q;
-            const float a = (float)x1[e], b = (float)x2[e];
-            o1[e] = (floatX)(a * c[q] - b * s[q]);
-            o2[e] = (floatX)(b * c[q] + a * s[q]);
-        }
-    }
-    store128(out + base, o1);
-    store128(out + base + half, o2);
+    PackedX x1 = load128(inp + base), x2 = load128(inp + base + half);
+    rope_turn(x1, x2, table + (long)t * half + i0, (float)direction);
+    store128(out + base, x1);
+    store128(out + base + half, x2);
 }
 
 // table: (T, hd/2) float2 of device memory; it serves every sequence length up to T.

@@ -9,6 +9,8 @@
 #include "gpu_test_utils.cuh"
 #include "attention_checks.h"
 #include "../kernels/attention.cuh"
+#include "../kernels/cpu/rope.h"
+#include "rope_checks.h"
 
 constexpr AttentionBounds BOUNDS = FLOATX_IS_FP32 ? ATTENTION_BOUNDS_FP32 : ATTENTION_BOUNDS_BF16;
 
@@ -80,7 +82,7 @@ TEST_CASE("flash attention forward matches the reference, with separate and fuse
             DeviceBuffer<float> lse((size_t)c.B * c.NH * c.T);
             out.poison(); lse.poison();
             attention_forward(out.ptr, lse.ptr, qkv.ptr + c.offset(0), qkv.ptr + c.offset(1), qkv.ptr + c.offset(2),
-                              c.stride, c.B, c.T, c.C, c.NH, STREAM);
+                              c.stride, c.B, c.T, c.C, c.NH, nullptr, STREAM);
             cudaCheck(cudaDeviceSynchronize());
             const AttentionScales scales = attention_error_scales(c.probs, c.q, c.k, c.v, c.out, {}, {}, {}, {}, c.B,
                                                                   c.T, c.C, c.NH);
@@ -106,12 +108,12 @@ TEST_CASE("flash attention backward matches the reference and is deterministic")
             DeviceBuffer<floatX> qkv(c.qkv), out(N * c.C), d_out(dout), grads(c.qkv.size());
             DeviceBuffer<float> lse((size_t)c.B * c.NH * c.T), delta((size_t)c.B * c.NH * c.T);
             attention_forward(out.ptr, lse.ptr, qkv.ptr + c.offset(0), qkv.ptr + c.offset(1), qkv.ptr + c.offset(2),
-                              c.stride, c.B, c.T, c.C, c.NH, STREAM);
+                              c.stride, c.B, c.T, c.C, c.NH, nullptr, STREAM);
             auto run_backward = [&] {
                 grads.poison(); delta.poison();
                 attention_backward(grads.ptr + c.offset(0), grads.ptr + c.offset(1), grads.ptr + c.offset(2), delta.ptr,
                                    d_out.ptr, out.ptr, lse.ptr, qkv.ptr + c.offset(0), qkv.ptr + c.offset(1),
-                                   qkv.ptr + c.offset(2), c.stride, c.stride, c.B, c.T, c.C, c.NH, STREAM);
+                                   qkv.ptr + c.offset(2), c.stride, c.stride, c.B, c.T, c.C, c.NH, nullptr, STREAM);
                 cudaCheck(cudaDeviceSynchronize());
                 return grads.raw();
             };
@@ -130,4 +132,79 @@ TEST_CASE("flash attention backward matches the reference and is deterministic")
             check_attention("dv", s, fused, gather(2), dv, scales.dv, BOUNDS.grad_l2, BOUNDS.grad_element);
             CHECK(bitwise_equal(first, run_backward()));
         }
+}
+
+// RoPE fused into the kernels (the trainer's path: q|k|v as the product wrote it, and the table). The
+// forward must give the bits of the unfused path, attention without the table on q and k turned first
+// as kernels/rope_turn.cuh turns them (test/rope_checks.h, on the host; the standalone rope kernel,
+// which runs the same function, is checked against kernels/cpu/rope.h in test_gpu_kernels.cu). The
+// backward against the reference: the double backward with respect to the turned q and k, turned back
+// by the CPU rope_backward, with the per-element scales of rope_combine_scales. Shapes: one and several
+// query blocks, key steps and partial tiles, every kind of head size.
+static const AttentionShape ROPE_SHAPES[] = {{1, 7, 2, 112}, {2, 100, 2, 16}, {1, 65, 2, 32},
+                                             {1, 129, 1, 128}, {1, 200, 2, 48}, {1, 257, 1, 64}};
+static const double ROPE_THETA = 10000.0;
+
+TEST_CASE("flash attention with RoPE fused: the forward of the unfused path bit for bit, the backward the reference's") {
+    Rng rng(303);
+    for (const AttentionShape& s : ROPE_SHAPES) {
+        INFO("B=" << s.B << " T=" << s.T << " NH=" << s.NH << " HD=" << s.HD);
+        AttentionCase raw(s, /*fused=*/true, rng);
+        const int B = raw.B, T = raw.T, C = raw.C, NH = raw.NH, HD = raw.HD;
+        const long N = (long)B * T;
+        const std::vector<float2> table_host = rope_table_reference(T, HD, ROPE_THETA);
+        std::vector<float> t = raw.qkv;
+        rope_turn_reference(t, table_host, N, T, 2 * NH, HD, raw.stride);  // q's and k's heads
+        DeviceBuffer<float2> table(table_host.size());
+        cudaCheck(cudaMemcpy(table.ptr, table_host.data(), table_host.size() * sizeof(float2), cudaMemcpyHostToDevice));
+        DeviceBuffer<floatX> qkv(raw.qkv), turned(t);
+
+        DeviceBuffer<floatX> out_unfused(N * C), out(N * C);
+        DeviceBuffer<float> lse_unfused((size_t)B * NH * T), lse((size_t)B * NH * T);
+        attention_forward(out_unfused.ptr, lse_unfused.ptr, turned.ptr, turned.ptr + C, turned.ptr + 2 * C, raw.stride, B,
+                          T, C, NH, nullptr, STREAM);
+        out.poison(); lse.poison();
+        attention_forward(out.ptr, lse.ptr, qkv.ptr, qkv.ptr + C, qkv.ptr + 2 * C, raw.stride, B, T, C, NH, table.ptr,
+                          STREAM);
+        cudaCheck(cudaDeviceSynchronize());
+        CHECK(bitwise_equal(out.raw(), out_unfused.raw()));
+        CHECK(bitwise_equal(lse.raw(), lse_unfused.raw()));
+
+        // The reference on the turned inputs, its dq and dk turned back.
+        const std::vector<float> dout = random_floatX(N * C, rng);
+        std::vector<double> q(N * C), k(N * C), v(N * C);
+        for (long n = 0; n < N; n++)
+            for (int col = 0; col < C; col++) {
+                q[n * C + col] = t[n * raw.stride + col];
+                k[n * C + col] = t[n * raw.stride + C + col];
+                v[n * C + col] = t[n * raw.stride + 2 * C + col];
+            }
+        std::vector<double> ref_out(N * C), probs((size_t)B * NH * T * T);
+        attention_forward(ref_out.data(), probs.data(), q.data(), k.data(), v.data(), B, T, C, NH);
+        std::vector<double> dq(N * C, 0.0), dk(N * C, 0.0), dv(N * C, 0.0);
+        attention_backward(dq.data(), dk.data(), dv.data(), to_double(dout).data(), probs.data(), q.data(), k.data(),
+                           v.data(), B, T, C, NH);
+        AttentionScales scales = attention_error_scales(probs, q, k, v, ref_out, to_double(dout), dq, dk, dv, B, T, C, NH);
+        rope_backward(dq.data(), dq.data(), B, T, NH, HD, ROPE_THETA);
+        rope_backward(dk.data(), dk.data(), B, T, NH, HD, ROPE_THETA);
+        rope_combine_scales(scales.dq, N, NH, HD);
+        rope_combine_scales(scales.dk, N, NH, HD);
+
+        DeviceBuffer<floatX> d_out(dout), grads(raw.qkv.size());
+        DeviceBuffer<float> delta((size_t)B * NH * T);
+        grads.poison(); delta.poison();
+        attention_backward(grads.ptr, grads.ptr + C, grads.ptr + 2 * C, delta.ptr, d_out.ptr, out.ptr, lse.ptr, qkv.ptr,
+                           qkv.ptr + C, qkv.ptr + 2 * C, raw.stride, raw.stride, B, T, C, NH, table.ptr, STREAM);
+        cudaCheck(cudaDeviceSynchronize());
+        const std::vector<float> g = grads.download();
+        auto gather = [&](int which) {
+            std::vector<float> x(N * C);
+            for (long n = 0; n < N; n++)
+                for (int col = 0; col < C; col++) x[n * C + col] = g[n * raw.stride + which * C + col];
+            return x;
+        };
+        check_attention("dq", s, true, gather(0), dq, scales.dq, BOUNDS.grad_l2, BOUNDS.grad_element);
+        check_attention("dk", s, true, gather(1), dk, scales.dk, BOUNDS.grad_l2, BOUNDS.grad_element);
+        check_attention("dv", s, true, gather(2), dv, scales.dv, BOUNDS.grad_l2, BOUNDS.grad_element);
+    }
 }

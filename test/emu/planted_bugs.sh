@@ -119,6 +119,25 @@ bug smem_without_attribute kernels/attention.cuh \
     "(cudaCheck(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes)), true);" "true;" \
     test/test_gpu_attention.cu "" "CUDA error at kernels/attention.cuh:[0-9]+: invalid argument" \
     $P/smem_without_attribute/bin "flash attention forward*"
+# 8. RoPE fused into attention without the barrier after the turn: warps read the K tile by ldmatrix
+#    while others still turn it in shared memory.
+bug race_rope_barrier kernels/attention.cuh \
+    "            rope_tile<BN, HD, FWD_THREADS>(Ks + (kb & 1) * TILE_KV, rope, kb * BN, T);
+            __syncthreads();" \
+    "            rope_tile<BN, HD, FWD_THREADS>(Ks + (kb & 1) * TILE_KV, rope, kb * BN, T);" \
+    test/test_gpu_attention.cu race "#[0-9]+ .*kernels/attention.cuh:[0-9]+" \
+    env TSAN_OPTIONS=exitcode=66 $P/race_rope_barrier/bin "flash attention with RoPE fused*"
+# 9. The forward's K blocks after the first turned one position late.
+bug rope_key_positions kernels/attention.cuh \
+    "rope_tile<BN, HD, FWD_THREADS>(Ks + (kb & 1) * TILE_KV, rope, kb * BN, T);" \
+    "rope_tile<BN, HD, FWD_THREADS>(Ks + (kb & 1) * TILE_KV, rope, kb * BN + (kb > 0), T);" \
+    test/test_gpu_attention.cu "" "FAILED" \
+    $P/rope_key_positions/bin "flash attention with RoPE fused*"
+# 10. dK stored without turning it back (the gradient with respect to the turned k).
+bug rope_dk_not_turned_back kernels/attention.cuh \
+    "    if (rope) rope_turn_back<HD>(dk_acc, rope, kw, T);" "" \
+    test/test_gpu_attention.cu "" "FAILED" \
+    $P/rope_dk_not_turned_back/bin "flash attention with RoPE fused*"
 
 echo "planted_bugs_emu: $passed passed, $failed failed"
 [ $failed -eq 0 ]
