@@ -45,8 +45,8 @@ An unfinished run resumes from its newest checkpoint (-r), or starts over (-W 1)
 only the final one, written just before the final validation that did not finish).
 --reuse DIR (another run of this script's --out; repeatable): a run not started yet whose trainer
 flags have the same values as a finished run under DIR is copied from there, with its checkpoint and
-analysis, instead of trained again (the CPU trainer is deterministic: the run would be bitwise the
-same); runs.csv names its source and results.md leaves its wall time out of this table's. For
+analysis, instead of trained again (the CPU trainer is deterministic: the run would write the same
+log and weights); runs.csv names its source and results.md leaves its wall time out of this table's. For
 example cpu_table3's alpha 0, 0.25 and 1 and cpu_lr's lr 1e-3 are cpu_table1's 24-layer runs.
 
 Output in --out: runs.csv (every seed's final validation loss and perplexity), results.csv and
@@ -584,10 +584,11 @@ def layer_summary(configs, analysed):
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def plot_all(out, configs, seeds, dirs, analysed):
-    """plots/: per group of configurations (a depth), the loss curves and, for analysed runs, the
-    gradient norms, angular distance and pruning, each configuration the mean over its seeds with a
-    band of one standard deviation. Skipped (with a note) without matplotlib."""
+def plot_all(out, configs, seeds, dirs, analysed, baseline):
+    """plots/: final.png, every configuration's final validation loss (seeds and their mean ± sd,
+    the unigram baseline); per group of configurations (a depth), the loss curves and, for analysed
+    runs, the gradient norms, angular distance and pruning, each configuration the mean over its seeds
+    with a band of one standard deviation. Skipped (with a note) without matplotlib."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -612,6 +613,8 @@ def plot_all(out, configs, seeds, dirs, analysed):
         except (Exception, SystemExit) as e:  # a plot that fails leaves the table and the other plots
             print(f"warning: {script} {' '.join(argv)} failed: {e}", flush=True)
 
+    plot("plot_final.py", "final", [os.path.join(out, "runs.csv")],
+         *(["--baseline", str(baseline[0])] if baseline else []))
     for group, members in groups.items():
         prefix = f"{group}_" if group else ""
         logs = []
@@ -758,7 +761,7 @@ def main():
             f.write(f"\nThe final checkpoints' layers (analyze_mixln_cpu, {args.analysis_batches} validation batches; "
                     f"per-layer means in analysis_*.csv, plots in plots/):\n\n{summary}\n")
     if not args.no_plots and not args.dry_run:
-        plot_all(args.out, configs, seeds, dirs, analysed)
+        plot_all(args.out, configs, seeds, dirs, analysed, baseline)
     print(table)
     if summary:
         print(summary)

@@ -129,7 +129,7 @@ runs_two_seeds() {
     reproduce --seeds 2 > "$tmp/t1.log" 2>&1 || { cat "$tmp/t1.log"; return 1; }
     [ "$(grep -c '^+ ./train_mixln_cpu' "$tmp/t1.log")" -eq 8 ] && [ "$(grep -c '^+ .*analyze_mixln_cpu' "$tmp/t1.log")" -eq 8 ] &&
         grep -q -- "-n deepnorm_paper -s 2 -o $tmp/t1/DeepNorm/seed_2$" "$tmp/t1.log" || { cat "$tmp/t1.log"; return 1; }
-    for png in loss val_loss grad_norms angular_distance angular_distance_rows angular_distance_next pruning; do
+    for png in final loss val_loss grad_norms angular_distance angular_distance_rows angular_distance_next pruning; do
         [ "$(head -c 4 "$tmp/t1/plots/$png.png" | tail -c 3)" = "PNG" ] || { echo "plots/$png.png is not a PNG"; return 1; }
     done
 }
