@@ -456,6 +456,9 @@ check "plot: a missing file" fails_with "nope.csv: no such file" python3 scripts
 check "plot: a CSV with no rows" fails_with "no_rows.csv: no rows" python3 scripts/plot_pruning.py -o "$tmp/p.png" "$tmp/no_rows.csv"
 check "plot: a CSV of another kind" fails_with "log.csv: no column 'layer'" \
     python3 scripts/plot_angular_distance.py -o "$tmp/p.png" "$tmp/t1/Mix-LN/log.csv"
+printf 'config,seed,status,val_loss,val_ppl,wall_s,dir,copied_from\nPost-LN,1,diverged,,,1.0,x,\n' > "$tmp/runs_diverged.csv"
+check "plot_final: a table without a finished run" fails_with "runs_diverged.csv: no finished run" \
+    python3 scripts/plot_final.py -o "$tmp/p.png" "$tmp/runs_diverged.csv"
 check "get_kjv: an unwritable output" fails_with "error: cannot write $tmp/text.txt/kjv.txt" scripts/get_kjv.sh "$tmp/text.txt/kjv.txt"
 
 echo "vocab_format.py"
