@@ -26,11 +26,11 @@
 // blocks; both recompute P = exp(s - lse) from the forward's lse, with delta = rowsum(dO * O) from a
 // small kernel first: 7 tile products per tile pair instead of FlashAttention-2's 5.
 //
-// RoPE fused (the `rope` table of kernels/rope.cuh's rope_table_init; nullptr: q and k are used as given): q and k are read
-// as the q|k|v product wrote them and each tile is turned in shared memory as it lands, by the
-// standalone kernel's own rope_turn (the same bits); the backward turns dQ and dK back in registers
-// before storing them (q' = R q gives dq = R^T dq'). The trainer saves RoPE's two round trips through
-// memory per layer; the turn costs one pass over each tile in shared memory and a barrier.
+// RoPE fused (the `rope` table of rope_table_init, kernels/rope.cuh; nullptr: q and k used as given):
+// q and k are read as the q|k|v product wrote them and each tile is turned in shared memory as it
+// lands, by the standalone kernel's own rope_turn (the same bits); the backward turns dQ and dK back
+// in registers before storing them (q' = R q gives dq = R^T dq'). The trainer saves RoPE's two round
+// trips through memory per layer; the turn costs one pass over each tile in shared memory and a barrier.
 #pragma once
 #include "common.cuh"
 #include "ptx.cuh"
