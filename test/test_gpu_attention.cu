@@ -33,6 +33,16 @@ static const AttentionShape SHAPES[] = {
     {1, 257, 1, 64}, {1, 257, 1, 48},  {1, 90, 1, 80},   {1, 100, 1, 96},  {1, 70, 1, 112}, {1, LONG, 2, 64},
     {1, LONG, 1, 128}, {1, LONG - 24, 2, 32}, {1, LONG, 2, 48}, {1, LONG + 1, 1, 16}};
 
+// The (N, C) tensor whose row n starts at offset + n * stride in buf: q, k or v (or a gradient) out of
+// one q|k|v buffer (stride 3C), or out of three (N, C) buffers back to back (stride C).
+template <class T>
+static std::vector<T> rows_of(const std::vector<float>& buf, long N, int C, long offset, long stride) {
+    std::vector<T> t(N * C);
+    for (long n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) t[n * C + c] = buf[offset + n * stride + c];
+    return t;
+}
+
 // q, k, v of `stride`-element rows (C, or 3C for a fused qkv buffer) and what the reference computes.
 struct AttentionCase {
     int B, T, NH, HD, C;
@@ -45,13 +55,9 @@ struct AttentionCase {
         : B(s.B), T(s.T), NH(s.NH), HD(s.HD), C(s.NH * s.HD), stride(fused ? 3L * s.NH * s.HD : s.NH * s.HD) {
         const long N = (long)B * T;
         qkv = random_floatX(3 * N * C, rng);
-        q.resize(N * C); k.resize(N * C); v.resize(N * C);
-        for (long n = 0; n < N; n++)
-            for (int c = 0; c < C; c++) {
-                q[n * C + c] = qkv[offset(0) + n * stride + c];
-                k[n * C + c] = qkv[offset(1) + n * stride + c];
-                v[n * C + c] = qkv[offset(2) + n * stride + c];
-            }
+        q = rows_of<double>(qkv, N, C, offset(0), stride);
+        k = rows_of<double>(qkv, N, C, offset(1), stride);
+        v = rows_of<double>(qkv, N, C, offset(2), stride);
         out.resize(N * C);
         probs.resize((long)B * NH * T * T);
         attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), B, T, C, NH);
@@ -119,12 +125,7 @@ TEST_CASE("flash attention backward matches the reference and is deterministic")
             };
             const std::vector<floatX> first = run_backward();
             const std::vector<float> g(first.begin(), first.end());
-            auto gather = [&](int which) {  // one gradient tensor out of the (possibly fused) buffer
-                std::vector<float> t(N * c.C);
-                for (long n = 0; n < N; n++)
-                    for (int col = 0; col < c.C; col++) t[n * c.C + col] = g[c.offset(which) + n * c.stride + col];
-                return t;
-            };
+            auto gather = [&](int which) { return rows_of<float>(g, N, c.C, c.offset(which), c.stride); };
             const AttentionScales scales = attention_error_scales(c.probs, c.q, c.k, c.v, c.out, to_double(dout), dq, dk,
                                                                   dv, c.B, c.T, c.C, c.NH);
             check_attention("dq", s, fused, gather(0), dq, scales.dq, BOUNDS.grad_l2, BOUNDS.grad_element);
@@ -172,13 +173,9 @@ TEST_CASE("flash attention with RoPE fused: the forward of the unfused path bit 
 
         // The reference on the turned inputs, its dq and dk turned back.
         const std::vector<float> dout = random_floatX(N * C, rng);
-        std::vector<double> q(N * C), k(N * C), v(N * C);
-        for (long n = 0; n < N; n++)
-            for (int col = 0; col < C; col++) {
-                q[n * C + col] = t[n * raw.stride + col];
-                k[n * C + col] = t[n * raw.stride + C + col];
-                v[n * C + col] = t[n * raw.stride + 2 * C + col];
-            }
+        const std::vector<double> q = rows_of<double>(t, N, C, raw.offset(0), raw.stride),
+                                  k = rows_of<double>(t, N, C, raw.offset(1), raw.stride),
+                                  v = rows_of<double>(t, N, C, raw.offset(2), raw.stride);
         std::vector<double> ref_out(N * C), probs((size_t)B * NH * T * T);
         attention_forward(ref_out.data(), probs.data(), q.data(), k.data(), v.data(), B, T, C, NH);
         std::vector<double> dq(N * C, 0.0), dk(N * C, 0.0), dv(N * C, 0.0);
@@ -197,12 +194,7 @@ TEST_CASE("flash attention with RoPE fused: the forward of the unfused path bit 
                            qkv.ptr + C, qkv.ptr + 2 * C, raw.stride, raw.stride, B, T, C, NH, table.ptr, STREAM);
         cudaCheck(cudaDeviceSynchronize());
         const std::vector<float> g = grads.download();
-        auto gather = [&](int which) {
-            std::vector<float> x(N * C);
-            for (long n = 0; n < N; n++)
-                for (int col = 0; col < C; col++) x[n * C + col] = g[n * raw.stride + which * C + col];
-            return x;
-        };
+        auto gather = [&](int which) { return rows_of<float>(g, N, C, raw.offset(which), raw.stride); };
         check_attention("dq", s, true, gather(0), dq, scales.dq, BOUNDS.grad_l2, BOUNDS.grad_element);
         check_attention("dk", s, true, gather(1), dk, scales.dk, BOUNDS.grad_l2, BOUNDS.grad_element);
         check_attention("dv", s, true, gather(2), dv, scales.dv, BOUNDS.grad_l2, BOUNDS.grad_element);
