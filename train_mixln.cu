@@ -568,6 +568,14 @@ struct GpuModel {
 
     double all_reduce_sum(double x) { return mem.all_reduce_sum(x, stream); }
 
+    // Rank 0's choice of cuBLASLt algorithm for a new product (matmul_agreement, kernels/matmul.cuh):
+    // a sum of it and the other ranks' zeros. It waits for the second stream's sums first, so that
+    // the communicator never has two collectives in flight.
+    int rank0_choice(int choice) {
+        wait_for_stream(mem.comm_stream);
+        return (int)all_reduce_sum(mem.dp.rank == 0 ? choice : 0);
+    }
+
     // The optimizer step t (1-based) at learning rate lr, with no wait: lr and Adam's bias
     // corrections reach the kernels through step_scalars->adamw (copied from pinned memory), the
     // norm, the clipping factor and whether to skip the update (a norm of inf or NaN) are computed on
@@ -703,15 +711,17 @@ struct GpuBackend : TrainerBackend {
     // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.
     double peak_flops() const override { return FLOATX_IS_FP32 ? 0 : peak_bf16_flops(model.device_name); }
     void zero_grad() override { model.zero_grad(); }
-    // Only a training step's new products are timed, and only in one process: evaluation and
-    // sampling keep the heuristic's first (sampling would time each context length), and ranks that
-    // timed apart could choose apart, which no record of rank 0's choices would reproduce on -r.
+    // Only a training step's new products are timed: evaluation and sampling keep the heuristic's
+    // first (sampling would time each context length, and only rank 0 samples). With several ranks
+    // each takes rank 0's choice.
     void forward_backward(const int* inputs, const int* targets, int B, int T, float loss_scale, bool last_micro) override {
         model.last_micro = last_micro;
         model.load_batch(inputs, targets, B, T);
-        matmul_timing = !model.mem.dp.comm;
+        matmul_timing = true;
+        if (model.mem.dp.comm) matmul_agreement = [this](int choice) { return model.rank0_choice(choice); };
         model.forward_backward(loss_scale);
         matmul_timing = false;
+        matmul_agreement = nullptr;
         record_matmul_choices();
     }
     float forward_loss(const int* inputs, const int* targets, int B, int T) override {
@@ -801,9 +811,9 @@ int main(int argc, char** argv) {
         const int status = run_training(opts, [&](const ModelConfig& cfg) {
             const std::pair<int, int> batch = largest_batch(opts, cfg);
             std::unique_ptr<GpuBackend> backend(new GpuBackend(cfg, batch.first, batch.second, opts.recompute, dp, opts.cuda_graphs));
-            // One process (not timed across ranks: see GpuBackend::forward_backward) records its
-            // choices beside its checkpoints and takes them back on -r.
-            if (!dp.comm && opts.steps > 0 && opts.ckpt_interval >= 0) {
+            // Rank 0, whose choices every rank takes, records them beside its checkpoints and takes
+            // them back on -r.
+            if (env.rank == 0 && opts.steps > 0 && opts.ckpt_interval >= 0) {
                 if (!opts.resume.empty()) use_recorded_matmul_choices(opts.resume);
                 backend->choices_path = opts.out_dir + "/" + MATMUL_CHOICES_FILE;
             }

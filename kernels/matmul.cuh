@@ -37,6 +37,11 @@
 // records its run's choices beside its checkpoints so that -r computes as the uninterrupted run did.
 // matmul_timing (default on) permits the timing at all: the trainer permits it only in its training
 // steps, so evaluation and sampling (a new key per context length) keep the heuristic's first.
+// Several processes: each would time on its own GPU and could choose apart, so that ranks summed
+// gradients of differently ordered products and no record of rank 0's choices reproduced them. The
+// trainer sets matmul_agreement in its training steps, where every rank plans the same products in
+// the same order, to a collective returning rank 0's choice: each rank's plan takes it (and on -r rank
+// 0's recorded choice is every rank's).
 // Where the heuristic offers nothing under the fp32-reduction mask, the request is repeated with every
 // reduction scheme allowed and each algorithm it offers is set to run unsplit (SPLITK_NUM 1, no
 // reduction), keeping those that cublasLtMatmulAlgoCheck accepts; logged once per key. Only when that
@@ -46,6 +51,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -96,6 +102,7 @@ inline std::vector<MatmulRecord> matmul_records;
 inline std::string matmul_records_source;  // where they were read from, for the log
 inline bool matmul_records_stale = false;  // one of them was not offered again (said once)
 inline bool matmul_timing = true;           // timing permitted (see "Recorded choices" above)
+inline std::function<int(int)> matmul_agreement;  // this rank's choice -> rank 0's (see "Several processes")
 
 constexpr int MATMUL_CANDIDATES = 8;   // algorithms asked of the heuristic
 constexpr int MATMUL_TIMED = 4;        // of which the first this many are timed
@@ -363,6 +370,14 @@ inline const MatmulPlan& matmul_plan(const MatmulKey& key, const MatmulOperands&
     }
     plan.choice = matmul_recorded_choice(key, algos);
     if (plan.choice < 0) plan.choice = matmul_fastest(plan, algos, operands, stream);
+    if (matmul_agreement) {
+        plan.choice = matmul_agreement(plan.choice);
+        if (plan.choice < 0 || plan.choice >= (int)algos.size()) {
+            fprintf(stderr, "cuBLASLt: rank 0 chose algorithm %d for %s, of which this rank's heuristic offers %zu "
+                    "(different GPUs or cuBLASLt versions?)\n", plan.choice + 1, matmul_name(key).c_str(), algos.size());
+            exit(EXIT_FAILURE);
+        }
+    }
     plan.algo = algos[plan.choice];
     matmul_plans.push_back(plan);
     return matmul_plans.back();

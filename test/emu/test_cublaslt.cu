@@ -3,8 +3,8 @@
 // gradient N,N), every other transpose pair, bf16 and fp32, beta 0 and 1, odd and fused (q|k|v,
 // gate|up) shapes; the heuristic's "no algorithm" answer; the stream semantics; what is refused.
 // Then kernels/matmul.cuh itself on the emulation's rarer answers: a heuristic that offers several
-// algorithms (the timed choice) and one that offers only split-K reduced in bf16 for a shape (the
-// fallback to unsplit algorithms).
+// algorithms (the timed choice, a recorded one, rank 0's through matmul_agreement) and one that offers
+// only split-K reduced in bf16 for a shape (the fallback to unsplit algorithms).
 //
 // Tolerance, per element (derived, not calibrated). The emulation computes s = sum over k in order
 // with an fp32 multiply-add (one rounding each), r = fma(beta, c, alpha * s) (two roundings), then
@@ -730,4 +730,24 @@ TEST_CASE("kernels/matmul.cuh: a recorded choice is used instead of timing, wher
     CHECK(product_with_fresh_plan(other).choice == 0);
     CHECK_THROWS(matmul_use_choices("bf16 1 2 3\n", "a bad record"));
     matmul_records.clear();
+}
+
+TEST_CASE("kernels/matmul.cuh: with several processes, a new plan takes the choice matmul_agreement returns") {
+    ScopedEnv several("EMU_CUBLASLT_ALGORITHMS", "4");
+    ProductRun timed_3;
+    {
+        ScopedEnv fastest("EMU_CUBLASLT_FASTEST", "3");
+        timed_3 = product_with_fresh_plan();
+    }
+    ScopedEnv fastest("EMU_CUBLASLT_FASTEST", "0");
+    // This process times algorithm 0; "rank 0" chose 3: the plan runs 3 and records 3.
+    std::vector<int> asked;
+    matmul_agreement = [&](int choice) { asked.push_back(choice); return 3; };
+    const ProductRun agreed = product_with_fresh_plan();
+    matmul_agreement = nullptr;
+    CHECK(asked == std::vector<int>{0});
+    CHECK(agreed.choice == 3);
+    CHECK(agreed.d == timed_3.d);
+    CHECK(agreed.text == timed_3.text);
+    CHECK(product_with_fresh_plan().d != timed_3.d);  // without it, this process's own choice
 }

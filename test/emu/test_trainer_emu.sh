@@ -37,7 +37,9 @@
 #     build (tight bounds; for time, the bf16 build's ZeRO-1 runs only feed the resume), against 1
 #     rank with the same total batch (-d = ranks x 96 tokens: 1 rank accumulates the ranks' micro-
 #     batches); 2 ranks with -R 1 bitwise as -R 0; the optimizer shards written (one per rank) and a resume from step 2 bitwise the
-#     uninterrupted step 3 (weights, moments, shards, logs); a rank killed (SIGKILL) mid-run ends the
+#     uninterrupted step 3 (weights, moments, shards, logs); cuBLASLt's choices timed apart on 2 ranks
+#     (EMU_CUBLASLT_FASTEST per rank): both take rank 0's, bitwise the run where both time to it, and
+#     a resume timed to another takes rank 0's record; a rank killed (SIGKILL) mid-run ends the
 #     other with an NCCL error message and leaves only checkpoints that verify (CRC, size).
 #
 # Bounds (relative differences; measured worst of the 6 norm schemes in brackets, on this machine).
@@ -189,12 +191,19 @@ schemes=("pre_ln:-a 0" "mix_ln:$mix" "post_ln:-a 1" "deepnorm:-n deepnorm" "deep
 # The ranks' runs: clipping, weight decay, a validation of 6 batches at the end, -y, checkpoints every step.
 rank_flags="-i $tmp/train.bin -j $tmp/val.bin -m 6 -g 1 -w 0.1 -y 1 -c 1 -k 0"
 export rank_flags
+# Rank $1's environment: RANK and, with FASTEST_BY_RANK="I J ..." set, cuBLASLt's choices timed among
+# 4 emulated algorithms (other last bits each), rank r's timing picking its word's (EMU_CUBLASLT_FASTEST).
+rank_env() {
+    echo "RANK=$1"
+    [ -z "${FASTEST_BY_RANK:-}" ] || echo "EMU_CUBLASLT_ALGORITHMS=4 EMU_CUBLASLT_FASTEST=$(cut -d' ' -f$(($1 + 1)) <<<"$FASTEST_BY_RANK")"
+}
+export -f rank_env
 # 1 rank against N: -d = N x 96 tokens. $1 ranks, $2 -Z, $3 output, $4 the binary, then more flags.
 ranks_run() {
     local n=$1 z=$2 out=$3 bin=$4 r
     shift 4
     for r in $(seq 0 $((n - 1))); do
-        (RANK=$r WORLD_SIZE=$n MIXLN_RENDEZVOUS=file:$tmp/rdv_$out $bin -e tiny -b 2 -t 48 -d $((n * 96)) -x 3 -s 7 \
+        (env $(rank_env $r) WORLD_SIZE=$n MIXLN_RENDEZVOUS=file:$tmp/rdv_$out $bin -e tiny -b 2 -t 48 -d $((n * 96)) -x 3 -s 7 \
             $rank_flags -Z $z -o $tmp/$out "$@" > $tmp/$out.rank$r.log 2>&1; echo "exit $?" >> $tmp/$out.rank$r.log) &
     done
     wait
@@ -267,6 +276,9 @@ export -f stop_and_resume_retimed
                 else
                     echo "ranks_run $n $z ${p}_${n}ranks_z$z $bin"
                     [ $p$n$z != fp3221 ] || echo "ranks_run 2 1 fp32_2ranks_z1_recompute $bin -R 1"
+                    if [ $p$n$z = bf1621 ]; then  # cuBLASLt's choices timed apart on each rank
+                        for f in "1 2" "1 1" "2 2"; do echo "FASTEST_BY_RANK='$f' ranks_run 2 1 bf16_2ranks_timed${f/ /} $bin"; done
+                    fi
                 fi
             done
         done
@@ -383,11 +395,11 @@ but_shard_run_id() { head -c 64 "$1"; tail -c +81 "$1"; }  # an optimizer shard'
 resume_ranks() {
     local src=$1 n=$2 out=${1}_resumed r f
     mkdir -p $out
-    cp $src/ckpt_00000002*.bin $src/run.txt $out/
+    cp $src/ckpt_00000002*.bin $src/run.txt $src/cublaslt_algorithms.txt $out/ || return 1
     head -n 3 $src/log.csv > $out/log.csv
     for r in $(seq 0 $((n - 1))); do
-        RANK=$r WORLD_SIZE=$n MIXLN_RENDEZVOUS=file:$tmp/rdv_$out $emu_bf16 -e tiny -b 2 -t 48 -d $((n * 96)) -x 3 -s 7 \
-            $rank_flags -Z 1 -r $out -o $out > $out.rank$r.log 2>&1 &
+        env $(rank_env $r) WORLD_SIZE=$n MIXLN_RENDEZVOUS=file:$tmp/rdv_$out $emu_bf16 -e tiny -b 2 -t 48 -d $((n * 96)) \
+            -x 3 -s 7 $rank_flags -Z 1 -r $out -o $out > $out.rank$r.log 2>&1 &
     done
     wait
     for f in ckpt_00000003.bin $(cd $src && ls ckpt_00000003.rank*.bin); do
@@ -411,8 +423,10 @@ kill_rank() {
     cat $out.rank0.log | tail -n 4
     echo "rank 0: exit $code, $((SECONDS - t0)) s after the kill"
     [ $code -ne 0 ] && grep -q 'NCCL error' $out.rank0.log || return 1
-    # Only whole files: every checkpoint verifies, no temporary file is left.
-    [ -z "$(ls $out | grep -vE '^(ckpt_[0-9]{8}(\.rank[0-9]+)?\.bin|log\.csv|run\.txt)$')" ] || { ls $out; return 1; }
+    # Only whole files: every checkpoint verifies, no temporary file is left but one the killed rank
+    # may have been writing when it was killed (rank 0 records cuBLASLt's choices).
+    [ -z "$(ls $out | grep -vE '^(ckpt_[0-9]{8}(\.rank[0-9]+)?\.bin|ckpt_[0-9]{8}\.rank1\.bin\.tmp|log\.csv|run\.txt|cublaslt_algorithms\.txt)$')" ] ||
+        { ls $out; return 1; }
     python3 -c "
 import glob, sys
 from checkpoint_format import read_checkpoint
@@ -422,6 +436,17 @@ check "fp32, 2 ranks, ZeRO-1, -R 1 (recomputed layers between the buckets' reduc
     same_run fp32_2ranks_z1_recompute fp32_2ranks_z1 3
 check "bf16, 2 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 bitwise" resume_ranks bf16_2ranks_z1 2
 check "bf16, 3 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 bitwise" resume_ranks bf16_3ranks_z1 3
+# cuBLASLt's choices timed apart (rank 0 picks algorithm 1, rank 1 algorithm 2): rank 1 takes rank 0's,
+# so the run is bitwise the one where both pick 1 (and not the one where both pick 2: the choice shows
+# in the results); rank 0 records them, and a resume whose timing would pick 3 on both ranks takes them.
+ranks_agree() {
+    for f in 12 11 22; do grep -q '^exit 0$' bf16_2ranks_timed$f.rank0.log || { cat bf16_2ranks_timed$f.rank*.log; return 1; }; done
+    same_run bf16_2ranks_timed12 bf16_2ranks_timed11 3 && ! same_run bf16_2ranks_timed22 bf16_2ranks_timed11 3 &&
+        grep -q 'fastest of the first' bf16_2ranks_timed12.rank0.log
+}
+check "bf16, 2 ranks: cuBLASLt's choice timed apart on each rank, rank 0's taken by both" ranks_agree
+resume_timed() { FASTEST_BY_RANK="3 3" resume_ranks bf16_2ranks_timed12 2; }
+check "bf16, 2 ranks, timed: resumed from step 2 with other timings, rank 0's recorded choices, step 3 bitwise" resume_timed
 check "a rank killed mid-run: the other stops with an NCCL error; the checkpoints left verify" kill_rank
 
 echo "(test_trainer_emu took $((SECONDS - start)) s)"
