@@ -17,6 +17,12 @@ and turns them into a step time with measured ceilings and stated efficiencies:
   optimizer   the same rate for zeroing the gradients, the gradient norm and AdamW (30 bytes/param)
   launches    a gap per kernel: 1 us with CUDA graphs (-D 1, the default), 4 us without (host launch)
 
+What-if (--swiglu-epilogue-tflops R, not the trainer's code): the gate|up product and the down
+product's input gradient as GEMMs of their own at R TFLOP/s x wave efficiency, computing SwiGLU (eq. of
+kernels/swiglu.cuh) and its derivative in their epilogues: the two swiglu kernels and their round trips
+through memory go; their extra reads and writes count only where they outlast the GEMM's FLOPs.
+The rate at which such a GEMM reaches a floor is the question it answers (docs/gpu.md).
+
 MFU uses the trainer's formula: 6*(N - V*d) + 6*L*T*d FLOPs per token over 989.4 TFLOP/s (H100 SXM).
 
 Data parallelism (ZeRO-1, data_parallel.cuh): the paper's global batch (512 x 256) split over G GPUs,
@@ -28,7 +34,8 @@ here): NVLink 4 within a node of 8, 370 GB/s bus bandwidth, 1 us per hop; across
 NDR 400 Gb/s, 45 GB/s per GPU, 3 us per hop (a flat ring; NCCL's trees/NVLS may do better).
 
   dev/cost_model.py [--preset NAME ...] [--json | --csv] [--copy-gbs X] [--gemm-tflops Y] [--no-graphs]
-                    [--kernels] [--tokens-per-step N] [--gpus 8,16,...]     (--help: all options)
+                    [--kernels] [--tokens-per-step N] [--gpus 8,16,...] [--swiglu-epilogue-tflops R]
+                    (--help: all options)
 """
 import argparse
 import json
@@ -96,15 +103,18 @@ NORM_BLOCKS = int(NORM_BLOCKS_RE.search(read("kernels/rmsnorm.cuh")).group(1))
 
 
 class Kernel:
-    """One launch: its class, FLOPs and bytes moved (read + written)."""
-    def __init__(self, name, kind, flops=0.0, bytes_=0.0, shape=None):
+    """One launch: its class, FLOPs and bytes moved (read + written); epilogue: a GEMM of the what-if."""
+    def __init__(self, name, kind, flops=0.0, bytes_=0.0, shape=None, epilogue=False):
         self.name, self.kind, self.flops, self.bytes, self.shape = name, kind, flops, bytes_, shape
+        self.epilogue = epilogue
 
 
-def gemm(name, m, n, k, out_bytes=BF16, accumulate=False):
-    """D (m, n) = A (m, k) B (k, n), bf16 inputs; accumulate: D is read too (beta = 1, fp32 dW)."""
-    b = (m * k + k * n) * BF16 + m * n * out_bytes * (2 if accumulate else 1)
-    return Kernel(name, "gemm", 2.0 * m * n * k, b, (m, n, k))
+def gemm(name, m, n, k, out_bytes=BF16, accumulate=False, epilogue_bytes=None):
+    """D (m, n) = A (m, k) B (k, n), bf16 inputs; accumulate: D is read too (beta = 1, fp32 dW).
+    epilogue_bytes: the what-if's GEMM, whose epilogue reads and writes these bytes instead of D."""
+    d_bytes = m * n * out_bytes * (2 if accumulate else 1)
+    b = (m * k + k * n) * BF16 + (d_bytes if epilogue_bytes is None else epilogue_bytes)
+    return Kernel(name, "gemm", 2.0 * m * n * k, b, (m, n, k), epilogue=epilogue_bytes is not None)
 
 
 def gemm_backward(name, N, inp, out):
@@ -116,9 +126,10 @@ def mem(name, bytes_):
     return Kernel(name, "memory", 0.0, bytes_)
 
 
-def micro_batch_kernels(m, B, T, F=None):
+def micro_batch_kernels(m, B, T, F=None, swiglu_epilogue=False):
     """Every launch of one micro-batch (forward, classifier, backward) in train_mixln.cu's order.
-    F: the MLP width the GEMMs run (default the stored Fs; the model's F for counting model FLOPs)."""
+    F: the MLP width the GEMMs run (default the stored Fs; the model's F for counting model FLOPs).
+    swiglu_epilogue: the what-if (module docstring) instead of the trainer's two swiglu kernels."""
     N, C, V, NH, hd = B * T, m.C, m.V, m.NH, m.hd
     F = F or m.Fs
     act = N * C * BF16  # one (N, C) bf16 activation
@@ -136,6 +147,8 @@ def micro_batch_kernels(m, B, T, F=None):
                 gemm("o", N, C, C)]
 
     def mlp_forward():
+        if swiglu_epilogue:  # writes gate|up (the backward's input) and swiglu
+            return [gemm("gate|up + swiglu", N, 2 * F, C, epilogue_bytes=3 * N * F * BF16), gemm("down", N, C, F)]
         return [gemm("gate|up", N, 2 * F, C), mem("swiglu", 3 * N * F * BF16), gemm("down", N, C, F)]
 
     norm = 2 * act + rstd  # rmsnorm: read x, write out and rstd
@@ -169,6 +182,10 @@ def micro_batch_kernels(m, B, T, F=None):
                 gemm_backward("q|k|v", N, C, 3 * C))
 
     def mlp_backward():
+        if swiglu_epilogue:  # d swiglu in registers: reads gate|up, writes d gate|up
+            return ([gemm("down dW", C, F, N, FP32, accumulate=True),
+                     gemm("down dinp + swiglu backward", N, F, C, epilogue_bytes=4 * N * F * BF16)] +
+                    gemm_backward("gate|up", N, C, 2 * F))
         return (gemm_backward("down", N, F, C) + [mem("swiglu backward", 5 * N * F * BF16)] +
                 gemm_backward("gate|up", N, C, 2 * F))
 
@@ -205,11 +222,13 @@ SMS = 132
 
 
 class Ceilings:
-    def __init__(self, copy_gbs, gemm_tflops, attn_fwd, attn_bwd, mem_eff, launch_us):
+    def __init__(self, copy_gbs, gemm_tflops, attn_fwd, attn_bwd, mem_eff, launch_us, epilogue_gemm_tflops=None):
         self.copy = copy_gbs * 1e9
         self.gemm = gemm_tflops * 1e12
         self.attn_fwd, self.attn_bwd = attn_fwd * 1e12, attn_bwd * 1e12
         self.mem_eff, self.launch = mem_eff, launch_us * 1e-6
+        # the what-if's GEMM rate (None: the trainer as it is)
+        self.epilogue_gemm = epilogue_gemm_tflops * 1e12 if epilogue_gemm_tflops else None
 
 
 def wave_efficiency(mm, nn, kk):
@@ -224,7 +243,8 @@ def wave_efficiency(mm, nn, kk):
 def kernel_seconds(k, c):
     bw = c.copy * c.mem_eff
     if k.kind == "gemm":
-        return max(k.flops / (c.gemm * wave_efficiency(*k.shape)), k.bytes / bw)
+        rate = c.epilogue_gemm if k.epilogue else c.gemm
+        return max(k.flops / (rate * wave_efficiency(*k.shape)), k.bytes / bw)
     if k.kind == "attention":
         rate = c.attn_fwd if "forward" in k.name else c.attn_bwd
         return max(k.flops / rate, k.bytes / bw)
@@ -245,7 +265,7 @@ def predict(m, T, B, total_batch, c, peak, gpus=1):
     per_gpu = sequences // gpus
     b = min(B, per_gpu)
     accum = per_gpu // b
-    micro = micro_batch_kernels(m, b, T)
+    micro = micro_batch_kernels(m, b, T, swiglu_epilogue=c.epilogue_gemm is not None)
     owned = math.ceil(m.params(m.Fs) / gpus)
     kernels = micro * accum + optimizer_kernels(m, owned)
     parts = step_parts(kernels, c)
@@ -354,6 +374,8 @@ def main(argv=None):
     ap.add_argument("--kernels", action="store_true", help="also each kernel's time in one micro-batch")
     ap.add_argument("--tokens-per-step", type=int, help="the batch (default core/cli.h's -d, the paper's)")
     ap.add_argument("--gpus", default="8,16,32,64,128,256,512", help="data-parallel GPU counts ('' for none)")
+    ap.add_argument("--swiglu-epilogue-tflops", type=float, metavar="R",
+                    help="WHAT-IF, not the trainer: SwiGLU and its derivative in the epilogues of GEMMs at R TFLOP/s")
     a = ap.parse_args(argv)
 
     facts = code_facts()
@@ -362,7 +384,7 @@ def main(argv=None):
         if n not in facts["presets"]:
             ap.error("unknown preset %s (core/config.h has %s)" % (n, ", ".join(facts["presets"])))
     c = Ceilings(a.copy_gbs, a.gemm_tflops, a.attn_fwd_tflops, a.attn_bwd_tflops, a.memory_efficiency,
-                 4.0 if a.no_graphs else 1.0)
+                 4.0 if a.no_graphs else 1.0, a.swiglu_epilogue_tflops)
     d = facts["defaults"]
     T, B, total = d["seq_len"], d["micro_batch"], a.tokens_per_step or d["total_batch"]
     if total % T:
@@ -383,7 +405,7 @@ def main(argv=None):
                 dp.append(data_parallel(m, T, B, total, c, facts["peak"], g))
     inputs = dict(copy_gbs=a.copy_gbs, gemm_tflops=a.gemm_tflops, attn_fwd_tflops=a.attn_fwd_tflops,
                   attn_bwd_tflops=a.attn_bwd_tflops, memory_efficiency=a.memory_efficiency,
-                  launch_us=c.launch * 1e6, T=T, micro_batch=B, tokens_per_step=total, peak_tflops=facts["peak"] / 1e12,
+                  launch_us=c.launch * 1e6, swiglu_epilogue_tflops=a.swiglu_epilogue_tflops, T=T, micro_batch=B, tokens_per_step=total, peak_tflops=facts["peak"] / 1e12,
                   links=LINKS)
     if a.json:
         json.dump(dict(predicted=True, inputs=inputs, presets=rows, data_parallel=dp), sys.stdout, indent=1)
@@ -404,6 +426,9 @@ def main(argv=None):
           "fwd %.0f / bwd %.0f TFLOP/s, %.0f us per launch; MFU against %.1f TFLOP/s"
           % (a.copy_gbs, 100 * a.memory_efficiency, a.gemm_tflops, a.attn_fwd_tflops, a.attn_bwd_tflops,
              c.launch * 1e6, facts["peak"] / 1e12))
+    if a.swiglu_epilogue_tflops:
+        print("WHAT-IF, not the trainer's code: SwiGLU and its derivative in the epilogues of the gate|up and down "
+              "input-gradient GEMMs, at %.0f TFLOP/s x wave efficiency; no swiglu kernels" % a.swiglu_epilogue_tflops)
     print()
     print("| preset | params | step ms | tokens/s | MFU | GEMM | attention | memory | optimizer | launches "
           "| torch eager (H100) | torch.compile (H100) | x compile |")

@@ -27,9 +27,9 @@ def model(name):
     return cm.Model(name, ffn_align=FACTS["ffn_align"], **FACTS["presets"][name])
 
 
-def count_problems(m, T=256, B=2):
+def count_problems(m, T=256, B=2, swiglu_epilogue=False):
     """Where the kernel list disagrees with the code's totals: a list of messages (empty: agrees)."""
-    ks = cm.micro_batch_kernels(m, B, T, F=m.F)
+    ks = cm.micro_batch_kernels(m, B, T, F=m.F, swiglu_epilogue=swiglu_epilogue)
     tokens = B * T
     gemm = sum(k.flops for k in ks if k.kind == "gemm") / tokens
     attention = sum(k.flops for k in ks if k.kind == "attention") / tokens
@@ -73,6 +73,23 @@ def test_kernel_counts_agree_with_the_code_for_every_preset():
     for name in PAPER + ["tiny"]:
         problems = count_problems(model(name))
         assert not problems, problems
+
+
+def test_swiglu_epilogue_what_if():
+    # the same GEMM FLOPs, without the swiglu kernels; faster at cuBLASLt's rate, slower at a low one
+    for name in PAPER:
+        assert not count_problems(model(name), swiglu_epilogue=True), name
+    names = lambda ks: {k.name for k in ks}
+    m = model("130m")
+    assert {"swiglu", "swiglu backward"} <= names(cm.micro_batch_kernels(m, 2, 256))
+    assert not {"swiglu", "swiglu backward"} & names(cm.micro_batch_kernels(m, 2, 256, swiglu_epilogue=True))
+    base = json.loads(run("--json", "--preset", "130m", "--gpus", "").stdout)
+    fast = json.loads(run("--json", "--preset", "130m", "--gpus", "", "--swiglu-epilogue-tflops", "800").stdout)
+    slow = json.loads(run("--json", "--preset", "130m", "--gpus", "", "--swiglu-epilogue-tflops", "100").stdout)
+    assert base["inputs"]["swiglu_epilogue_tflops"] is None and fast["inputs"]["swiglu_epilogue_tflops"] == 800
+    b, f, s = (x["presets"][0]["step_ms"] for x in (base, fast, slow))
+    assert f < b < s, (f, b, s)
+    assert "WHAT-IF" in run("--preset", "130m", "--gpus", "", "--swiglu-epilogue-tflops", "650").stdout
 
 
 def test_a_planted_wrong_count_fails():
