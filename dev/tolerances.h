@@ -20,6 +20,17 @@ constexpr double FP32_TOL = 1e-5;
 constexpr double bf16_rounding(bool bf16) { return bf16 ? 0x1p-8 : 0.0; }
 constexpr double store_tol(bool bf16) { return FP32_TOL + bf16_rounding(bf16); }
 
+// A matrix product with fp32 accumulation of K-term dot products (dev/matmul.cu, through cuBLASLt), on
+// the metric above. The fp32 build's FFMA rounds the running sum to nearest, 2^-24 of it per step; the
+// bf16 build's tensor cores may truncate it instead (Fasi et al., 2021), up to 2^-23 per step and all
+// in one direction. For sums of random signs the running sum stays within about the result's rms, so K
+// steps move it by at most K times that per step, relative to the rms; then the one rounding of a
+// floatX output (out, dinp; not the fp32 dW). Worst cases, not calibrated: test/test_dev_tolerances.cpp
+// shows a truncating emulation at K = 16384 within half of it and a wrong operand far outside.
+inline double matmul_tol(bool bf16, long K, bool output_rounded) {
+    return (bf16 ? 0x1p-23 : 0x1p-24) * K + (output_rounded ? bf16_rounding(bf16) : 0.0) + FP32_TOL;
+}
+
 inline double max_relative_error(const std::vector<float>& gpu, const std::vector<double>& ref) {
     if (gpu.size() != ref.size()) {
         fprintf(stderr, "validation: %zu values from the GPU, %zu from the reference\n", gpu.size(), ref.size());

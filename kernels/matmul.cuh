@@ -407,10 +407,21 @@ inline void matmul_forward(floatX* out, const floatX* inp, const floatX* W, int 
     cublaslt_matmul(out, W, inp, OC, N, C, true, false, 0.0f, stream);
 }
 
-// dW (OC, C) += dout^T @ inp in fp32, then dinp (N, C) = dout @ W (written). dW goes first, so dinp
-// may be inp's buffer (the MLP backward writes d swiglu over swiglu).
+// dW (OC, C) += dout^T @ inp, in fp32
+inline void matmul_backward_weight(float* dW, const floatX* dout, const floatX* inp, int N, int C, int OC,
+                                   cudaStream_t stream) {
+    cublaslt_matmul(dW, inp, dout, C, OC, N, false, true, 1.0f, stream);
+}
+
+// dinp (N, C) = dout @ W (written)
+inline void matmul_backward_input(floatX* dinp, const floatX* dout, const floatX* W, int N, int C, int OC,
+                                  cudaStream_t stream) {
+    cublaslt_matmul(dinp, W, dout, C, N, OC, false, false, 0.0f, stream);
+}
+
+// Both: dW goes first, so dinp may be inp's buffer (the MLP backward writes d swiglu over swiglu).
 inline void matmul_backward(floatX* dinp, float* dW, const floatX* dout, const floatX* inp, const floatX* W, int N,
                             int C, int OC, cudaStream_t stream) {
-    cublaslt_matmul(dW, inp, dout, C, OC, N, false, true, 1.0f, stream);
-    cublaslt_matmul(dinp, W, dout, C, N, OC, false, false, 0.0f, stream);
+    matmul_backward_weight(dW, dout, inp, N, C, OC, stream);
+    matmul_backward_input(dinp, dout, W, N, C, OC, stream);
 }

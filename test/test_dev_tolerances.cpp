@@ -7,7 +7,7 @@
 // both backwards with their dweight partial rows), swiglu versions 1 and 3 on the (N, 2F) gate|up
 // layout (3 with __expf and __fdividef off by the CUDA Programming Guide's largest error, both signs),
 // adamw version 2 with its scalar tail, the classifier's version 2 (exp2f of a folded argument, off by
-// its largest error), rope version 1.
+// its largest error), rope version 1, and matmul's fp32 accumulation (truncating, as tensor cores may).
 #include <functional>
 #include <string>
 #include <vector>
@@ -526,4 +526,64 @@ TEST_CASE("dev checks: rope version 1 emulated passes, a wrong table stride and 
             CHECK(rope_error(B, T, NH, hd, bf16, RopeBug::table_stride) >= 2 * tol);
             CHECK(rope_error(B, T, NH, hd, bf16, RopeBug::backward_not_negated) >= 2 * tol);
         }
+}
+
+// ----------------------------------------------------------------------------
+// matmul (dev/matmul.cu): a 6 x 6 block of K-term dot products
+
+namespace {
+
+enum class MatmulBug { none, operand_shifted, bf16_accumulation };
+
+// fp32 x toward zero (the truncating accumulation the tensor cores may do) from its exact double.
+float truncate_to_float(double x) {
+    float f = (float)x;
+    if (std::fabs((double)f) > std::fabs(x)) f = std::nextafter(f, 0.0f);
+    return f;
+}
+
+// The metric over a 6 x 6 block of dot products of K random normal stored values, accumulated as the
+// build's GEMM does (bf16: exact products, the running fp32 sum truncated; fp32: FFMA, to nearest),
+// the output rounded to floatX if asked; relative to matmul_tol less `reserve`.
+double matmul_excess(long K, bool bf16, bool output_rounded, MatmulBug bug, double reserve) {
+    Rng rng(61);
+    std::vector<std::vector<float>> a(6), b(6);
+    for (auto& row : a) row = random_stored(K, rng, 1.0, bf16);
+    for (auto& row : b) row = random_stored(K, rng, 1.0, bf16);
+    std::vector<float> got;
+    std::vector<double> ref;
+    for (int i = 0; i < 6; i++)
+        for (int j = 0; j < 6; j++) {
+            float s = 0.0f;
+            double exact = 0.0;
+            for (long k = 0; k < K; k++) {
+                const float bk = b[j][bug == MatmulBug::operand_shifted ? (k + 1) % K : k];
+                if (bf16) s = truncate_to_float((double)s + (double)a[i][k] * bk);
+                else s = std::fma(a[i][k], bk, s);
+                if (bug == MatmulBug::bf16_accumulation) s = round_bf16(s);
+                exact += (double)a[i][k] * b[j][k];
+            }
+            got.push_back(output_rounded ? stored(s, bf16) : s);
+            ref.push_back(exact);
+        }
+    return max_relative_error(got, ref) / (matmul_tol(bf16, K, output_rounded) - reserve);
+}
+
+}  // namespace
+
+// The emulation leaves at least half of the accumulation's part of the tolerance (all but the output's
+// rounding) unused.
+TEST_CASE("dev checks: matmul's accumulation emulated (truncating in bf16) passes at K up to 16384, planted bugs fail by 2x") {
+    for (bool bf16 : {true, false})
+        for (long K : {12L, 768L, 16384L})  // dev/matmul.cu's smallest K, the 130m width, the tokens of dW
+            for (bool rounded : {true, false}) {
+                INFO((bf16 ? "bf16" : "fp32") << " K " << K << (rounded ? " output rounded" : " fp32 output"));
+                const double reserve = matmul_tol(bf16, K, false) / 2;
+                const double excess = matmul_excess(K, bf16, rounded, MatmulBug::none, reserve);
+                printf("matmul %s K %5ld %s: error %.2f of matmul_tol less half its accumulation part\n",
+                       bf16 ? "bf16" : "fp32", K, rounded ? "floatX out" : "fp32 out  ", excess);
+                CHECK(excess <= 1.0);
+                CHECK(matmul_excess(K, bf16, rounded, MatmulBug::operand_shifted, 0.0) >= 2.0);
+                if (bf16 && K >= 768) CHECK(matmul_excess(K, bf16, rounded, MatmulBug::bf16_accumulation, 0.0) >= 2.0);
+            }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The race checker (EMU_RACECHECK) on a reduced set: every version of every dev/ benchmark on its small
-# shapes (version 1 of each is the trainer's kernel in kernels/), built with ThreadSanitizer. A report
+# shapes (version 1 of each is the trainer's kernel in kernels/), built with ThreadSanitizer; all but
+# dev/matmul, whose products run in the emulated cuBLASLt, which has no threads to race. A report
 # of a race, or a failed check, fails. Two runs at a time (each emulated run uses one core); the
 # results are printed in order. Ends with "race_check_emu: N passed, M failed".
 set -u
