@@ -686,7 +686,7 @@ struct GpuBackend : TrainerBackend {
     }
 
     std::string description() const override {
-        char text[768];
+        char text[1024];
         const double peak = peak_flops();
         char mfu[128] = "MFU not reported: ";
         if (peak > 0) snprintf(mfu, sizeof(mfu), "MFU against %.1f TFLOP/s dense bf16", peak / 1e12);
@@ -700,12 +700,13 @@ struct GpuBackend : TrainerBackend {
                                              : "all-reduce: each keeps and updates all of them");
         snprintf(text, sizeof(text),
                  "device: %s, %s\ndata parallel: %s; CUDA graphs %s\nmemory per GPU: %.2f GiB weights, fp32 gradients and optimizer state; %.2f GiB "
-                 "activations for %ld tokens per micro-batch, %s; %s",
+                 "activations for %ld tokens per micro-batch, %s; %.2f GiB cuBLASLt workspace; %s",
                  model.device_name.c_str(),
                  FLOATX_IS_FP32 ? "fp32 storage"
                                 : "bf16 weights and activations, fp32 weight gradients, master weights and Adam moments",
                  ranks, graphs, model.mem.bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
-                 model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored", mfu);
+                 model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored",
+                 CUBLASLT_WORKSPACE_BYTES / 1073741824.0, mfu);
         return text;
     }
     // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.
