@@ -398,9 +398,27 @@ struct GpuModel {
         matmul_forward(f, a.swiglu, param(WDOWN, l), N, F, C, stream);
     }
 
+    // The norm that reads layer l's output first: the next layer's norm_a if that layer is Pre-LN, the
+    // final norm after the last layer; none before a Post-LN layer (its input is added to, not normed).
+    struct NextNorm {
+        floatX* out;
+        float* rstd;
+        const floatX* w;
+    };
+    bool next_norm(int l, NextNorm* next) {
+        if (l == cfg.n_layer - 1) *next = {acts.final_norm, acts.rstd_f, param(NORM_F)};
+        else if (!layer_is_post_ln(cfg, l + 1)) *next = {layer(l + 1).attn_in, layer(l + 1).rstd_a, param(NORM_A, l + 1)};
+        else return false;
+        return true;
+    }
+
     // One layer: the paper's eq. 1 (Post-LN) or eq. 2 (Pre-LN). Each residual add followed by a norm
-    // is fused with it (residual_rmsnorm_forward keeps the sum: Post-LN's norm input, Pre-LN's h).
-    void layer_forward(int l) {
+    // is fused with it (residual_rmsnorm_forward keeps the sum: Post-LN's norm input, Pre-LN's h), the
+    // Pre-LN layer's last one too (out = h + MLP and the next norm, next_norm), so that a Pre-LN layer
+    // after a Pre-LN layer finds its attention input made. Not when the backward recomputes the layer
+    // (recomputing): its own input's norm is made again, from x (the same bits: the fused kernel
+    // normalizes the sum as rounded and stored), and the next layer's is not touched.
+    void layer_forward(int l, bool recomputing = false) {
         const GpuLayerActivations a = layer(l);
         const int N = B * T, C = cfg.d_model;
         const float eps = (float)cfg.norm_eps;
@@ -414,11 +432,15 @@ struct GpuModel {
             residual_rmsnorm_forward(a.norm_b_in, a.out, a.rstd_b, a.h, f, param(NORM_B, l), s, N, C, eps, stream);
         } else {
             // eq. 2: h = x + Attn(LN_a(x));  out = h + MLP(LN_b(h))
-            rmsnorm_forward(a.attn_in, a.rstd_a, a.x, param(NORM_A, l), N, C, eps, stream);
+            const bool input_normed = !recomputing && l > 0 && !layer_is_post_ln(cfg, l - 1);
+            if (!input_normed) rmsnorm_forward(a.attn_in, a.rstd_a, a.x, param(NORM_A, l), N, C, eps, stream);
             attention_sublayer_forward(a, l, f);
             residual_rmsnorm_forward(a.h, a.mlp_in, a.rstd_b, a.x, f, param(NORM_B, l), 1.0f, N, C, eps, stream);
             mlp_sublayer_forward(a, l, f);
-            residual_forward(a.out, a.h, f, (long)N * C, 1.0f, stream);
+            NextNorm next;
+            if (!recomputing && next_norm(l, &next))
+                residual_rmsnorm_forward(a.out, next.out, next.rstd, a.h, f, next.w, 1.0f, N, C, eps, stream);
+            else residual_forward(a.out, a.h, f, (long)N * C, 1.0f, stream);
         }
     }
 
@@ -429,14 +451,15 @@ struct GpuModel {
         staging.copy_batch(acts.tokens, acts.targets, tokens, targets, B * T, stream);
     }
 
-    // Embedding of acts.tokens, the L layers, the final norm (for every alpha) and the LM head, up to
-    // the logits (N, V).
+    // Embedding of acts.tokens, the L layers, the final norm (for every alpha: after a Pre-LN last
+    // layer it is fused with that layer's last residual add) and the LM head, up to the logits (N, V).
     void forward() {
         const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
         embedding_forward(layer(0).x, acts.tokens, param(WTE), N, C, (float)embedding_scale(cfg), stream);
         for (int l = 0; l < cfg.n_layer; l++) layer_forward(l);
-        rmsnorm_forward(acts.final_norm, acts.rstd_f, layer(cfg.n_layer - 1).out, param(NORM_F), N, C,
-                        (float)cfg.norm_eps, stream);
+        if (layer_is_post_ln(cfg, cfg.n_layer - 1))
+            rmsnorm_forward(acts.final_norm, acts.rstd_f, layer(cfg.n_layer - 1).out, param(NORM_F), N, C,
+                            (float)cfg.norm_eps, stream);
         matmul_forward(acts.logits, acts.final_norm, param(LM_HEAD), N, C, V, stream);
     }
 
@@ -532,7 +555,7 @@ struct GpuModel {
         for (int l = cfg.n_layer - 1; l >= 0; l--) {
             // With recomputation the one slot holds the last layer's activations from the forward;
             // every other layer's are rebuilt from its input, which the residual stream kept.
-            if (recompute && l < cfg.n_layer - 1) layer_forward(l);
+            if (recompute && l < cfg.n_layer - 1) layer_forward(l, /*recomputing=*/true);
             layer_backward(l);
             gradients_done(layer_bucket(l));
         }

@@ -158,9 +158,14 @@ def micro_batch_kernels(m, B, T, F=None, swiglu_epilogue=False):
             ks += attention_forward() + [mem("residual rmsnorm", res_norm)]
             ks += mlp_forward() + [mem("residual rmsnorm", res_norm)]
         else:
-            ks += [mem("rmsnorm", norm)] + attention_forward() + [mem("residual rmsnorm", res_norm)]
-            ks += mlp_forward() + [mem("residual", 3 * act)]
-    ks.append(mem("final rmsnorm", norm))
+            # a Pre-LN layer's input is normed by the layer before it, unless that is a Post-LN layer
+            # (or the embedding); its last add is fused with the next norm (the next layer's, or the final)
+            if l == 0 or l - 1 < m.post:
+                ks += [mem("rmsnorm", norm)]
+            ks += attention_forward() + [mem("residual rmsnorm", res_norm)]
+            ks += mlp_forward() + [mem("residual rmsnorm", res_norm)]
+    if m.post == m.L:
+        ks.append(mem("final rmsnorm", norm))
     ks.append(gemm("LM head", N, V, C))
     logits = N * V * BF16
     ks += [mem("loss scalars", N * 4), mem("cross-entropy", 2 * logits + N * (4 + 4)), mem("mean loss", N * 4)]

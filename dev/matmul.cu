@@ -3,7 +3,7 @@
 // each layer's q|k|v, o, gate|up and down, and the LM head, each as its forward (out = inp W^T), its
 // weight gradient (dW += dout^T inp, fp32) and its input gradient (dinp = dout W).
 //
-// Why: dev/cost_model.py predicts the GEMMs at 60% of the 130m step, at the 8192^3 rate times a wave
+// Why: dev/cost_model.py predicts the GEMMs at 61% of the 130m step, at the 8192^3 rate times a wave
 // efficiency of its own assumption. Each line here is the measured rate at one shape as a fraction of
 // the 8192^3 rate measured in the same run; the model's fraction for the same product is
 //   python3 -c "import sys; sys.path[:0] = ['dev']; import cost_model; print(cost_model.wave_efficiency(M, N, K))"

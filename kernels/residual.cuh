@@ -1,5 +1,6 @@
-// Residual add, out = s * x + f: Pre-LN's second residual (eq. 2, out = h + MLP(LN_b(h)), s = 1),
-// the one add of the layer loop that no norm follows; the others are fused into kernels/rmsnorm.cuh.
+// Residual add, out = s * x + f: Pre-LN's second residual (eq. 2, out = h + MLP(LN_b(h)), s = 1) where
+// no norm reads out next (before a Post-LN layer) or where the backward recomputes the layer; every
+// other add of the layer loop is fused with the norm after it (kernels/rmsnorm.cuh).
 // The backward uses it once: a Post-LN layer leaves d x as two parts, d x = s * dsum + d attn_in,
 // which the next Post-LN layer's norm backward adds up as it reads them; below the last one (the
 // embedding) they are added here.
