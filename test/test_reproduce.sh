@@ -13,34 +13,8 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OMP_NUM_THREADS=${OMP_NUM_THR
 tmp=$(mktemp -d /tmp/mixln_reproduce_XXXXXX)
 export PYTHONPATH=$PWD/scripts
 trap 'rm -rf "$tmp"' EXIT
-passed=0; failed=0; skipped=0
-missing=
-if ! python3 -c "import numpy, tokenizers, tqdm, matplotlib" 2>/dev/null; then
-    missing=yes
-    echo "test_reproduce: Python packages missing, skipping all checks: pip install -r scripts/requirements.txt"
-fi
-
-# check NAME CMD...: passes when CMD exits 0; shows CMD's output when it fails.
-check() {
-    local name=$1 out
-    shift
-    if [ -n "$missing" ]; then skipped=$((skipped + 1)); return; fi
-    if out=$("$@" 2>&1); then
-        passed=$((passed + 1)); echo "  ok    $name"
-    else
-        failed=$((failed + 1)); echo "  FAIL  $name"; tail -n 25 <<<"$out" | sed 's/^/        /'
-    fi
-}
-# fails_with PATTERN CMD...: CMD exits non-zero, without a traceback, its last line an "error: ..." with PATTERN.
-fails_with() {
-    local pattern=$1 out last
-    shift
-    if out=$("$@" 2>&1); then echo "$out"; echo "(exited 0; expected an error with: $pattern)"; return 1; fi
-    last=$(tail -n 1 <<<"$out")
-    if grep -q "^Traceback" <<<"$out" || [[ $last != *"error: "* || $last != *"$pattern"* ]]; then
-        echo "$out"; echo "(expected a last line \"error: ...$pattern...\" and no traceback)"; return 1
-    fi
-}
+SUITE=test_reproduce PYTHON_MODULES="numpy tokenizers tqdm matplotlib"
+source test/script_checks.sh
 
 # The tiny corpus: 48 paragraphs of made-up sentences (some long enough to need several rows of 32
 # ids), with non-ASCII text and one paragraph that spells out the end-of-text token.
@@ -286,9 +260,4 @@ check "a preset refuses data of another row length" fails_with "takes padded row
 check "a preset needs --data" fails_with "cpu_lr trains on --data DIR" \
     python3 scripts/reproduce.py cpu_lr --trainer ./train_mixln_cpu --out "$tmp/bad"
 
-if [ "$skipped" -gt 0 ]; then
-    echo "test_reproduce: $passed passed, $failed failed, $skipped skipped"
-else
-    echo "test_reproduce: $passed passed, $failed failed"
-fi
-[ "$failed" -eq 0 ]
+summary

@@ -10,35 +10,8 @@ export HF_HUB_OFFLINE=1  # hub look-ups fail at once instead of retrying
 tmp=$(mktemp -d /tmp/mixln_scripts_XXXXXX)
 export PYTHONPATH=$PWD/scripts:$tmp  # the Python checks import the scripts and $tmp/helpers.py
 trap 'rm -rf "$tmp"' EXIT
-passed=0; failed=0; skipped=0
-missing=
-if ! python3 -c "import numpy, tokenizers, huggingface_hub, tqdm, matplotlib" 2>/dev/null; then
-    missing=yes
-    echo "test_scripts: Python packages missing, skipping all checks: pip install -r scripts/requirements.txt"
-fi
-
-# check NAME CMD...: passes when CMD exits 0; shows CMD's output when it fails.
-check() {
-    local name=$1 out
-    shift
-    if [ -n "$missing" ]; then skipped=$((skipped + 1)); return; fi
-    if out=$("$@" 2>&1); then
-        passed=$((passed + 1)); echo "  ok    $name"
-    else
-        failed=$((failed + 1)); echo "  FAIL  $name"; tail -n 20 <<<"$out" | sed 's/^/        /'
-    fi
-}
-# fails_with PATTERN CMD...: CMD exits non-zero, without a traceback, and its last line is an
-# "error: ..." containing PATTERN.
-fails_with() {
-    local pattern=$1 out last
-    shift
-    if out=$("$@" 2>&1); then echo "$out"; echo "(exited 0; expected an error with: $pattern)"; return 1; fi
-    last=$(tail -n 1 <<<"$out")
-    if grep -q "^Traceback" <<<"$out" || [[ $last != *"error: "* || $last != *"$pattern"* ]]; then
-        echo "$out"; echo "(expected a last line \"error: ...$pattern...\" and no traceback)"; return 1
-    fi
-}
+SUITE=test_scripts PYTHON_MODULES="numpy tokenizers huggingface_hub tqdm matplotlib"
+source test/script_checks.sh
 
 # The tiny corpus: blank-line-separated paragraphs with some non-ASCII text, and one that spells out
 # the end-of-text token, which must stay plain text.
@@ -634,9 +607,4 @@ EOF
 }
 check "make gpu-check with stand-ins for the GPU tools and binaries: its steps, report and time limits" gpu_check_dry_run
 
-if [ "$skipped" -gt 0 ]; then
-    echo "test_scripts: $passed passed, $failed failed, $skipped skipped"
-else
-    echo "test_scripts: $passed passed, $failed failed"
-fi
-[ "$failed" -eq 0 ]
+summary
