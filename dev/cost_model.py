@@ -356,6 +356,48 @@ def data_parallel(m, T, B, total_batch, c, peak, gpus):
 
 
 # ---------------------------------------------------------------------------------------------------
+# The model's assumptions beside what dev/ measured (make gpu-check's report)
+
+DEV_RESULT_RE = re.compile(r"^(matmul_forward|matmul_dW|matmul_dinp|attention_forward|attention_backward) (\S+) "
+                           r"v(\d+): ([0-9.]+) TFLOP/s \(([0-9.]+)% of gemm\)")
+TRAINER_ATTENTION_VERSION = 4  # dev/attention.cu's version of the trainer's call (RoPE turned inside)
+
+
+def against_dev(log_text, c):
+    """Rows (kernel, shape, version, measured, assumed, measured / assumed) from dev/run_all.log's result
+    lines: each of dev/matmul.cu's products as a fraction of the 8192^3 rate measured in its run,
+    against the wave efficiency the model assumes for its shape; the trainer's attention at T 256
+    against the assumed rates (TFLOP/s, both counted as FlashAttention counts them)."""
+    rows = []
+    for line in log_text.splitlines():
+        m = DEV_RESULT_RE.match(line)
+        if not m:
+            continue
+        kernel, shape, version, tflops, pct = m.group(1), m.group(2), int(m.group(3)), float(m.group(4)), float(m.group(5))
+        if kernel.startswith("matmul"):  # shape MODEL:PRODUCT:NxOCxC
+            N, OC, C = (int(x) for x in shape.split(":")[2].split("x"))
+            mnk = {"matmul_forward": (N, OC, C), "matmul_dW": (OC, C, N), "matmul_dinp": (N, C, OC)}[kernel]
+            rows.append((kernel, shape, version, pct / 100, wave_efficiency(*mnk), "of the 8192^3 rate"))
+        elif version == TRAINER_ATTENTION_VERSION and ",T256," in shape:
+            assumed = c.attn_fwd if kernel == "attention_forward" else c.attn_bwd
+            rows.append((kernel, shape, version, tflops, assumed / 1e12, "TFLOP/s"))
+    return rows
+
+
+def print_against_dev(path, c):
+    with open(path) as f:
+        rows = against_dev(f.read(), c)
+    if not rows:
+        print("no dev/matmul or T-256 dev/attention version %d results in %s" % (TRAINER_ATTENTION_VERSION, path))
+        return
+    print("| kernel | shape | version | measured | the model's assumption | measured / assumed |")
+    print("|---|---|---|---|---|---|")
+    for kernel, shape, version, measured, assumed, unit in rows:
+        fmt = (lambda x: "%.0f%% %s" % (100 * x, unit)) if unit.startswith("of") else (lambda x: "%.0f %s" % (x, unit))
+        print("| %s | %s | %d | %s | %s | %.2f |" % (kernel, shape, version, fmt(measured), fmt(assumed), measured / assumed))
+
+
+# ---------------------------------------------------------------------------------------------------
 # The measured baselines (an H100, 2026-11-23: a PyTorch version of the same model, bf16 autocast, SDPA
 # flash attention, fused AdamW, T = 256): tokens/s eager, torch.compile
 
@@ -379,17 +421,22 @@ def main(argv=None):
     ap.add_argument("--kernels", action="store_true", help="also each kernel's time in one micro-batch")
     ap.add_argument("--tokens-per-step", type=int, help="the batch (default core/cli.h's -d, the paper's)")
     ap.add_argument("--gpus", default="8,16,32,64,128,256,512", help="data-parallel GPU counts ('' for none)")
+    ap.add_argument("--against-dev", metavar="LOG",
+                    help="only the model's GEMM and attention assumptions beside dev/run_all.sh's log (make gpu-check)")
     ap.add_argument("--swiglu-epilogue-tflops", type=float, metavar="R",
                     help="WHAT-IF, not the trainer: SwiGLU and its derivative in the epilogues of GEMMs at R TFLOP/s")
     a = ap.parse_args(argv)
 
+    c = Ceilings(a.copy_gbs, a.gemm_tflops, a.attn_fwd_tflops, a.attn_bwd_tflops, a.memory_efficiency,
+                 4.0 if a.no_graphs else 1.0, a.swiglu_epilogue_tflops)
+    if a.against_dev:
+        print_against_dev(a.against_dev, c)
+        return
     facts = code_facts()
     names = a.preset or [n for n in facts["presets"] if n != "tiny"]
     for n in names:
         if n not in facts["presets"]:
             ap.error("unknown preset %s (core/config.h has %s)" % (n, ", ".join(facts["presets"])))
-    c = Ceilings(a.copy_gbs, a.gemm_tflops, a.attn_fwd_tflops, a.attn_bwd_tflops, a.memory_efficiency,
-                 4.0 if a.no_graphs else 1.0, a.swiglu_epilogue_tflops)
     d = facts["defaults"]
     T, B, total = d["seq_len"], d["micro_batch"], a.tokens_per_step or d["total_batch"]
     if total % T:

@@ -288,6 +288,15 @@ for id in $(seq 1 $steps); do [ ! -e $state/$id.log ] || cat $state/$id.out >>"$
     echo
     python3 dev/cost_model.py --tokens-per-step 65536 --gpus "" --preset 71m --preset 130m --preset 250m --preset 1b \
         "${ceilings[@]}" 2>&1 || echo "(dev/cost_model.py failed)"
+    # Its two largest assumptions, product by product: each GEMM's rate as a fraction of the 8192^3 rate
+    # (its wave efficiency) and the attention rates at T 256, beside what dev/matmul and dev/attention
+    # measured in the dev step.
+    echo
+    echo "## The cost model's GEMM and attention assumptions beside the dev/ measurements"
+    echo
+    if [ "$emulated" = 1 ]; then echo "not run in emulation"
+    elif [ -s "$dev_log" ]; then python3 dev/cost_model.py --against-dev "$dev_log" 2>&1 || echo "(dev/cost_model.py failed)"
+    else echo "no dev/ log (see dev.log)"; fi
     if ls $state/*.failure >/dev/null 2>&1; then
         echo
         echo "## Failures"

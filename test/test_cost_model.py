@@ -92,6 +92,40 @@ def test_swiglu_epilogue_what_if():
     assert "WHAT-IF" in run("--preset", "130m", "--gpus", "", "--swiglu-epilogue-tflops", "650").stdout
 
 
+def test_against_dev_log():
+    # dev/run_all.log's lines: each product against the wave efficiency of its own (m, n, k); only the
+    # trainer's attention (version 4) at T 256 against the assumed rates
+    log = "\n".join([
+        "ceiling gemm: 790.0 TFLOP/s (cuBLASLt bf16 8192^3, fp32 accumulation)",
+        "matmul_forward 130m:qkv:16384x2304x768 v1: 600.0 TFLOP/s (75.9% of gemm) 96.6 us kernel alone, 97.0 us",
+        "matmul_dW 130m:gate_up:16384x4096x768 v2: 450.0 TFLOP/s (57.0% of gemm) 229.1 us kernel alone, 230.0 us",
+        "matmul_dinp 1b:down:16384x2048x5504 v1: 640.0 TFLOP/s (81.0% of gemm) 1.0 us kernel alone, 1.0 us",
+        "attention_forward 130m:B64,T256,NH12,hd64 v4: 120.5 TFLOP/s (15.3% of gemm) 10.0 us kernel alone, 11.0 us",
+        "attention_backward 130m:B64,T256,NH12,hd64 v2: 60.0 TFLOP/s (7.6% of gemm) 10.0 us kernel alone, 11.0 us",
+        "attention_backward 130m:B64,T256,NH12,hd64 v4: 70.0 TFLOP/s (8.9% of gemm) 10.0 us kernel alone, 11.0 us",
+        "attention_forward 130m:B16,T1024,NH12,hd64 v4: 220.0 TFLOP/s (27.8% of gemm) 10.0 us kernel alone, 11.0 us",
+        "rmsnorm_forward 130m:16384x768 v1: 2712.3 GB/s (90.4% of copy) 18.5 us with write-back, 16.0 us alone"])
+    c = cm.Ceilings(3000, 800, 150, 75, 0.85, 1.0)
+    rows = cm.against_dev(log, c)
+    assert [(r[0], r[2]) for r in rows] == [("matmul_forward", 1), ("matmul_dW", 2), ("matmul_dinp", 1),
+                                           ("attention_forward", 4), ("attention_backward", 4)], rows
+    assert rows[0][3:5] == (0.759, cm.wave_efficiency(16384, 2304, 768))
+    assert rows[1][3:5] == (0.57, cm.wave_efficiency(4096, 768, 16384))  # dW (OC, C) with k = tokens
+    assert cm.wave_efficiency(4096, 768, 16384) != cm.wave_efficiency(16384, 4096, 768)
+    assert rows[2][4] == cm.wave_efficiency(16384, 5504, 2048)  # dinp (tokens, C) with k = OC
+    assert rows[3][3:5] == (120.5, 150) and rows[4][3:5] == (70.0, 75)
+    path = os.path.join(ROOT, "build", "test_cost_model_dev.log")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(log)
+    text = run("--against-dev", path).stdout
+    assert "| matmul_dW | 130m:gate_up:16384x4096x768 | 2 | 57% of the 8192^3 rate | 73% of the 8192^3 rate | 0.78 |" in text, text
+    with open(path, "w") as f:
+        f.write(log.splitlines()[-1])
+    assert "no dev/matmul" in run("--against-dev", path).stdout
+    os.remove(path)
+
+
 def test_a_planted_wrong_count_fails():
     real = cm.gemm
 

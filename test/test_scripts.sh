@@ -572,6 +572,8 @@ EOF
     for k in $(cd dev && ls *.cu | sed 's/\.cu$//'); do
         printf '#!/bin/sh\n[ "$1" != --num-versions ] || { echo 1; exit 0; }\necho "device: Stand-in H200; 132 SMs"\necho "ceiling copy: 4300.0 GB/s"\necho "ceiling gemm: 790.0 TFLOP/s"\necho "%s 130m:16384x768 v1: 3000.0 GB/s (69.8%% of copy) 18.5 us"\n' $k > "$bin/bf16/dev/$k"
     done
+    # one product's rate, for the report's comparison with the cost model's wave efficiency
+    printf 'echo "matmul_forward 130m:qkv:16384x2304x768 v1: 600.0 TFLOP/s (75.9%% of gemm) 96.6 us kernel alone, 97.0 us with write-back"\n' >> "$bin/bf16/dev/matmul"
     stand_in_trainer "$bin/bf16/train_mixln" 100 yes
     stand_in_trainer "$bin/before/train_mixln" 200 ""
     chmod +x "$stubs"/* "$bin"/*/* "$bin"/bf16/dev/*
@@ -588,6 +590,7 @@ EOF
     expect '^\*\*compute-sanitizer racecheck\*\* \(TIMED OUT' "$report"
     expect '^- test_gpu_trainer fp32: 7 passed, 0 failed$' "$report"
     expect '^\| attention \| 130m:16384x768 \| 1 \| 18.5 \| 3000.0 GB/s \| 69.8% of copy \|$' "$report"
+    expect '^\| matmul_forward \| 130m:qkv:16384x2304x768 \| 1 \| 76% of the 8192\^3 rate \| 97% of the 8192\^3 rate \| 0.78 \|$' "$report"
     expect '^71m +before +32 +256 +0 +327680 +40.0% +200.0 +3 +2.0 +1.00$' "$report"
     expect '^250m +after +32 +256 +0 +655360 +40.0% +100.0 +3 +2.0 +2.00$' "$report"
     expect '^130m +after-D0 .* 524288 .* 1.60$' "$report"
