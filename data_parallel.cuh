@@ -14,7 +14,11 @@
 //   gradient norm                      each rank's partial sums over its owned gradients, all-gathered
 //                                      and added in rank order (the same on every rank, every run)
 //   AdamW                              one launch over the owned buffers (its slice of every bucket)
-//   all_gather_weights                 each bucket's updated slices to every rank, one NCCL group
+//   all_gather_weights                 each bucket's updated slices to every rank, on the second stream:
+//                                      up to 32 ranks bucket by bucket in the order the next forward
+//                                      reads them, which waits for each bucket just before its first
+//                                      use (wait_for_weights), so that it starts on the embedding while
+//                                      the layers' weights are still on their way; above, one group
 // -Z 0 all-reduces each bucket in place instead, on the same second stream, and every rank updates
 // all weights. One process without NCCL makes none of these calls; on one rank the plan has no
 // padding, the owned buffers are the padded ones, and every collective leaves the numbers as they
@@ -23,6 +27,7 @@
 // Reading order: device memory; NCCL's checked calls and the communicator; ParameterMemory.
 #pragma once
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -155,6 +160,19 @@ struct DataParallel {
 // ----------------------------------------------------------------------------
 // The parameter memory of one rank
 
+// Up to this many ranks the updated weights are all-gathered one bucket at a time, overlapping the next
+// forward; above it in one group, whose one ring latency ((ranks - 1) hops) beats the overlap: the cost
+// model (dev/cost_model.py, a flat ring at 45 GB/s and 3 us a hop across nodes: PREDICTED) puts 130m's
+// step with per-bucket gathers 2-12% faster on 8 to 32 GPUs and 6% slower on 64. MIXLN_PER_BUCKET_ALL_GATHER
+// = 0 or 1 sets the choice (for tests and measurements).
+constexpr int PER_BUCKET_ALL_GATHER_MAX_RANKS = 32;
+
+inline bool per_bucket_all_gather(int world_size) {
+    const char* env = getenv("MIXLN_PER_BUCKET_ALL_GATHER");
+    if (env && *env) return strcmp(env, "0") != 0;
+    return world_size <= PER_BUCKET_ALL_GATHER_MAX_RANKS;
+}
+
 struct ParameterMemory {
     DataParallel dp;
     BucketPlan plan;        // over dp.world_size ranks under ZeRO-1; over one (no slices, no padding) otherwise
@@ -173,13 +191,17 @@ struct ParameterMemory {
     float* adam_m, *adam_v; // Adam's first and second moments
     double* reduced_scalar; // all_reduce_sum's value
 
-    cudaStream_t comm_stream = nullptr;      // the second stream: the buckets' sums during the backward
+    cudaStream_t comm_stream = nullptr;      // the second stream: the buckets' sums during the backward,
+                                             // their updated weights' all-gather during the next forward
     std::vector<cudaEvent_t> backward_done;  // per bucket: the backward has written its gradients
     cudaEvent_t sums_done = nullptr;         // the last bucket's sum is done
+    cudaEvent_t update_done = nullptr;       // AdamW has written the owned weights
+    std::vector<cudaEvent_t> weights_gathered;  // per bucket: params holds its updated weights (an event
+                                                // never recorded counts as done: the first step waits for nothing)
 
     ParameterMemory(const DataParallel& dp_, const ParamLayout& layout, int n_layer, cudaStream_t stream)
         : dp(dp_), plan(gradient_bucket_plan(layout, n_layer, dp_.zero1 ? dp_.world_size : 1)),
-          plan_rank(dp_.zero1 ? dp_.rank : 0), backward_done(plan.buckets.size()) {
+          plan_rank(dp_.zero1 ? dp_.rank : 0), backward_done(plan.buckets.size()), weights_gathered(plan.buckets.size()) {
         params = device_alloc<floatX>(plan.padded_total, "the parameters");
         grads = device_alloc<float>(plan.padded_total, "the gradients");
         cudaCheck(cudaMemsetAsync(params, 0, plan.padded_total * sizeof(floatX), stream));
@@ -194,7 +216,9 @@ struct ParameterMemory {
         cudaCheck(cudaDeviceGetStreamPriorityRange(&least, &greatest));
         cudaCheck(cudaStreamCreateWithPriority(&comm_stream, cudaStreamDefault, greatest));
         for (cudaEvent_t& e : backward_done) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        for (cudaEvent_t& e : weights_gathered) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
         cudaCheck(cudaEventCreateWithFlags(&sums_done, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&update_done, cudaEventDisableTiming));
     }
 
     ~ParameterMemory() {
@@ -206,7 +230,9 @@ struct ParameterMemory {
         for (void* p : {(void*)params, (void*)grads, (void*)adam_m, (void*)adam_v, (void*)reduced_scalar}) cudaCheck(cudaFree(p));
         if (!dp.comm) return;
         for (cudaEvent_t e : backward_done) cudaCheck(cudaEventDestroy(e));
+        for (cudaEvent_t e : weights_gathered) cudaCheck(cudaEventDestroy(e));
         cudaCheck(cudaEventDestroy(sums_done));
+        cudaCheck(cudaEventDestroy(update_done));
         cudaCheck(cudaStreamDestroy(comm_stream));
     }
     ParameterMemory(const ParameterMemory&) = delete;
@@ -265,17 +291,44 @@ struct ParameterMemory {
     // rank's partials cover all gradients already.
     const float* all_norm_partials(const float* partials, int* count, float* gathered, cudaStream_t stream) {
         if (!separate_owned() || !dp.comm) return partials;
+        wait_for_all_weights(stream);
         ncclCheck(ncclAllGather(partials, gathered, *count, ncclFloat, dp.comm, stream));
         *count *= dp.world_size;
         return gathered;
     }
 
-    // After AdamW: every bucket's updated slices from every rank into params (one NCCL group).
-    void all_gather_weights(cudaStream_t stream) { all_gather(owned_params, params, NCCL_FLOATX, stream); }
+    // After AdamW (queued on stream): every bucket's updated slices from every rank into params, on
+    // the second stream in the order the next forward reads them (the embedding, the layers, the final
+    // norm with the LM head), each bucket marked done by weights_gathered[b]: one at a time, or all in
+    // one group (per_bucket_all_gather).
+    void all_gather_weights(cudaStream_t stream) {
+        if (!separate_owned() || !dp.comm) return;
+        cudaCheck(cudaEventRecord(update_done, stream));
+        cudaCheck(cudaStreamWaitEvent(comm_stream, update_done, 0));
+        const bool per_bucket = per_bucket_all_gather(dp.world_size);
+        if (!per_bucket) ncclCheck(ncclGroupStart());
+        for (size_t b = 0; b < plan.buckets.size(); b++) {
+            const GradientBucket& g = plan.buckets[b];
+            ncclCheck(ncclAllGather(owned_params + g.owned_offset, params + g.padded_offset, g.slice, NCCL_FLOATX,
+                                    dp.comm, comm_stream));
+            if (per_bucket) cudaCheck(cudaEventRecord(weights_gathered[b], comm_stream));
+        }
+        if (per_bucket) return;
+        ncclCheck(ncclGroupEnd());
+        for (cudaEvent_t e : weights_gathered) cudaCheck(cudaEventRecord(e, comm_stream));
+    }
+
+    // Makes stream wait until params holds bucket b's updated weights: the forward calls it before
+    // the first kernel that reads them. (Several ranks only: there is no CUDA graph to capture it then.)
+    void wait_for_weights(int b, cudaStream_t stream) {
+        if (separate_owned() && dp.comm) cudaCheck(cudaStreamWaitEvent(stream, weights_gathered[b], 0));
+    }
 
     // x[0, n) (device memory) summed over the ranks, in place, on stream.
     void sum_in_place(double* x, int n, cudaStream_t stream) {
-        if (dp.comm) ncclCheck(ncclAllReduce(x, x, n, ncclDouble, ncclSum, dp.comm, stream));
+        if (!dp.comm) return;
+        wait_for_all_weights(stream);
+        ncclCheck(ncclAllReduce(x, x, n, ncclDouble, ncclSum, dp.comm, stream));
     }
 
     double all_reduce_sum(double x, cudaStream_t stream) {
@@ -291,6 +344,7 @@ struct ParameterMemory {
     // p: all weights; m, v: the moments of this rank's owned parameters, packed, or null for zeros (a
     // fresh optimizer).
     void write_state(const float* p, const float* m, const float* v, cudaStream_t stream) {
+        wait_for_all_weights(stream);  // no all-gather may still be writing params
         std::vector<floatX> padded(plan.padded_total, (floatX)0.0f);
         plain_to_padded(plan, p, padded.data());  // rounded to floatX
         to_device(params, padded.data(), padded.size(), stream);
@@ -329,6 +383,7 @@ struct ParameterMemory {
         to_host(owned.data(), master, owned.size(), stream);
         copy_pieces(plan.owned_pieces(plan_rank), &OwnedPiece::owned, owned.data(), &OwnedPiece::plain, p);
         if (!separate_owned() || !dp.comm) return;
+        wait_for_all_weights(stream);
         if (dp.rank != 0) {
             ncclCheck(ncclSend(master, plan.owned_total, ncclFloat, 0, dp.comm, stream));
             wait_for_stream(stream);
@@ -353,10 +408,15 @@ struct ParameterMemory {
     }
 
   private:
+    // Every collective on the compute stream first waits for the weights' all-gather on the second, so
+    // that the communicator never has two collectives running at once.
+    void wait_for_all_weights(cudaStream_t stream) { wait_for_weights((int)plan.buckets.size() - 1, stream); }
+
     // Each bucket's slices from owned (this rank's) to padded (every rank's), on several ranks.
     template <typename T>
     void all_gather(const T* owned, T* padded, ncclDataType_t type, cudaStream_t stream) {
         if (!separate_owned() || !dp.comm) return;
+        wait_for_all_weights(stream);
         ncclCheck(ncclGroupStart());
         for (const GradientBucket& g : plan.buckets)
             ncclCheck(ncclAllGather(owned + g.owned_offset, padded + g.padded_offset, g.slice, type, dp.comm, stream));

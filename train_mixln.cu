@@ -63,12 +63,13 @@ inline double peak_bf16_flops(const std::string& name) {
 // What a step computes and its kernels read on the device (one allocation).
 struct StepScalars {
     double loss;         // loss_scale * mean loss, summed over the step's micro-batches (and ranks)
+    double stop;         // 1 if this rank was asked to stop, then summed over the ranks with loss
     LossScalars micro;   // the last micro-batch's rows with a target, dloss and mean loss
     AdamWScalars adamw;  // the update's learning rate, bias corrections and clipping factor
 };
 
 struct StepReadback {
-    double loss;
+    double loss, stop;  // as StepScalars
     float grad_norm;
 };
 
@@ -81,7 +82,7 @@ class HostStaging {
     HostStaging() {
         cudaCheck(cudaMallocHost(&scalars_, sizeof(Scalars)));
         for (Batch& b : batches_) cudaCheck(cudaEventCreateWithFlags(&b.copied, cudaEventDisableTiming));
-        cudaCheck(cudaEventCreateWithFlags(&adamw_copied_, cudaEventDisableTiming));
+        for (cudaEvent_t* e : {&adamw_copied_, &stop_copied_}) cudaCheck(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     }
     ~HostStaging() {
         for (Batch& b : batches_) {
@@ -89,8 +90,10 @@ class HostStaging {
             cudaCheck(cudaEventDestroy(b.copied));
             cudaCheck(cudaFreeHost(b.ids));
         }
-        cudaCheck(cudaEventSynchronize(adamw_copied_));
-        cudaCheck(cudaEventDestroy(adamw_copied_));
+        for (cudaEvent_t e : {adamw_copied_, stop_copied_}) {
+            cudaCheck(cudaEventSynchronize(e));
+            cudaCheck(cudaEventDestroy(e));
+        }
         cudaCheck(cudaFreeHost(scalars_));
     }
     HostStaging(const HostStaging&) = delete;
@@ -123,22 +126,34 @@ class HostStaging {
 
     // Queues the copy of an update's scalars to dst (device memory).
     void copy_adamw_scalars(AdamWScalars* dst, const AdamWScalars& s, cudaStream_t stream) {
-        cudaCheck(cudaEventSynchronize(adamw_copied_));
-        scalars_->adamw = s;
-        cudaCheck(cudaMemcpyAsync(dst, &scalars_->adamw, sizeof(s), cudaMemcpyHostToDevice, stream));
-        cudaCheck(cudaEventRecord(adamw_copied_, stream));
+        copy_through(&scalars_->adamw, adamw_copied_, dst, s, stream);
     }
 
-    // The step's loss and norm (device memory), once the stream's work so far is done.
+    // Queues the copy of this rank's stop flag (1 or 0) to dst (device memory).
+    void copy_stop_flag(double* dst, bool stop, cudaStream_t stream) {
+        copy_through(&scalars_->stop, stop_copied_, dst, stop ? 1.0 : 0.0, stream);
+    }
+
+    // The step's loss and stop flag (two doubles from loss on, device memory) and norm, once the
+    // stream's work so far is done.
     StepReadback read_step(const double* loss, const float* grad_norm, cudaStream_t stream) {
         StepReadback* r = &scalars_->readback;
-        cudaCheck(cudaMemcpyAsync(&r->loss, loss, sizeof(double), cudaMemcpyDeviceToHost, stream));
+        cudaCheck(cudaMemcpyAsync(&r->loss, loss, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream));
         cudaCheck(cudaMemcpyAsync(&r->grad_norm, grad_norm, sizeof(float), cudaMemcpyDeviceToHost, stream));
         wait_for_stream(stream);
         return *r;
     }
 
   private:
+    // Queues the copy of value to dst from its pinned slot, once the slot's last copy is done.
+    template <typename T>
+    void copy_through(T* slot, cudaEvent_t copied, T* dst, const T& value, cudaStream_t stream) {
+        cudaCheck(cudaEventSynchronize(copied));
+        *slot = value;
+        cudaCheck(cudaMemcpyAsync(dst, slot, sizeof(T), cudaMemcpyHostToDevice, stream));
+        cudaCheck(cudaEventRecord(copied, stream));
+    }
+
     struct Batch {
         int* ids = nullptr;  // capacity tokens, then capacity targets
         long capacity = 0;
@@ -146,12 +161,13 @@ class HostStaging {
     };
     struct Scalars {
         AdamWScalars adamw;
+        double stop;
         StepReadback readback;
     };
     Batch batches_[2];
     int next_batch_ = 0;
     Scalars* scalars_ = nullptr;
-    cudaEvent_t adamw_copied_;
+    cudaEvent_t adamw_copied_, stop_copied_;
 };
 
 // A CUDA graph of work the model runs again and again (GpuModel::run_captured).
@@ -404,10 +420,13 @@ struct GpuModel {
         floatX* out;
         float* rstd;
         const floatX* w;
+        int bucket;  // the one holding w (core/distributed.h)
     };
     bool next_norm(int l, NextNorm* next) {
-        if (l == cfg.n_layer - 1) *next = {acts.final_norm, acts.rstd_f, param(NORM_F)};
-        else if (!layer_is_post_ln(cfg, l + 1)) *next = {layer(l + 1).attn_in, layer(l + 1).rstd_a, param(NORM_A, l + 1)};
+        const int L = cfg.n_layer;
+        if (l == L - 1) *next = {acts.final_norm, acts.rstd_f, param(NORM_F), head_bucket(L)};
+        else if (!layer_is_post_ln(cfg, l + 1))
+            *next = {layer(l + 1).attn_in, layer(l + 1).rstd_a, param(NORM_A, l + 1), layer_bucket(l + 1)};
         else return false;
         return true;
     }
@@ -423,6 +442,7 @@ struct GpuModel {
         const int N = B * T, C = cfg.d_model;
         const float eps = (float)cfg.norm_eps;
         floatX* f = acts.sublayer_out;
+        mem.wait_for_weights(layer_bucket(l), stream);  // several ranks: the last update's all-gather
         if (layer_is_post_ln(cfg, l)) {
             const float s = (float)residual_scale(cfg);  // 1 except for DeepNorm
             // eq. 1: h = LN_a(s*x + Attn(x));  out = LN_b(s*h + MLP(h))
@@ -438,9 +458,12 @@ struct GpuModel {
             residual_rmsnorm_forward(a.h, a.mlp_in, a.rstd_b, a.x, f, param(NORM_B, l), 1.0f, N, C, eps, stream);
             mlp_sublayer_forward(a, l, f);
             NextNorm next;
-            if (!recomputing && next_norm(l, &next))
+            if (!recomputing && next_norm(l, &next)) {
+                mem.wait_for_weights(next.bucket, stream);
                 residual_rmsnorm_forward(a.out, next.out, next.rstd, a.h, f, next.w, 1.0f, N, C, eps, stream);
-            else residual_forward(a.out, a.h, f, (long)N * C, 1.0f, stream);
+            } else {
+                residual_forward(a.out, a.h, f, (long)N * C, 1.0f, stream);
+            }
         }
     }
 
@@ -455,8 +478,10 @@ struct GpuModel {
     // layer it is fused with that layer's last residual add) and the LM head, up to the logits (N, V).
     void forward() {
         const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
+        mem.wait_for_weights(embedding_bucket(), stream);
         embedding_forward(layer(0).x, acts.tokens, param(WTE), N, C, (float)embedding_scale(cfg), stream);
         for (int l = 0; l < cfg.n_layer; l++) layer_forward(l);
+        mem.wait_for_weights(head_bucket(cfg.n_layer), stream);
         if (layer_is_post_ln(cfg, cfg.n_layer - 1))
             rmsnorm_forward(acts.final_norm, acts.rstd_f, layer(cfg.n_layer - 1).out, param(NORM_F), N, C,
                             (float)cfg.norm_eps, stream);
@@ -573,20 +598,21 @@ struct GpuModel {
         if (last_micro) mem.bucket_ready(bucket, stream);
     }
 
-    // The gradients, the step's loss and its norm (0 until the step's update).
+    // The gradients, the step's loss and stop flag, and its norm (0 until the step's update).
     void zero_grad() {
         zero(mem.grads, mem.plan.padded_total);
-        zero(&step_scalars->loss, 1);
+        zero(&step_scalars->loss, 2);  // loss and stop
         zero(grad_norm_scratch, 1);
     }
 
     // Completes the gradients' sum over the ranks, whose buckets the last micro-batch's backward
     // started: under ZeRO-1 each rank then has the sums of its slices (owned_grads), under -Z 0 all.
-    // The step's loss is summed too.
-    void reduce_gradients() {
+    // The step's loss and the ranks' stop flags (stop: this rank's) are summed too, in one call.
+    void reduce_gradients(bool stop) {
         mem.finish_sums(/*backward_started_them=*/last_micro, stream);
         last_micro = false;
-        mem.sum_in_place(&step_scalars->loss, 1, stream);
+        staging.copy_stop_flag(&step_scalars->stop, stop, stream);
+        mem.sum_in_place(&step_scalars->loss, 2, stream);  // loss and stop, adjacent
     }
 
     double all_reduce_sum(double x) { return mem.all_reduce_sum(x, stream); }
@@ -637,7 +663,7 @@ struct GpuModel {
     // if the norm is not finite: grad_clip_kernel asked update_skipped of this same fp32 norm.
     StepResult step_result() {
         const StepReadback r = staging.read_step(&step_scalars->loss, grad_norm_scratch, stream);
-        return StepResult{r.loss, r.grad_norm, update_skipped(r.grad_norm)};
+        return StepResult{r.loss, r.grad_norm, update_skipped(r.grad_norm), r.stop > 0};
     }
 
     // ---- CUDA graphs ----
@@ -760,7 +786,7 @@ struct GpuBackend : TrainerBackend {
         model.forward();
         model.last_logits(logits);
     }
-    void reduce_gradients() override { model.reduce_gradients(); }
+    void reduce_gradients(bool stop) override { model.reduce_gradients(stop); }
     double all_reduce_sum(double x) override { return model.all_reduce_sum(x); }
     std::vector<ParamRange> optimizer_ranges(long) const override { return model.mem.owned_ranges(); }
     void optimizer_step(double lr, int t, const TrainOptions& o) override { model.optimizer_step(lr, t, o); }

@@ -45,6 +45,7 @@ struct CpuBackend : TrainerBackend {
                      (real)o.beta1, (real)o.beta2, (real)o.adam_eps, (real)o.weight_decay,
                      (real)grad_clip_scale(step.grad_norm, o.grad_clip));
     }
+    void reduce_gradients(bool stop) override { step.stop = stop; }  // one process: nothing to sum
     StepResult step_result() override { return step; }
     void read_state(float* params, float* m_out, float* v_out) override {
         std::copy(model.params.begin(), model.params.end(), params);

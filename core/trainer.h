@@ -32,6 +32,7 @@ struct StepResult {
     double loss = 0;       // the whole batch's mean loss (all micro-batches of all ranks)
     double grad_norm = 0;  // the global L2 norm of the summed gradients, before clipping
     bool skipped = false;  // the norm was not finite (update_skipped): the update changed nothing
+    bool stop = false;     // a rank was asked to stop (a signal) by the time of its reduce_gradients
 };
 
 // What a trainer's model must do. Weights and Adam moments cross this interface as fp32 arrays in
@@ -59,8 +60,9 @@ struct TrainerBackend {
     virtual void next_token_logits(const int* tokens, int T, float* logits) = 0;
     // After a step's micro-batches: sums the gradients and the step's loss over the ranks (each rank's
     // already carry the factor 1/world of the loss scale), so that optimizer_step, read_grads and
-    // step_result see the mean gradient and loss of the whole batch. Collective.
-    virtual void reduce_gradients() {}
+    // step_result see the mean gradient and loss of the whole batch, and with them whether any rank
+    // was asked to stop (stop: this one was), so that every rank stops after the same step. Collective.
+    virtual void reduce_gradients(bool stop) = 0;
     virtual double all_reduce_sum(double x) { return x; }  // x summed over the ranks. Collective.
     // The parameters whose Adam moments this rank holds, as ascending ranges of the layout: all
     // n_params, unless the backend splits them over the ranks (ZeRO-1: its slice of every gradient
@@ -560,7 +562,7 @@ inline StepResult train_step(TrainingRun& r, int64_t step, double lr) {
         r.train->next_batch(r.inputs.data(), r.targets.data());
         backend.forward_backward(r.inputs.data(), r.targets.data(), r.B, r.T, r.loss_scale, micro == r.accum_steps - 1);
     }
-    backend.reduce_gradients();
+    backend.reduce_gradients(g_stop_signal != 0);
     // A non-finite loss stops the run without saving, so this step's update is never kept.
     backend.optimizer_step(lr, (int)(step + 1 - r.skipped_total), r.o);
     const StepResult result = backend.step_result();
@@ -570,8 +572,6 @@ inline StepResult train_step(TrainingRun& r, int64_t step, double lr) {
     return result;
 }
 
-// Whether a signal reached any rank (collective, every step): all of them stop after this step.
-inline bool stop_requested(TrainingRun& r) { return r.backend->all_reduce_sum(g_stop_signal != 0) > 0; }
 
 // After step `done` (1-based): -y's per-layer gradient norms (paper Fig. 3e / 6: before clipping, as
 // the update leaves the gradients as they are), then rank 0's console line and log.csv row: "train",
@@ -732,7 +732,7 @@ inline int run_training(const TrainOptions& o, const BackendFactory& make_backen
         const auto t0 = std::chrono::steady_clock::now();
         const double lr = run.schedule.lr_at((int)step);
         const StepResult result = train_step(run, step, lr);
-        const bool stop = stop_requested(run);
+        const bool stop = result.stop;  // a signal to any rank before its reduce: all stop after this step
         if (!std::isfinite(result.loss)) return stop_on_nonfinite_loss(run, step + 1, result.loss);
         log_step(run, step + 1, lr, result, t0);
         if (run.skipped_in_a_row >= o.max_skipped_in_a_row) return stop_on_skipped_steps(run, step + 1);

@@ -55,6 +55,7 @@ PRESET_RE = re.compile(r'\{"(\w+)", (\d+), (\d+), (\d+), (\d+)\}')
 DEFAULT_RE = {"micro_batch": r"int micro_batch = (\d+);", "seq_len": r"int seq_len = (\d+);",
               "total_batch": r"long total_batch = (\d+);"}
 NORM_BLOCKS_RE = re.compile(r"constexpr int RMSNORM_BACKWARD_BLOCKS = (\d+);")
+PER_BUCKET_RE = re.compile(r"constexpr int PER_BUCKET_ALL_GATHER_MAX_RANKS = (\d+);")
 PEAK_RE = re.compile(r'has\("H100"\) && \(has\("SXM"\).*return ([0-9.e]+);')  # the H100 SXM's
 
 
@@ -100,13 +101,19 @@ class Model:
 BF16, FP32 = 2, 4
 # the rmsnorm backward's partial sums of the weight gradient, one row of C per block (kernels/rmsnorm.cuh)
 NORM_BLOCKS = int(NORM_BLOCKS_RE.search(read("kernels/rmsnorm.cuh")).group(1))
+# up to this many ranks the weights' all-gather goes bucket by bucket, overlapping the next forward;
+# above, in one group (data_parallel.cuh)
+PER_BUCKET_ALL_GATHER_MAX_RANKS = int(PER_BUCKET_RE.search(read("data_parallel.cuh")).group(1))
 
 
 class Kernel:
-    """One launch: its class, FLOPs and bytes moved (read + written); epilogue: a GEMM of the what-if."""
+    """One launch: its class, FLOPs and bytes moved (read + written); epilogue: a GEMM of the what-if;
+    bucket: in the forward, the gradient bucket whose weights it is the first to need (set by
+    micro_batch_kernels; the forward waits for that bucket's all-gather before it)."""
     def __init__(self, name, kind, flops=0.0, bytes_=0.0, shape=None, epilogue=False):
         self.name, self.kind, self.flops, self.bytes, self.shape = name, kind, flops, bytes_, shape
         self.epilogue = epilogue
+        self.bucket = None
 
 
 def gemm(name, m, n, k, out_bytes=BF16, accumulate=False, epilogue_bytes=None):
@@ -138,6 +145,7 @@ def micro_batch_kernels(m, B, T, F=None, swiglu_epilogue=False):
     attn_fwd_flops = 4.0 * T * T * hd / 2 * NH * B
     ks = []
     ks.append(mem("embedding forward", 2 * act + N * 4))
+    ks[-1].bucket = 0  # core/distributed.h's buckets: 0 the embedding, 1 + l layer l, L + 1 the head
 
     def attention_forward():
         # RoPE is turned inside the attention kernels (no kernel of its own): the turn, one pass over
@@ -154,6 +162,7 @@ def micro_batch_kernels(m, B, T, F=None, swiglu_epilogue=False):
     norm = 2 * act + rstd  # rmsnorm: read x, write out and rstd
     res_norm = 4 * act + rstd  # residual + rmsnorm: read x, f, write the sum and the norm
     for l in range(m.L):
+        first = len(ks)
         if l < m.post:
             ks += attention_forward() + [mem("residual rmsnorm", res_norm)]
             ks += mlp_forward() + [mem("residual rmsnorm", res_norm)]
@@ -164,9 +173,12 @@ def micro_batch_kernels(m, B, T, F=None, swiglu_epilogue=False):
                 ks += [mem("rmsnorm", norm)]
             ks += attention_forward() + [mem("residual rmsnorm", res_norm)]
             ks += mlp_forward() + [mem("residual rmsnorm", res_norm)]
+            ks[-1].bucket = l + 2  # the fused add reads the next norm's weight: the next layer's, or the head's
+        ks[first].bucket = 1 + l
     if m.post == m.L:
         ks.append(mem("final rmsnorm", norm))
     ks.append(gemm("LM head", N, V, C))
+    ks[-1].bucket = m.L + 1
     logits = N * V * BF16
     ks += [mem("loss scalars", N * 4), mem("cross-entropy", 2 * logits + N * (4 + 4)), mem("mean loss", N * 4)]
     # backward
@@ -343,16 +355,32 @@ def data_parallel(m, T, B, total_batch, c, peak, gpus):
         rs_total += rs
         comm = max(comm, ready) + rs
     exposed_overlap = max(0.0, comm - backward_end)
-    ag = collective_seconds(m.params(m.Fs) * BF16, gpus)
+    # The updated weights' all-gather on the second stream: bucket by bucket in the forward's order, the
+    # next step's first forward waiting for each bucket before the first kernel that needs it; or, on
+    # more ranks, one group (one latency), which the forward waits for whole.
+    sizes = [n for _, n in reversed(buckets_in_backward_order(m))]
+    if gpus <= PER_BUCKET_ALL_GATHER_MAX_RANKS:
+        gathers = [collective_seconds(n * BF16, gpus) for n in sizes]
+    else:
+        gathers = [collective_seconds(sum(sizes) * BF16, gpus)] + [0.0] * (len(sizes) - 1)
+    ag = sum(gathers)
+    t, alone = 0.0, 0.0
+    for k in ks[:start]:
+        if k.bucket is not None:
+            t = max(t, sum(gathers[:k.bucket + 1]))
+        t += kernel_seconds(k, c) + c.launch
+        alone += kernel_seconds(k, c) + c.launch
+    ag_exposed = t - alone
     compute = p["step_ms"] / 1e3
     out = {}
-    for mode, rs_exposed in (("overlap", exposed_overlap), ("no_overlap", rs_total)):
-        s = compute + rs_exposed + ag
+    for mode, rs_exposed, ag_paid in (("overlap", exposed_overlap, ag_exposed), ("no_overlap", rs_total, ag)):
+        s = compute + rs_exposed + ag_paid
         out[mode] = dict(step_ms=s * 1e3, tokens_per_s=total_batch / s, per_gpu=total_batch / s / gpus,
                          mfu=m.mfu_flops_per_token(T) * total_batch / s / gpus / peak)
     return dict(preset=m.name, gpus=gpus, micro_batch=p["micro_batch"], accumulation=p["accumulation"],
                 compute_ms=compute * 1e3, reduce_scatter_ms=rs_total * 1e3,
-                reduce_scatter_exposed_ms=exposed_overlap * 1e3, all_gather_ms=ag * 1e3, **out)
+                reduce_scatter_exposed_ms=exposed_overlap * 1e3, all_gather_ms=ag * 1e3,
+                all_gather_exposed_ms=ag_exposed * 1e3, **out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -507,14 +535,15 @@ def main(argv=None):
     print("Data parallelism, ZeRO-1 (PREDICTED; ASSUMED links: NVLink %(nv).0f GB/s bus within a node of 8, "
           "InfiniBand %(ib).0f GB/s per GPU across nodes):" % dict(nv=LINKS["nvlink"]["gbs"], ib=LINKS["infiniband"]["gbs"]))
     print()
-    print("| preset | GPUs | b x accum | compute ms | reduce-scatter ms (exposed) | all-gather ms "
+    print("| preset | GPUs | b x accum | compute ms | reduce-scatter ms (exposed) | all-gather ms (exposed) "
           "| tokens/s overlap | MFU | tokens/s no overlap | MFU |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in dp:
         o, n = r["overlap"], r["no_overlap"]
-        print("| %s | %d | %d x %d | %.1f | %.1f (%.1f) | %.1f | %s | %.0f%% | %s | %.0f%% |"
+        print("| %s | %d | %d x %d | %.1f | %.1f (%.1f) | %.1f (%.1f) | %s | %.0f%% | %s | %.0f%% |"
               % (r["preset"], r["gpus"], r["micro_batch"], r["accumulation"], r["compute_ms"], r["reduce_scatter_ms"],
-                 r["reduce_scatter_exposed_ms"], r["all_gather_ms"], k(o["tokens_per_s"]), 100 * o["mfu"],
+                 r["reduce_scatter_exposed_ms"], r["all_gather_ms"], r["all_gather_exposed_ms"], k(o["tokens_per_s"]),
+                 100 * o["mfu"],
                  k(n["tokens_per_s"]), 100 * n["mfu"]))
 
 

@@ -282,7 +282,7 @@ static void train_steps(TrainerBackend& backend, DataLoader& data, const TrainOp
             backend.forward_backward(inputs.data(), targets.data(), o.micro_batch, o.seq_len, 1.0f / accum_steps,
                                      micro == accum_steps - 1);
         }
-        backend.reduce_gradients();
+        backend.reduce_gradients(false);
         backend.optimizer_step(schedule.lr_at(step), step + 1, o);
         const StepResult result = backend.step_result();
         record->losses.push_back(result.loss);
@@ -484,7 +484,7 @@ TEST_CASE("ZeRO-1's buckets padded for 3 ranks compute as the plain layout; each
         gpu.write_state(weights.data(), nullptr, nullptr);
         gpu.zero_grad();
         gpu.forward_backward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T, 1.0f, true);
-        gpu.reduce_gradients();
+        gpu.reduce_gradients(false);
         std::vector<float> out(layout.total);
         gpu.read_grads(out.data());
         out.push_back((float)gpu.step_result().loss);

@@ -104,9 +104,12 @@ struct RankBackend : CpuBackend<real> {
         : CpuBackend<real>(cfg), net(net_), rank(rank_), plan(gradient_bucket_plan(model.layout, cfg.n_layer, world)),
           owned(plan.owned_ranges(rank_)) {}
 
-    void reduce_gradients() override {
+    void reduce_gradients(bool stop) override {
         net.reduce_scatter(rank, model.grads.data(), model.layout.total, plan);
-        net.all_reduce_sum(rank, &this->step.loss, 1);
+        double sums[2] = {this->step.loss, stop ? 1.0 : 0.0};
+        net.all_reduce_sum(rank, sums, 2);
+        this->step.loss = sums[0];
+        this->step.stop = sums[1] > 0;
     }
     void read_grads(float* grads) override {
         net.all_gather(rank, model.grads.data(), model.layout.total, plan);

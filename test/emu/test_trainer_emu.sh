@@ -36,7 +36,9 @@
 #     (-g 1: the global norm over the ranks' slices), weight decay and a validation at the end, in the fp32
 #     build (tight bounds; for time, the bf16 build's ZeRO-1 runs only feed the resume), against 1
 #     rank with the same total batch (-d = ranks x 96 tokens: 1 rank accumulates the ranks' micro-
-#     batches); 2 ranks with -R 1 bitwise as -R 0; the optimizer shards written (one per rank) and a resume from step 2 bitwise the
+#     batches); 2 ranks with -R 1 bitwise as -R 0, and with nothing between the steps (the weights'
+#     all-gather overlapping the next forward, bucket by bucket or in one group) bitwise as with a
+#     checkpoint every step; the optimizer shards written (one per rank) and a resume from step 2 bitwise the
 #     uninterrupted step 3 (weights, moments, shards, logs); cuBLASLt's choices timed apart on 2 ranks
 #     (EMU_CUBLASLT_FASTEST per rank): both take rank 0's, bitwise the run where both time to it, and
 #     a resume timed to another takes rank 0's record; a rank killed (SIGKILL) mid-run ends the
@@ -276,6 +278,8 @@ export -f stop_and_resume_retimed
                 else
                     echo "ranks_run $n $z ${p}_${n}ranks_z$z $bin"
                     [ $p$n$z != fp3221 ] || echo "ranks_run 2 1 fp32_2ranks_z1_recompute $bin -R 1"
+                    [ $p$n$z != fp3221 ] || echo "ranks_run 2 1 fp32_2ranks_z1_overlap $bin -c 3 -y 0"
+                    [ $p$n$z != fp3221 ] || echo "MIXLN_PER_BUCKET_ALL_GATHER=0 ranks_run 2 1 fp32_2ranks_z1_grouped $bin -c 3 -y 0"
                     if [ $p$n$z = bf1621 ]; then  # cuBLASLt's choices timed apart on each rank
                         for f in "1 2" "1 1" "2 2"; do echo "FASTEST_BY_RANK='$f' ranks_run 2 1 bf16_2ranks_timed${f/ /} $bin"; done
                     fi
@@ -435,6 +439,13 @@ for p in sorted(glob.glob('$out/ckpt_????????.bin')): read_checkpoint(p); print(
 }
 check "fp32, 2 ranks, ZeRO-1, -R 1 (recomputed layers between the buckets' reduce-scatters) as -R 0" \
     same_run fp32_2ranks_z1_recompute fp32_2ranks_z1 3
+# Without a checkpoint or -y between the steps nothing waits for the weights' all-gather before the
+# next forward, which then waits bucket by bucket (data_parallel.cuh); the checkpoints and -y of the
+# other run wait for all of it first. A forward that reads a bucket too early reads the last step's.
+check "fp32, 2 ranks, ZeRO-1, the weights' all-gather overlapping the next forward: as with a checkpoint and -y every step" \
+    same_run fp32_2ranks_z1_overlap fp32_2ranks_z1 3
+check "fp32, 2 ranks, ZeRO-1, the weights' all-gather in one group (as above 32 ranks): the same" \
+    same_run fp32_2ranks_z1_grouped fp32_2ranks_z1 3
 check "bf16, 2 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 bitwise" resume_ranks bf16_2ranks_z1 2
 check "bf16, 3 ranks, ZeRO-1: checkpoint and shards of step 2, resumed: step 3 bitwise" resume_ranks bf16_3ranks_z1 3
 # cuBLASLt's choices timed apart (rank 0 picks algorithm 1, rank 1 algorithm 2): rank 1 takes rank 0's,
