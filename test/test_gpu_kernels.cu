@@ -805,7 +805,7 @@ TEST_CASE("matmul plans: one per key, reused with bitwise the same results, shap
     std::vector<Run> runs;
     for (const MatmulSize& s : shapes) {
         Run r{random_floatX((size_t)s.N * s.C, rng), random_floatX((size_t)s.OC * s.C, rng),
-              random_floatX((size_t)s.N * s.OC, rng)};
+              random_floatX((size_t)s.N * s.OC, rng), {}, {}, {}, {}};
         r.out_ref.resize((size_t)s.N * s.OC);
         r.dinp_ref.resize((size_t)s.N * s.C);
         r.dW_ref.assign((size_t)s.OC * s.C, 0.0);
