@@ -10,7 +10,7 @@
 //                                      reduce-scatter starts on a second stream, after an event, while
 //                                      the backward goes on with the next layer: each rank receives
 //                                      the sum of its slice of the bucket in its owned gradients
-//   finish_sums                        the compute stream waits for the last reduce-scatter
+//   finish_sums                        the compute stream waits for the second stream's sums
 //   gradient norm                      each rank's partial sums over its owned gradients, all-gathered
 //                                      and added in rank order (the same on every rank, every run)
 //   AdamW                              one launch over the owned buffers (its slice of every bucket)
@@ -194,7 +194,7 @@ struct ParameterMemory {
     cudaStream_t comm_stream = nullptr;      // the second stream: the buckets' sums during the backward,
                                              // their updated weights' all-gather during the next forward
     std::vector<cudaEvent_t> backward_done;  // per bucket: the backward has written its gradients
-    cudaEvent_t sums_done = nullptr;         // the last bucket's sum is done
+    cudaEvent_t second_stream_done = nullptr;  // what was queued on the second stream so far is done
     cudaEvent_t update_done = nullptr;       // AdamW has written the owned weights
     std::vector<cudaEvent_t> weights_gathered;  // per bucket: params holds its updated weights (an event
                                                 // never recorded counts as done: the first step waits for nothing)
@@ -217,7 +217,7 @@ struct ParameterMemory {
         cudaCheck(cudaStreamCreateWithPriority(&comm_stream, cudaStreamDefault, greatest));
         for (cudaEvent_t& e : backward_done) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
         for (cudaEvent_t& e : weights_gathered) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-        cudaCheck(cudaEventCreateWithFlags(&sums_done, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&second_stream_done, cudaEventDisableTiming));
         cudaCheck(cudaEventCreateWithFlags(&update_done, cudaEventDisableTiming));
     }
 
@@ -231,7 +231,7 @@ struct ParameterMemory {
         if (!dp.comm) return;
         for (cudaEvent_t e : backward_done) cudaCheck(cudaEventDestroy(e));
         for (cudaEvent_t e : weights_gathered) cudaCheck(cudaEventDestroy(e));
-        cudaCheck(cudaEventDestroy(sums_done));
+        cudaCheck(cudaEventDestroy(second_stream_done));
         cudaCheck(cudaEventDestroy(update_done));
         cudaCheck(cudaStreamDestroy(comm_stream));
     }
@@ -280,8 +280,7 @@ struct ParameterMemory {
         if (!dp.comm) return;
         if (!backward_started_them)
             for (int b = (int)plan.buckets.size() - 1; b >= 0; b--) bucket_ready(b, stream);  // backward order
-        cudaCheck(cudaEventRecord(sums_done, comm_stream));
-        cudaCheck(cudaStreamWaitEvent(stream, sums_done, 0));
+        wait_for_second_stream(stream);
     }
 
     // The gradient norm's partial sums of squares over the owned gradients: *count of them on every
@@ -291,7 +290,7 @@ struct ParameterMemory {
     // rank's partials cover all gradients already.
     const float* all_norm_partials(const float* partials, int* count, float* gathered, cudaStream_t stream) {
         if (!separate_owned() || !dp.comm) return partials;
-        wait_for_all_weights(stream);
+        wait_for_second_stream(stream);
         ncclCheck(ncclAllGather(partials, gathered, *count, ncclFloat, dp.comm, stream));
         *count *= dp.world_size;
         return gathered;
@@ -305,17 +304,17 @@ struct ParameterMemory {
         if (!separate_owned() || !dp.comm) return;
         cudaCheck(cudaEventRecord(update_done, stream));
         cudaCheck(cudaStreamWaitEvent(comm_stream, update_done, 0));
-        const bool per_bucket = per_bucket_all_gather(dp.world_size);
-        if (!per_bucket) ncclCheck(ncclGroupStart());
+        if (!per_bucket_all_gather(dp.world_size)) {
+            all_gather(owned_params, params, NCCL_FLOATX, comm_stream);
+            for (cudaEvent_t e : weights_gathered) cudaCheck(cudaEventRecord(e, comm_stream));
+            return;
+        }
         for (size_t b = 0; b < plan.buckets.size(); b++) {
             const GradientBucket& g = plan.buckets[b];
             ncclCheck(ncclAllGather(owned_params + g.owned_offset, params + g.padded_offset, g.slice, NCCL_FLOATX,
                                     dp.comm, comm_stream));
-            if (per_bucket) cudaCheck(cudaEventRecord(weights_gathered[b], comm_stream));
+            cudaCheck(cudaEventRecord(weights_gathered[b], comm_stream));
         }
-        if (per_bucket) return;
-        ncclCheck(ncclGroupEnd());
-        for (cudaEvent_t e : weights_gathered) cudaCheck(cudaEventRecord(e, comm_stream));
     }
 
     // Makes stream wait until params holds bucket b's updated weights: the forward calls it before
@@ -327,7 +326,7 @@ struct ParameterMemory {
     // x[0, n) (device memory) summed over the ranks, in place, on stream.
     void sum_in_place(double* x, int n, cudaStream_t stream) {
         if (!dp.comm) return;
-        wait_for_all_weights(stream);
+        wait_for_second_stream(stream);
         ncclCheck(ncclAllReduce(x, x, n, ncclDouble, ncclSum, dp.comm, stream));
     }
 
@@ -344,7 +343,7 @@ struct ParameterMemory {
     // p: all weights; m, v: the moments of this rank's owned parameters, packed, or null for zeros (a
     // fresh optimizer).
     void write_state(const float* p, const float* m, const float* v, cudaStream_t stream) {
-        wait_for_all_weights(stream);  // no all-gather may still be writing params
+        wait_for_second_stream(stream);  // no all-gather may still be writing params
         std::vector<floatX> padded(plan.padded_total, (floatX)0.0f);
         plain_to_padded(plan, p, padded.data());  // rounded to floatX
         to_device(params, padded.data(), padded.size(), stream);
@@ -383,7 +382,7 @@ struct ParameterMemory {
         to_host(owned.data(), master, owned.size(), stream);
         copy_pieces(plan.owned_pieces(plan_rank), &OwnedPiece::owned, owned.data(), &OwnedPiece::plain, p);
         if (!separate_owned() || !dp.comm) return;
-        wait_for_all_weights(stream);
+        wait_for_second_stream(stream);
         if (dp.rank != 0) {
             ncclCheck(ncclSend(master, plan.owned_total, ncclFloat, 0, dp.comm, stream));
             wait_for_stream(stream);
@@ -401,6 +400,7 @@ struct ParameterMemory {
     // All the gradients summed over the ranks; under ZeRO-1 each rank has its slices only, so they are
     // all-gathered first (over the padded gradients, which the next step zeroes anyway).
     void read_grads(float* out, cudaStream_t stream) {
+        wait_for_second_stream(stream);
         all_gather(owned_grads, grads, ncclFloat, stream);
         std::vector<float> padded(plan.padded_total);
         to_host(padded.data(), grads, padded.size(), stream);
@@ -408,15 +408,19 @@ struct ParameterMemory {
     }
 
   private:
-    // Every collective on the compute stream first waits for the weights' all-gather on the second, so
-    // that the communicator never has two collectives running at once.
-    void wait_for_all_weights(cudaStream_t stream) { wait_for_weights((int)plan.buckets.size() - 1, stream); }
+    // Makes stream wait for everything queued on the second stream so far (the buckets' sums, the
+    // weights' all-gather): every collective on the compute stream does first, so that the
+    // communicator never has two collectives running at once.
+    void wait_for_second_stream(cudaStream_t stream) {
+        if (!dp.comm) return;
+        cudaCheck(cudaEventRecord(second_stream_done, comm_stream));
+        cudaCheck(cudaStreamWaitEvent(stream, second_stream_done, 0));
+    }
 
     // Each bucket's slices from owned (this rank's) to padded (every rank's), on several ranks.
     template <typename T>
     void all_gather(const T* owned, T* padded, ncclDataType_t type, cudaStream_t stream) {
         if (!separate_owned() || !dp.comm) return;
-        wait_for_all_weights(stream);
         ncclCheck(ncclGroupStart());
         for (const GradientBucket& g : plan.buckets)
             ncclCheck(ncclAllGather(owned + g.owned_offset, padded + g.padded_offset, g.slice, type, dp.comm, stream));

@@ -618,12 +618,8 @@ struct GpuModel {
     double all_reduce_sum(double x) { return mem.all_reduce_sum(x, stream); }
 
     // Rank 0's choice of cuBLASLt algorithm for a new product (matmul_agreement, kernels/matmul.cuh):
-    // a sum of it and the other ranks' zeros. It waits for the second stream's sums first, so that
-    // the communicator never has two collectives in flight.
-    int rank0_choice(int choice) {
-        wait_for_stream(mem.comm_stream);
-        return (int)all_reduce_sum(mem.dp.rank == 0 ? choice : 0);
-    }
+    // a sum of it and the other ranks' zeros.
+    int rank0_choice(int choice) { return (int)all_reduce_sum(mem.dp.rank == 0 ? choice : 0); }
 
     // The optimizer step t (1-based) at learning rate lr, with no wait: lr and Adam's bias
     // corrections reach the kernels through step_scalars->adamw (copied from pinned memory), the
