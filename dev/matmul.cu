@@ -42,43 +42,34 @@ __global__ void gather_columns_kernel(float* out, const T* src, long rows, long 
         for (int j = 0; j < num_cols; j++) out[j * rows + i] = (float)src[i * ld + cols[j]];
 }
 
-// Rows `rows` (each `ld` long) or columns `cols` (each `rows` long) of a row-major device matrix, as doubles.
+// Columns `cols` of a row-major (rows, ld) device matrix, one after another (each `rows` long).
 template <typename T>
-static std::vector<std::vector<double>> rows_of(const DeviceBuffer<T>& m, const std::vector<long>& rows, long ld) {
-    std::vector<std::vector<double>> out;
-    for (long r : rows) out.push_back(to_double(m.download((size_t)r * ld, ld)));
-    return out;
-}
-
-template <typename T>
-static std::vector<std::vector<double>> columns_of(const DeviceBuffer<T>& m, long rows, long ld,
-                                                   const std::vector<long>& cols) {
+static std::vector<float> download_columns(const DeviceBuffer<T>& m, long rows, long ld, const std::vector<long>& cols) {
     const std::vector<int> c(cols.begin(), cols.end());
     DeviceBuffer<int> d_cols(c.size());
     cudaCheck(cudaMemcpy(d_cols.ptr, c.data(), c.size() * sizeof(int), cudaMemcpyHostToDevice));
     DeviceBuffer<float> gathered((size_t)rows * c.size());
     gather_columns_kernel<<<256, 256>>>(gathered.ptr, m.ptr, rows, ld, d_cols.ptr, (int)c.size());
     cudaCheck(cudaGetLastError());
-    std::vector<std::vector<double>> out;
-    for (size_t j = 0; j < c.size(); j++) out.push_back(to_double(gathered.download(j * rows, rows)));
-    return out;
+    return gathered.download();
 }
 
-// D's block at rows x cols (D row-major, ld long rows) against base + u[i] . v[j] in double (base: the
-// block of what a weight gradient was added to, else none).
+// D's block at rows x cols (D row-major, ld long rows) against base + u_i . v_j in double: u holds one
+// vector of K values per row, v one per column, one after another; base holds the rows of what a
+// weight gradient was added to (ld long each), or nothing.
 template <typename T>
 static void check_block(Validation& checks, const char* what, const DeviceBuffer<T>& d, long ld,
-                        const std::vector<long>& rows, const std::vector<long>& cols,
-                        const std::vector<std::vector<double>>& u, const std::vector<std::vector<double>>& v,
-                        const std::vector<std::vector<double>>& base, double tol) {
+                        const std::vector<long>& rows, const std::vector<long>& cols, const std::vector<float>& u,
+                        const std::vector<float>& v, const std::vector<float>& base, double tol) {
+    const size_t K = u.size() / rows.size();
+    const std::vector<float> d_rows = d.download_rows(rows, ld);
     std::vector<float> got;
     std::vector<double> want;
-    const std::vector<std::vector<double>> d_rows = rows_of(d, rows, ld);
     for (size_t i = 0; i < rows.size(); i++)
         for (size_t j = 0; j < cols.size(); j++) {
-            double dot = base.empty() ? 0.0 : base[i][cols[j]];
-            for (size_t k = 0; k < u[i].size(); k++) dot += u[i][k] * v[j][k];
-            got.push_back((float)d_rows[i][cols[j]]);
+            double dot = base.empty() ? 0.0 : base[i * ld + cols[j]];
+            for (size_t k = 0; k < K; k++) dot += (double)u[i * K + k] * v[j * K + k];
+            got.push_back(d_rows[i * ld + cols[j]]);
             want.push_back(dot);
         }
     checks.check(what, got, want, tol);
@@ -109,7 +100,7 @@ static void run_product(int version, const char* model, const char* product, int
     const std::vector<long> n_idx = checked(N, whole), c_idx = checked(C, whole), oc_idx = checked(OC, whole);
     printf("%s: N %d, C %d, OC %d, blocks of %zu x %zu checked\n", shape.c_str(), N, C, OC, n_idx.size(),
            oc_idx.size());
-    const std::vector<std::vector<double>> dW0 = rows_of(dW, oc_idx, C);
+    const std::vector<float> dW0 = dW.download_rows(oc_idx, C);
     out.poison();
     dinp.poison();
     matmul_forward(out.ptr, inp.ptr, W.ptr, N, C, OC, stream);
@@ -118,12 +109,12 @@ static void run_product(int version, const char* model, const char* product, int
     cudaCheck(cudaDeviceSynchronize());
 
     Validation checks;  // out[n, o] = inp[n, :] . W[o, :];  dW[o, c] += dout[:, o] . inp[:, c];  dinp[n, c] = dout[n, :] . W[:, c]
-    check_block(checks, "out", out, OC, n_idx, oc_idx, rows_of(inp, n_idx, C), rows_of(W, oc_idx, C), {},
+    check_block(checks, "out", out, OC, n_idx, oc_idx, inp.download_rows(n_idx, C), W.download_rows(oc_idx, C), {},
                 matmul_tol(bf16, C, true));
-    check_block(checks, "dW", dW, C, oc_idx, c_idx, columns_of(dout, N, OC, oc_idx), columns_of(inp, N, C, c_idx), dW0,
-                matmul_tol(bf16, N, false));
-    check_block(checks, "dinp", dinp, C, n_idx, c_idx, rows_of(dout, n_idx, OC), columns_of(W, OC, C, c_idx), {},
-                matmul_tol(bf16, OC, true));
+    check_block(checks, "dW", dW, C, oc_idx, c_idx, download_columns(dout, N, OC, oc_idx),
+                download_columns(inp, N, C, c_idx), dW0, matmul_tol(bf16, N, false));
+    check_block(checks, "dinp", dinp, C, n_idx, c_idx, dout.download_rows(n_idx, OC), download_columns(W, OC, C, c_idx),
+                {}, matmul_tol(bf16, OC, true));
     if (!checks.passed || !timed) return;
     const double flops = 2.0 * N * C * (double)OC;
     report_flops("matmul_forward", shape, version, flops,
