@@ -17,6 +17,7 @@
 // test/test_gpu_trainer.cu includes this file with TESTING defined (no main) and checks it against
 // the CPU reference model.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -68,10 +69,14 @@ struct StepScalars {
     AdamWScalars adamw;  // the update's learning rate, bias corrections and clipping factor
 };
 
+// loss and stop are summed over the ranks, zeroed and read back together, as two adjacent doubles.
+static_assert(offsetof(StepScalars, stop) == offsetof(StepScalars, loss) + sizeof(double), "loss, stop adjacent");
+
 struct StepReadback {
     double loss, stop;  // as StepScalars
     float grad_norm;
 };
+static_assert(offsetof(StepReadback, stop) == offsetof(StepReadback, loss) + sizeof(double), "loss, stop adjacent");
 
 // Pinned host memory for the copies: a copy from pageable memory may wait for the stream's earlier
 // work, one from pinned memory is only queued. A buffer is refilled only once the copy from it is

@@ -572,7 +572,6 @@ inline StepResult train_step(TrainingRun& r, int64_t step, double lr) {
     return result;
 }
 
-
 // After step `done` (1-based): -y's per-layer gradient norms (paper Fig. 3e / 6: before clipping, as
 // the update leaves the gradients as they are), then rank 0's console line and log.csv row: "train",
 // or "skipped" with the norm inf or nan and the running count. t0: when the step began.

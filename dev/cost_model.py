@@ -38,6 +38,7 @@ NDR 400 Gb/s, 45 GB/s per GPU, 3 us per hop (a flat ring; NCCL's trees/NVLS may 
                     (--help: all options)
 """
 import argparse
+import itertools
 import json
 import math
 import os
@@ -364,10 +365,11 @@ def data_parallel(m, T, B, total_batch, c, peak, gpus):
     else:
         gathers = [collective_seconds(sum(sizes) * BF16, gpus)] + [0.0] * (len(sizes) - 1)
     ag = sum(gathers)
+    gathered = list(itertools.accumulate(gathers))  # when each bucket's weights are in
     t, alone = 0.0, 0.0
     for k in ks[:start]:
         if k.bucket is not None:
-            t = max(t, sum(gathers[:k.bucket + 1]))
+            t = max(t, gathered[k.bucket])
         t += kernel_seconds(k, c) + c.launch
         alone += kernel_seconds(k, c) + c.launch
     ag_exposed = t - alone
@@ -485,8 +487,8 @@ def main(argv=None):
                 dp.append(data_parallel(m, T, B, total, c, facts["peak"], g))
     inputs = dict(copy_gbs=a.copy_gbs, gemm_tflops=a.gemm_tflops, attn_fwd_tflops=a.attn_fwd_tflops,
                   attn_bwd_tflops=a.attn_bwd_tflops, memory_efficiency=a.memory_efficiency,
-                  launch_us=c.launch * 1e6, swiglu_epilogue_tflops=a.swiglu_epilogue_tflops, T=T, micro_batch=B, tokens_per_step=total, peak_tflops=facts["peak"] / 1e12,
-                  links=LINKS)
+                  launch_us=c.launch * 1e6, swiglu_epilogue_tflops=a.swiglu_epilogue_tflops, T=T, micro_batch=B,
+                  tokens_per_step=total, peak_tflops=facts["peak"] / 1e12, links=LINKS)
     if a.json:
         json.dump(dict(predicted=True, inputs=inputs, presets=rows, data_parallel=dp), sys.stdout, indent=1)
         print()
