@@ -29,6 +29,7 @@ struct CUevent_st {
     double time_ms = 0;        // host time when its stream reached it
     emu::Graph* capture = nullptr;  // recorded on a capturing stream: that capture
     cudaStream_t captured_on = nullptr;
+    std::vector<size_t> capture_deps;  // the nodes of that capture it stands for
     cudaStreamCaptureMode capture_mode = cudaStreamCaptureModeGlobal;
 };
 struct CUgraphExec_st {
@@ -348,11 +349,12 @@ cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) { return allocat
 cudaError_t cudaFreeHost(void* p) { return release(p, true); }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-    // A synchronous copy runs on the legacy default stream and waits for it.
+    // A synchronous copy runs on the legacy default stream and waits for it: after that stream's work
+    // and the blocking streams' (their implicit order with it), not a non-blocking stream's.
     if (cudaError_t e = check_copy(dst, src, bytes, kind)) return set_last_error(e);
     if (cudaError_t e = check_unsafe_call_during_capture("cudaMemcpy")) return set_last_error(e);
-    wait_all();
-    if (bytes) std::memmove(dst, src, bytes);
+    if (cudaError_t e = submit(0, "cudaMemcpy", [=] { if (bytes) std::memmove(dst, src, bytes); })) return set_last_error(e);
+    wait_stream(0);
     return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
@@ -361,8 +363,8 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     if (bytes && !is_device_range(p, bytes)) return set_last_error(cudaErrorInvalidValue);
     if (cudaError_t e = check_unsafe_call_during_capture("cudaMemset")) return set_last_error(e);
-    wait_all();
-    std::memset(p, value, bytes);
+    if (cudaError_t e = submit(0, "cudaMemset", [=] { std::memset(p, value, bytes); })) return set_last_error(e);
+    wait_stream(0);  // as cudaMemcpy
     return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
@@ -413,11 +415,12 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t ev, unsigned int) {
         // Waiting for an event of a capture: s joins that capture; the origin waiting for a joined
         // stream's event takes it back out (the join that cudaStreamEndCapture requires).
         if (capture_graph(s) == ev->capture) {
+            join_capture(s, ev->capture, ev->capture_mode, ev->capture_deps);
             if (is_capture_origin(s) && ev->captured_on != s) leave_capture(ev->captured_on);
             return cudaSuccess;
         }
         if (capture_graph(s)) return set_last_error(cudaErrorStreamCaptureIsolation);
-        join_capture(s, ev->capture, ev->capture_mode);
+        join_capture(s, ev->capture, ev->capture_mode, ev->capture_deps);
         return cudaSuccess;
     }
     if (is_capturing(s)) {
@@ -462,6 +465,7 @@ cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t s) {
         ev->capture = g;
         ev->captured_on = s;
         ev->capture_mode = capture_mode(s);
+        ev->capture_deps = capture_frontier(s);
         return cudaSuccess;
     }
     ev->capture = nullptr;

@@ -11,10 +11,15 @@ struct CUgraph_st;
 
 namespace emu {
 
+// A captured graph: its nodes in the order they were recorded, each with the nodes it depends on
+// (the one before it on its stream, and those of the events its stream waited for), as the real
+// capture builds its edges. origin: recorded on the stream that began the capture.
 struct Graph {
     struct Node {
         const char* what;
         std::function<void()> work;
+        std::vector<size_t> deps;
+        bool origin;
     };
     std::vector<Node> nodes;
 };
@@ -29,6 +34,7 @@ struct StreamImpl {
     std::deque<Item> queue;     // submitted, not yet run
     uint64_t submitted = 0, completed = 0;
     Graph* capture = nullptr;   // the graph this stream records into, while capturing
+    std::vector<size_t> capture_frontier;  // the nodes its next recorded node depends on
     cudaStreamCaptureMode capture_mode = cudaStreamCaptureModeGlobal;
     bool capture_origin = false;
     bool capture_invalidated = false;
@@ -107,7 +113,9 @@ cudaError_t submit(cudaStream_t stream, const char* what, std::function<void()> 
     StreamImpl* s = impl(stream);
     if (ticket) *ticket = Ticket{};
     if (s->capture) {
-        s->capture->nodes.push_back({what, std::move(work)});
+        std::vector<Graph::Node>& nodes = s->capture->nodes;
+        nodes.push_back({what, std::move(work), s->capture_frontier, s->capture_origin});
+        s->capture_frontier = {nodes.size() - 1};
         return cudaSuccess;
     }
     // Work on the legacy default stream during a capture would join the capture implicitly: an error
@@ -179,6 +187,7 @@ cudaError_t begin_capture(cudaStream_t stream, cudaStreamCaptureMode mode) {
     if (s->legacy) return cudaErrorStreamCaptureUnsupported;
     if (s->capture) return cudaErrorIllegalState;
     s->capture = new Graph;
+    s->capture_frontier.clear();
     s->capture_mode = mode;
     s->capture_origin = true;
     s->capture_invalidated = false;
@@ -213,23 +222,46 @@ cudaError_t end_capture(cudaStream_t stream, Graph** graph) {
 
 // An event recorded on a capturing stream lets another stream join the capture (cudaStreamWaitEvent);
 // recorded on the joined stream and waited for by the origin, it lets that stream leave it again.
-void join_capture(cudaStream_t waiter, Graph* g, cudaStreamCaptureMode mode) {
+// deps: the nodes the event stands for; the waiter's next node depends on them.
+void join_capture(cudaStream_t waiter, Graph* g, cudaStreamCaptureMode mode, const std::vector<size_t>& deps) {
     StreamImpl* s = impl(waiter);
-    if (s->capture == g) return;
-    s->capture = g;
-    s->capture_mode = mode;
-    s->capture_origin = false;
+    if (s->capture != g) {
+        s->capture = g;
+        s->capture_mode = mode;
+        s->capture_origin = false;
+        s->capture_frontier.clear();
+    }
+    for (size_t d : deps)
+        if (std::find(s->capture_frontier.begin(), s->capture_frontier.end(), d) == s->capture_frontier.end())
+            s->capture_frontier.push_back(d);
 }
 void leave_capture(cudaStream_t joined) {
     StreamImpl* s = impl(joined);
-    if (!s->capture_origin) s->capture = nullptr;
+    if (!s->capture_origin) {
+        s->capture = nullptr;
+        s->capture_frontier.clear();
+    }
 }
+std::vector<size_t> capture_frontier(cudaStream_t stream) { return impl(stream)->capture_frontier; }
 Graph* capture_graph(cudaStream_t stream) { return impl(stream)->capture; }
 cudaStreamCaptureMode capture_mode(cudaStream_t stream) { return impl(stream)->capture_mode; }
 bool is_capture_origin(cudaStream_t stream) { return impl(stream)->capture_origin; }
 
+// A launch of the graph runs its nodes as lazily as the streams run queued work: the origin's in
+// order, each only after the nodes it depends on, so that work forked onto another stream runs as
+// late as its edges allow. A node missing an edge (a forgotten cudaStreamWaitEvent before the capture
+// ended) then runs after the work it should have preceded, as it may on a GPU.
 void run_graph(const Graph& g) {
-    for (const Graph::Node& n : g.nodes) n.work();
+    std::vector<bool> done(g.nodes.size(), false);
+    std::function<void(size_t)> run = [&](size_t i) {
+        if (done[i]) return;
+        done[i] = true;
+        for (size_t d : g.nodes[i].deps) run(d);
+        g.nodes[i].work();
+    };
+    for (size_t i = 0; i < g.nodes.size(); i++)
+        if (g.nodes[i].origin) run(i);
+    for (size_t i = 0; i < g.nodes.size(); i++) run(i);
 }
 void delete_graph(Graph* g) { delete g; }
 Graph* copy_graph(const Graph* g) { return new Graph(*g); }

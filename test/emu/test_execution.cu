@@ -243,6 +243,19 @@ TEST_CASE("emu: stream work runs when waited for, in order, after the events it 
         cudaCheck(cudaStreamSynchronize(consumer));
         for (int i = 0; i < n; i++) CHECK(pinned[i] == 3.0f);
     }
+    SECTION("a synchronous copy waits for the legacy and blocking streams, not for a non-blocking one") {
+        cudaStream_t blocking;
+        cudaCheck(cudaStreamCreate(&blocking));
+        fill_kernel<<<1, 32, 0, producer>>>(d, 1.0f, n);  // producer is non-blocking
+        float h = 0;
+        cudaCheck(cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost));
+        CHECK(std::isnan(h));
+        fill_kernel<<<1, 32, 0, blocking>>>(d, 2.0f, n);
+        cudaCheck(cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost));
+        CHECK(h == 2.0f);
+        cudaCheck(cudaStreamSynchronize(producer));
+        cudaCheck(cudaStreamDestroy(blocking));
+    }
     SECTION("a query of unfinished work answers not ready once, then runs it") {
         fill_kernel<<<1, 32, 0, producer>>>(d, 5.0f, n);
         CHECK(cudaStreamQuery(producer) == cudaErrorNotReady);
@@ -308,6 +321,51 @@ TEST_CASE("emu: a captured graph replays its work, with a forked stream joined b
     cudaCheck(cudaStreamDestroy(main_stream));
     cudaCheck(cudaStreamDestroy(side));
     cudaCheck(cudaFree(d));
+}
+
+TEST_CASE("emu: a graph runs forked work as late as its edges allow, as a GPU may") {
+    // The side stream writes d; the origin copies d into e, with or without waiting for the side
+    // first. Recorded order would have the write first either way; the edges do not.
+    const int n = 32;
+    float* d, *e;
+    cudaCheck(cudaMalloc(&d, n * sizeof(float)));
+    cudaCheck(cudaMalloc(&e, n * sizeof(float)));
+    cudaStream_t main_stream, side;
+    cudaCheck(cudaStreamCreateWithFlags(&main_stream, cudaStreamNonBlocking));
+    cudaCheck(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+    cudaEvent_t fork, written;
+    cudaCheck(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&written, cudaEventDisableTiming));
+    auto replay = [&](bool wait_before_reading) {
+        fill_kernel<<<1, 32, 0, main_stream>>>(d, 1.0f, n);
+        cudaCheck(cudaStreamSynchronize(main_stream));
+        cudaCheck(cudaStreamBeginCapture(main_stream, cudaStreamCaptureModeThreadLocal));
+        cudaCheck(cudaEventRecord(fork, main_stream));
+        cudaCheck(cudaStreamWaitEvent(side, fork, 0));
+        fill_kernel<<<1, 32, 0, side>>>(d, 7.0f, n);
+        cudaCheck(cudaEventRecord(written, side));
+        if (wait_before_reading) cudaCheck(cudaStreamWaitEvent(main_stream, written, 0));
+        read_kernel<<<1, 32, 0, main_stream>>>(e, d, n);
+        if (!wait_before_reading) cudaCheck(cudaStreamWaitEvent(main_stream, written, 0));  // joined only at the end
+        cudaGraph_t graph;
+        cudaCheck(cudaStreamEndCapture(main_stream, &graph));
+        cudaGraphExec_t exec;
+        cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+        cudaCheck(cudaGraphLaunch(exec, main_stream));
+        cudaCheck(cudaStreamSynchronize(main_stream));
+        cudaCheck(cudaGraphExecDestroy(exec));
+        cudaCheck(cudaGraphDestroy(graph));
+        CHECK(to_host(d, 1)[0] == 7.0f);  // the side's work ran in the launch either way
+        return to_host(e, 1)[0];
+    };
+    CHECK(replay(true) == 7.0f);
+    CHECK(replay(false) == 1.0f);  // the missing edge shows: the copy ran before the write
+    cudaCheck(cudaEventDestroy(fork));
+    cudaCheck(cudaEventDestroy(written));
+    cudaCheck(cudaStreamDestroy(main_stream));
+    cudaCheck(cudaStreamDestroy(side));
+    cudaCheck(cudaFree(d));
+    cudaCheck(cudaFree(e));
 }
 
 TEST_CASE("emu: the device describes an H100") {
