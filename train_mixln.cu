@@ -226,8 +226,8 @@ struct GpuActivations {
     float* losses;               // (N) per-position loss, 0 where the target is IGNORE_INDEX
     int* tokens, *targets;       // (N)
 
-    // The backward's scratch, reused by every layer (d swiglu and d gate|up reuse the layer's own
-    // swiglu and gate_up, see GpuModel::mlp_sublayer_backward).
+    // The backward's scratch, reused by every layer (d gate|up reuses the layer's own gate_up, see
+    // GpuModel::mlp_sublayer_backward).
     floatX* d_stream;            // (N, C) the gradient of the residual stream where the backward is, when
                                  //        it is one tensor: d out on entering a layer, d x on leaving it
                                  //        (between Post-LN layers it is two, see GpuModel::layer_backward)
@@ -235,6 +235,7 @@ struct GpuActivations {
     floatX* d_sublayer_in;       // (N, C) d attn_in or d mlp_in, written by the sublayer's input product
     floatX* d_attn_y;            // (N, C)
     floatX* d_qkv;               // (N, 3C) d q|k|v
+    floatX* d_swiglu;            // (N, F)
     floatX* d_final_norm;        // (N, C)
     float* attn_delta;           // (B, NH, T) attention backward's row terms
     float* rmsnorm_scratch;      // rmsnorm_backward_scratch_floats(C): the norm weights' partial sums
@@ -264,6 +265,7 @@ struct GpuActivations {
                            &d_final_norm})
             take(*p, N * C);
         take(d_qkv, N * 3 * C);
+        take(d_swiglu, N * F);
         take(logits, N * V);
         for (float** p : {&rstd_f, &losses}) take(*p, N);
         for (int** p : {&tokens, &targets}) take(*p, N);
@@ -523,11 +525,11 @@ struct GpuModel {
     }
 
     // dout = d mlp_out; writes d mlp_in into dinp: one product from d gate|up. Nothing reads the
-    // layer's swiglu and gate|up after this, so d swiglu and d gate|up are written over them
-    // (matmul_backward reads swiglu for d wdown before it writes d swiglu).
+    // layer's gate|up after swiglu_backward, which writes d gate|up over it, element by element. d
+    // swiglu has its own buffer: the product writing it runs beside the one reading swiglu for d wdown.
     void mlp_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
         const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);
-        floatX* d_swiglu = a.swiglu, *d_gate_up = a.gate_up;
+        floatX* d_swiglu = acts.d_swiglu, *d_gate_up = a.gate_up;
         matmul_backward(d_swiglu, grad(WDOWN, l), dout, a.swiglu, param(WDOWN, l), N, F, C, stream);
         swiglu_backward(d_gate_up, d_gate_up + F, d_swiglu, a.gate_up, a.gate_up + F, /*stride=*/2 * F, N, F, stream);
         matmul_backward(dinp, grad(WGATE, l), d_gate_up, a.mlp_in, param(WGATE, l), N, C, 2 * F, stream);
@@ -756,7 +758,7 @@ struct GpuBackend : TrainerBackend {
                                 : "bf16 weights and activations, fp32 weight gradients, master weights and Adam moments",
                  ranks, graphs, model.mem.bytes() / 1073741824.0, model.activation_bytes / 1073741824.0, model.activation_rows,
                  model.recompute ? "each layer's recomputed in the backward (-R 1)" : "every layer's stored",
-                 CUBLASLT_WORKSPACE_BYTES / 1073741824.0, mfu);
+                 MATMUL_WORKSPACES * CUBLASLT_WORKSPACE_BYTES / 1073741824.0, mfu);
         return text;
     }
     // MFU compares with the bf16 tensor-core peak, which the FP32 build does not use.

@@ -9,7 +9,9 @@ and turns them into a step time with measured ceilings and stated efficiencies:
 
   GEMM        FLOPs / (measured bf16 GEMM rate x wave efficiency), at least bytes / copy bandwidth;
               wave efficiency = output tiles of 128x128 / (waves x 132 SMs), outputs of fewer tiles
-              than SMs split along k (an assumption about cuBLASLt's choices, not a measurement)
+              than SMs split along k (an assumption about cuBLASLt's choices, not a measurement);
+              matmul_backward's two GEMMs run at once (dW on a second stream): their tiles are
+              scheduled together on the SMs, dW's first, each SM taking the next tile when it is free
   attention   causal FlashAttention FLOPs (forward 4*T*T*hd/2 per head and sequence, backward 2.5x)
               at an assumed rate (docs/gpu.md predicts 200-300 / 100-170 TFLOP/s at T >= 1024, hd 128;
               at T = 256 this model assumes 150 / 75), at least bytes / copy bandwidth
@@ -40,6 +42,8 @@ NDR 400 Gb/s, 45 GB/s per GPU, 3 us per hop (a flat ring; NCCL's trees/NVLS may 
 import argparse
 import itertools
 import json
+import functools
+import heapq
 import math
 import os
 import re
@@ -111,10 +115,12 @@ class Kernel:
     """One launch: its class, FLOPs and bytes moved (read + written); epilogue: a GEMM of the what-if;
     bucket: in the forward, the gradient bucket whose weights it is the first to need (set by
     micro_batch_kernels; the forward waits for that bucket's all-gather before it)."""
-    def __init__(self, name, kind, flops=0.0, bytes_=0.0, shape=None, epilogue=False):
+    def __init__(self, name, kind, flops=0.0, bytes_=0.0, shape=None, epilogue=False, parts=()):
         self.name, self.kind, self.flops, self.bytes, self.shape = name, kind, flops, bytes_, shape
         self.epilogue = epilogue
         self.bucket = None
+        self.parts = tuple(parts)  # GEMMs launched together on two streams (matmul_backward)
+        self.launches = max(1, len(self.parts))
 
 
 def gemm(name, m, n, k, out_bytes=BF16, accumulate=False, epilogue_bytes=None):
@@ -125,9 +131,13 @@ def gemm(name, m, n, k, out_bytes=BF16, accumulate=False, epilogue_bytes=None):
     return Kernel(name, "gemm", 2.0 * m * n * k, b, (m, n, k), epilogue=epilogue_bytes is not None)
 
 
-def gemm_backward(name, N, inp, out):
-    """matmul_backward: dW (out, inp) += dout^T inp in fp32, then d inp (N, inp) = dout W."""
-    return [gemm(name + " dW", out, inp, N, FP32, accumulate=True), gemm(name + " dinp", N, inp, out)]
+def gemm_backward(name, N, inp, out, dinp_epilogue_bytes=None):
+    """matmul_backward: dW (out, inp) += dout^T inp in fp32 beside d inp (N, inp) = dout W, at once.
+    dinp_epilogue_bytes: the what-if's d inp GEMM (gemm's epilogue_bytes)."""
+    parts = (gemm(name + " dW", out, inp, N, FP32, accumulate=True),
+             gemm(name + " dinp", N, inp, out, epilogue_bytes=dinp_epilogue_bytes))
+    return [Kernel(name + " dW beside dinp", "gemm", sum(p.flops for p in parts), sum(p.bytes for p in parts),
+                   parts=parts)]
 
 
 def mem(name, bytes_):
@@ -201,8 +211,7 @@ def micro_batch_kernels(m, B, T, F=None, swiglu_epilogue=False):
 
     def mlp_backward():
         if swiglu_epilogue:  # d swiglu in registers: reads gate|up, writes d gate|up
-            return ([gemm("down dW", C, F, N, FP32, accumulate=True),
-                     gemm("down dinp + swiglu backward", N, F, C, epilogue_bytes=4 * N * F * BF16)] +
+            return (gemm_backward("down", N, F, C, dinp_epilogue_bytes=4 * N * F * BF16) +
                     gemm_backward("gate|up", N, C, 2 * F))
         return (gemm_backward("down", N, F, C) + [mem("swiglu backward", 5 * N * F * BF16)] +
                 gemm_backward("gate|up", N, C, 2 * F))
@@ -249,20 +258,44 @@ class Ceilings:
         self.epilogue_gemm = epilogue_gemm_tflops * 1e12 if epilogue_gemm_tflops else None
 
 
-def wave_efficiency(mm, nn, kk):
-    """Busy SMs over the waves of 128x128 output tiles; an output of fewer tiles than SMs is assumed
-    split along k (split-K with an fp32 reduction, which kernels/matmul.cuh allows) into parts of at
-    least 1024."""
+def gemm_tiles(mm, nn, kk):
+    """128x128 output tiles; an output of fewer tiles than SMs is assumed split along k (split-K with an
+    fp32 reduction, which kernels/matmul.cuh allows) into parts of at least 1024, each part a tile."""
     tiles = math.ceil(mm / 128) * math.ceil(nn / 128)
-    tiles *= max(1, min(SMS // tiles, kk // 1024))
+    return tiles * max(1, min(SMS // tiles, kk // 1024))
+
+
+def wave_efficiency(mm, nn, kk):
+    """Busy SMs over the waves of tiles."""
+    tiles = gemm_tiles(mm, nn, kk)
     return tiles / (math.ceil(tiles / SMS) * SMS)
+
+
+def gemm_rate(k, c):
+    return c.epilogue_gemm if k.epilogue else c.gemm
+
+
+@functools.lru_cache(maxsize=None)
+def together_seconds(parts, c):
+    """GEMMs launched at once on two streams, in this order: their tiles list-scheduled on the SMs,
+    each SM taking the next tile when it is free, a tile lasting its GEMM's FLOPs per tile at its rate
+    per SM (so that one GEMM alone takes FLOPs / (rate x wave efficiency)); at least all their bytes
+    at the copy bandwidth."""
+    free = [0.0] * SMS
+    for p in parts:
+        tiles = gemm_tiles(*p.shape)
+        tile_seconds = p.flops / tiles / (gemm_rate(p, c) / SMS)
+        for _ in range(tiles):
+            heapq.heappush(free, heapq.heappop(free) + tile_seconds)
+    return max(max(free), sum(p.bytes for p in parts) / (c.copy * c.mem_eff))
 
 
 def kernel_seconds(k, c):
     bw = c.copy * c.mem_eff
+    if k.parts:
+        return together_seconds(k.parts, c)
     if k.kind == "gemm":
-        rate = c.epilogue_gemm if k.epilogue else c.gemm
-        return max(k.flops / (rate * wave_efficiency(*k.shape)), k.bytes / bw)
+        return max(k.flops / (gemm_rate(k, c) * wave_efficiency(*k.shape)), k.bytes / bw)
     if k.kind == "attention":
         rate = c.attn_fwd if "forward" in k.name else c.attn_bwd
         return max(k.flops / rate, k.bytes / bw)
@@ -270,11 +303,11 @@ def kernel_seconds(k, c):
 
 
 def step_parts(kernels, c):
-    """Seconds per class, plus launches: one gap per kernel."""
+    """Seconds per class, plus launches: one gap per kernel (per GEMM of the ones launched together)."""
     parts = dict(gemm=0.0, attention=0.0, memory=0.0, optimizer=0.0, launches=0.0)
     for k in kernels:
         parts[k.kind] += kernel_seconds(k, c)
-        parts["launches"] += c.launch
+        parts["launches"] += c.launch * k.launches
     return parts
 
 
@@ -300,7 +333,7 @@ def kernel_breakdown(kernels, c):
     out = {}
     for k in kernels:
         e = out.setdefault(k.name, [k.kind, 0, 0.0])
-        e[1] += 1
+        e[1] += k.launches
         e[2] += kernel_seconds(k, c) * 1e3
     return dict(sorted(out.items(), key=lambda kv: -kv[1][2]))
 
@@ -329,24 +362,25 @@ def data_parallel(m, T, B, total_batch, c, peak, gpus):
     p = predict(m, T, B, total_batch, c, peak, gpus)
     # when each bucket is done in the last micro-batch's backward (seconds from the backward's start)
     ks = p["micro_kernels"]
-    start = next(i for i, k in enumerate(ks) if k.name == "LM head dW")
-    backward = ks[start:]
+    start = next(i for i, k in enumerate(ks) if k.name == "LM head dW beside dinp")
+    head_end = next(i for i, k in enumerate(ks) if k.name == "final rmsnorm dweight") + 1
+    seconds = lambda k: kernel_seconds(k, c) + c.launch * k.launches
     t, done = 0.0, []
     # the head: LM head backward and the final norm backward
-    for k in backward[:4]:
-        t += kernel_seconds(k, c) + c.launch
+    for k in ks[start:head_end]:
+        t += seconds(k)
     done.append(t)
-    rest = backward[4:]
+    rest = ks[head_end:]
     emb = [k for k in rest if k.name.startswith("embedding")]
     layers = rest[:len(rest) - len(emb)]
     per = len(layers) // m.L  # Pre-LN and Post-LN layers alike; layer 0 (the last) may have a residual more
     for l in range(m.L):
         chunk = layers[l * per:(l + 1) * per] if l < m.L - 1 else layers[l * per:]
         for k in chunk:
-            t += kernel_seconds(k, c) + c.launch
+            t += seconds(k)
         done.append(t)
     for k in emb:
-        t += kernel_seconds(k, c) + c.launch
+        t += seconds(k)
     done.append(t)
     backward_end = t
     comm = 0.0
@@ -370,8 +404,8 @@ def data_parallel(m, T, B, total_batch, c, peak, gpus):
     for k in ks[:start]:
         if k.bucket is not None:
             t = max(t, gathered[k.bucket])
-        t += kernel_seconds(k, c) + c.launch
-        alone += kernel_seconds(k, c) + c.launch
+        t += seconds(k)
+        alone += seconds(k)
     ag_exposed = t - alone
     compute = p["step_ms"] / 1e3
     out = {}

@@ -63,6 +63,17 @@ inline cublasLtHandle_t cublaslt_handle = nullptr;
 inline void* cublaslt_workspace = nullptr;
 constexpr size_t CUBLASLT_WORKSPACE_BYTES = 32u << 20;  // what NVIDIA recommends for Hopper
 
+// matmul_backward's second stream, for the weight gradient, with a workspace of its own (two products
+// running at once must not share one) and the events of its fork from and join to the caller's stream.
+inline cudaStream_t matmul_weight_stream = nullptr;
+inline void* matmul_weight_workspace = nullptr;
+inline cudaEvent_t matmul_fork = nullptr, matmul_join = nullptr;
+constexpr int MATMUL_WORKSPACES = 2;  // for the memory reports
+
+inline void* workspace_for(cudaStream_t stream) {
+    return stream == matmul_weight_stream ? matmul_weight_workspace : cublaslt_workspace;
+}
+
 // The largest power of two, up to 256, dividing the address: cuBLASLt's heuristic otherwise assumes
 // 256-byte aligned matrices, and a slice of a larger buffer may not be.
 inline uint32_t pointer_alignment(const void* p) {
@@ -113,6 +124,10 @@ inline void matmul_setup() {
     if (cublaslt_handle) return;
     cublasCheck(cublasLtCreate(&cublaslt_handle));
     cudaCheck(cudaMalloc(&cublaslt_workspace, CUBLASLT_WORKSPACE_BYTES));
+    cudaCheck(cudaMalloc(&matmul_weight_workspace, CUBLASLT_WORKSPACE_BYTES));
+    cudaCheck(cudaStreamCreateWithFlags(&matmul_weight_stream, cudaStreamNonBlocking));
+    cudaCheck(cudaEventCreateWithFlags(&matmul_fork, cudaEventDisableTiming));
+    cudaCheck(cudaEventCreateWithFlags(&matmul_join, cudaEventDisableTiming));
 }
 
 inline void matmul_teardown() {
@@ -128,8 +143,14 @@ inline void matmul_teardown() {
     matmul_records_stale = false;
     cublasCheck(cublasLtDestroy(cublaslt_handle));
     cudaCheck(cudaFree(cublaslt_workspace));
+    cudaCheck(cudaFree(matmul_weight_workspace));
+    cudaCheck(cudaStreamDestroy(matmul_weight_stream));
+    cudaCheck(cudaEventDestroy(matmul_fork));
+    cudaCheck(cudaEventDestroy(matmul_join));
     cublaslt_handle = nullptr;
-    cublaslt_workspace = nullptr;
+    cublaslt_workspace = matmul_weight_workspace = nullptr;
+    matmul_weight_stream = nullptr;
+    matmul_fork = matmul_join = nullptr;
 }
 
 // The product of a key, for logs and errors.
@@ -204,7 +225,7 @@ inline float matmul_milliseconds(const MatmulPlan& plan, const cublasLtMatmulAlg
     const float alpha = 1.0f;
     auto run = [&] {
         return cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, op.a, plan.a_layout, op.b, plan.b_layout, &op.beta,
-                              op.d, plan.d_layout, op.d, plan.d_layout, &algo, cublaslt_workspace,
+                              op.d, plan.d_layout, op.d, plan.d_layout, &algo, workspace_for(stream),
                               CUBLASLT_WORKSPACE_BYTES, stream);
     };
     if (run() != CUBLAS_STATUS_SUCCESS) return INFINITY;
@@ -395,7 +416,7 @@ void cublaslt_matmul(OutT* d, const floatX* a, const floatX* b, int m, int n, in
     // C and D are the same matrix: with beta = 1 the product is added to it.
     const float alpha = 1.0f;
     cublasCheck(cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, a, plan.a_layout, b, plan.b_layout, &beta, d,
-                               plan.d_layout, d, plan.d_layout, &plan.algo, cublaslt_workspace,
+                               plan.d_layout, d, plan.d_layout, &plan.algo, workspace_for(stream),
                                CUBLASLT_WORKSPACE_BYTES, stream));
 }
 
@@ -419,9 +440,24 @@ inline void matmul_backward_input(floatX* dinp, const floatX* dout, const floatX
     cublaslt_matmul(dinp, W, dout, C, N, OC, false, false, 0.0f, stream);
 }
 
-// Both: dW goes first, so dinp may be inp's buffer (the MLP backward writes d swiglu over swiglu).
+// Whether [a, a + a_count) and [b, b + b_count) share an element.
+inline bool ranges_overlap(const floatX* a, long a_count, const floatX* b, long b_count) {
+    return a < b + b_count && b < a + a_count;
+}
+
+// Both at once: dW on matmul_weight_stream beside dinp on the caller's stream, which then waits for
+// both. Neither product needs the other, and each can run its tiles on the SMs that the other's last
+// wave leaves idle (dW's output, OC x C, is often a wave and a bit: dev/cost_model.py). dW reads inp
+// and dout meanwhile, so dinp may overlap neither.
 inline void matmul_backward(floatX* dinp, float* dW, const floatX* dout, const floatX* inp, const floatX* W, int N,
                             int C, int OC, cudaStream_t stream) {
-    matmul_backward_weight(dW, dout, inp, N, C, OC, stream);
+    if (ranges_overlap(dinp, (long)N * C, inp, (long)N * C) || ranges_overlap(dinp, (long)N * C, dout, (long)N * OC))
+        throw std::invalid_argument("matmul_backward: dinp overlaps inp or dout, which the weight gradient reads "
+                                    "while dinp is written");
+    cudaCheck(cudaEventRecord(matmul_fork, stream));
+    cudaCheck(cudaStreamWaitEvent(matmul_weight_stream, matmul_fork, 0));
+    matmul_backward_weight(dW, dout, inp, N, C, OC, matmul_weight_stream);
+    cudaCheck(cudaEventRecord(matmul_join, matmul_weight_stream));
     matmul_backward_input(dinp, dout, W, N, C, OC, stream);
+    cudaCheck(cudaStreamWaitEvent(stream, matmul_join, 0));
 }

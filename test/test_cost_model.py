@@ -92,6 +92,30 @@ def test_swiglu_epilogue_what_if():
     assert "WHAT-IF" in run("--preset", "130m", "--gpus", "", "--swiglu-epilogue-tflops", "650").stdout
 
 
+def test_matmul_backward_products_together():
+    # One GEMM through the tile schedule takes what wave_efficiency gives it; matmul_backward's two at
+    # once take no less than the longer alone or all their FLOPs at the full rate, and no more than
+    # both in turn; at 130m the gate|up pair's dW (4096 x 768: 192 tiles, 1.45 waves) fills the idle SMs.
+    c = cm.Ceilings(3000, 800, 150, 75, 0.85, 1.0)
+    m = model("130m")
+    pairs = [k for k in cm.micro_batch_kernels(m, 32, 256) if k.parts]
+    assert [k.name for k in pairs[:4]] == ["LM head dW beside dinp", "down dW beside dinp", "gate|up dW beside dinp",
+                                           "o dW beside dinp"], [k.name for k in pairs[:4]]
+    for k in pairs:
+        dW, dinp = k.parts
+        assert dW.name.endswith(" dW") and dinp.name.endswith(" dinp") and k.launches == 2
+        for p in k.parts:
+            assert abs(cm.together_seconds((p,), c) - cm.kernel_seconds(p, c)) <= 1e-12, p.name
+        alone = [cm.kernel_seconds(p, c) for p in k.parts]
+        together = cm.kernel_seconds(k, c)
+        assert max(alone) <= together <= sum(alone) + 1e-12, (k.name, alone, together)
+        assert together >= k.flops / c.gemm - 1e-12, k.name
+    gate_up = pairs[2]
+    alone = sum(cm.kernel_seconds(p, c) for p in gate_up.parts)
+    assert cm.wave_efficiency(*gate_up.parts[0].shape) < 0.75
+    assert cm.kernel_seconds(gate_up, c) < 0.9 * alone, (cm.kernel_seconds(gate_up, c), alone)
+
+
 def test_against_dev_log():
     # dev/run_all.log's lines: each product against the wave efficiency of its own (m, n, k); only the
     # trainer's attention (version 4) at T 256 against the assumed rates

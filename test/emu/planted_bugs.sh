@@ -138,6 +138,12 @@ bug rope_dk_not_turned_back kernels/attention.cuh \
     "    if (rope) rope_turn_back<HD>(dk_acc, rope, kw, T);" "" \
     test/test_gpu_attention.cu "" "FAILED" \
     $P/rope_dk_not_turned_back/bin "flash attention with RoPE fused*"
+# 11. matmul_backward without its join: the caller's stream does not wait for dW on the weight
+#     stream, so what it reads next (here the test's download) finds dW as it was.
+bug matmul_backward_join kernels/matmul.cuh \
+    "    cudaCheck(cudaStreamWaitEvent(stream, matmul_join, 0));" "" \
+    test/test_gpu_kernels.cu "" "FAILED" \
+    $P/matmul_backward_join/bin "matmul backward writes dinp*"
 
 echo "planted_bugs_emu: $passed passed, $failed failed"
 [ $failed -eq 0 ]
