@@ -448,9 +448,39 @@ def against_dev(log_text, c):
     return rows
 
 
+SWIGLU_GEMM_RE = re.compile(r"^swiglu_gemm_(forward|backward) 130m:\S+ v2: [0-9.]+ TFLOP/s \(([0-9.]+)% of gemm\)")
+
+
+def swiglu_gemm_fraction(log_text):
+    """dev/swiglu_gemm.cu version 2's rate at 130m, the lower of its forward and backward, as a fraction
+    of the 8192^3 rate measured in the same run; None without both."""
+    found = {}
+    for line in log_text.splitlines():
+        m = SWIGLU_GEMM_RE.match(line)
+        if m:
+            found[m.group(1)] = float(m.group(2)) / 100
+    return min(found.values()) if len(found) == 2 else None
+
+
 def print_against_dev(path, c):
     with open(path) as f:
-        rows = against_dev(f.read(), c)
+        text = f.read()
+    rows = against_dev(text, c)
+    fraction = swiglu_gemm_fraction(text)
+    if fraction:
+        # the what-if at the measured kernel's rate: what the trainer would gain with it
+        facts = code_facts()
+        m = Model("130m", ffn_align=facts["ffn_align"], **facts["presets"]["130m"])
+        d = facts["defaults"]
+        with_it = Ceilings(c.copy / 1e9, c.gemm / 1e12, c.attn_fwd / 1e12, c.attn_bwd / 1e12, c.mem_eff,
+                           c.launch * 1e6, fraction * c.gemm / 1e12)
+        now, then = (predict(m, d["seq_len"], d["micro_batch"], d["total_batch"], x, facts["peak"])["tokens_per_s"]
+                     for x in (c, with_it))
+        print("dev/swiglu_gemm.cu version 2 at 130m: %.0f%% of the 8192^3 rate (the lower of forward and backward); "
+              "the what-if at that rate (--swiglu-epilogue-tflops %.0f) predicts 130m at %.0fK tokens/s against "
+              "%.0fK with the trainer's cuBLASLt and SwiGLU kernels" % (100 * fraction, fraction * c.gemm / 1e12,
+                                                                        then / 1e3, now / 1e3))
+        print()
     if not rows:
         print("no dev/matmul or T-256 dev/attention version %d results in %s" % (TRAINER_ATTENTION_VERSION, path))
         return

@@ -3,7 +3,7 @@
 # prints one markdown table (kernel, shape, version, time, GB/s or TFLOP/s, % of the measured ceiling)
 # for docs/gpu.md ("Kernel benchmarks"), and the ceilings measured in the same runs. Needs a GPU.
 #
-#   dev/run_all.sh [KERNEL ...]       default: all of rmsnorm swiglu rope classifier adamw embedding attention matmul
+#   dev/run_all.sh [KERNEL ...]       default: all of rmsnorm swiglu rope classifier adamw embedding attention matmul swiglu_gemm
 #   PRECISION=FP32 dev/run_all.sh     the fp32 builds (build/fp32/dev) instead of bf16 (build/dev)
 #   DEV_REPEATS=N dev/run_all.sh      timed runs per measurement (median; default 50)
 #   DEV_BIN_DIR=DIR dev/run_all.sh    run the benchmarks already built in DIR (as make gpu-check-build
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 PRECISION=${PRECISION:-BF16}
 if [ "$PRECISION" = FP32 ]; then dir=build/fp32/dev; else dir=build/dev; fi
 dir=${DEV_BIN_DIR:-$dir}
-all=(rmsnorm swiglu rope classifier adamw embedding attention matmul)
+all=(rmsnorm swiglu rope classifier adamw embedding attention matmul swiglu_gemm)
 if [ $# -gt 0 ]; then kernels=("$@"); else kernels=("${all[@]}"); fi
 
 [ -n "${DEV_BIN_DIR:-}" ] || make -j"$(nproc)" PRECISION="$PRECISION" dev >&2 || { echo "run_all: make dev failed" >&2; exit 1; }

@@ -260,12 +260,6 @@ __device__ inline void rope_turn_back(float (&acc)[HD / 8][4], const float2* rop
     }
 }
 
-// Two fp32 values as floatX at p (aligned to the pair).
-__device__ inline void store_pair(unsigned char* p, float lo, float hi) {
-    if constexpr (FLOATX_IS_FP32) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
-    else *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(lo, hi);
-}
-
 // Writes a warp's 16 x HD fp32 accumulators (rows g and g + 8 scaled by scale[0] and scale[1]) as
 // floatX to dst (row r at dst + r * dst_stride, the first `rows` rows only), through the warp's own 16
 // rows row0.. of a shared tile, so that the global stores are 16-byte vectors covering whole rows.

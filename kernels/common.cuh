@@ -120,3 +120,15 @@ __device__ inline void store128(T* p, const Packed<T>& value) {
     memcpy(&bits, &value, 16);
     *reinterpret_cast<int4*>(p) = bits;
 }
+
+// Two floatX values at p (aligned to the pair) as fp32: one 32-bit load in bf16, 64-bit in fp32.
+__device__ inline float2 load_pair(const void* p) {
+    if constexpr (FLOATX_IS_FP32) return *reinterpret_cast<const float2*>(p);
+    else return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+
+// Two fp32 values as floatX at p (aligned to the pair): one 32-bit store in bf16, 64-bit in fp32.
+__device__ inline void store_pair(void* p, float lo, float hi) {
+    if constexpr (FLOATX_IS_FP32) *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
+    else *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(lo, hi);
+}

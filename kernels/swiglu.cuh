@@ -17,6 +17,17 @@
 
 __device__ inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// One element: out = silu(g) * u.
+__device__ inline float swiglu_value(float g, float u) { return g * sigmoid(g) * u; }
+
+// One element's input gradients, with s = sigmoid(g) and d silu(g)/dg = s * (1 + g * (1 - s)):
+//   dgate = dout * up * s * (1 + g * (1 - s)),   dup = dout * silu(g)
+__device__ inline void swiglu_gradients(float dout, float g, float u, float* dgate, float* dup) {
+    const float s = sigmoid(g);
+    *dgate = dout * u * s * (1.0f + g * (1.0f - s));
+    *dup = dout * g * s;
+}
+
 // Grid: (N, ceil(F / VEC / SWIGLU_BLOCK)). Thread t of block (n, b) handles the VEC columns from
 // f = (b * SWIGLU_BLOCK + t) * VEC of row n: element (n, f) of out, dout is n * F + f; of gate, up,
 // dgate, dup n * stride + f.
@@ -31,16 +42,11 @@ __global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_forward_kernel(floatX* ou
     const PackedX g = load128(gate + in), u = load128(up + in);
     PackedX o;
 #pragma unroll
-    for (int e = 0; e < VEC; e++) {
-        const float gf = (float)g[e];
-        o[e] = (floatX)(gf * sigmoid(gf) * (float)u[e]);
-    }
+    for (int e = 0; e < VEC; e++) o[e] = (floatX)swiglu_value((float)g[e], (float)u[e]);
     store128(out + n * F + f, o);
 }
 
-// Both input gradients in one pass, with s = sigmoid(g) and d silu(g)/dg = s * (1 + g * (1 - s)):
-//   dgate = dout * up * s * (1 + g * (1 - s)),   dup = dout * silu(g)
-// Writes (the CPU reference accumulates into zeroed buffers). dgate and dup may alias gate and up:
+// Both input gradients in one pass (swiglu_gradients). Writes (the CPU reference accumulates into zeroed buffers). dgate and dup may alias gate and up:
 // each thread reads its vectors before writing them.
 __global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_backward_kernel(floatX* dgate, floatX* dup, const floatX* dout,
                                                                        const floatX* gate, const floatX* up,
@@ -52,10 +58,10 @@ __global__ void __launch_bounds__(SWIGLU_BLOCK) swiglu_backward_kernel(floatX* d
     PackedX dg, du;
 #pragma unroll
     for (int e = 0; e < VEC; e++) {
-        const float gf = (float)g[e], uf = (float)u[e], dyf = (float)dy[e];
-        const float s = sigmoid(gf);
-        dg[e] = (floatX)(dyf * uf * s * (1.0f + gf * (1.0f - s)));
-        du[e] = (floatX)(dyf * gf * s);
+        float dgf, duf;
+        swiglu_gradients((float)dy[e], (float)g[e], (float)u[e], &dgf, &duf);
+        dg[e] = (floatX)dgf;
+        du[e] = (floatX)duf;
     }
     store128(dgate + in, dg);
     store128(dup + in, du);

@@ -128,7 +128,10 @@ def test_against_dev_log():
         "attention_backward 130m:B64,T256,NH12,hd64 v2: 60.0 TFLOP/s (7.6% of gemm) 10.0 us kernel alone, 11.0 us",
         "attention_backward 130m:B64,T256,NH12,hd64 v4: 70.0 TFLOP/s (8.9% of gemm) 10.0 us kernel alone, 11.0 us",
         "attention_forward 130m:B16,T1024,NH12,hd64 v4: 220.0 TFLOP/s (27.8% of gemm) 10.0 us kernel alone, 11.0 us",
-        "rmsnorm_forward 130m:16384x768 v1: 2712.3 GB/s (90.4% of copy) 18.5 us with write-back, 16.0 us alone"])
+        "rmsnorm_forward 130m:16384x768 v1: 2712.3 GB/s (90.4% of copy) 18.5 us with write-back, 16.0 us alone",
+        "swiglu_gemm_forward 130m:16384x768x2048 v2: 480.0 TFLOP/s (60.8% of gemm) 10.0 us kernel alone, 11.0 us",
+        "swiglu_gemm_backward 130m:16384x768x2048 v2: 450.0 TFLOP/s (57.0% of gemm) 10.0 us kernel alone, 11.0 us",
+        "swiglu_gemm_backward 1b:16384x2048x5504 v2: 100.0 TFLOP/s (12.7% of gemm) 10.0 us kernel alone, 11.0 us"])
     c = cm.Ceilings(3000, 800, 150, 75, 0.85, 1.0)
     rows = cm.against_dev(log, c)
     assert [(r[0], r[2]) for r in rows] == [("matmul_forward", 1), ("matmul_dW", 2), ("matmul_dinp", 1),
@@ -144,6 +147,11 @@ def test_against_dev_log():
         f.write(log)
     text = run("--against-dev", path).stdout
     assert "| matmul_dW | 130m:gate_up:16384x4096x768 | 2 | 57% of the 8192^3 rate | 73% of the 8192^3 rate | 0.78 |" in text, text
+    # dev/swiglu_gemm version 2 at 130m: the lower of forward and backward (57%), the what-if at 57% of 800
+    assert cm.swiglu_gemm_fraction(log) == 0.57 and cm.swiglu_gemm_fraction(log.replace("backward 130m", "x")) is None
+    want = cm.predict(model("130m"), 256, 32, 131072, cm.Ceilings(3000, 800, 150, 75, 0.85, 1.0, 0.57 * 800),
+                      FACTS["peak"])["tokens_per_s"]
+    assert "(--swiglu-epilogue-tflops 456) predicts 130m at %.0fK tokens/s" % (want / 1e3) in text, text
     with open(path, "w") as f:
         f.write(log.splitlines()[-1])
     assert "no dev/matmul" in run("--against-dev", path).stdout

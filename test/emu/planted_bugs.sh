@@ -144,6 +144,18 @@ bug matmul_backward_join kernels/matmul.cuh \
     "    cudaCheck(cudaStreamWaitEvent(stream, matmul_join, 0));" "" \
     test/test_gpu_kernels.cu "" "FAILED" \
     $P/matmul_backward_join/bin "matmul backward writes dinp*"
+# 12. dev/swiglu_gemm.cu version 2 without the barrier before a stage is refilled: warps still reading
+#     tile kt - 1 by ldmatrix while others' cp.async overwrite it. The race checker reports the pair.
+bug race_swiglu_gemm_refill dev/swiglu_gemm.cu \
+    "        __syncthreads();                 // everyone's, and everyone is done with tile kt - 1's buffer" "" \
+    dev/swiglu_gemm.cu race "#[0-9]+ .*dev/swiglu_gemm.cu:[0-9]+" \
+    env DEV_SMALL_ONLY=1 TSAN_OPTIONS=exitcode=66 $P/race_swiglu_gemm_refill/bin 2
+# 13. The backward's Wdown fragments loaded without .trans: B's k and n swapped within each 8 x 8.
+bug swiglu_gemm_b_not_transposed dev/swiglu_gemm.cu \
+    "        else ldmatrix_x4_trans(b, Bs + (k + (lane & 7)) * B::LD + n);" \
+    "        else ldmatrix_x4(b, Bs + (k + (lane & 7)) * B::LD + n);" \
+    dev/swiglu_gemm.cu "" "VALIDATION FAILED: d gate" \
+    env DEV_SMALL_ONLY=1 $P/swiglu_gemm_b_not_transposed/bin 2
 
 echo "planted_bugs_emu: $passed passed, $failed failed"
 [ $failed -eq 0 ]
