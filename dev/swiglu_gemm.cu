@@ -133,6 +133,21 @@ __device__ inline void load_a_tile(floatX* As, const floatX* A, int m0, int N, i
     });
 }
 
+// Calls row(n, mi, h, col) for each of the warp's rows n < N: accumulators acc[mi][j][2h] and
+// acc[mi][j][2h + 1] are row n's columns col + 8 j and col + 8 j + 1 of the warp's 64 (mma.sync's
+// layout: lane g * 4 + t holds rows g and g + 8, columns 2t and 2t + 1 of each 16 x 8 tile).
+template <typename Row>
+__device__ inline void for_each_row(int m0, int N, Row row) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = warp % 4 * 32;
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const long n = m0 + wm + mi * 16 + lane / 4 + 8 * h;
+            if (n < N) row(n, mi, h, 2 * (lane % 4));
+        }
+}
+
 // Grid (ceil(N / 128), F / 64): block (x, y) computes rows 128 x.. of gate and up columns 64 y..
 __global__ void __launch_bounds__(SG_THREADS) swiglu_gemm_forward_kernel(floatX* gate_up, floatX* swiglu,
                                                                            const floatX* x, const floatX* w_gate_up,
@@ -154,28 +169,22 @@ __global__ void __launch_bounds__(SG_THREADS) swiglu_gemm_forward_kernel(floatX*
     float acc[2][8][4] = {};
     mma_mainloop<BLayout::NK>(acc, shared, C, load_stage, b_col);
 
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = warp % 4 * 32;
+    for_each_row(m0, N, [&](long n, int mi, int h, int col) {
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+        for (int j = 0; j < 4; j++) {
+            const int f = f0 + wn * 32 + j * 8 + col;
+            float gv[2], uv[2], out[2];
 #pragma unroll
-        for (int h = 0; h < 2; h++) {  // accumulator elements 2h, 2h + 1: row g + 8h, two adjacent columns
-            const long n = m0 + wm + mi * 16 + g + 8 * h;
-            if (n >= N) continue;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int f = f0 + wn * 32 + j * 8 + 2 * t;
-                float gv[2], uv[2], out[2];
-#pragma unroll
-                for (int e = 0; e < 2; e++) {  // SwiGLU of gate and up as stored (rounded), as version 1 reads them
-                    gv[e] = (float)(floatX)acc[mi][j][2 * h + e];
-                    uv[e] = (float)(floatX)acc[mi][j + 4][2 * h + e];
-                    out[e] = swiglu_value(gv[e], uv[e]);
-                }
-                store_pair(gate_up + n * 2 * F + f, gv[0], gv[1]);
-                store_pair(gate_up + n * 2 * F + F + f, uv[0], uv[1]);
-                store_pair(swiglu + n * F + f, out[0], out[1]);
+            for (int e = 0; e < 2; e++) {  // SwiGLU of gate and up as stored (rounded), as version 1 reads them
+                gv[e] = (float)(floatX)acc[mi][j][2 * h + e];
+                uv[e] = (float)(floatX)acc[mi][j + 4][2 * h + e];
+                out[e] = swiglu_value(gv[e], uv[e]);
             }
+            store_pair(gate_up + n * 2 * F + f, gv[0], gv[1]);
+            store_pair(gate_up + n * 2 * F + F + f, uv[0], uv[1]);
+            store_pair(swiglu + n * F + f, out[0], out[1]);
         }
+    });
 }
 
 // Grid (ceil(N / 128), ceil(F / 128)): block (x, y) computes d swiglu's rows 128 x.., columns 128 y..
@@ -197,26 +206,20 @@ __global__ void __launch_bounds__(SG_THREADS) swiglu_gemm_backward_kernel(floatX
     float acc[2][8][4] = {};
     mma_mainloop<BLayout::KN>(acc, shared, C, load_stage, b_col);
 
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, wm = warp % 4 * 32;
+    for_each_row(m0, N, [&](long n, int mi, int h, int col) {
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const long n = m0 + wm + mi * 16 + g + 8 * h;
-            if (n >= N) continue;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int f = n0 + wn * 64 + j * 8 + 2 * t;
-                if (f >= F) continue;  // F and f even: both columns are in or both out
-                floatX* gate = gate_up + n * 2 * F + f, *up = gate + F;
-                const float2 gv = load_pair(gate), uv = load_pair(up);
-                float dg[2], du[2];
-                swiglu_gradients((float)(floatX)acc[mi][j][2 * h], gv.x, uv.x, &dg[0], &du[0]);
-                swiglu_gradients((float)(floatX)acc[mi][j][2 * h + 1], gv.y, uv.y, &dg[1], &du[1]);
-                store_pair(gate, dg[0], dg[1]);
-                store_pair(up, du[0], du[1]);
-            }
+        for (int j = 0; j < 8; j++) {
+            const int f = n0 + wn * 64 + j * 8 + col;
+            if (f >= F) continue;  // F and f even: both columns are in or both out
+            floatX* gate = gate_up + n * 2 * F + f, *up = gate + F;
+            const float2 gv = load_pair(gate), uv = load_pair(up);
+            float dg[2], du[2];
+            swiglu_gradients((float)(floatX)acc[mi][j][2 * h], gv.x, uv.x, &dg[0], &du[0]);
+            swiglu_gradients((float)(floatX)acc[mi][j][2 * h + 1], gv.y, uv.y, &dg[1], &du[1]);
+            store_pair(gate, dg[0], dg[1]);
+            store_pair(up, du[0], du[1]);
         }
+    });
 }
 
 static void swiglu_gemm_check_shape(int C, int F, std::initializer_list<const void*> pointers) {
