@@ -11,7 +11,6 @@ void delete_stream(StreamImpl* s);
 cudaError_t take_last_error();
 cudaError_t peek_last_error();
 void wait_ticket(const Ticket& t);
-bool ticket_done(const Ticket& t);
 Ticket current_ticket(cudaStream_t stream);
 cudaError_t begin_capture(cudaStream_t stream, cudaStreamCaptureMode mode);
 cudaError_t end_capture(cudaStream_t stream, Graph** graph);

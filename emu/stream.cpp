@@ -31,6 +31,7 @@ struct StreamImpl {
         std::vector<Ticket> after;
     };
     bool legacy = false, blocking = true;
+    uint64_t id = 0;            // this stream's number: no other stream, earlier or later, has it
     std::deque<Item> queue;     // submitted, not yet run
     uint64_t submitted = 0, completed = 0;
     Graph* capture = nullptr;   // the graph this stream records into, while capturing
@@ -47,12 +48,14 @@ std::vector<StreamImpl*>& all_streams() {
     static std::vector<StreamImpl*> v;
     return v;
 }
+uint64_t g_streams_made = 0;
 }  // namespace
 
 StreamImpl* legacy_stream() {
     static StreamImpl* s = [] {
         StreamImpl* l = new StreamImpl;
         l->legacy = true;
+        l->id = ++g_streams_made;
         all_streams().push_back(l);
         return l;
     }();
@@ -65,6 +68,7 @@ StreamImpl* new_stream(bool blocking) {
     legacy_stream();
     StreamImpl* s = new StreamImpl;
     s->blocking = blocking;
+    s->id = ++g_streams_made;
     all_streams().push_back(s);
     return s;
 }
@@ -128,15 +132,22 @@ cudaError_t submit(cudaStream_t stream, const char* what, std::function<void()> 
     // The legacy default stream waits for all blocking streams' earlier work, and they wait for its.
     if (s->legacy) {
         for (StreamImpl* o : all_streams())
-            if (o != s && o->blocking && o->submitted > 0) item.after.push_back({o, o->submitted});
+            if (o != s && o->blocking && o->submitted > 0) item.after.push_back({o, o->submitted, o->id});
     } else if (s->blocking) {
         StreamImpl* l = legacy_stream();
-        if (l->submitted > 0) item.after.push_back({l, l->submitted});
+        if (l->submitted > 0) item.after.push_back({l, l->submitted, l->id});
     }
     s->queue.push_back(std::move(item));
     s->submitted++;
-    if (ticket) *ticket = Ticket{s, s->submitted};
+    if (ticket) *ticket = Ticket{s, s->submitted, s->id};
     return cudaSuccess;
+}
+
+// The live stream a ticket names, or null: a destroyed stream ran all its work when it was destroyed.
+StreamImpl* live_stream(const Ticket& t) {
+    for (StreamImpl* s : all_streams())
+        if (s == t.stream && s->id == t.stream_id) return s;
+    return nullptr;
 }
 
 // Runs s's items until `upto` have completed, each after what it waits for.
@@ -145,8 +156,8 @@ void drain(StreamImpl* s, uint64_t upto) {
         StreamImpl::Item item = std::move(s->queue.front());
         s->queue.pop_front();
         for (const Ticket& t : item.after) {
-            StreamImpl* o = (StreamImpl*)t.stream;
-            if (t.seq && o != s) drain(o, t.seq);
+            StreamImpl* o = t.seq ? live_stream(t) : nullptr;
+            if (o && o != s) drain(o, t.seq);
         }
         item.work();
         s->completed++;
@@ -171,12 +182,15 @@ void wait_all() {
 }
 
 void wait_ticket(const Ticket& t) {
-    if (t.seq) drain((StreamImpl*)t.stream, t.seq);
+    if (StreamImpl* s = t.seq ? live_stream(t) : nullptr) drain(s, t.seq);
 }
-bool ticket_done(const Ticket& t) { return !t.seq || ((StreamImpl*)t.stream)->completed >= t.seq; }
+bool ticket_done(const Ticket& t) {
+    const StreamImpl* s = t.seq ? live_stream(t) : nullptr;
+    return !s || s->completed >= t.seq;
+}
 Ticket current_ticket(cudaStream_t stream) {
     StreamImpl* s = impl(stream);
-    return Ticket{s, s->submitted};
+    return Ticket{s, s->submitted, s->id};
 }
 
 // ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ namespace emu {
 struct Ticket {
     const void* stream = nullptr;  // the stream's emulation object (not the cudaStream_t)
     uint64_t seq = 0;              // 0: nothing (e.g. recorded into a graph)
+    uint64_t stream_id = 0;        // the stream's number (a destroyed stream's object may be reused)
 };
 
 // Queues work on stream (0: the legacy default stream), after the items in `after` (which may be on
@@ -32,6 +33,9 @@ struct Ticket {
 // capture), and then nothing is queued. *ticket, if given, identifies the queued item.
 cudaError_t submit(cudaStream_t stream, const char* what, std::function<void()> work,
                    const std::vector<Ticket>& after = {}, Ticket* ticket = nullptr);
+
+// Whether the item t names has run (true for no item).
+bool ticket_done(const Ticket& t);
 
 // Runs everything queued on stream so far (and what it depends on): the host's wait.
 void wait_stream(cudaStream_t stream);
@@ -52,5 +56,8 @@ cudaError_t set_last_error(cudaError_t err);
 bool is_device_range(const void* p, size_t bytes);
 // Pinned host memory: whether [p, p + bytes) lies inside one live cudaMallocHost allocation.
 bool is_pinned_range(const void* p, size_t bytes);
+// The live cudaMalloc allocation holding [p, p + bytes): a number that no other allocation, earlier
+// or later, has; 0 if there is none.
+uint64_t allocation_id(const void* p, size_t bytes);
 
 }  // namespace emu

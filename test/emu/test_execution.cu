@@ -256,6 +256,19 @@ TEST_CASE("emu: stream work runs when waited for, in order, after the events it 
         cudaCheck(cudaStreamSynchronize(producer));
         cudaCheck(cudaStreamDestroy(blocking));
     }
+    SECTION("an event of a stream destroyed since is complete (the destruction ran its work)") {
+        cudaStream_t gone;
+        cudaCheck(cudaStreamCreate(&gone));
+        fill_kernel<<<1, 32, 0, gone>>>(d, 4.0f, n);
+        cudaCheck(cudaEventRecord(ready, gone));
+        cudaCheck(cudaStreamDestroy(gone));
+        cudaStream_t next;  // may reuse the destroyed stream's object: the event must not name it
+        cudaCheck(cudaStreamCreate(&next));
+        fill_kernel<<<1, 32, 0, next>>>(d, 5.0f, n);
+        CHECK(cudaEventQuery(ready) == cudaSuccess);
+        CHECK(to_host(d, 1)[0] == 5.0f);
+        cudaCheck(cudaStreamDestroy(next));
+    }
     SECTION("a query of unfinished work answers not ready once, then runs it") {
         fill_kernel<<<1, 32, 0, producer>>>(d, 5.0f, n);
         CHECK(cudaStreamQuery(producer) == cudaErrorNotReady);
