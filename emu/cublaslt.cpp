@@ -34,7 +34,10 @@
 //   stderr, where the GPU would fault or compute garbage): A, B, C and D inside live cudaMalloc
 //   allocations (emu::is_device_range), D overlapping A or B, C and D partly overlapping, pointers or
 //   leading dimensions less aligned than the algorithm from the heuristic requires, destroyed or
-//   foreign descriptors.
+//   foreign descriptors; a workspace outside a live allocation, or given to a product on one stream
+//   while one on another stream that had it has not run (the emulated algorithms use none, but a
+//   GPU's may, and products on two streams may run at once there and overwrite each other's: one
+//   workspace per stream, as PyTorch keeps one per handle and stream).
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <algorithm>
@@ -45,6 +48,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -674,8 +678,23 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatm
                                            const cublasLtMatmulAlgo_t* algo_in, void* workspace, size_t workspace_bytes,
                                            cudaStream_t stream) {
     const char* f = "cublasLtMatmul";
-    (void)workspace;
-    (void)workspace_bytes;  // the emulated algorithm needs none (workspaceSize 0 from the heuristic)
+    // The emulated algorithm needs no workspace (workspaceSize 0 from the heuristic); its use is checked:
+    // by allocation, the last product given it (its stream, and the queued item to see if it has run).
+    struct WorkspaceUse {
+        cudaStream_t stream;
+        emu::Ticket product;
+    };
+    static std::map<uint64_t, WorkspaceUse> last_use;
+    const uint64_t workspace_id = workspace && workspace_bytes ? emu::allocation_id(workspace, workspace_bytes) : 0;
+    if (workspace && workspace_bytes) {
+        if (!workspace_id) return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "the workspace is not inside a live cudaMalloc allocation");
+        const auto last = last_use.find(workspace_id);
+        if (last != last_use.end() && last->second.stream != stream && !emu::ticket_done(last->second.product))
+            return refuse(CUBLAS_STATUS_INVALID_VALUE, f,
+                          "the workspace at %p was given to a product on stream %p that has not run yet, and now to "
+                          "one on stream %p: on a GPU the two may run at once and overwrite each other's (one "
+                          "workspace per stream)", workspace, (void*)last->second.stream, (void*)stream);
+    }
     if (!lookup<Handle>(handle)) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, f, "not a live handle");
     const MatmulDesc* desc_p = lookup<MatmulDesc>(desc);
     const Layout *la = lookup<Layout>(a_desc), *lb = lookup<Layout>(b_desc), *lc = lookup<Layout>(c_desc),
@@ -700,7 +719,9 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatm
     status = check_pointers(problem, algo, a, b, c, d, work.beta != 0.0f);
     if (status != CUBLAS_STATUS_SUCCESS) return status;
     if (problem.m == 0 || problem.n == 0) return CUBLAS_STATUS_SUCCESS;
-    const cudaError_t err = emu::submit(stream, "cublasLtMatmul", work);
+    emu::Ticket ticket;
+    const cudaError_t err = emu::submit(stream, "cublasLtMatmul", work, {}, &ticket);
+    if (err == cudaSuccess && workspace_id) last_use[workspace_id] = {stream, ticket};
     // A launch the runtime refuses (e.g. on the legacy stream during a capture): "CUBLAS_STATUS_EXECUTION_FAILED
     // if cuda reported execution error from the device".
     if (err != cudaSuccess)

@@ -58,7 +58,9 @@ void report_peak_memory() { fprintf(stderr, "emu: peak device memory %zu bytes\n
 struct Allocation {
     size_t bytes;
     bool pinned;
+    uint64_t id;  // this allocation's number: none before or after it has the same
 };
+uint64_t g_allocations_made = 0;
 std::map<const char*, Allocation>& allocations() {  // by user pointer
     static std::map<const char*, Allocation> m;
     return m;
@@ -94,7 +96,7 @@ cudaError_t allocate(void** p, size_t bytes, bool pinned) {
     char* user = base + DEVICE_GUARD;
     EMU_GUARDS_ASAN(true, base, DEVICE_GUARD);
     EMU_GUARDS_ASAN(true, user + bytes, padded - bytes + DEVICE_GUARD);
-    allocations()[user] = {bytes, pinned};
+    allocations()[user] = {bytes, pinned, ++g_allocations_made};
     if (!pinned) g_device_bytes += bytes;
     if (g_device_bytes > g_peak_device_bytes) {
         static const bool report = [] {
@@ -176,6 +178,10 @@ bool is_device_range(const void* p, size_t bytes) {
 bool is_pinned_range(const void* p, size_t bytes) {
     auto* a = find_range(p, bytes);
     return a && a->second.pinned;
+}
+uint64_t allocation_id(const void* p, size_t bytes) {
+    auto* a = find_range(p, bytes);
+    return a && !a->second.pinned ? a->second.id : 0;
 }
 
 void check_device_guards(const char* after_what) {

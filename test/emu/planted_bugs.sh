@@ -144,6 +144,13 @@ bug matmul_backward_join kernels/matmul.cuh \
     "    cudaCheck(cudaStreamWaitEvent(stream, matmul_join, 0));" "" \
     test/test_gpu_kernels.cu "" "FAILED" \
     $P/matmul_backward_join/bin "matmul backward writes dinp*"
+# 11b. The weight stream's products given the main stream's cuBLASLt workspace: on a GPU the two
+#     products running at once would overwrite each other's; the emulated cuBLASLt refuses it.
+bug matmul_shared_workspace kernels/matmul.cuh \
+    "    return stream == matmul_weight_stream ? matmul_weight_workspace : cublaslt_workspace;" \
+    "    return cublaslt_workspace;" \
+    test/test_gpu_kernels.cu "" "workspace at 0x[0-9a-f]+ was given to a product on stream .* that has not run yet, and now to" \
+    $P/matmul_shared_workspace/bin "matmul backward writes dinp*"
 # 12. dev/swiglu_gemm.cu version 2 without the barrier before a stage is refilled: warps still reading
 #     tile kt - 1 by ldmatrix while others' cp.async overwrite it. The race checker reports the pair.
 bug race_swiglu_gemm_refill dev/swiglu_gemm.cu \

@@ -536,6 +536,30 @@ TEST_CASE("cublasLtMatmul: matrices outside device memory, and D overlapping its
     REQUIRE(cudaStreamSynchronize(0) == cudaSuccess);
 }
 
+TEST_CASE("cublasLtMatmul: a workspace outside device memory, or in use on another stream, is INVALID_VALUE") {
+    Lt lt;
+    Desc nn(false, false);
+    LayoutHandle l(CUDA_R_32F, 8, 8, 8);
+    DeviceBytes a(8 * 8 * 4), b(8 * 8 * 4), d(8 * 8 * 4), workspace(1024), other_workspace(1024);
+    std::vector<char> host(1024);
+    const float alpha = 1, beta = 0;
+    cudaStream_t side;
+    REQUIRE(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess);
+    auto run = [&](void* ws, cudaStream_t stream) {
+        return cublasLtMatmul(lt.handle, nn.desc, &alpha, a.ptr(), l.layout, b.ptr(), l.layout, &beta, d.ptr(), l.layout,
+                              d.ptr(), l.layout, nullptr, ws, 1024, stream);
+    };
+    CHECK(run(host.data(), 0) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(run(workspace.ptr(), 0) == CUBLAS_STATUS_SUCCESS);
+    CHECK(run(workspace.ptr(), 0) == CUBLAS_STATUS_SUCCESS);      // the same stream again
+    CHECK(run(workspace.ptr(), side) == CUBLAS_STATUS_INVALID_VALUE);  // stream 0's have not run
+    CHECK(run(other_workspace.ptr(), side) == CUBLAS_STATUS_SUCCESS);  // a workspace per stream
+    REQUIRE(cudaStreamSynchronize(0) == cudaSuccess);
+    CHECK(run(workspace.ptr(), side) == CUBLAS_STATUS_SUCCESS);  // once they have, another stream may have it
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    REQUIRE(cudaStreamDestroy(side) == cudaSuccess);
+}
+
 // ----------------------------------------------------------------------------
 // The emulation's environment switches, and kernels/matmul.cuh on them
 
