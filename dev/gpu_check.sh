@@ -255,6 +255,10 @@ for id in $(seq 1 $steps); do [ ! -e $state/$id.log ] || cat $state/$id.out >>"$
     echo
     if [ -s "$kernel_table" ]; then cat "$kernel_table"
     elif [ "$emulated" = 1 ]; then echo "not run in emulation"
+    elif [ -s "$bin/bf16/dev/run_all.log" ]; then
+        echo "The dev step did not finish (see dev.log); the runs that did:"
+        echo
+        dev/run_all.sh --table "$bin/bf16/dev/run_all.log"
     else echo "no table (see dev.log)"; fi
     echo
     echo "## Trainer throughput (dev/bench_trainer.sh, 5 steps of 65536 tokens at T 256, the first 2 not counted)"
