@@ -19,8 +19,6 @@
 
 namespace attention_v1 {
 
-using attention_detail::allow_smem;
-
 // Rows of a query or key tile: 64 in bf16; 32 in the fp32 build, whose fp32 tiles would not fit the
 // 227 KB of shared memory an H100 block can have at head dimension 128.
 constexpr int TILE = FLOATX_IS_FP32 ? 32 : 64;

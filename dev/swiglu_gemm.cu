@@ -231,16 +231,11 @@ static void swiglu_gemm_check_shape(int C, int F, std::initializer_list<const vo
     exit(EXIT_FAILURE);
 }
 
-template <typename Kernel>
-static void raise_shared_limit(Kernel kernel, size_t bytes) {
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-}
-
 static void swiglu_gemm_forward_v2(floatX* gate_up, floatX* swiglu, const floatX* x, const floatX* w_gate_up, int N,
                                    int C, int F) {
     swiglu_gemm_check_shape(C, F, {gate_up, swiglu, x, w_gate_up});
     const size_t bytes = swiglu_gemm_shared_bytes<BLayout::NK>();
-    raise_shared_limit(swiglu_gemm_forward_kernel, bytes);
+    allow_smem<swiglu_gemm_forward_kernel>(bytes);
     const dim3 grid((unsigned)ceil_div(N, SG_BM), (unsigned)(F / (SG_BN / 2)));
     swiglu_gemm_forward_kernel<<<grid, SG_THREADS, bytes>>>(gate_up, swiglu, x, w_gate_up, N, C, F);
     cudaCheck(cudaGetLastError());
@@ -249,7 +244,7 @@ static void swiglu_gemm_forward_v2(floatX* gate_up, floatX* swiglu, const floatX
 static void swiglu_gemm_backward_v2(floatX* gate_up, const floatX* dout, const floatX* w_down, int N, int C, int F) {
     swiglu_gemm_check_shape(C, F, {gate_up, dout, w_down});
     const size_t bytes = swiglu_gemm_shared_bytes<BLayout::KN>();
-    raise_shared_limit(swiglu_gemm_backward_kernel, bytes);
+    allow_smem<swiglu_gemm_backward_kernel>(bytes);
     const dim3 grid((unsigned)ceil_div(N, SG_BM), (unsigned)ceil_div(F, SG_BN));
     swiglu_gemm_backward_kernel<<<grid, SG_THREADS, bytes>>>(gate_up, dout, w_down, N, C, F);
     cudaCheck(cudaGetLastError());

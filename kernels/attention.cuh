@@ -608,16 +608,6 @@ __global__ void __launch_bounds__(DQ_THREADS)
 // ----------------------------------------------------------------------------
 // Launchers
 
-// Opts a kernel in to `bytes` of dynamic shared memory (above the default 48 KB) on its first launch
-// only: a static per kernel remembers it. The attribute stays set for the process, which uses one
-// device (each kernel's bytes are a constant of its instantiation).
-template <auto Kernel>
-void allow_smem(size_t bytes) {
-    static const bool done =
-        (cudaCheck(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes)), true);
-    (void)done;
-}
-
 template <int HD>
 void forward(floatX* out, float* lse, const floatX* q, const floatX* k, const floatX* v, long stride, int B, int T,
              int C, int NH, const float2* rope, cudaStream_t stream) {

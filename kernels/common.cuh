@@ -44,6 +44,16 @@ inline void cublas_check(cublasStatus_t status, const char* file, int line) {
 }
 #define cublasCheck(call) cublas_check((call), __FILE__, __LINE__)
 
+// Opts a kernel in to `bytes` of dynamic shared memory (above the default 48 KB) on its first launch
+// only: a static per kernel remembers it. The attribute stays set for the process, which uses one
+// device (each kernel's bytes are a constant of its instantiation).
+template <auto Kernel>
+void allow_smem(size_t bytes) {
+    static const bool done =
+        (cudaCheck(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes)), true);
+    (void)done;
+}
+
 // ----------------------------------------------------------------------------
 // Small helpers
 

@@ -114,8 +114,9 @@ bug shared_one_past_end kernels/rmsnorm.cuh \
     test/test_gpu_kernels.cu "" "wrote past the end of __shared__ \(extern, dynamic\)" \
     $P/shared_one_past_end/bin "rmsnorm backward*"
 # 7. Dynamic shared memory above 48 KB without cudaFuncSetAttribute (the attention forward at head size
-#    128 needs 102 KB): the launch fails as on a GPU, and the launcher's check says where.
-bug smem_without_attribute kernels/attention.cuh \
+#    128 needs 102 KB; allow_smem, kernels/common.cuh): the launch fails as on a GPU, and the
+#    launcher's check says where.
+bug smem_without_attribute kernels/common.cuh \
     "(cudaCheck(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes)), true);" "true;" \
     test/test_gpu_attention.cu "" "CUDA error at kernels/attention.cuh:[0-9]+: invalid argument" \
     $P/smem_without_attribute/bin "flash attention forward*"
