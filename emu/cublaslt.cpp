@@ -685,8 +685,9 @@ cublasStatus_t CUBLASWINAPI cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatm
         emu::Ticket product;
     };
     static std::map<uint64_t, WorkspaceUse> last_use;
-    const uint64_t workspace_id = workspace && workspace_bytes ? emu::allocation_id(workspace, workspace_bytes) : 0;
+    uint64_t workspace_id = 0;  // 0: no workspace given
     if (workspace && workspace_bytes) {
+        workspace_id = emu::allocation_id(workspace, workspace_bytes);
         if (!workspace_id) return refuse(CUBLAS_STATUS_INVALID_VALUE, f, "the workspace is not inside a live cudaMalloc allocation");
         const auto last = last_use.find(workspace_id);
         if (last != last_use.end() && last->second.stream != stream && !emu::ticket_done(last->second.product))

@@ -420,13 +420,9 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t ev, unsigned int) {
     if (ev->capture) {
         // Waiting for an event of a capture: s joins that capture; the origin waiting for a joined
         // stream's event takes it back out (the join that cudaStreamEndCapture requires).
-        if (capture_graph(s) == ev->capture) {
-            join_capture(s, ev->capture, ev->capture_mode, ev->capture_deps);
-            if (is_capture_origin(s) && ev->captured_on != s) leave_capture(ev->captured_on);
-            return cudaSuccess;
-        }
-        if (capture_graph(s)) return set_last_error(cudaErrorStreamCaptureIsolation);
+        if (capture_graph(s) && capture_graph(s) != ev->capture) return set_last_error(cudaErrorStreamCaptureIsolation);
         join_capture(s, ev->capture, ev->capture_mode, ev->capture_deps);
+        if (is_capture_origin(s) && ev->captured_on != s) leave_capture(ev->captured_on);
         return cudaSuccess;
     }
     if (is_capturing(s)) {

@@ -64,6 +64,9 @@ StreamImpl* legacy_stream() {
 
 StreamImpl* impl(cudaStream_t stream) { return stream ? (StreamImpl*)stream : legacy_stream(); }
 
+// The ticket of s's last submitted item.
+Ticket last_item(const StreamImpl* s) { return Ticket{s, s->submitted, s->id}; }
+
 StreamImpl* new_stream(bool blocking) {
     legacy_stream();
     StreamImpl* s = new StreamImpl;
@@ -132,14 +135,14 @@ cudaError_t submit(cudaStream_t stream, const char* what, std::function<void()> 
     // The legacy default stream waits for all blocking streams' earlier work, and they wait for its.
     if (s->legacy) {
         for (StreamImpl* o : all_streams())
-            if (o != s && o->blocking && o->submitted > 0) item.after.push_back({o, o->submitted, o->id});
+            if (o != s && o->blocking && o->submitted > 0) item.after.push_back(last_item(o));
     } else if (s->blocking) {
         StreamImpl* l = legacy_stream();
-        if (l->submitted > 0) item.after.push_back({l, l->submitted, l->id});
+        if (l->submitted > 0) item.after.push_back(last_item(l));
     }
     s->queue.push_back(std::move(item));
     s->submitted++;
-    if (ticket) *ticket = Ticket{s, s->submitted, s->id};
+    if (ticket) *ticket = last_item(s);
     return cudaSuccess;
 }
 
@@ -188,10 +191,7 @@ bool ticket_done(const Ticket& t) {
     const StreamImpl* s = t.seq ? live_stream(t) : nullptr;
     return !s || s->completed >= t.seq;
 }
-Ticket current_ticket(cudaStream_t stream) {
-    StreamImpl* s = impl(stream);
-    return Ticket{s, s->submitted, s->id};
-}
+Ticket current_ticket(cudaStream_t stream) { return last_item(impl(stream)); }
 
 // ----------------------------------------------------------------------------
 // Capture
