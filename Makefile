@@ -185,7 +185,7 @@ bench: train_mixln
 # Kernel microbenchmarks (issue 3): dev/<kernel>.cu -> $(CUDA_BUILD)/dev/<kernel>, numbered versions of
 # each kernel validated against kernels/cpu, then timed (running them needs a GPU; not part of `make
 # test`). `make dev && dev/run_all.sh` prints the table; PRECISION=FP32 builds them under build/fp32/dev.
-DEV_BENCHMARKS := rmsnorm swiglu rope classifier adamw embedding attention matmul swiglu_gemm
+DEV_BENCHMARKS := rmsnorm swiglu rope classifier adamw embedding attention matmul residual swiglu_gemm
 .PHONY: dev
 dev: $(addprefix $(CUDA_BUILD)/dev/,$(DEV_BENCHMARKS))
 

@@ -35,7 +35,6 @@
 #include "kernels/classifier.cuh"
 #include "kernels/embedding.cuh"
 #include "kernels/matmul.cuh"
-#include "kernels/residual.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/swiglu.cuh"
@@ -218,8 +217,6 @@ struct GpuActivations {
     floatX* stream;              // (L+1, N, C) the residual stream: layer l reads slice l and writes slice
                                  //             l+1; slice L is the final norm's input
     std::vector<GpuLayerActivations> slots;  // L, or 1 with recomputation
-    floatX* sublayer_out;        // (N, C) attn_out, then mlp_out: the F(x) of eq. 1 and 2, consumed by the
-                                 //        residual add after it
     floatX* final_norm;          // (N, C) norm_f's output, the LM head's input
     float* rstd_f;               // (N)
     floatX* logits;              // (N, V) replaced by d logits by the fused classifier
@@ -228,9 +225,8 @@ struct GpuActivations {
 
     // The backward's scratch, reused by every layer (d gate|up reuses the layer's own gate_up, see
     // GpuModel::mlp_sublayer_backward).
-    floatX* d_stream;            // (N, C) the gradient of the residual stream where the backward is, when
-                                 //        it is one tensor: d out on entering a layer, d x on leaving it
-                                 //        (between Post-LN layers it is two, see GpuModel::layer_backward)
+    floatX* d_stream;            // (N, C) the gradient of the residual stream where the backward is: d out
+                                 //        on entering a layer, d x on leaving it
     floatX* d_sublayer_out;      // (N, C) Post-LN: a norm's d sum, which is d attn_out or d mlp_out
     floatX* d_sublayer_in;       // (N, C) d attn_in or d mlp_in, written by the sublayer's input product
     floatX* d_attn_y;            // (N, C)
@@ -261,7 +257,7 @@ struct GpuActivations {
             for (float** p : {&a.rstd_a, &a.rstd_b}) take(*p, N);
             take(a.lse, heads_rows);
         }
-        for (floatX** p : {&sublayer_out, &final_norm, &d_stream, &d_sublayer_out, &d_sublayer_in, &d_attn_y,
+        for (floatX** p : {&final_norm, &d_stream, &d_sublayer_out, &d_sublayer_in, &d_attn_y,
                            &d_final_norm})
             take(*p, N * C);
         take(d_qkv, N * 3 * C);
@@ -401,76 +397,48 @@ struct GpuModel {
 
     // ---- forward ----
 
-    // The sublayers: the F(x) of eq. 1 and 2, written to f.
+    // The sublayers: the F(x) of eq. 1 and 2, added to the residual x scaled by s as their output
+    // product writes it: sum = s * x + F(x) (kernels/matmul.cuh, the residual in cuBLASLt's epilogue).
     // Attention: one q|k|v projection with the layer's (3C, C) weight (wq, wk, wv stacked), causal flash
     // attention reading q, k, v from those rows and turning q and k by RoPE as it reads them (q|k|v
     // stays unturned in memory), o projection.
-    void attention_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
+    void attention_sublayer_forward(const GpuLayerActivations& a, int l, floatX* sum, const floatX* x, float s) {
         const int N = B * T, C = cfg.d_model, NH = cfg.n_head;
         matmul_forward(a.qkv, a.attn_in, param(WQ, l), N, C, 3 * C, stream);
         attention_forward(a.attn_y, a.lse, a.qkv, a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, B, T, C, NH, rope_table,
                           stream);
-        matmul_forward(f, a.attn_y, param(WO, l), N, C, C, stream);
+        matmul_forward_residual(sum, a.attn_y, param(WO, l), x, s, N, C, C, stream);
     }
 
     // SwiGLU MLP: down(silu(gate(x)) * up(x)), gate|up one projection with the layer's (2Fs, C) weight.
-    void mlp_sublayer_forward(const GpuLayerActivations& a, int l, floatX* f) {
+    void mlp_sublayer_forward(const GpuLayerActivations& a, int l, floatX* sum, const floatX* x, float s) {
         const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);
         matmul_forward(a.gate_up, a.mlp_in, param(WGATE, l), N, C, 2 * F, stream);
         swiglu_forward(a.swiglu, a.gate_up, a.gate_up + F, /*stride=*/2 * F, N, F, stream);
-        matmul_forward(f, a.swiglu, param(WDOWN, l), N, F, C, stream);
+        matmul_forward_residual(sum, a.swiglu, param(WDOWN, l), x, s, N, F, C, stream);
     }
 
-    // The norm that reads layer l's output first: the next layer's norm_a if that layer is Pre-LN, the
-    // final norm after the last layer; none before a Post-LN layer (its input is added to, not normed).
-    struct NextNorm {
-        floatX* out;
-        float* rstd;
-        const floatX* w;
-        int bucket;  // the one holding w (core/distributed.h)
-    };
-    bool next_norm(int l, NextNorm* next) {
-        const int L = cfg.n_layer;
-        if (l == L - 1) *next = {acts.final_norm, acts.rstd_f, param(NORM_F), head_bucket(L)};
-        else if (!layer_is_post_ln(cfg, l + 1))
-            *next = {layer(l + 1).attn_in, layer(l + 1).rstd_a, param(NORM_A, l + 1), layer_bucket(l + 1)};
-        else return false;
-        return true;
-    }
-
-    // One layer: the paper's eq. 1 (Post-LN) or eq. 2 (Pre-LN). Each residual add followed by a norm
-    // is fused with it (residual_rmsnorm_forward keeps the sum: Post-LN's norm input, Pre-LN's h), the
-    // Pre-LN layer's last one too (out = h + MLP and the next norm, next_norm), so that a Pre-LN layer
-    // after a Pre-LN layer finds its attention input made. Not when the backward recomputes the layer
-    // (recomputing): its own input's norm is made again, from x (the same bits: the fused kernel
-    // normalizes the sum as rounded and stored), and the next layer's is not touched.
-    void layer_forward(int l, bool recomputing = false) {
+    // One layer: the paper's eq. 1 (Post-LN) or eq. 2 (Pre-LN). Each residual add is made by the
+    // sublayer's output product; each norm reads the sum as rounded and stored, so that rerunning the
+    // layer (the backward's recomputation) makes the same bits.
+    void layer_forward(int l) {
         const GpuLayerActivations a = layer(l);
         const int N = B * T, C = cfg.d_model;
         const float eps = (float)cfg.norm_eps;
-        floatX* f = acts.sublayer_out;
         mem.wait_for_weights(layer_bucket(l), stream);  // several ranks: the last update's all-gather
         if (layer_is_post_ln(cfg, l)) {
             const float s = (float)residual_scale(cfg);  // 1 except for DeepNorm
             // eq. 1: h = LN_a(s*x + Attn(x));  out = LN_b(s*h + MLP(h))
-            attention_sublayer_forward(a, l, f);
-            residual_rmsnorm_forward(a.norm_a_in, a.h, a.rstd_a, a.x, f, param(NORM_A, l), s, N, C, eps, stream);
-            mlp_sublayer_forward(a, l, f);
-            residual_rmsnorm_forward(a.norm_b_in, a.out, a.rstd_b, a.h, f, param(NORM_B, l), s, N, C, eps, stream);
+            attention_sublayer_forward(a, l, a.norm_a_in, a.x, s);
+            rmsnorm_forward(a.h, a.rstd_a, a.norm_a_in, param(NORM_A, l), N, C, eps, stream);
+            mlp_sublayer_forward(a, l, a.norm_b_in, a.h, s);
+            rmsnorm_forward(a.out, a.rstd_b, a.norm_b_in, param(NORM_B, l), N, C, eps, stream);
         } else {
             // eq. 2: h = x + Attn(LN_a(x));  out = h + MLP(LN_b(h))
-            const bool input_normed = !recomputing && l > 0 && !layer_is_post_ln(cfg, l - 1);
-            if (!input_normed) rmsnorm_forward(a.attn_in, a.rstd_a, a.x, param(NORM_A, l), N, C, eps, stream);
-            attention_sublayer_forward(a, l, f);
-            residual_rmsnorm_forward(a.h, a.mlp_in, a.rstd_b, a.x, f, param(NORM_B, l), 1.0f, N, C, eps, stream);
-            mlp_sublayer_forward(a, l, f);
-            NextNorm next;
-            if (!recomputing && next_norm(l, &next)) {
-                mem.wait_for_weights(next.bucket, stream);
-                residual_rmsnorm_forward(a.out, next.out, next.rstd, a.h, f, next.w, 1.0f, N, C, eps, stream);
-            } else {
-                residual_forward(a.out, a.h, f, (long)N * C, 1.0f, stream);
-            }
+            rmsnorm_forward(a.attn_in, a.rstd_a, a.x, param(NORM_A, l), N, C, eps, stream);
+            attention_sublayer_forward(a, l, a.h, a.x, 1.0f);
+            rmsnorm_forward(a.mlp_in, a.rstd_b, a.h, param(NORM_B, l), N, C, eps, stream);
+            mlp_sublayer_forward(a, l, a.out, a.h, 1.0f);
         }
     }
 
@@ -481,17 +449,15 @@ struct GpuModel {
         staging.copy_batch(acts.tokens, acts.targets, tokens, targets, B * T, stream);
     }
 
-    // Embedding of acts.tokens, the L layers, the final norm (for every alpha: after a Pre-LN last
-    // layer it is fused with that layer's last residual add) and the LM head, up to the logits (N, V).
+    // Embedding of acts.tokens, the L layers, the final norm and the LM head, up to the logits (N, V).
     void forward() {
         const int N = B * T, C = cfg.d_model, V = cfg.vocab_size;
         mem.wait_for_weights(embedding_bucket(), stream);
         embedding_forward(layer(0).x, acts.tokens, param(WTE), N, C, (float)embedding_scale(cfg), stream);
         for (int l = 0; l < cfg.n_layer; l++) layer_forward(l);
         mem.wait_for_weights(head_bucket(cfg.n_layer), stream);
-        if (layer_is_post_ln(cfg, cfg.n_layer - 1))
-            rmsnorm_forward(acts.final_norm, acts.rstd_f, layer(cfg.n_layer - 1).out, param(NORM_F), N, C,
-                            (float)cfg.norm_eps, stream);
+        rmsnorm_forward(acts.final_norm, acts.rstd_f, layer(cfg.n_layer - 1).out, param(NORM_F), N, C,
+                        (float)cfg.norm_eps, stream);
         matmul_forward(acts.logits, acts.final_norm, param(LM_HEAD), N, C, V, stream);
     }
 
@@ -513,39 +479,38 @@ struct GpuModel {
 
     // ---- backward: the mirror image of the forward ----
 
-    // dout = d attn_out; writes d attn_in into dinp: one product from d q|k|v, laid out as q|k|v.
-    void attention_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
+    // dout = d attn_out; writes d attn_in + s * dres into dinp (dres null: d attn_in): one product from
+    // d q|k|v, laid out as q|k|v, with dres added in its epilogue.
+    void attention_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp,
+                                     const floatX* dres = nullptr, float s = 1.0f) {
         const int N = B * T, C = cfg.d_model, NH = cfg.n_head;
         floatX* d_qkv = acts.d_qkv;
         matmul_backward(acts.d_attn_y, grad(WO, l), dout, a.attn_y, param(WO, l), N, C, C, stream);
         attention_backward(d_qkv, d_qkv + C, d_qkv + 2 * C, acts.attn_delta, acts.d_attn_y, a.attn_y, a.lse, a.qkv,
                            a.qkv + C, a.qkv + 2 * C, /*stride=*/3 * C, /*dstride=*/3 * C, B, T, C, NH, rope_table,
                            stream);  // d q|k|v with respect to the unturned q and k
-        matmul_backward(dinp, grad(WQ, l), d_qkv, a.attn_in, param(WQ, l), N, C, 3 * C, stream);
+        matmul_backward(dinp, grad(WQ, l), d_qkv, a.attn_in, param(WQ, l), N, C, 3 * C, stream, dres, s);
     }
 
-    // dout = d mlp_out; writes d mlp_in into dinp: one product from d gate|up. Nothing reads the
-    // layer's gate|up after swiglu_backward, which writes d gate|up over it, element by element. d
-    // swiglu has its own buffer: the product writing it runs beside the one reading swiglu for d wdown.
-    void mlp_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp) {
+    // dout = d mlp_out; writes d mlp_in + s * dres into dinp (as above): one product from d gate|up.
+    // Nothing reads the layer's gate|up after swiglu_backward, which writes d gate|up over it, element
+    // by element. d swiglu has its own buffer: the product writing it runs beside the one reading swiglu
+    // for d wdown.
+    void mlp_sublayer_backward(const GpuLayerActivations& a, int l, const floatX* dout, floatX* dinp,
+                               const floatX* dres = nullptr, float s = 1.0f) {
         const int N = B * T, C = cfg.d_model, F = (int)ffn_stored(cfg);
         floatX* d_swiglu = acts.d_swiglu, *d_gate_up = a.gate_up;
         matmul_backward(d_swiglu, grad(WDOWN, l), dout, a.swiglu, param(WDOWN, l), N, F, C, stream);
         swiglu_backward(d_gate_up, d_gate_up + F, d_swiglu, a.gate_up, a.gate_up + F, /*stride=*/2 * F, N, F, stream);
-        matmul_backward(dinp, grad(WGATE, l), d_gate_up, a.mlp_in, param(WGATE, l), N, C, 2 * F, stream);
+        matmul_backward(dinp, grad(WGATE, l), d_gate_up, a.mlp_in, param(WGATE, l), N, C, 2 * F, stream, dres, s);
     }
 
-    // Whether layer l's d out arrives in two parts (below): from a Post-LN layer above it.
-    bool d_out_in_two_parts(int l) const { return l + 1 < cfg.n_layer && layer_is_post_ln(cfg, l + 1); }
-
-    // The mirror image of layer_forward. The products that give d attn_in and d mlp_in write them
-    // (beta = 0) into acts.d_sublayer_in, and the norm backward after them adds them in:
-    //   Pre-LN:  d h = d out + LN_b'(d mlp_in), d x = d h + LN_a'(d attn_in), accumulated in d_stream.
-    //   Post-LN: d h = d mlp_in + s * dsum_b is read as its two parts by norm_a's backward; d x = d
-    //            attn_in + s * dsum_a stays in two parts (d_sublayer_in, d_sublayer_out) for the
-    //            Post-LN layer below, whose norm_b backward reads them so, and is added into d_stream
-    //            only where no Post-LN layer is below (the embedding's backward needs one tensor).
-    // d out is in acts.d_stream on entry, or in two parts (d_out_in_two_parts).
+    // The mirror image of layer_forward; d out is in acts.d_stream on entry, d x on return.
+    //   Pre-LN:  d h = d out + LN_b'(d mlp_in), d x = d h + LN_a'(d attn_in): the products write d mlp_in
+    //            and d attn_in into acts.d_sublayer_in, and the norm backward adds its result to d_stream.
+    //   Post-LN: dsum_b = LN_b'(d out) = d mlp_out, d h = d mlp_in + s * dsum_b, dsum_a = LN_a'(d h) =
+    //            d attn_out, d x = d attn_in + s * dsum_a: each second term added by the sublayer's input
+    //            product, in its epilogue.
     void layer_backward(int l) {
         const GpuLayerActivations a = layer(l);
         const int N = B * T, C = cfg.d_model;
@@ -553,24 +518,16 @@ struct GpuModel {
         float* scratch = acts.rmsnorm_scratch;
         if (layer_is_post_ln(cfg, l)) {
             const float s = (float)residual_scale(cfg);
-            const bool two_parts = d_out_in_two_parts(l);
-            // out = LN_b(s*h + mlp_out):  d mlp_out = dsum_b
-            residual_rmsnorm_backward(d_sum, grad(NORM_B, l), scratch, two_parts ? d_in : d_stream,
-                                      two_parts ? d_sum : nullptr, s, a.norm_b_in, param(NORM_B, l), a.rstd_b, N, C,
-                                      stream);
-            mlp_sublayer_backward(a, l, d_sum, d_in);
-            // h = LN_a(s*x + attn_out), mlp_in = h:  d h = d mlp_in + s * dsum_b,  d attn_out = dsum_a
-            residual_rmsnorm_backward(d_sum, grad(NORM_A, l), scratch, d_in, d_sum, s, a.norm_a_in, param(NORM_A, l),
-                                      a.rstd_a, N, C, stream);
-            attention_sublayer_backward(a, l, d_sum, d_in);
-            // attn_in = x:  d x = d attn_in + s * dsum_a
-            if (l == 0 || !layer_is_post_ln(cfg, l - 1)) residual_forward(d_stream, d_sum, d_in, (long)N * C, s, stream);
+            rmsnorm_backward(d_sum, grad(NORM_B, l), scratch, d_stream, a.norm_b_in, param(NORM_B, l), a.rstd_b,
+                             /*accumulate=*/false, N, C, stream);
+            mlp_sublayer_backward(a, l, d_sum, d_in, d_sum, s);
+            rmsnorm_backward(d_sum, grad(NORM_A, l), scratch, d_in, a.norm_a_in, param(NORM_A, l), a.rstd_a,
+                             /*accumulate=*/false, N, C, stream);
+            attention_sublayer_backward(a, l, d_sum, d_stream, d_sum, s);
         } else {
-            // out = h + mlp_out, mlp_in = LN_b(h):  d mlp_out = d out,  d h = d out + LN_b'(d mlp_in)
             mlp_sublayer_backward(a, l, d_stream, d_in);
             rmsnorm_backward(d_stream, grad(NORM_B, l), scratch, d_in, a.norm_b_in, param(NORM_B, l), a.rstd_b,
                              /*accumulate=*/true, N, C, stream);
-            // h = x + attn_out, attn_in = LN_a(x):  d attn_out = d h,  d x = d h + LN_a'(d attn_in)
             attention_sublayer_backward(a, l, d_stream, d_in);
             rmsnorm_backward(d_stream, grad(NORM_A, l), scratch, d_in, a.norm_a_in, param(NORM_A, l), a.rstd_a,
                              /*accumulate=*/true, N, C, stream);
@@ -587,7 +544,7 @@ struct GpuModel {
         for (int l = cfg.n_layer - 1; l >= 0; l--) {
             // With recomputation the one slot holds the last layer's activations from the forward;
             // every other layer's are rebuilt from its input, which the residual stream kept.
-            if (recompute && l < cfg.n_layer - 1) layer_forward(l, /*recomputing=*/true);
+            if (recompute && l < cfg.n_layer - 1) layer_forward(l);
             layer_backward(l);
             gradients_done(layer_bucket(l));
         }

@@ -2,10 +2,14 @@
 // CPU reference: kernels/cpu/matmul.h.
 //   forward:  out (N, OC) = inp (N, C) @ W^T,   W stored row-major as (OC, C)
 //   backward: dinp (N, C) = dout (N, OC) @ W;   dW (OC, C) += dout^T @ inp
+//   with a residual in the epilogue (cuBLASLt's C, beta = s):
+//            out = s * x + inp @ W^T                  the sublayer's output product and its residual add
+//            dinp = s * dres + dout @ W               (Post-LN) d x's two terms
 // floatX in, fp32 accumulation (CUBLAS_COMPUTE_32F: true fp32 in FP32 mode, no TF32). out and dinp
-// are floatX and written (beta = 0): where an input feeds several products (q|k|v, gate|up) they are
-// one product with the weights stacked, and a residual's second gradient is added by the norm
-// backward that reads it (train_mixln.cu), so nothing needs a zeroed buffer or an add in the epilogue.
+// are floatX and written: where an input feeds several products (q|k|v, gate|up) they are one
+// product with the weights stacked, so nothing needs a zeroed buffer. With a residual, the sum is
+// formed in fp32 and rounded once, where a separate add would read the rounded product and the
+// residual back and write the sum: two tensors fewer through memory per add (dev/cost_model.py).
 // The weight gradient dW is fp32 in both builds, so that summing it over a step's micro-batches
 // through beta = 1 rounds to fp32, not to bf16, at each add (see docs/gpu.md, "Gradient accumulation").
 // Split-K algorithms may only reduce their partial sums in the compute type (fp32), never in a bf16
@@ -83,8 +87,9 @@ inline uint32_t pointer_alignment(const void* p) {
 }
 
 // Everything the heuristic is told: the column-major shape D (m, n) = op(A) (m, k) . op(B) (k, n),
-// the transpositions, D's type, and the alignments of A, B and D (C is D). beta is not among them:
-// the heuristic does not see it, and the one algorithm serves beta = 0 and beta = 1 alike.
+// the transpositions, D's type, and the alignments of A, B and D (align_d: the smaller of C's and D's;
+// C has D's type and shape). beta is not among them: the heuristic does not see it, and the one
+// algorithm serves every beta alike.
 struct MatmulKey {
     int m, n, k;
     bool transpose_a, transpose_b, d_fp32;
@@ -213,7 +218,7 @@ inline std::vector<cublasLtMatmulAlgo_t> matmul_unsplit_algorithms(const MatmulP
 
 // The product that asked for a plan: its operands, for timing.
 struct MatmulOperands {
-    const void *a, *b;
+    const void *a, *b, *c;
     void* d;
     float beta;
 };
@@ -225,7 +230,7 @@ inline float matmul_milliseconds(const MatmulPlan& plan, const cublasLtMatmulAlg
     const float alpha = 1.0f;
     auto run = [&] {
         return cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, op.a, plan.a_layout, op.b, plan.b_layout, &op.beta,
-                              op.d, plan.d_layout, op.d, plan.d_layout, &algo, workspace_for(stream),
+                              op.c, plan.d_layout, op.d, plan.d_layout, &algo, workspace_for(stream),
                               CUBLASLT_WORKSPACE_BYTES, stream);
     };
     if (run() != CUBLAS_STATUS_SUCCESS) return INFINITY;
@@ -243,9 +248,10 @@ inline float matmul_milliseconds(const MatmulPlan& plan, const cublasLtMatmulAlg
     return ms / MATMUL_TIMING_RUNS;
 }
 
-// The fastest of the first MATMUL_TIMED algorithms, timed on the product's A and B and on its D when
-// beta is 0 (the product overwrites D next), else on a scratch D of D's size (an accumulated dW must
-// not change); the first where there is nothing to time or timing is not possible.
+// The fastest of the first MATMUL_TIMED algorithms, timed on the product's A, B and C and on its D
+// when D is not read (the product overwrites it next), else (beta != 0 and C is D) on a scratch D of
+// D's size (an accumulated dW must not change); the first where there is nothing to time or timing is
+// not possible.
 // Returns the chosen algorithm's index in algos.
 inline int matmul_fastest(const MatmulPlan& plan, const std::vector<cublasLtMatmulAlgo_t>& algos, MatmulOperands op,
                           cudaStream_t stream) {
@@ -262,7 +268,7 @@ inline int matmul_fastest(const MatmulPlan& plan, const std::vector<cublasLtMatm
         return 0;
     }
     void* scratch = nullptr;
-    if (op.beta != 0.0f) {
+    if (op.beta != 0.0f && op.c == op.d) {
         const size_t bytes = (size_t)plan.key.m * plan.key.n * (plan.key.d_fp32 ? sizeof(float) : sizeof(floatX));
         if (cudaMalloc(&scratch, bytes) != cudaSuccess) {
             (void)cudaGetLastError();
@@ -272,7 +278,7 @@ inline int matmul_fastest(const MatmulPlan& plan, const std::vector<cublasLtMatm
             return 0;
         }
         cudaCheck(cudaMemsetAsync(scratch, 0, bytes, stream));
-        op.d = scratch;
+        op.c = op.d = scratch;
     }
     std::vector<float> ms(timed);
     for (int i = 0; i < timed; i++) ms[i] = matmul_milliseconds(plan, algos[i], op, stream);
@@ -404,18 +410,19 @@ inline const MatmulPlan& matmul_plan(const MatmulKey& key, const MatmulOperands&
     return matmul_plans.back();
 }
 
-// Column-major D (m, n) = op(A) (m, k) . op(B) (k, n) + beta * D, with op the transpose when asked.
-// A and B are floatX; D is floatX or fp32 (OutT).
+// Column-major D (m, n) = op(A) (m, k) . op(B) (k, n) + beta * C, with op the transpose when asked.
+// A and B are floatX; C and D are floatX or fp32 (OutT), C either D itself or a matrix that does not
+// overlap it.
 template <typename OutT>
-void cublaslt_matmul(OutT* d, const floatX* a, const floatX* b, int m, int n, int k, bool transpose_a,
+void cublaslt_matmul(OutT* d, const OutT* c, const floatX* a, const floatX* b, int m, int n, int k, bool transpose_a,
                      bool transpose_b, float beta, cudaStream_t stream) {
     static_assert(std::is_same<OutT, floatX>::value || std::is_same<OutT, float>::value, "D is floatX or fp32");
     const MatmulPlan& plan = matmul_plan({m, n, k, transpose_a, transpose_b, std::is_same<OutT, float>::value,
-                                          pointer_alignment(a), pointer_alignment(b), pointer_alignment(d)},
-                                         {a, b, d, beta}, stream);
-    // C and D are the same matrix: with beta = 1 the product is added to it.
+                                          pointer_alignment(a), pointer_alignment(b),
+                                          std::min(pointer_alignment(c), pointer_alignment(d))},
+                                         {a, b, c, d, beta}, stream);
     const float alpha = 1.0f;
-    cublasCheck(cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, a, plan.a_layout, b, plan.b_layout, &beta, d,
+    cublasCheck(cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, a, plan.a_layout, b, plan.b_layout, &beta, c,
                                plan.d_layout, d, plan.d_layout, &plan.algo, workspace_for(stream),
                                CUBLASLT_WORKSPACE_BYTES, stream));
 }
@@ -425,19 +432,26 @@ inline size_t matmul_plan_count() { return matmul_plans.size(); }
 
 // out (N, OC) = inp (N, C) @ W^T
 inline void matmul_forward(floatX* out, const floatX* inp, const floatX* W, int N, int C, int OC, cudaStream_t stream) {
-    cublaslt_matmul(out, W, inp, OC, N, C, true, false, 0.0f, stream);
+    cublaslt_matmul(out, out, W, inp, OC, N, C, true, false, 0.0f, stream);
+}
+
+// out (N, OC) = s * x (N, OC) + inp (N, C) @ W^T: a sublayer's output product with the residual add
+// after it (the paper's eq. 1 and 2; s != 1 for DeepNorm). out may not overlap x.
+inline void matmul_forward_residual(floatX* out, const floatX* inp, const floatX* W, const floatX* x, float s, int N,
+                                    int C, int OC, cudaStream_t stream) {
+    cublaslt_matmul(out, x, W, inp, OC, N, C, true, false, s, stream);
 }
 
 // dW (OC, C) += dout^T @ inp, in fp32
 inline void matmul_backward_weight(float* dW, const floatX* dout, const floatX* inp, int N, int C, int OC,
                                    cudaStream_t stream) {
-    cublaslt_matmul(dW, inp, dout, C, OC, N, false, true, 1.0f, stream);
+    cublaslt_matmul(dW, dW, inp, dout, C, OC, N, false, true, 1.0f, stream);
 }
 
-// dinp (N, C) = dout @ W (written)
+// dinp (N, C) = dout @ W + s * dres (written; dres null: s is not used)
 inline void matmul_backward_input(floatX* dinp, const floatX* dout, const floatX* W, int N, int C, int OC,
-                                  cudaStream_t stream) {
-    cublaslt_matmul(dinp, W, dout, C, N, OC, false, false, 0.0f, stream);
+                                  cudaStream_t stream, const floatX* dres = nullptr, float s = 1.0f) {
+    cublaslt_matmul(dinp, dres ? dres : dinp, W, dout, C, N, OC, false, false, dres ? s : 0.0f, stream);
 }
 
 // Whether [a, a + a_count) and [b, b + b_count) share an element.
@@ -448,9 +462,10 @@ inline bool ranges_overlap(const floatX* a, long a_count, const floatX* b, long 
 // Both at once: dW on matmul_weight_stream beside dinp on the caller's stream, which then waits for
 // both. Neither product needs the other, and each can run its tiles on the SMs that the other's last
 // wave leaves idle (dW's output, OC x C, is often a wave and a bit: dev/cost_model.py). dW reads inp
-// and dout meanwhile, so dinp may overlap neither.
+// and dout meanwhile, so dinp may overlap neither. dres (optional, N x C, not overlapping dinp): a
+// gradient added to dinp's in the epilogue, dinp = dout @ W + s * dres.
 inline void matmul_backward(floatX* dinp, float* dW, const floatX* dout, const floatX* inp, const floatX* W, int N,
-                            int C, int OC, cudaStream_t stream) {
+                            int C, int OC, cudaStream_t stream, const floatX* dres = nullptr, float s = 1.0f) {
     if (ranges_overlap(dinp, (long)N * C, inp, (long)N * C) || ranges_overlap(dinp, (long)N * C, dout, (long)N * OC))
         throw std::invalid_argument("matmul_backward: dinp overlaps inp or dout, which the weight gradient reads "
                                     "while dinp is written");
@@ -458,6 +473,6 @@ inline void matmul_backward(floatX* dinp, float* dW, const floatX* dout, const f
     cudaCheck(cudaStreamWaitEvent(matmul_weight_stream, matmul_fork, 0));
     matmul_backward_weight(dW, dout, inp, N, C, OC, matmul_weight_stream);
     cudaCheck(cudaEventRecord(matmul_join, matmul_weight_stream));
-    matmul_backward_input(dinp, dout, W, N, C, OC, stream);
+    matmul_backward_input(dinp, dout, W, N, C, OC, stream, dres, s);
     cudaCheck(cudaStreamWaitEvent(stream, matmul_join, 0));
 }

@@ -1,17 +1,11 @@
-// RMSNorm on the GPU, alone and fused with the residual add of either layer ordering.
-// CPU references: kernels/cpu/rmsnorm.h and kernels/cpu/residual.h.
+// RMSNorm on the GPU. CPU reference: kernels/cpu/rmsnorm.h.
 //   rstd = 1 / sqrt(mean(in^2) + eps),   out = in * rstd * w
-// The two orderings (the paper's eq. 1 and 2) need the same fused pair with different bookkeeping:
-//   Pre-LN   h = x + f;  n = rmsnorm(h)        forward writes h (the residual stream) and n
-//            backward: dh = dh_residual + rmsnorm_backward(dn)          (rmsnorm_backward, accumulating)
-//   Post-LN  y = rmsnorm(s*x + f(x))           forward keeps the sum s*x + f for the backward
-//            backward: dsum = rmsnorm_backward(dy) = df; dx = s*dsum + f'(x)^T dsum is not formed
-//            here: the layer's GEMM writes the second term, and the next norm backward adds s*dsum
-//            to it as it reads it, dy = dout + s*dres (residual_rmsnorm_backward)
-// so one forward kernel (optional residual) and one backward kernel (optional accumulation and second
-// incoming gradient) serve both. dweight is fp32 (the weight gradients are, in both builds) and
-// deterministic: each block sums its rows into an fp32 partial row, and a second kernel adds the
-// partial rows by a fixed tree; no atomics.
+// Both layer orderings (the paper's eq. 1 and 2) norm a sum that the sublayer's output product has
+// already formed and stored (the residual in its epilogue, kernels/matmul.cuh), so the forward reads
+// one tensor and the backward writes the gradient of the norm's input, or adds it to a residual's
+// (Pre-LN: dh = d out + rmsnorm_backward(dn)). dweight is fp32 (the weight gradients are, in both
+// builds) and deterministic: each block sums its rows into an fp32 partial row, and a second kernel
+// adds the partial rows by a fixed tree; no atomics.
 //
 // Memory access: one warp per row, each lane moving 128 bits (VEC elements) at a time, so a warp's
 // step covers 512 contiguous bytes (LDG.E.128 / STG.E.128). Lane `lane` owns the vectors j = lane +
@@ -20,7 +14,7 @@
 // at launch: C a multiple of VEC (8 bf16, 4 fp32) and every pointer 16-byte aligned, so that each
 // row starts on a 16-byte boundary; C at most RMSNORM_MAX_C. The trainer always meets them: its
 // heads are multiples of 16 (the attention kernel's requirement), so C = heads * head size is too,
-// and its tensors start on 256-byte boundaries. dev/rmsnorm.cu keeps version 1, one element per
+// and its tensors start on 256-byte boundaries. dev/rmsnorm.cu keeps version 2, one element per
 // lane or thread, which has none of these preconditions.
 #pragma once
 #include <algorithm>
@@ -34,31 +28,22 @@
 constexpr int RMSNORM_MAX_C = 4096;
 constexpr int RMSNORM_MAX_VPL = RMSNORM_MAX_C / (32 * VEC);
 
-// One warp per row n:  in = s * x + f  (in = x when f is null), then  out = in * rstd * w.
-// With f, in is rounded to floatX and stored to sum first, so the norm, its backward and the stored
-// sum all see the same values; the rounded row stays in registers for the output pass.
+// One warp per row n: out = in * rstd * w; the row stays in registers for the output pass.
 template <int VPL>
-__global__ void __launch_bounds__(256) rmsnorm_forward_kernel(floatX* out, float* rstd, floatX* sum, const floatX* x,
-                                                              const floatX* f, const floatX* w, float s, int N, int C,
-                                                              float eps) {
+__global__ void __launch_bounds__(256) rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp,
+                                                              const floatX* w, int N, int C, float eps) {
     const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (n >= N) return;  // the whole warp leaves together
     const int nvec = C / VEC;
     const long row = (long)n * C;
-    PackedX in[VPL];  // the lane's vectors of the row, as stored
+    PackedX in[VPL];  // the lane's vectors of the row
     float sum_sq = 0.0f;
 #pragma unroll
     for (int k = 0; k < VPL; k++) {
         const int j = lane + 32 * k;
         if (j >= nvec) continue;
-        in[k] = load128(x + row + j * VEC);
-        if (f) {
-            const PackedX fv = load128(f + row + j * VEC);
-#pragma unroll
-            for (int e = 0; e < VEC; e++) in[k][e] = (floatX)(s * (float)in[k][e] + (float)fv[e]);
-            store128(sum + row + j * VEC, in[k]);
-        }
+        in[k] = load128(inp + row + j * VEC);
 #pragma unroll
         for (int e = 0; e < VEC; e++) sum_sq += (float)in[k][e] * (float)in[k][e];
     }
@@ -76,23 +61,22 @@ __global__ void __launch_bounds__(256) rmsnorm_forward_kernel(floatX* out, float
     }
 }
 
-// Warp gw of the grid handles rows gw, gw + (warps in the grid), ... For each row, with dy = dout +
-// s * dres (dres null: dy = dout), xhat = in * rstd and g = dy * w:
+// Warp gw of the grid handles rows gw, gw + (warps in the grid), ... For each row, with dy = dout,
+// xhat = in * rstd and g = dy * w:
 //   d = rstd * (g - xhat * mean(g * xhat))           (as kernels/cpu/rmsnorm.h)
 //   dinp = d + (accumulate ? dinp : 0)
 // and each lane adds dy * xhat of its own columns into registers over all the warp's rows. The second
 // pass over a row rereads dy and in: the warp read them a moment ago, so they come from L1, and not
 // holding them leaves the registers to the dweight sums. At the end the block's warps add their sums
 // into a shared row in warp order (fixed), written out as dw_partial[blockIdx.x].
-// dinp may alias dout or dres: a lane writes a vector only after it has read it, and no other lane
-// reads that vector. The launch bounds' blocks per SM (3, 2, then 1 as VPL grows) give ptxas a register
+// dinp may alias dout: a lane writes a vector only after it has read it, and no other lane reads
+// that vector. The launch bounds' blocks per SM (3, 2, then 1 as VPL grows) give ptxas a register
 // budget that holds the dweight sums: with 256 threads alone it spilled two of them in the fp32 build
 // at VPL 4 and 16 to fit more blocks (sm_90a: 79 and 120 registers at VPL 4 and 8 in bf16, none spilled).
 template <int VPL>
 __global__ void __launch_bounds__(256, VPL <= 4 ? 3 : VPL <= 8 ? 2 : 1) rmsnorm_backward_kernel(floatX* dinp, float* dw_partial, const floatX* dout,
-                                                               const floatX* dres, float s, const floatX* inp,
-                                                               const floatX* w, const float* rstd, bool accumulate,
-                                                               int N, int C) {
+                                                               const floatX* inp, const floatX* w, const float* rstd,
+                                                               bool accumulate, int N, int C) {
     extern __shared__ float dw_row[];  // C floats
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     const int nvec = C / VEC;
@@ -102,15 +86,6 @@ __global__ void __launch_bounds__(256, VPL <= 4 ? 3 : VPL <= 8 ? 2 : 1) rmsnorm_
 #pragma unroll
         for (int e = 0; e < VEC; e++) dw_sum[k][e] = 0.0f;
 
-    auto load_dy = [&](float* dy, long i) {  // the VEC values of dy at element i
-        const PackedX a = load128(dout + i);
-#pragma unroll
-        for (int e = 0; e < VEC; e++) dy[e] = (float)a[e];
-        if (!dres) return;
-        const PackedX b = load128(dres + i);
-#pragma unroll
-        for (int e = 0; e < VEC; e++) dy[e] += s * (float)b[e];
-    };
     for (int n = blockIdx.x * warps + warp; n < N; n += gridDim.x * warps) {
         const long row = (long)n * C;
         const float r = rstd[n];
@@ -119,30 +94,28 @@ __global__ void __launch_bounds__(256, VPL <= 4 ? 3 : VPL <= 8 ? 2 : 1) rmsnorm_
         for (int k = 0; k < VPL; k++) {
             const int j = lane + 32 * k;
             if (j >= nvec) continue;
-            float dy[VEC];
-            load_dy(dy, row + j * VEC);
-            const PackedX xv = load128(inp + row + j * VEC), wv = load128(w + j * VEC);
+            const PackedX dy = load128(dout + row + j * VEC), xv = load128(inp + row + j * VEC),
+                          wv = load128(w + j * VEC);
 #pragma unroll
-            for (int e = 0; e < VEC; e++) dot += dy[e] * (float)wv[e] * (float)xv[e];
+            for (int e = 0; e < VEC; e++) dot += (float)dy[e] * (float)wv[e] * (float)xv[e];
         }
         const float mean_dot = warp_reduce_sum(dot) * r / C;
 #pragma unroll
         for (int k = 0; k < VPL; k++) {
             const int j = lane + 32 * k;
             if (j >= nvec) continue;
-            float dy[VEC];
-            load_dy(dy, row + j * VEC);
-            const PackedX xv = load128(inp + row + j * VEC), wv = load128(w + j * VEC);
+            const PackedX dy = load128(dout + row + j * VEC), xv = load128(inp + row + j * VEC),
+                          wv = load128(w + j * VEC);
             PackedX prev;
             if (accumulate) prev = load128(dinp + row + j * VEC);
             PackedX d;
 #pragma unroll
             for (int e = 0; e < VEC; e++) {
                 const float xhat = (float)xv[e] * r;
-                float v = r * (dy[e] * (float)wv[e] - xhat * mean_dot);
+                float v = r * ((float)dy[e] * (float)wv[e] - xhat * mean_dot);
                 if (accumulate) v += (float)prev[e];
                 d[e] = (floatX)v;
-                dw_sum[k][e] += dy[e] * xhat;
+                dw_sum[k][e] += (float)dy[e] * xhat;
             }
             store128(dinp + row + j * VEC, d);
         }
@@ -215,42 +188,32 @@ inline void with_vectors_per_lane(int C, F&& f) {
     f(std::integral_constant<int, VPL>());
 }
 
-inline void launch_rmsnorm_forward(floatX* out, float* rstd, floatX* sum, const floatX* x, const floatX* f,
-                                   const floatX* w, float s, int N, int C, float eps, cudaStream_t stream) {
-    rmsnorm_check_shape("rmsnorm forward", C, {out, sum, x, f, w});
-    const int block = 256;
-    with_vectors_per_lane(C, [&](auto vpl) {
-        rmsnorm_forward_kernel<decltype(vpl)::value><<<ceil_div(N, block / 32), block, 0, stream>>>(
-            out, rstd, sum, x, f, w, s, N, C, eps);
-    });
-    cudaCheck(cudaGetLastError());
-}
-
-// out = rmsnorm(inp) * w: Pre-LN's norm of the embedding output, and the final norm.
+// out = rmsnorm(inp) * w
 inline void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, const floatX* w, int N, int C, float eps,
                             cudaStream_t stream) {
-    launch_rmsnorm_forward(out, rstd, nullptr, inp, nullptr, w, 1.0f, N, C, eps, stream);
-}
-
-// sum = s * x + f,  out = rmsnorm(sum) * w: Pre-LN (s = 1, sum is the residual stream h) and Post-LN
-// (sum is kept as the norm's input for the backward; s != 1 for DeepNorm).
-inline void residual_rmsnorm_forward(floatX* sum, floatX* out, float* rstd, const floatX* x, const floatX* f,
-                                     const floatX* w, float s, int N, int C, float eps, cudaStream_t stream) {
-    launch_rmsnorm_forward(out, rstd, sum, x, f, w, s, N, C, eps, stream);
+    rmsnorm_check_shape("rmsnorm forward", C, {out, inp, w});
+    const int block = 256;
+    with_vectors_per_lane(C, [&](auto vpl) {
+        rmsnorm_forward_kernel<decltype(vpl)::value><<<ceil_div(N, block / 32), block, 0, stream>>>(out, rstd, inp, w,
+                                                                                                    N, C, eps);
+    });
+    cudaCheck(cudaGetLastError());
 }
 
 // At most this many blocks in the backward, so the dweight scratch holds this many fp32 rows of C.
 constexpr int RMSNORM_BACKWARD_BLOCKS = 512;
 inline long rmsnorm_backward_scratch_floats(int C) { return (long)RMSNORM_BACKWARD_BLOCKS * C; }
 
-// Both backward launchers: the kernel, then the dweight reduction over its blocks. The grid is one full
-// wave (as many blocks as the device runs at once: ~396 on 132 SMs at C = 768), at most
-// RMSNORM_BACKWARD_BLOCKS and no more than there are rows to give each warp one. It depends only on
-// the device, N and C, so two runs on the same inputs add the same partials in the same order.
-inline void launch_rmsnorm_backward(floatX* dinp, float* dw, float* scratch, const floatX* dout, const floatX* dres,
-                                    float s, const floatX* inp, const floatX* w, const float* rstd, bool accumulate,
-                                    int N, int C, cudaStream_t stream) {
-    rmsnorm_check_shape("rmsnorm backward", C, {dinp, scratch, dout, dres, inp, w});
+// dinp = rmsnorm_backward(dout) + (accumulate ? dinp : 0),  dw (fp32) += dweight: the kernel, then the
+// dweight reduction over its blocks. accumulate: Pre-LN's dh = d out + norm backward; without it, the
+// gradient of a Post-LN norm's sum and the final norm's input (dinp needs no zeroing). scratch:
+// rmsnorm_backward_scratch_floats(C) floats. The grid is one full wave (as many blocks as the device
+// runs at once: ~396 on 132 SMs at C = 768), at most RMSNORM_BACKWARD_BLOCKS and no more than there
+// are rows to give each warp one. It depends only on the device, N and C, so two runs on the same
+// inputs add the same partials in the same order.
+inline void rmsnorm_backward(floatX* dinp, float* dw, float* scratch, const floatX* dout, const floatX* inp,
+                             const floatX* w, const float* rstd, bool accumulate, int N, int C, cudaStream_t stream) {
+    rmsnorm_check_shape("rmsnorm backward", C, {dinp, scratch, dout, inp, w});
     const int block = 256;
     const size_t shared = C * sizeof(float);
     int device = 0, sms = 0, grid = 0;
@@ -261,28 +224,10 @@ inline void launch_rmsnorm_backward(floatX* dinp, float* dw, float* scratch, con
         int per_sm = 0;
         cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rmsnorm_backward_kernel<VPL>, block, shared));
         grid = (int)std::min<long>({(long)std::max(per_sm, 1) * sms, RMSNORM_BACKWARD_BLOCKS, ceil_div(N, block / 32)});
-        rmsnorm_backward_kernel<VPL><<<grid, block, shared, stream>>>(dinp, scratch, dout, dres, s, inp, w, rstd,
-                                                                      accumulate, N, C);
+        rmsnorm_backward_kernel<VPL><<<grid, block, shared, stream>>>(dinp, scratch, dout, inp, w, rstd, accumulate, N,
+                                                                      C);
     });
     cudaCheck(cudaGetLastError());
     rmsnorm_dweight_kernel<<<C / 4, RMSNORM_DW_THREADS, 0, stream>>>(dw, scratch, grid, C);
     cudaCheck(cudaGetLastError());
-}
-
-// dinp = rmsnorm_backward(dout) + (accumulate ? dinp : 0),  dw (fp32) += dweight.  accumulate is Pre-LN's
-// dh = dh_residual + norm backward; without it, the final norm's backward (dinp needs no zeroing).
-// scratch: rmsnorm_backward_scratch_floats(C) floats.
-inline void rmsnorm_backward(floatX* dinp, float* dw, float* scratch, const floatX* dout, const floatX* inp,
-                             const floatX* w, const float* rstd, bool accumulate, int N, int C, cudaStream_t stream) {
-    launch_rmsnorm_backward(dinp, dw, scratch, dout, nullptr, 1.0f, inp, w, rstd, accumulate, N, C, stream);
-}
-
-// Post-LN, the backward of y = rmsnorm(sum), sum = s * x + f: writes dsum (= df), dw (fp32) += dweight.
-// y feeds the next sublayer and, scaled by s, the next Post-LN norm's sum, so its gradient arrives in
-// two parts, dy = dout + s * dres: dout through the sublayer's input product, dres the next norm's
-// dsum (null where y has no such second use: dy = dout). dsum may be dres's buffer (in place).
-inline void residual_rmsnorm_backward(floatX* dsum, float* dw, float* scratch, const floatX* dout, const floatX* dres,
-                                      float s, const floatX* sum, const floatX* w, const float* rstd, int N, int C,
-                                      cudaStream_t stream) {
-    launch_rmsnorm_backward(dsum, dw, scratch, dout, dres, s, sum, w, rstd, false, N, C, stream);
 }

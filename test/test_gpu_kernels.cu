@@ -25,7 +25,6 @@
 #include "../kernels/matmul.cuh"
 #include "../kernels/rmsnorm.cuh"
 #include "../kernels/rope.cuh"
-#include "../kernels/residual.cuh"
 #include "../kernels/swiglu.cuh"
 
 // ----------------------------------------------------------------------------
@@ -199,34 +198,6 @@ TEST_CASE("rmsnorm forward normalizes each row") {
     }
 }
 
-TEST_CASE("residual + rmsnorm forward for Pre-LN (s = 1) and Post-LN (s = 1.7, as DeepNorm)") {
-    // sum: STORE_TOL (one fp32 multiply-add, stored). The norm runs on the stored sum, so its reference
-    // is the CPU norm of the GPU's sum: out STORE_TOL, rstd FP32_TOL as in the plain forward.
-    Rng rng(202);
-    for (const float s_res : {1.0f, 1.7f}) {
-        for (const NormSize& s : NORM_SIZES) {
-            INFO("N=" << s.N << " C=" << s.C << " s=" << s_res);
-            const long NC = (long)s.N * s.C;
-            const std::vector<float> x = random_floatX(NC, rng, 2.0), f = random_floatX(NC, rng), w = random_floatX(s.C, rng);
-            DeviceBuffer<floatX> d_x(x), d_f(f), d_w(w), d_sum(NC), d_out(NC);
-            DeviceBuffer<float> d_rstd(s.N);
-            d_sum.poison();
-            d_out.poison();
-            d_rstd.poison();
-            residual_rmsnorm_forward(d_sum.ptr, d_out.ptr, d_rstd.ptr, d_x.ptr, d_f.ptr, d_w.ptr, s_res, s.N, s.C,
-                                     NORM_EPS, STREAM);
-            std::vector<double> sum(NC), out(NC), rstd(s.N);
-            residual_forward(sum.data(), to_double(x).data(), to_double(f).data(), NC, (double)s_res);
-            const std::vector<float> gpu_sum = d_sum.download();
-            CHECK(relative_error(gpu_sum, sum) <= STORE_TOL);
-            rmsnorm_forward(out.data(), rstd.data(), to_double(gpu_sum).data(), to_double(w).data(), s.N, s.C,
-                            (double)NORM_EPS);
-            CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
-            CHECK(relative_error(d_rstd.download(), rstd) <= FP32_TOL);
-        }
-    }
-}
-
 TEST_CASE("rmsnorm backward, writing (final norm) and accumulating (Pre-LN)") {
     // dinp: STORE_TOL (a C-term fp32 dot product, a few products, one add and store). dw (fp32 in both
     // builds): FP32_TOL (an fp32 sum over at most 257 rows in two stages, added).
@@ -253,39 +224,6 @@ TEST_CASE("rmsnorm backward, writing (final norm) and accumulating (Pre-LN)") {
     }
 }
 
-TEST_CASE("residual rmsnorm backward for Post-LN: dsum from dy = dout + s * dres, in place over dres") {
-    // STORE_TOL for dsum and FP32_TOL for dw, as in the plain backward: dy = dout + s * dres is one more
-    // fp32 multiply-add per element (2^-24), before the same arithmetic. Without dres, dy = dout. With
-    // it, dsum is written over dres, as the trainer does (and dres's values differ from dout's, so
-    // reading either in place of the other, or dropping s, misses the bound).
-    Rng rng(204);
-    for (const float s_res : {1.0f, 1.7f}) {
-        for (const bool with_dres : {false, true}) {
-            for (const NormSize& s : NORM_SIZES) {
-                INFO("N=" << s.N << " C=" << s.C << " s=" << s_res << " dres=" << with_dres);
-                const long NC = (long)s.N * s.C;
-                const std::vector<float> sum = random_floatX(NC, rng, 3.0), w = random_floatX(s.C, rng);
-                const std::vector<float> dout = random_floatX(NC, rng), dres = random_floatX(NC, rng, 0.5);
-                const std::vector<float> dw = random_fp32(s.C, rng);
-                const std::vector<float> rstd = reference_rstd(sum, w, s.N, s.C);
-                DeviceBuffer<floatX> d_sum(sum), d_w(w), d_dout(dout), d_dsum(dres);
-                DeviceBuffer<float> d_dw(dw), d_rstd(rstd), d_scratch(rmsnorm_backward_scratch_floats(s.C));
-                if (!with_dres) d_dsum.poison();
-                residual_rmsnorm_backward(d_dsum.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, with_dres ? d_dsum.ptr : nullptr,
-                                          s_res, d_sum.ptr, d_w.ptr, d_rstd.ptr, s.N, s.C, STREAM);
-                std::vector<double> dy = to_double(dout);
-                if (with_dres)
-                    for (long i = 0; i < NC; i++) dy[i] += (double)s_res * dres[i];
-                std::vector<double> dsum(NC, 0.0), dw_ref = to_double(dw);
-                rmsnorm_backward(dsum.data(), dw_ref.data(), dy.data(), to_double(sum).data(), to_double(w).data(),
-                                 to_double(rstd).data(), s.N, s.C);
-                CHECK(relative_error(d_dsum.download(), dsum) <= STORE_TOL);
-                CHECK(relative_error(d_dw.download(), dw_ref) <= FP32_TOL);
-            }
-        }
-    }
-}
-
 TEST_CASE("rmsnorm backward dweight over many blocks matches the reference and is deterministic") {
     // 4096 rows: the backward's grid is its cap of 512 blocks (one wave is more: ~8 blocks per SM
     // here, ~3 on an H100), each block's 8 warps sum one row each; the second stage's 192 blocks (4
@@ -308,25 +246,6 @@ TEST_CASE("rmsnorm backward dweight over many blocks matches the reference and i
     d_dw.upload(dw);
     rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_scratch.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, false, N, C, STREAM);
     CHECK(bitwise_equal(first, d_dw.raw()));
-}
-
-TEST_CASE("residual forward adds the sublayer output to the scaled stream") {
-    // STORE_TOL: one fp32 multiply-add, stored. s = 1: Pre-LN's residual; s = 1.7: as DeepNorm's,
-    // where the Post-LN backward adds d x = s * dsum + d attn_in. n = 1001 and 257 * 1368 + 3 end in
-    // a partial vector in both precisions; 21 * 12 in bf16.
-    Rng rng(311);
-    for (const float s_res : {1.0f, 1.7f}) {
-        for (const long n : {21L * 12, 1001L, 21L * 1000, 257L * 1368 + 3}) {
-            INFO("n=" << n << " s=" << s_res);
-            const std::vector<float> x = random_floatX(n, rng), f = random_floatX(n, rng, 0.1);
-            DeviceBuffer<floatX> d_x(x), d_f(f), d_out(n);
-            d_out.poison();
-            residual_forward(d_out.ptr, d_x.ptr, d_f.ptr, n, s_res, STREAM);
-            std::vector<double> out(n);
-            residual_forward(out.data(), to_double(x).data(), to_double(f).data(), n, (double)s_res);
-            CHECK(relative_error(d_out.download(), out) <= STORE_TOL);
-        }
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -763,6 +682,41 @@ TEST_CASE("matmul backward writes dinp = dout W and accumulates dW += dout^T inp
         matmul_backward_weight(dW_ref.data(), to_double(dout).data(), to_double(inp).data(), s.N, s.C, s.OC);
         CHECK(relative_error(d_dinp.download(), dinp_ref) <= MATMUL_TOL);
         CHECK(relative_error(d_dW.download(), dW_ref) <= MATMUL_FP32_OUT_TOL);
+    }
+    matmul_teardown();
+}
+
+TEST_CASE("matmul with the residual in the epilogue: out = s x + inp W^T, dinp = s dres + dout W") {
+    // The sum is formed in fp32 and rounded once: the product's MATMUL_TOL, relative to the sum's size
+    // (s x only adds to it). s = 1 (Pre-LN) and 1.7 (as DeepNorm's); x and dres differ from the product
+    // in size and sign, so dropping or rescaling them misses the bound, as does reading D as C.
+    Rng rng(703);
+    matmul_setup();
+    for (const float s_res : {1.0f, 1.7f}) {
+        for (const MatmulSize& s : MATMUL_SIZES) {
+            INFO("N=" << s.N << " C=" << s.C << " OC=" << s.OC << " offset=" << s.offset << " s=" << s_res);
+            const std::vector<float> inp = random_floatX((size_t)s.N * s.C, rng), W = random_floatX((size_t)s.OC * s.C, rng);
+            const std::vector<float> x = random_floatX((size_t)s.N * s.OC, rng, 4.0), dout = random_floatX((size_t)s.N * s.OC, rng);
+            const std::vector<float> dres = random_floatX((size_t)s.N * s.C, rng, 4.0);
+            OffsetMatrix<> d_inp(inp, s.offset), d_W(W, s.offset), d_x(x, s.offset), d_dout(dout, s.offset),
+                d_dres(dres, s.offset);
+            OffsetMatrix<> d_out(std::vector<float>((size_t)s.N * s.OC), s.offset),
+                d_dinp(std::vector<float>((size_t)s.N * s.C), s.offset);
+            OffsetMatrix<float> d_dW(std::vector<float>((size_t)s.OC * s.C), s.offset);
+            d_out.buffer.poison();
+            d_dinp.buffer.poison();
+            matmul_forward_residual(d_out.ptr, d_inp.ptr, d_W.ptr, d_x.ptr, s_res, s.N, s.C, s.OC, STREAM);
+            matmul_backward(d_dinp.ptr, d_dW.ptr, d_dout.ptr, d_inp.ptr, d_W.ptr, s.N, s.C, s.OC, STREAM, d_dres.ptr,
+                            s_res);
+            std::vector<double> out((size_t)s.N * s.OC), dinp((size_t)s.N * s.C);
+            matmul_forward(out.data(), to_double(inp).data(), to_double(W).data(), s.N, s.C, s.OC);
+            matmul_backward_input(dinp.data(), to_double(dout).data(), to_double(W).data(), s.N, s.C, s.OC, false);
+            for (size_t i = 0; i < out.size(); i++) out[i] += (double)s_res * x[i];
+            for (size_t i = 0; i < dinp.size(); i++) dinp[i] += (double)s_res * dres[i];
+            CHECK(relative_error(d_out.download(), out) <= MATMUL_TOL);
+            CHECK(relative_error(d_dinp.download(), dinp) <= MATMUL_TOL);
+            CHECK(bitwise_equal(d_x.download(), x));  // C is read, not written
+        }
     }
     matmul_teardown();
 }

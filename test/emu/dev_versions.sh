@@ -6,7 +6,7 @@
 # Usage: dev_versions.sh EMU_BUILD_DIR (build/emu); ends with "dev_versions_emu: N passed, M failed".
 set -u
 emu=${1:-build/emu}
-benchmarks="rmsnorm swiglu rope classifier adamw embedding attention matmul swiglu_gemm"
+benchmarks="rmsnorm swiglu rope classifier adamw embedding attention matmul residual swiglu_gemm"
 passed=0; failed=0
 for precision in bf16 fp32; do
     for b in $benchmarks; do

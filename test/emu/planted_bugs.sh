@@ -164,6 +164,12 @@ bug swiglu_gemm_b_not_transposed dev/swiglu_gemm.cu \
     "        else ldmatrix_x4(b, Bs + (k + (lane & 7)) * B::LD + n);" \
     dev/swiglu_gemm.cu "" "VALIDATION FAILED: d gate" \
     env DEV_SMALL_ONLY=1 $P/swiglu_gemm_b_not_transposed/bin 2
+# 15. The residual product adding x unscaled (DeepNorm's s dropped): the epilogue's beta is 1.
+bug residual_scale_dropped kernels/matmul.cuh \
+    "    cublaslt_matmul(out, x, W, inp, OC, N, C, true, false, s, stream);" \
+    "    cublaslt_matmul(out, x, W, inp, OC, N, C, true, false, 1.0f, stream);" \
+    test/test_gpu_kernels.cu "" "FAILED" \
+    $P/residual_scale_dropped/bin "matmul with the residual*"
 
 echo "planted_bugs_emu: $passed passed, $failed failed"
 [ $failed -eq 0 ]

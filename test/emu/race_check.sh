@@ -7,7 +7,7 @@
 set -u
 emu=${1:-build/emu}/race
 jobs=${RACE_CHECK_JOBS:-2}
-benchmarks="rmsnorm swiglu rope classifier adamw embedding attention swiglu_gemm"
+benchmarks="rmsnorm swiglu rope classifier adamw embedding attention residual swiglu_gemm"
 export TSAN_OPTIONS="exitcode=66 report_signal_unsafe=0"
 tmp=$(mktemp -d /tmp/mixln_race_XXXXXX)
 trap 'rm -rf "$tmp"' EXIT

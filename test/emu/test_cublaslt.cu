@@ -705,7 +705,8 @@ ProductRun product_with_fresh_plan(const std::string& records = "") {
     d_d.poison();
     matmul_setup();
     if (!records.empty()) matmul_use_choices(records, "the test's record");
-    cublaslt_matmul((float*)d_d.ptr(), (const floatX*)d_a.ptr(), (const floatX*)d_b.ptr(), m, n, k, false, false, 0.0f, 0);
+    cublaslt_matmul((float*)d_d.ptr(), (const float*)d_d.ptr(), (const floatX*)d_a.ptr(), (const floatX*)d_b.ptr(), m, n,
+                    k, false, false, 0.0f, 0);
     REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     REQUIRE(matmul_plan_count() == 1);
     ProductRun run{d_d.download(), matmul_plans[0].choice, matmul_choices_text()};
