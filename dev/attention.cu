@@ -205,6 +205,7 @@ __global__ void dq_convert_kernel(floatX* dq, const float* dq_accum, long N, int
 template <int HD>
 void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, float* dq_accum, const floatX* dout, const floatX* out,
               const float* lse, const floatX* q, const floatX* k, const floatX* v, int B, int T, int C, int NH) {
+    using attention_v1::attention_delta_kernel, attention_v1::DELTA_THREADS;
     attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, DELTA_THREADS / 32), DELTA_THREADS>>>(delta, out,
                                                                                                             dout, B, T, C, NH);
     cudaCheck(cudaGetLastError());

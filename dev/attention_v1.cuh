@@ -19,6 +19,22 @@
 
 namespace attention_v1 {
 
+// delta[b,h,t] = sum_d dout[t,d] * out[t,d]: the row term of the softmax backward, dS = P * (dP -
+// delta), since sum_j P_j dP_j = dout . (sum_j P_j v_j) = dout . out. One warp per row, a kernel of its
+// own (kernels/attention.cuh makes it in its dQ kernel instead).
+constexpr int DELTA_THREADS = 128;
+template <int HD>
+__global__ void attention_delta_kernel(float* delta, const floatX* out, const floatX* dout, int B, int T, int C, int NH) {
+    const long row = (long)blockIdx.x * (DELTA_THREADS / 32) + threadIdx.x / 32;  // over (b, h, t)
+    if (row >= (long)B * NH * T) return;
+    const int t = row % T, h = (row / T) % NH, b = row / ((long)T * NH);
+    const long base = ((long)b * T + t) * C + h * HD;
+    float sum = 0.0f;
+    for (int c = threadIdx.x % 32; c < HD; c += 32) sum += (float)dout[base + c] * (float)out[base + c];
+    sum = warp_reduce_sum(sum);
+    if (threadIdx.x % 32 == 0) delta[row] = sum;
+}
+
 // Rows of a query or key tile: 64 in bf16; 32 in the fp32 build, whose fp32 tiles would not fit the
 // 227 KB of shared memory an H100 block can have at head dimension 128.
 constexpr int TILE = FLOATX_IS_FP32 ? 32 : 64;
@@ -289,8 +305,7 @@ template <int HD>
 void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* dout, const floatX* out, const float* lse,
               const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int B, int T, int C, int NH,
               cudaStream_t stream) {
-    constexpr int DT = attention_detail::DELTA_THREADS;
-    attention_detail::attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, DT / 32), DT, 0, stream>>>(
+    attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, DELTA_THREADS / 32), DELTA_THREADS, 0, stream>>>(
         delta, out, dout, B, T, C, NH);
     cudaCheck(cudaGetLastError());
     const size_t smem = backward_smem_bytes<HD>();

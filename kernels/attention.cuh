@@ -21,10 +21,11 @@
 // after their queries, only blocks that straddle the diagonal are masked. Keys past T are after every
 // query before T, so the causal mask covers them too; rows past T are computed on zeros and not stored.
 //
-// The backward is deterministic (no atomics): one kernel per key block accumulates dK and dV in
-// registers over the query blocks that see it, another per query block accumulates dQ over the key
-// blocks; both recompute P = exp(s - lse) from the forward's lse, with delta = rowsum(dO * O) from a
-// small kernel first: 7 tile products per tile pair instead of FlashAttention-2's 5.
+// The backward is deterministic (no atomics): one kernel per query block accumulates dQ over the key
+// blocks, then another per key block accumulates dK and dV in registers over the query blocks that
+// see it; both recompute P = exp(s - lse) from the forward's lse: 7 tile products per tile pair
+// instead of FlashAttention-2's 5. The dQ kernel also makes the softmax backward's row terms delta =
+// rowsum(dO * O) in its prologue, from the dO tile it holds, for itself and the dK dV kernel.
 //
 // RoPE fused (the `rope` table of rope_table_init, kernels/rope.cuh; nullptr: q and k used as given):
 // q and k are read as the q|k|v product wrote them and each tile is turned in shared memory as it
@@ -394,21 +395,6 @@ __global__ void __launch_bounds__(FWD_THREADS, HD <= 64 ? 2 : 1)
     store_rows<HD>(Qs, 16 * warp, o, inv_l, out + ((long)b * T + qw) * C + h * HD, C, T - qw);  // the warp's own Q rows
 }
 
-// delta[b,h,t] = sum_d dout[t,d] * out[t,d]: the row term of the softmax backward,
-// dS = P * (dP - delta), since sum_j P_j dP_j = dout . (sum_j P_j v_j) = dout . out. One warp per row.
-constexpr int DELTA_THREADS = 128;
-template <int HD>
-__global__ void attention_delta_kernel(float* delta, const floatX* out, const floatX* dout, int B, int T, int C, int NH) {
-    const long row = (long)blockIdx.x * (DELTA_THREADS / 32) + threadIdx.x / 32;  // over (b, h, t)
-    if (row >= (long)B * NH * T) return;
-    const int t = row % T, h = (row / T) % NH, b = row / ((long)T * NH);
-    const long base = ((long)b * T + t) * C + h * HD;
-    float sum = 0.0f;
-    for (int c = threadIdx.x % 32; c < HD; c += 32) sum += (float)dout[base + c] * (float)out[base + c];
-    sum = warp_reduce_sum(sum);
-    if (threadIdx.x % 32 == 0) delta[row] = sum;
-}
-
 // ----------------------------------------------------------------------------
 // Backward, dK and dV. Grid (B * NH, ceil(T / BWD_BN)); 4 warps; warp w owns keys k0 + 16w .. + 15, and
 // the block walks the query blocks of BWD_BM rows that can see its keys. Per query block, with the
@@ -521,6 +507,11 @@ __global__ void __launch_bounds__(BWD_THREADS, 1)
 // Backward, dQ. Grid (B * NH, ceil(T / DQ_BM)); 4 warps; warp w owns queries q0 + 16w .. + 15 (Q and
 // dO fragments read once per key block) and walks the key blocks up to the diagonal: S = Q K^T,
 // P = exp(S / sqrt(hd) - lse), dP = dO V^T, dS = P * (dP - delta) / sqrt(hd), dQ += dS K.
+// First, with Q and dO landed, each warp makes delta for its rows and stores it (B, NH, T):
+// delta = sum_d dO[t,d] O[t,d], the row term of the softmax backward dS = P * (dP - delta), since
+// sum_j P_j dP_j = dO . (sum_j P_j v_j) = dO . O. The lanes g, g + 8 of the m16n8 layout (lane = 4g +
+// t) hold rows g and g + 8; lane t adds the 16-byte chunks t, t + 4, ... of dO (shared memory, as
+// copied) times O (global memory, 128-bit loads), and the four lanes of a row add their sums.
 
 constexpr int DQ_BM = 64, DQ_THREADS = 128;
 template <int HD>
@@ -530,9 +521,9 @@ constexpr int dq_smem_bytes() { return (2 * DQ_BM + 4 * DQ_BN<HD>) * PITCH<HD>; 
 
 template <int HD>
 __global__ void __launch_bounds__(DQ_THREADS)
-    attention_backward_dq_kernel(floatX* dq, const floatX* dout, const float* lse, const float* delta, const floatX* q,
-                                 const floatX* k, const floatX* v, long stride, long dstride, int T, int C, int NH,
-                                 const float2* rope) {
+    attention_backward_dq_kernel(floatX* dq, float* delta, const floatX* dout, const floatX* out, const float* lse,
+                                 const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int T,
+                                 int C, int NH, const float2* rope) {
     constexpr int BM = DQ_BM, BN = DQ_BN<HD>, TILE_KV = BN * PITCH<HD>;
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* Qs = smem;
@@ -548,18 +539,36 @@ __global__ void __launch_bounds__(DQ_THREADS)
 
     load_tile<BM, HD, DQ_THREADS>(Qs, q + head, stride, q0, T);
     load_tile<BM, HD, DQ_THREADS>(dOs, dout + out_head, C, q0, T);
+    cp_async_commit();
     load_tile<BN, HD, DQ_THREADS>(Ks, k + head, stride, 0, T);
     load_tile<BN, HD, DQ_THREADS>(Vs, v + head, stride, 0, T);
     cp_async_commit();
 
     const int qw = q0 + 16 * warp;
     const bool warp_active = qw < T;
-    float lse2[2], dlt[2];  // rows g, g + 8; lse in log2 units
+    float lse2[2], dlt[2] = {};  // rows g, g + 8; lse in log2 units
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
         const int row = qw + g + 8 * hr;
         lse2[hr] = row < T ? lse[stats + row] * LOG2E : 0.0f;
-        dlt[hr] = row < T ? delta[stats + row] : 0.0f;
+    }
+    cp_async_wait<1>();  // Q and dO (the first K and V may still be landing)
+    __syncthreads();
+    if (warp_active) {
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const int r = 16 * warp + g + 8 * hr, row = q0 + r;
+            if (row < T)
+                for (int c = t * VEC; c < HD; c += 4 * VEC) {
+                    const PackedX d = *reinterpret_cast<const PackedX*>(dOs + r * PITCH<HD> + c * sizeof(floatX));
+                    const PackedX o = load128(out + out_head + (long)row * C + c);
+#pragma unroll
+                    for (int e = 0; e < VEC; e++) dlt[hr] += (float)d[e] * (float)o[e];
+                }
+            dlt[hr] += __shfl_xor_sync(0xffffffffu, dlt[hr], 1);
+            dlt[hr] += __shfl_xor_sync(0xffffffffu, dlt[hr], 2);
+            if (t == 0 && row < T) delta[stats + row] = dlt[hr];
+        }
     }
     float dq_acc[HD / 8][4] = {};
     const int num_kb = (int)ceil_div(min(q0 + BM, T), BN);
@@ -622,16 +631,13 @@ template <int HD>
 void backward(floatX* dq, floatX* dk, floatX* dv, float* delta, const floatX* dout, const floatX* out, const float* lse,
               const floatX* q, const floatX* k, const floatX* v, long stride, long dstride, int B, int T, int C, int NH,
               const float2* rope, cudaStream_t stream) {
-    attention_delta_kernel<HD><<<(unsigned)ceil_div((long)B * NH * T, DELTA_THREADS / 32), DELTA_THREADS, 0, stream>>>(
-        delta, out, dout, B, T, C, NH);
+    allow_smem<attention_backward_dq_kernel<HD>>(dq_smem_bytes<HD>());
+    attention_backward_dq_kernel<HD><<<dim3(B * NH, (unsigned)ceil_div(T, DQ_BM)), DQ_THREADS, dq_smem_bytes<HD>(),
+                                       stream>>>(dq, delta, dout, out, lse, q, k, v, stride, dstride, T, C, NH, rope);
     cudaCheck(cudaGetLastError());
     allow_smem<attention_backward_dkdv_kernel<HD>>(dkdv_smem_bytes<HD>());
     attention_backward_dkdv_kernel<HD><<<dim3(B * NH, (unsigned)ceil_div(T, BWD_BN)), BWD_THREADS, dkdv_smem_bytes<HD>(),
                                          stream>>>(dk, dv, dout, lse, delta, q, k, v, stride, dstride, T, C, NH, rope);
-    cudaCheck(cudaGetLastError());
-    allow_smem<attention_backward_dq_kernel<HD>>(dq_smem_bytes<HD>());
-    attention_backward_dq_kernel<HD><<<dim3(B * NH, (unsigned)ceil_div(T, DQ_BM)), DQ_THREADS, dq_smem_bytes<HD>(),
-                                       stream>>>(dq, dout, lse, delta, q, k, v, stride, dstride, T, C, NH, rope);
     cudaCheck(cudaGetLastError());
 }
 

@@ -164,6 +164,12 @@ bug swiglu_gemm_b_not_transposed dev/swiglu_gemm.cu \
     "        else ldmatrix_x4(b, Bs + (k + (lane & 7)) * B::LD + n);" \
     dev/swiglu_gemm.cu "" "VALIDATION FAILED: d gate" \
     env DEV_SMALL_ONLY=1 $P/swiglu_gemm_b_not_transposed/bin 2
+# 14. The dQ kernel's delta made before its Q and dO tiles land: it waits for no cp.async group.
+bug delta_before_wait kernels/attention.cuh \
+    "    cp_async_wait<1>();  // Q and dO (the first K and V may still be landing)" \
+    "    cp_async_wait<2>();  // Q and dO (the first K and V may still be landing)" \
+    test/test_gpu_attention.cu "" "FAILED" \
+    $P/delta_before_wait/bin "flash attention backward*"
 # 15. The residual product adding x unscaled (DeepNorm's s dropped): the epilogue's beta is 1.
 bug residual_scale_dropped kernels/matmul.cuh \
     "    cublaslt_matmul(out, x, W, inp, OC, N, C, true, false, s, stream);" \
