@@ -124,19 +124,21 @@ class Kernel:
         self.launches = max(1, len(self.parts))
 
 
-def gemm(name, m, n, k, out_bytes=BF16, accumulate=False, epilogue_bytes=None):
-    """D (m, n) = A (m, k) B (k, n), bf16 inputs; accumulate: D is read too (beta = 1, fp32 dW).
+def gemm(name, m, n, k, out_bytes=BF16, accumulate=False, residual=False, epilogue_bytes=None):
+    """D (m, n) = A (m, k) B (k, n), bf16 inputs; accumulate: D is read too (beta = 1, fp32 dW); residual:
+    a C of D's shape is read and added in the epilogue (kernels/matmul.cuh's residual products).
     epilogue_bytes: the what-if's GEMM, whose epilogue reads and writes these bytes instead of D."""
-    d_bytes = m * n * out_bytes * (2 if accumulate else 1)
+    d_bytes = m * n * out_bytes * (2 if accumulate or residual else 1)
     b = (m * k + k * n) * BF16 + (d_bytes if epilogue_bytes is None else epilogue_bytes)
     return Kernel(name, "gemm", 2.0 * m * n * k, b, (m, n, k), epilogue=epilogue_bytes is not None)
 
 
-def gemm_backward(name, N, inp, out, dinp_epilogue_bytes=None):
-    """matmul_backward: dW (out, inp) += dout^T inp in fp32 beside d inp (N, inp) = dout W, at once.
+def gemm_backward(name, N, inp, out, residual=False, dinp_epilogue_bytes=None):
+    """matmul_backward: dW (out, inp) += dout^T inp in fp32 beside d inp (N, inp) = dout W, at once;
+    residual: a gradient added to d inp in its epilogue (Post-LN's d h and d x).
     dinp_epilogue_bytes: the what-if's d inp GEMM (gemm's epilogue_bytes)."""
     parts = (gemm(name + " dW", out, inp, N, FP32, accumulate=True),
-             gemm(name + " dinp", N, inp, out, epilogue_bytes=dinp_epilogue_bytes))
+             gemm(name + " dinp", N, inp, out, residual=residual, epilogue_bytes=dinp_epilogue_bytes))
     return [Kernel(name + " dW beside dinp", "gemm", sum(p.flops for p in parts), sum(p.bytes for p in parts),
                    parts=parts)]
 
@@ -159,72 +161,68 @@ def micro_batch_kernels(m, B, T, F=None, swiglu_epilogue=False):
     ks.append(mem("embedding forward", 2 * act + N * 4))
     ks[-1].bucket = 0  # core/distributed.h's buckets: 0 the embedding, 1 + l layer l, L + 1 the head
 
+    # Each residual add is made by the sublayer's output product (o, down), reading the residual in its
+    # epilogue; the norms read the stored sum.
     def attention_forward():
         # RoPE is turned inside the attention kernels (no kernel of its own): the turn, one pass over
         # each tile in shared memory, is not charged (dev/attention.cu's version 4 against 2 measures it)
         return [gemm("q|k|v", N, 3 * C, C),
                 Kernel("attention forward", "attention", attn_fwd_flops, (3 * act + act + N * NH * FP32)),
-                gemm("o", N, C, C)]
+                gemm("o + residual", N, C, C, residual=True)]
 
     def mlp_forward():
+        down = gemm("down + residual", N, C, F, residual=True)
         if swiglu_epilogue:  # writes gate|up (the backward's input) and swiglu
-            return [gemm("gate|up + swiglu", N, 2 * F, C, epilogue_bytes=3 * N * F * BF16), gemm("down", N, C, F)]
-        return [gemm("gate|up", N, 2 * F, C), mem("swiglu", 3 * N * F * BF16), gemm("down", N, C, F)]
+            return [gemm("gate|up + swiglu", N, 2 * F, C, epilogue_bytes=3 * N * F * BF16), down]
+        return [gemm("gate|up", N, 2 * F, C), mem("swiglu", 3 * N * F * BF16), down]
 
-    norm = 2 * act + rstd  # rmsnorm: read x, write out and rstd
-    res_norm = 4 * act + rstd  # residual + rmsnorm: read x, f, write the sum and the norm
+    norm = 2 * act + rstd  # rmsnorm: read the sum, write out and rstd
     for l in range(m.L):
         first = len(ks)
-        if l < m.post:
-            ks += attention_forward() + [mem("residual rmsnorm", res_norm)]
-            ks += mlp_forward() + [mem("residual rmsnorm", res_norm)]
-        else:
-            # a Pre-LN layer's input is normed by the layer before it, unless that is a Post-LN layer
-            # (or the embedding); its last add is fused with the next norm (the next layer's, or the final)
-            if l == 0 or l - 1 < m.post:
-                ks += [mem("rmsnorm", norm)]
-            ks += attention_forward() + [mem("residual rmsnorm", res_norm)]
-            ks += mlp_forward() + [mem("residual rmsnorm", res_norm)]
-            ks[-1].bucket = l + 2  # the fused add reads the next norm's weight: the next layer's, or the head's
+        if l < m.post:  # eq. 1: the norms after each sublayer
+            ks += attention_forward() + [mem("rmsnorm", norm)] + mlp_forward() + [mem("rmsnorm", norm)]
+        else:  # eq. 2: the norms before
+            ks += [mem("rmsnorm", norm)] + attention_forward() + [mem("rmsnorm", norm)] + mlp_forward()
         ks[first].bucket = 1 + l
-    if m.post == m.L:
-        ks.append(mem("final rmsnorm", norm))
-    ks.append(gemm("LM head", N, V, C))
+    ks.append(mem("final rmsnorm", norm))
     ks[-1].bucket = m.L + 1
+    ks.append(gemm("LM head", N, V, C))
     logits = N * V * BF16
     ks += [mem("loss scalars", N * 4), mem("cross-entropy", 2 * logits + N * (4 + 4)), mem("mean loss", N * 4)]
     # backward
     ks += gemm_backward("LM head", N, C, V)
 
-    def norm_backward(name, reads):  # the row kernel, then the weight gradient over its partial sums
+    def norm_backward(name, accumulate):  # the row kernel, then the weight gradient over its partial sums
+        reads = 3 if accumulate else 2  # d out, the norm's input, and d x where it adds to it
         return [mem(name + " backward", reads * act + act + rstd), mem(name + " dweight", NORM_BLOCKS * C * FP32)]
 
-    ks += norm_backward("final rmsnorm", 2)
+    ks += norm_backward("final rmsnorm", False)
 
     # The backward is counted as FlashAttention and dev/attention.cu count it, 2.5x the forward (the
-    # assumed rates are in those units), split 60/40 between the dk dv and dq kernels only to name them.
-    def attention_backward():
+    # assumed rates are in those units), split 40/60 between the dq and dk dv kernels only to name them.
+    # The dq kernel makes the row terms delta (reading O, writing delta) for itself and the dk dv kernel.
+    def attention_backward(residual):
         return (gemm_backward("o", N, C, C) +
-                [mem("attention delta", 2 * act + N * NH * FP32),
-                 Kernel("attention backward dk dv", "attention", 2.5 * attn_fwd_flops * 0.6, 5 * act + 2 * act),
-                 Kernel("attention backward dq", "attention", 2.5 * attn_fwd_flops * 0.4, 4 * act + act)] +
-                gemm_backward("q|k|v", N, C, 3 * C))
+                [Kernel("attention backward dq + delta", "attention", 2.5 * attn_fwd_flops * 0.4,
+                        5 * act + act + N * NH * FP32),
+                 Kernel("attention backward dk dv", "attention", 2.5 * attn_fwd_flops * 0.6,
+                        5 * act + 2 * act + N * NH * FP32)] +
+                gemm_backward("q|k|v", N, C, 3 * C, residual=residual))
 
-    def mlp_backward():
+    def mlp_backward(residual):
         if swiglu_epilogue:  # d swiglu in registers: reads gate|up, writes d gate|up
             return (gemm_backward("down", N, F, C, dinp_epilogue_bytes=4 * N * F * BF16) +
-                    gemm_backward("gate|up", N, C, 2 * F))
+                    gemm_backward("gate|up", N, C, 2 * F, residual=residual))
         return (gemm_backward("down", N, F, C) + [mem("swiglu backward", 5 * N * F * BF16)] +
-                gemm_backward("gate|up", N, C, 2 * F))
+                gemm_backward("gate|up", N, C, 2 * F, residual=residual))
 
     for l in reversed(range(m.L)):
-        if l < m.post:
-            ks += norm_backward("residual rmsnorm", 3) + mlp_backward() + norm_backward("residual rmsnorm", 3)
-            ks += attention_backward()
-            if l == 0:
-                ks.append(mem("residual", 3 * act))
-        else:
-            ks += mlp_backward() + norm_backward("rmsnorm", 3) + attention_backward() + norm_backward("rmsnorm", 3)
+        if l < m.post:  # d h and d x: the input products add s * dsum in their epilogues
+            ks += (norm_backward("rmsnorm", False) + mlp_backward(True) + norm_backward("rmsnorm", False) +
+                   attention_backward(True))
+        else:  # the norm backward adds into d h and d x
+            ks += (mlp_backward(False) + norm_backward("rmsnorm", True) + attention_backward(False) +
+                   norm_backward("rmsnorm", True))
     # embedding backward: positions, radix sort of the token ids (about 4 launches of CUB's onesweep
     # for 15-bit keys), per-chunk sums, then their combination into the fp32 rows of dwte
     ks.append(mem("embedding positions", N * 4))

@@ -3,7 +3,10 @@
 # prints one markdown table (kernel, shape, version, time, GB/s or TFLOP/s, % of the measured ceiling)
 # for docs/gpu.md ("Kernel benchmarks"), and the ceilings measured in the same runs. Needs a GPU.
 #
-#   dev/run_all.sh [KERNEL ...]       default: all of rmsnorm swiglu rope classifier adamw embedding attention matmul swiglu_gemm
+#   dev/run_all.sh [KERNEL ...]       default: all, those that decide what enters the trainer next first
+#                                     (matmul attention swiglu_gemm residual), then rmsnorm swiglu rope
+#                                     classifier adamw embedding: a run cut short (make gpu-check's 120 s)
+#                                     loses the last
 #   PRECISION=FP32 dev/run_all.sh     the fp32 builds (build/fp32/dev) instead of bf16 (build/dev)
 #   DEV_REPEATS=N dev/run_all.sh      timed runs per measurement (median; default 50)
 #   DEV_BIN_DIR=DIR dev/run_all.sh    run the benchmarks already built in DIR (as make gpu-check-build
@@ -19,7 +22,7 @@ cd "$(dirname "$0")/.."
 PRECISION=${PRECISION:-BF16}
 if [ "$PRECISION" = FP32 ]; then dir=build/fp32/dev; else dir=build/dev; fi
 dir=${DEV_BIN_DIR:-$dir}
-all=(rmsnorm swiglu rope classifier adamw embedding attention matmul swiglu_gemm)
+all=(matmul attention swiglu_gemm residual rmsnorm swiglu rope classifier adamw embedding)
 if [ $# -gt 0 ]; then kernels=("$@"); else kernels=("${all[@]}"); fi
 
 # print_table LOG: the markdown table of LOG's result lines, then the ceilings its runs measured.
