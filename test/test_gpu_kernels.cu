@@ -198,7 +198,7 @@ TEST_CASE("rmsnorm forward normalizes each row") {
     }
 }
 
-TEST_CASE("rmsnorm backward, writing (final norm) and accumulating (Pre-LN)") {
+TEST_CASE("rmsnorm backward, writing (Post-LN, the final norm) and accumulating (Pre-LN)") {
     // dinp: STORE_TOL (a C-term fp32 dot product, a few products, one add and store). dw (fp32 in both
     // builds): FP32_TOL (an fp32 sum over at most 257 rows in two stages, added).
     Rng rng(203);

@@ -13,6 +13,7 @@
 #    failing one test case, and a trainer whose -D 0 run logs another loss (the others write the same
 #    files). Exit 1; both steps FAILED in the table and in the Failures section with their lines (the
 #    runner's FAILED line, cmp's "differ" naming log.csv); the other runners still passed.
+# 3. compute-sanitizer's test filters each name a test case of the kernel runner.
 # About 45 s of CPU on the 2-core machine, nearly all in part 1's trainer runs.
 set -u
 cd "$(dirname "$0")/../.."
@@ -115,6 +116,28 @@ check_planted() {
     return $ok
 }
 check planted "planted: a failing test runner and a trainer whose -D 0 run differs are failed steps, exit 1"
+
+# 3. compute-sanitizer's test filters (dev/gpu_check.sh's sanitized and raced lists), which only a GPU
+#    runs: each names at least one test case of the kernel runner (a renamed test would leave the
+#    sanitizer step failing on the GPU, or checking less than it says).
+check_filters() {
+    local names ok=0 list p n found
+    names=$("$emu/test_gpu_kernels-bf16" --list-tests 2>/dev/null | sed -n 's/^  //p')
+    [ -n "$names" ] || { echo "no test names from $emu/test_gpu_kernels-bf16 --list-tests"; return 1; }
+    for list in sanitized raced; do
+        IFS=, read -ra patterns <<<"$(sed -n "s/^$list=\"\(.*\)\"$/\1/p" dev/gpu_check.sh)"
+        [ ${#patterns[@]} -gt 0 ] || { echo "no $list= line in dev/gpu_check.sh"; ok=1; }
+        for p in "${patterns[@]}"; do
+            found=0
+            while IFS= read -r n; do
+                case "$n" in $p) found=1; break ;; esac
+            done <<<"$names"
+            [ $found -eq 1 ] || { echo "$list: no test case matches \"$p\""; ok=1; }
+        done
+    done
+    return $ok
+}
+check filters "compute-sanitizer's test filters in dev/gpu_check.sh each name a kernel test case"
 
 echo "gpu_check_emu: $passed passed, $failed failed"
 [ $failed -eq 0 ]
