@@ -14,8 +14,9 @@
 //      key block; the scores, the online softmax (quad shuffles for the row max) and P never leave
 //      registers (the score accumulators are reused as P's A operand); exp2 on the SFU with log2(e)
 //      folded into the scale. Backward: the same two-kernel, atomic-free, deterministic split as
-//      version 1 (7 products), each kernel register-level: dk/dv with 16 keys per warp and dK, dV
-//      accumulated in registers; dq with 16 queries per warp. Causal: blocks past the diagonal are
+//      version 1 (7 products), each kernel register-level: dq first, with 16 queries per warp, making
+//      delta = rowsum(dout * out) from its dO tile for both kernels; then dk/dv with 16 keys per warp
+//      and dK, dV accumulated in registers. Causal: blocks past the diagonal are
 //      never visited, warps skip key blocks wholly after their queries, only the diagonal blocks are
 //      masked, and the heaviest blocks are launched first. Any T, head sizes 16, 32, ..., 128; the
 //      fp32 build runs the same code on fp32 fragments (FMAs, no tensor cores).
@@ -38,9 +39,10 @@
 // C); the 130M (C 768, 12 heads of 64), 250M (C 768, 16 heads of 48) and 1B (C 2048, 32 heads of
 // 64) models, and C 2048 with 16 heads of 128. Version 3 skips head size 48. FLOPs as
 // FlashAttention counts them: forward 4 T^2 hd, backward 10 T^2 hd per head (2 and 5 matmuls),
-// halved for causal; the backward's time includes its delta = rowsum(dout * out) kernel. Checked on
-// two heads, (b 0, h 0) and (b B-1, h NH-1), against the CPU reference in double, with the metrics
-// and bounds of test/attention_checks.h; a shape that fails is not timed.
+// halved for causal; the backward's time includes delta = rowsum(dout * out) (versions 1 and 3: a
+// kernel of its own; 2 and 4: in the dq kernel). Checked on two heads, (b 0, h 0) and (b B-1, h
+// NH-1), against the CPU reference in double, with the metrics and bounds of test/attention_checks.h;
+// a shape that fails is not timed.
 #include <cmath>
 #include <vector>
 #include "common.cuh"
