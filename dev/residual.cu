@@ -36,9 +36,8 @@ static const char* const VERSIONS[] = {
 };
 
 // ----------------------------------------------------------------------------
-// Version 2: one warp per row n, sum = s * x + f rounded to floatX and stored, out = sum * rstd * w
-// from the rounded row kept in registers; lane `lane` owns the vectors lane + 32 k of the row (k < VPL,
-// C a multiple of VEC and at most 16 * 32 * VEC; checked at launch).
+// Version 2: one warp per row n, sum = s * x + f rounded to floatX and stored, then the norm from the
+// rounded row kept in registers (kernels/rmsnorm.cuh's rmsnorm_row and launch checks).
 
 template <int VPL>
 __global__ void __launch_bounds__(256) residual_rmsnorm_v2_kernel(floatX* sum, floatX* out, float* rstd,
@@ -47,43 +46,26 @@ __global__ void __launch_bounds__(256) residual_rmsnorm_v2_kernel(floatX* sum, f
     const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (n >= N) return;  // the whole warp leaves together
-    const long row = (long)n * C;
-    const int nvec = C / VEC;
     PackedX in[VPL];
-    float sum_sq = 0.0f;
 #pragma unroll
     for (int k = 0; k < VPL; k++) {
-        if (lane + 32 * k >= nvec) continue;
-        const long at = row + (lane + 32 * k) * VEC;
+        if (lane + 32 * k >= C / VEC) continue;
+        const long at = (long)n * C + (lane + 32 * k) * VEC;
         const PackedX xv = load128(x + at), fv = load128(f + at);
 #pragma unroll
-        for (int e = 0; e < VEC; e++) {
-            in[k][e] = (floatX)(s * (float)xv[e] + (float)fv[e]);
-            sum_sq += (float)in[k][e] * (float)in[k][e];
-        }
+        for (int e = 0; e < VEC; e++) in[k][e] = (floatX)(s * (float)xv[e] + (float)fv[e]);
         store128(sum + at, in[k]);
     }
-    const float r = rsqrtf(warp_reduce_sum(sum_sq) / C + eps);
-    if (lane == 0) rstd[n] = r;
-#pragma unroll
-    for (int k = 0; k < VPL; k++) {
-        const int j = lane + 32 * k;
-        if (j >= nvec) continue;
-        const PackedX wv = load128(w + j * VEC);
-        PackedX o;
-#pragma unroll
-        for (int e = 0; e < VEC; e++) o[e] = (floatX)((float)in[k][e] * r * (float)wv[e]);
-        store128(out + row + j * VEC, o);
-    }
+    rmsnorm_row(out, rstd, in, w, n, C, eps);
 }
 
 static void residual_rmsnorm_v2(floatX* sum, floatX* out, float* rstd, const floatX* x, const floatX* f,
                                 const floatX* w, float s, int N, int C, float eps) {
-    if (C % VEC != 0 || !dispatch_pow2(ceil_div(C / VEC, 32), [&](auto vpl) {
-            residual_rmsnorm_v2_kernel<decltype(vpl)::value><<<ceil_div(N, 8), 256>>>(sum, out, rstd, x, f, w, s, N,
-                                                                                       C, eps);
-        }))
-        unsupported("version 2: C a multiple of VEC and at most 16 * 32 * VEC");
+    rmsnorm_check_shape("residual rmsnorm version 2", C, {sum, out, x, f, w});
+    with_vectors_per_lane(C, [&](auto vpl) {
+        residual_rmsnorm_v2_kernel<decltype(vpl)::value><<<ceil_div(N, 8), 256>>>(sum, out, rstd, x, f, w, s, N, C,
+                                                                                   eps);
+    });
     cudaCheck(cudaGetLastError());
 }
 

@@ -559,11 +559,11 @@ __global__ void __launch_bounds__(DQ_THREADS)
         for (int hr = 0; hr < 2; hr++) {
             const int r = 16 * warp + g + 8 * hr, row = q0 + r;
             if (row < T)
-                for (int c = t * VEC; c < HD; c += 4 * VEC) {
-                    const PackedX d = *reinterpret_cast<const PackedX*>(dOs + r * PITCH<HD> + c * sizeof(floatX));
+                for (int c = t * CHUNK; c < HD; c += 4 * CHUNK) {
+                    const PackedX d = *reinterpret_cast<const PackedX*>(dOs + at<HD>(r, c));
                     const PackedX o = load128(out + out_head + (long)row * C + c);
 #pragma unroll
-                    for (int e = 0; e < VEC; e++) dlt[hr] += (float)d[e] * (float)o[e];
+                    for (int e = 0; e < CHUNK; e++) dlt[hr] += (float)d[e] * (float)o[e];
                 }
             dlt[hr] += __shfl_xor_sync(0xffffffffu, dlt[hr], 1);
             dlt[hr] += __shfl_xor_sync(0xffffffffu, dlt[hr], 2);

@@ -28,22 +28,17 @@
 constexpr int RMSNORM_MAX_C = 4096;
 constexpr int RMSNORM_MAX_VPL = RMSNORM_MAX_C / (32 * VEC);
 
-// One warp per row n: out = in * rstd * w; the row stays in registers for the output pass.
+// Row n's norm from the row in registers (lane `lane` holds the vectors j = lane + 32 k, k < VPL, of
+// the row's C / VEC): rstd[n] = 1 / sqrt(mean(in^2) + eps), out = in * rstd * w. Also the end of
+// dev/residual.cu's version 2, which forms the row itself.
 template <int VPL>
-__global__ void __launch_bounds__(256) rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp,
-                                                              const floatX* w, int N, int C, float eps) {
-    const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (n >= N) return;  // the whole warp leaves together
-    const int nvec = C / VEC;
-    const long row = (long)n * C;
-    PackedX in[VPL];  // the lane's vectors of the row
+__device__ inline void rmsnorm_row(floatX* out, float* rstd, const PackedX (&in)[VPL], const floatX* w, int n, int C,
+                                   float eps) {
+    const int lane = threadIdx.x % 32, nvec = C / VEC;
     float sum_sq = 0.0f;
 #pragma unroll
     for (int k = 0; k < VPL; k++) {
-        const int j = lane + 32 * k;
-        if (j >= nvec) continue;
-        in[k] = load128(inp + row + j * VEC);
+        if (lane + 32 * k >= nvec) continue;
 #pragma unroll
         for (int e = 0; e < VEC; e++) sum_sq += (float)in[k][e] * (float)in[k][e];
     }
@@ -57,8 +52,24 @@ __global__ void __launch_bounds__(256) rmsnorm_forward_kernel(floatX* out, float
         PackedX o;
 #pragma unroll
         for (int e = 0; e < VEC; e++) o[e] = (floatX)((float)in[k][e] * r * (float)wv[e]);
-        store128(out + row + j * VEC, o);
+        store128(out + (long)n * C + j * VEC, o);
     }
+}
+
+// One warp per row n: the row loaded into registers once, then rmsnorm_row.
+template <int VPL>
+__global__ void __launch_bounds__(256) rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp,
+                                                              const floatX* w, int N, int C, float eps) {
+    const int n = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (n >= N) return;  // the whole warp leaves together
+    PackedX in[VPL];  // the lane's vectors of the row
+#pragma unroll
+    for (int k = 0; k < VPL; k++) {
+        const int j = lane + 32 * k;
+        if (j < C / VEC) in[k] = load128(inp + (long)n * C + j * VEC);
+    }
+    rmsnorm_row(out, rstd, in, w, n, C, eps);
 }
 
 // Warp gw of the grid handles rows gw, gw + (warps in the grid), ... For each row, with dy = dout,
